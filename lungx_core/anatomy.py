@@ -1,0 +1,49 @@
+"""Structures we segment: names, display colours and DICOM/SNOMED-CT terminology (Slicer's conventions).
+
+``left``/``right`` are always the patient's sides. On a standard PA display the patient's left is on the
+image's right.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Structure:
+    name: str
+    label: int
+    color: tuple[float, float, float]
+    property_code: str
+    property_meaning: str
+    modifier_code: str = ""
+    modifier_meaning: str = ""
+    category_code: str = "123037004"
+    category_meaning: str = "Anatomical Structure"
+
+    def terminology(self) -> str:
+        """Slicer's terminology-entry string (category~type~modifier~anatomic region~anatomic modifier)."""
+        cat = f"SCT^{self.category_code}^{self.category_meaning}"
+        typ = f"SCT^{self.property_code}^{self.property_meaning}"
+        mod = f"SCT^{self.modifier_code}^{self.modifier_meaning}" if self.modifier_code else "^^"
+        return f"Segmentation category and type - 3D Slicer General Anatomy list~{cat}~{typ}~{mod}~^^~^^"
+
+
+LUNG_LEFT = Structure("lung_left", 1, (0.50, 0.68, 0.60), "39607008", "Lung", "7771000", "Left")
+LUNG_RIGHT = Structure("lung_right", 2, (0.75, 0.50, 0.45), "39607008", "Lung", "24028007", "Right")
+HEART = Structure("heart", 3, (0.81, 0.24, 0.24), "80891009", "Heart")
+CLAVICLE_LEFT = Structure("clavicle_left", 4, (0.94, 0.87, 0.67), "51299004", "Clavicle", "7771000", "Left")
+CLAVICLE_RIGHT = Structure("clavicle_right", 5, (0.86, 0.78, 0.55), "51299004", "Clavicle", "24028007", "Right")
+
+CXR_STRUCTURES: tuple[Structure, ...] = (LUNG_LEFT, LUNG_RIGHT, HEART, CLAVICLE_LEFT, CLAVICLE_RIGHT)
+CXR_CLASSES: tuple[str, ...] = tuple(s.name for s in CXR_STRUCTURES)
+
+# Channel pairs exchanged when an image is mirrored left-right.
+CXR_MIRROR_PAIRS: tuple[tuple[int, int], ...] = ((0, 1), (3, 4))
+
+
+def structure_by_name(name: str) -> Structure:
+    for s in CXR_STRUCTURES:
+        if s.name == name:
+            return s
+    raise KeyError(name)

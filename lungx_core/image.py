@@ -1,0 +1,94 @@
+"""The image convention used throughout lungx_core.
+
+A :class:`MedicalImage` holds the pixel array in SimpleITK/NumPy order and its geometry in LPS, exactly as
+ITK/Slicer read it from the file:
+
+- a radiograph is a 2-D array (rows, cols); its geometry is still 3-D (spacing, origin, direction of a
+  one-slice volume), because Slicer and ``.seg.nrrd`` files are always 3-D;
+- a volume is (slices, rows, cols).
+
+``spacing`` is (column, row, slice) spacing in mm, ``origin`` is the LPS position of the first pixel,
+``direction`` the row-major 3x3 matrix whose columns are the i, j, k axis directions. Every mask we write
+has the input's exact shape and geometry.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+
+IDENTITY = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
+
+
+@dataclass
+class MedicalImage:
+    array: np.ndarray
+    spacing: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    origin: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    direction: tuple[float, ...] = IDENTITY
+    modality: str = "CXR"  # CXR or CT
+    spacing_known: bool = False  # False when the file carries no physical pixel size (PNG, JPEG)
+    source: str = ""
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def is_radiograph(self) -> bool:
+        return self.array.ndim == 2
+
+    @property
+    def pixel_area_mm2(self) -> float:
+        return float(self.spacing[0] * self.spacing[1])
+
+    def with_array(self, array: np.ndarray) -> MedicalImage:
+        """Same geometry and metadata, new pixels (shape must match)."""
+        if array.shape != self.array.shape:
+            raise ValueError(f"shape {array.shape} does not match the image's {self.array.shape}")
+        return replace(self, array=array, metadata=dict(self.metadata))
+
+    def ijk_to_lps(self) -> np.ndarray:
+        """4x4 matrix mapping (i, j, k) voxel indices to LPS mm."""
+        m = np.eye(4)
+        m[:3, :3] = np.asarray(self.direction, dtype=float).reshape(3, 3) @ np.diag(self.spacing)
+        m[:3, 3] = self.origin
+        return m
+
+    def to_sitk(self, array: np.ndarray | None = None):
+        """A 3-D SimpleITK image carrying this geometry (a radiograph becomes one slice)."""
+        import SimpleITK as sitk
+
+        arr = self.array if array is None else array
+        if arr.ndim == 2:
+            arr = arr[None]
+        img = sitk.GetImageFromArray(np.ascontiguousarray(arr))
+        img.SetSpacing([float(s) for s in self.spacing])
+        img.SetOrigin([float(o) for o in self.origin])
+        img.SetDirection([float(d) for d in self.direction])
+        return img
+
+    @classmethod
+    def from_sitk(cls, img, **kwargs: Any) -> MedicalImage:
+        """From a SimpleITK image of dimension 2 or 3; a one-slice 3-D image becomes a 2-D radiograph array."""
+        import SimpleITK as sitk
+
+        arr = sitk.GetArrayFromImage(img)
+        dim = img.GetDimension()
+        if dim == 2:
+            spacing = (*img.GetSpacing(), 1.0)
+            origin = (*img.GetOrigin(), 0.0)
+            d = img.GetDirection()
+            direction = (d[0], d[1], 0.0, d[2], d[3], 0.0, 0.0, 0.0, 1.0)
+        elif dim == 3:
+            spacing, origin, direction = img.GetSpacing(), img.GetOrigin(), img.GetDirection()
+            if arr.shape[0] == 1:
+                arr = arr[0]
+        else:
+            raise ValueError(f"{dim}-D images are not supported")
+        return cls(
+            array=arr,
+            spacing=tuple(float(s) for s in spacing),
+            origin=tuple(float(o) for o in origin),
+            direction=tuple(float(x) for x in direction),
+            **kwargs,
+        )

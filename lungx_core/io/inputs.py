@@ -1,0 +1,87 @@
+"""Turn command-line inputs (files, folders, DICOM folders) into a list of cases to process."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+from lungx_core.io.readers import DICOM_SUFFIXES, ITK_SUFFIXES, PIL_SUFFIXES, is_dicom_file, suffix_of
+
+IMAGE_SUFFIXES = PIL_SUFFIXES | ITK_SUFFIXES | DICOM_SUFFIXES
+RADIOGRAPH_DICOM_MODALITIES = {"DX", "CR", "DR", "RG", "PX", "OT", "SC", ""}
+
+
+@dataclass
+class Case:
+    """One unit of work. ``problem`` is set when the input is known to be unusable before reading it."""
+
+    case_id: str
+    path: Path
+    problem: str | None = None
+
+
+def case_id_of(path: Path) -> str:
+    name = path.name
+    suffix = suffix_of(path)
+    return name[: -len(suffix)] if suffix and name.lower().endswith(suffix) else name
+
+
+def _files_in(folder: Path) -> list[Path]:
+    return sorted(
+        p
+        for p in folder.rglob("*")
+        if p.is_file() and not p.name.startswith(".") and (suffix_of(p) in IMAGE_SUFFIXES or is_dicom_file(p))
+    )
+
+
+def _dicom_cases(files: list[Path]) -> list[Case]:
+    """Radiographs: one case per file. Any other series (e.g. a CT given by mistake): one case, flagged."""
+    import pydicom
+
+    series: dict[tuple[str, str], list[Path]] = defaultdict(list)
+    cases = []
+    for f in files:
+        try:
+            ds = pydicom.dcmread(f, stop_before_pixels=True)
+        except Exception:  # unreadable files are reported by the reader with the exact problem
+            cases.append(Case(case_id_of(f), f))
+            continue
+        modality = str(ds.get("Modality", "")).upper()
+        if modality in RADIOGRAPH_DICOM_MODALITIES:
+            cases.append(Case(case_id_of(f), f))
+        else:
+            series[(modality, str(ds.get("SeriesInstanceUID", f.parent)))].append(f)
+    for (modality, _uid), members in series.items():
+        folder = members[0].parent
+        cases.append(
+            Case(
+                case_id_of(folder),
+                folder,
+                f"DICOM {modality} series of {len(members)} file(s) is not a chest radiograph (DX/CR expected)",
+            )
+        )
+    return cases
+
+
+def collect_cases(inputs: list[Path]) -> list[Case]:
+    """Expand files and folders in the order given; case IDs are made unique with a numeric suffix."""
+    cases: list[Case] = []
+    for item in inputs:
+        if item.is_dir():
+            files = _files_in(item)
+            if not files:
+                cases.append(Case(case_id_of(item), item, "folder holds no supported image or DICOM file"))
+                continue
+            dicom = [f for f in files if suffix_of(f) in DICOM_SUFFIXES or suffix_of(f) not in IMAGE_SUFFIXES]
+            cases += [Case(case_id_of(f), f) for f in files if f not in set(dicom)]
+            cases += _dicom_cases(dicom)
+        else:
+            cases.append(Case(case_id_of(item), item))
+    seen: dict[str, int] = {}
+    for c in cases:
+        n = seen.get(c.case_id, 0)
+        seen[c.case_id] = n + 1
+        if n:
+            c.case_id = f"{c.case_id}_{n + 1}"
+    return cases

@@ -1,0 +1,129 @@
+"""Writers. Every file is written to a temporary name in the target folder and renamed into place, so a
+crash or a full disk never leaves a partial output under the final name."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from lungx_core.anatomy import Structure
+from lungx_core.image import MedicalImage
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success it replaces ``path``, on error it is removed."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Keep the real suffix so that libraries choosing a format by extension (SimpleITK, PIL) still do.
+    suffix = "".join(path.suffixes[-2:]) if path.name.endswith((".nii.gz", ".seg.nrrd")) else path.suffix
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".part{suffix}", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    except BaseException:
+        tmp_path.unlink(missing_ok=True)
+        raise
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def _ijk_shape(image: MedicalImage) -> tuple[int, ...]:
+    arr = image.array
+    return (arr.shape[1], arr.shape[0], 1) if arr.ndim == 2 else arr.shape[::-1]
+
+
+def _kji_to_ijk(mask: np.ndarray) -> np.ndarray:
+    return (mask[None] if mask.ndim == 2 else mask).transpose(2, 1, 0)
+
+
+def write_seg_nrrd(
+    path: str | Path, image: MedicalImage, masks: dict[str, np.ndarray], structures: Sequence[Structure]
+) -> None:
+    """Slicer segmentation: one named, coloured segment per structure with SCT terminology, on the image grid."""
+    import slicerio
+
+    seg = slicerio.create_segmentation(_ijk_shape(image), image.ijk_to_lps())
+    for s in structures:
+        mask = masks[s.name]
+        if mask.shape != image.array.shape:
+            raise ValueError(f"mask {s.name} has shape {mask.shape}, image has {image.array.shape}")
+        slicerio.add_segment(
+            seg,
+            _kji_to_ijk(mask.astype(bool)),
+            {
+                "id": s.name,
+                "name": s.name,
+                "color": list(s.color),
+                "terminology": slicerio.terminology_entry_from_string(s.terminology()),
+            },
+        )
+    with atomic_path(path) as tmp:
+        slicerio.write_segmentation(str(tmp), seg)
+
+
+def labelmap_from_masks(masks: dict[str, np.ndarray], structures: Sequence[Structure]) -> np.ndarray:
+    """One uint8 label per pixel (structure.label); later structures win where masks overlap."""
+    first = masks[structures[0].name]
+    labels = np.zeros(first.shape, dtype=np.uint8)
+    for s in structures:
+        labels[masks[s.name].astype(bool)] = s.label
+    return labels
+
+
+def write_image(path: str | Path, image: MedicalImage, array: np.ndarray | None = None) -> None:
+    """NRRD/NIfTI/MHA through SimpleITK with the image's exact geometry (a radiograph as one slice)."""
+    import SimpleITK as sitk
+
+    with atomic_path(path) as tmp:
+        sitk.WriteImage(image.to_sitk(array), str(tmp), useCompression=True)
+
+
+def write_png(path: str | Path, array: np.ndarray) -> None:
+    from PIL import Image
+
+    with atomic_path(path) as tmp:
+        Image.fromarray(array).save(tmp, format="PNG")
+
+
+def to_uint8_display(array: np.ndarray) -> np.ndarray:
+    from lungx_core.preprocess import normalise_intensity
+
+    return (normalise_intensity(array) * 255).round().astype(np.uint8)
+
+
+def render_overlay(
+    image: MedicalImage, masks: dict[str, np.ndarray], structures: Sequence[Structure], max_side: int = 1024
+) -> np.ndarray:
+    """RGB QC picture: the radiograph in grey, each structure tinted and outlined in its colour."""
+    from scipy import ndimage as ndi
+    from skimage.transform import resize
+
+    gray = to_uint8_display(image.array).astype(np.float32) / 255
+    scale = min(1.0, max_side / max(gray.shape))
+    shape = (max(1, round(gray.shape[0] * scale)), max(1, round(gray.shape[1] * scale)))
+    if scale < 1:
+        gray = resize(gray, shape, anti_aliasing=True)
+    rgb = np.repeat(gray[..., None], 3, axis=2)
+    for s in structures:
+        m = masks[s.name]
+        if scale < 1:
+            m = resize(m.astype(np.float32), shape, order=1) >= 0.5
+        m = m.astype(bool)
+        if not m.any():
+            continue
+        color = np.asarray(s.color, dtype=np.float32)
+        rgb[m] = 0.7 * rgb[m] + 0.3 * color
+        edge = m & ~ndi.binary_erosion(m, iterations=max(1, round(2 * max(shape) / 1024)))
+        rgb[edge] = color
+    return (np.clip(rgb, 0, 1) * 255).round().astype(np.uint8)

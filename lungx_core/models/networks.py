@@ -1,0 +1,67 @@
+"""Segmentation architectures, selected by name from a model config. All are MONAI networks.
+
+Imported only when a model is built, so torch at module level costs nothing at CLI start-up.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+ARCHITECTURES = ("unet", "attention_unet", "resnet_unet", "unetplusplus", "effnet_b4_unet")
+
+
+def build_network(arch: str, in_channels: int, out_channels: int, **options: Any):
+    """Build a 2-D network.
+
+    - ``unet``: MONAI UNet with residual units (compact; the shipped CXR model).
+    - ``attention_unet``: MONAI AttentionUnet (attention gates on the skips).
+    - ``resnet_unet``: MONAI FlexibleUNet with a ResNet encoder (``backbone``, default resnet34).
+    - ``unetplusplus``: MONAI BasicUNetPlusPlus (nested dense skips).
+    - ``effnet_b4_unet``: FlexibleUNet with an EfficientNet-B4 encoder (GPU-sized; no pretrained weights
+      are downloaded: everything we ship is trained by us).
+    """
+    from monai.networks import nets
+
+    channels = tuple(options.get("channels", (16, 32, 64, 128, 256)))
+    if arch == "unet":
+        return nets.UNet(
+            spatial_dims=2,
+            in_channels=in_channels,
+            out_channels=out_channels,
+            channels=channels,
+            strides=(2,) * (len(channels) - 1),
+            num_res_units=int(options.get("num_res_units", 2)),
+            dropout=float(options.get("dropout", 0.0)),
+        )
+    if arch == "attention_unet":
+        return nets.AttentionUnet(
+            spatial_dims=2,
+            in_channels=in_channels,
+            out_channels=out_channels,
+            channels=channels,
+            strides=(2,) * (len(channels) - 1),
+        )
+    if arch == "resnet_unet":
+        return nets.FlexibleUNet(
+            in_channels, out_channels, options.get("backbone", "resnet34"), pretrained=False, spatial_dims=2
+        )
+    if arch == "unetplusplus":
+        features = tuple(options.get("features", (16, 32, 64, 128, 256, 16)))
+        return _FirstOutput(nets.BasicUNetPlusPlus(2, in_channels, out_channels, features=features))
+    if arch == "effnet_b4_unet":
+        return nets.FlexibleUNet(in_channels, out_channels, "efficientnet-b4", pretrained=False, spatial_dims=2)
+    raise ValueError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHITECTURES)}")
+
+
+class _FirstOutput(torch.nn.Module):
+    """BasicUNetPlusPlus returns one map per depth (deep supervision); inference uses the first."""
+
+    def __init__(self, inner: torch.nn.Module):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.inner(x)
+        return out[0] if isinstance(out, (list, tuple)) else out

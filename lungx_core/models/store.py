@@ -1,0 +1,69 @@
+"""Shipped models: ``<name>.safetensors`` (weights, fp16) + ``<name>.json`` (architecture, classes,
+preprocessing, metrics) + ``<name>.md`` (model card), all inside ``lungx_core/weights``. No pickle anywhere."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"
+
+
+def model_paths(name_or_path: str | Path) -> tuple[Path, Path]:
+    """(safetensors, json) for a shipped model name or a path to either file."""
+    p = Path(name_or_path)
+    if p.suffix in (".safetensors", ".json"):
+        base = p.with_suffix("")
+    elif p.exists() and p.is_dir():
+        raise FileNotFoundError(f"{p} is a folder; give a .safetensors file")
+    else:
+        base = WEIGHTS_DIR / str(name_or_path)
+    return base.with_suffix(".safetensors"), base.with_suffix(".json")
+
+
+def read_model_config(name_or_path: str | Path) -> dict[str, Any]:
+    _, cfg = model_paths(name_or_path)
+    if not cfg.exists():
+        raise FileNotFoundError(f"model config {cfg} not found")
+    return json.loads(cfg.read_text())
+
+
+def resolve_device(device: str = "auto"):
+    import torch
+
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda was asked for, but no CUDA GPU is available to torch")
+    return torch.device(device)
+
+
+def load_model(name_or_path: str | Path, device: str = "auto"):
+    """(network in eval mode on the device, config dict). Weights are cast to float32 on CPU."""
+    from safetensors.torch import load_file
+
+    from lungx_core.models.networks import build_network
+
+    weights, _ = model_paths(name_or_path)
+    config = read_model_config(name_or_path)
+    dev = resolve_device(device)
+    net = build_network(config["arch"], config["in_channels"], len(config["classes"]), **config.get("arch_options", {}))
+    state = {k: v.float() for k, v in load_file(str(weights)).items()}
+    net.load_state_dict(state)
+    net.eval().to(dev)
+    return net, config
+
+
+def save_model(state_dict: dict, config: dict[str, Any], name_or_path: str | Path, fp16: bool = True) -> Path:
+    """Write weights (fp16 by default) and config atomically."""
+    from safetensors.torch import save_file
+
+    from lungx_core.io.writers import atomic_path, write_text_atomic
+
+    weights, cfg = model_paths(name_or_path)
+    tensors = {k: (v.half() if fp16 and v.is_floating_point() else v).contiguous() for k, v in state_dict.items()}
+    with atomic_path(weights) as tmp:
+        save_file(tensors, str(tmp), metadata={"format": "pt", "arch": config["arch"]})
+    write_text_atomic(cfg, json.dumps(config, indent=2) + "\n")
+    return weights

@@ -1,0 +1,126 @@
+"""From per-structure probabilities to clean masks, and the measurements a reader expects (areas, CTR, QC).
+
+Arrays are in standard display orientation (patient's left on the image's right, head up); the task maps
+from and to the file's own orientation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy import ndimage as ndi
+
+from lungx_core.anatomy import CXR_CLASSES
+
+# A lung split by dense opacity can fall into pieces; keep pieces of at least this share of the largest.
+LUNG_KEEP_FRACTION = 0.15
+
+
+def keep_components(mask: np.ndarray, keep_fraction: float = 0.0) -> np.ndarray:
+    """Largest connected component, plus any other at least ``keep_fraction`` of its size."""
+    labels, n = ndi.label(mask)
+    if n <= 1:
+        return mask.astype(bool)
+    sizes = np.bincount(labels.ravel())[1:]
+    threshold = sizes.max() * keep_fraction if keep_fraction > 0 else sizes.max()
+    return np.isin(labels, np.nonzero(sizes >= threshold)[0] + 1)
+
+
+def clean_masks(probabilities: np.ndarray, threshold: float = 0.5) -> dict[str, np.ndarray]:
+    """(C, H, W) probabilities in CXR_CLASSES order -> cleaned boolean masks.
+
+    Left and right lungs never overlap: a pixel claimed by both goes to the more probable side.
+    """
+    probs = dict(zip(CXR_CLASSES, probabilities, strict=True))
+    masks = {name: p >= threshold for name, p in probs.items()}
+    both = masks["lung_left"] & masks["lung_right"]
+    masks["lung_left"] &= ~(both & (probs["lung_right"] > probs["lung_left"]))
+    masks["lung_right"] &= ~(both & (probs["lung_left"] >= probs["lung_right"]))
+    out = {}
+    for name, m in masks.items():
+        if name.startswith("lung"):
+            out[name] = ndi.binary_fill_holes(keep_components(m, LUNG_KEEP_FRACTION))
+        else:
+            out[name] = ndi.binary_fill_holes(keep_components(m))
+    return out
+
+
+@dataclass
+class Measurements:
+    area_px: dict[str, int]
+    area_cm2: dict[str, float] | None  # None when the pixel size is unknown
+    ctr: float | None
+    confidence: dict[str, float]
+    flags: list[str] = field(default_factory=list)
+
+
+def _width(mask: np.ndarray) -> int:
+    cols = np.nonzero(mask.any(axis=0))[0]
+    return int(cols[-1] - cols[0] + 1) if cols.size else 0
+
+
+def cardiothoracic_ratio(heart: np.ndarray, lungs: np.ndarray) -> float | None:
+    """Maximal horizontal heart width over maximal thoracic width (outer lung borders, row by row)."""
+    if not heart.any() or not lungs.any():
+        return None
+    rows = np.nonzero(lungs.any(axis=1))[0]
+    thorax = 0
+    for r in rows:
+        cols = np.nonzero(lungs[r])[0]
+        thorax = max(thorax, int(cols[-1] - cols[0] + 1))
+    return _width(heart) / thorax if thorax else None
+
+
+def structure_confidence(probability: np.ndarray, mask: np.ndarray) -> float:
+    """Mean certainty max(p, 1 - p) over the structure and its immediate border: low when the model hesitates."""
+    if not mask.any():
+        return 0.0
+    region = ndi.binary_dilation(mask, iterations=3)
+    p = probability[region]
+    return float(np.mean(np.maximum(p, 1 - p)))
+
+
+def measure(
+    masks: dict[str, np.ndarray],
+    probabilities: np.ndarray,
+    pixel_area_mm2: float | None,
+) -> Measurements:
+    """Areas, CTR, per-structure confidence and plausibility flags for one radiograph."""
+    total = next(iter(masks.values())).size
+    area_px = {name: int(m.sum()) for name, m in masks.items()}
+    area_cm2 = None if pixel_area_mm2 is None else {k: v * pixel_area_mm2 / 100 for k, v in area_px.items()}
+    lungs = masks["lung_left"] | masks["lung_right"]
+    ctr = cardiothoracic_ratio(masks["heart"], lungs)
+    confidence = {
+        name: structure_confidence(p, masks[name]) for name, p in zip(CXR_CLASSES, probabilities, strict=True)
+    }
+    flags = []
+    for side in ("lung_left", "lung_right"):
+        if area_px[side] < 0.02 * total:
+            flags.append(f"{side}_not_found")
+    lung_fraction = lungs.sum() / total
+    if not 0.08 <= lung_fraction <= 0.7:
+        flags.append("implausible_lung_area")
+    if area_px["lung_left"] and area_px["lung_right"]:
+        ratio = area_px["lung_right"] / area_px["lung_left"]
+        if not 0.4 <= ratio <= 2.5:
+            flags.append("implausible_left_right_ratio")
+    if not masks["heart"].any():
+        flags.append("heart_not_found")
+    elif ctr is not None and not 0.25 <= ctr <= 0.8:
+        flags.append("implausible_ctr")
+    for name in ("lung_left", "lung_right", "heart"):
+        if masks[name].any() and confidence[name] < 0.85:
+            flags.append(f"low_confidence_{name}")
+    if masks["lung_left"].any() and masks["lung_right"].any():
+        left_col = np.nonzero(masks["lung_left"])[1].mean()
+        right_col = np.nonzero(masks["lung_right"])[1].mean()
+        if left_col < right_col:
+            flags.append("left_right_inconsistent")
+    if masks["heart"].any() and lungs.any():
+        rows, cols = np.nonzero(lungs)
+        heart_col = np.nonzero(masks["heart"])[1].mean()
+        if heart_col < (cols.min() + cols.max()) / 2 - 0.15 * _width(lungs):
+            flags.append("heart_on_patient_right")
+    return Measurements(area_px, area_cm2, ctr, confidence, flags)

@@ -1,0 +1,119 @@
+"""Radiograph preprocessing: pure functions on arrays, applied identically in training and inference.
+
+The chain used by a model is described by :class:`PreprocessConfig`, stored in the model's JSON config so
+inference always reproduces what the network was trained on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    size: int = 256
+    low_percentile: float = 0.5
+    high_percentile: float = 99.5
+    clahe: bool = True
+    clahe_clip_limit: float = 0.01
+    tophat_radius: int = 0  # 0 disables top-hat/bottom-hat enhancement
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> PreprocessConfig:
+        return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
+
+
+@dataclass(frozen=True)
+class Letterbox:
+    """How an image was fitted into a square canvas; enough to map results back exactly."""
+
+    original_shape: tuple[int, int]
+    resized_shape: tuple[int, int]
+    offset: tuple[int, int]  # (row, col) of the resized image inside the canvas
+    size: int
+
+
+def normalise_intensity(image: np.ndarray, low_percentile: float = 0.5, high_percentile: float = 99.5) -> np.ndarray:
+    """Robust min-max to float32 [0, 1]: percentiles ignore burned-in text and collimator edges."""
+    img = np.asarray(image, dtype=np.float32)
+    if not np.isfinite(img).all():
+        raise ValueError("image contains NaN or infinite values")
+    lo, hi = np.percentile(img, [low_percentile, high_percentile])
+    if hi - lo < 1e-6:
+        lo, hi = float(img.min()), float(img.max())
+    if hi - lo < 1e-6:
+        return np.zeros_like(img, dtype=np.float32)
+    return np.clip((img - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
+
+
+def clahe(image01: np.ndarray, clip_limit: float = 0.01, kernel_size: int | None = None) -> np.ndarray:
+    """Contrast-limited adaptive histogram equalisation on a [0, 1] image (scikit-image)."""
+    from skimage.exposure import equalize_adapthist
+
+    return equalize_adapthist(image01, kernel_size=kernel_size, clip_limit=clip_limit).astype(np.float32)
+
+
+def tophat_enhance(image01: np.ndarray, radius: int) -> np.ndarray:
+    """Add the white top-hat and subtract the black top-hat: sharpens ribs, vessels and lung borders."""
+    from scipy import ndimage as ndi
+
+    footprint = _disk(radius)
+    white = image01 - ndi.grey_opening(image01, footprint=footprint)
+    black = ndi.grey_closing(image01, footprint=footprint) - image01
+    return np.clip(image01 + white - black, 0.0, 1.0).astype(np.float32)
+
+
+def _disk(radius: int) -> np.ndarray:
+    yy, xx = np.mgrid[-radius : radius + 1, -radius : radius + 1]
+    return (yy**2 + xx**2) <= radius**2
+
+
+def letterbox(image: np.ndarray, size: int) -> tuple[np.ndarray, Letterbox]:
+    """Resize the long side to ``size`` (aspect kept, anti-aliased) and pad to a square with zeros."""
+    from skimage.transform import resize
+
+    rows, cols = image.shape
+    scale = size / max(rows, cols)
+    new_rows, new_cols = max(1, round(rows * scale)), max(1, round(cols * scale))
+    resized = resize(image, (new_rows, new_cols), order=1, anti_aliasing=scale < 1, preserve_range=True)
+    canvas = np.zeros((size, size), dtype=np.float32)
+    r0, c0 = (size - new_rows) // 2, (size - new_cols) // 2
+    canvas[r0 : r0 + new_rows, c0 : c0 + new_cols] = resized
+    return canvas, Letterbox((rows, cols), (new_rows, new_cols), (r0, c0), size)
+
+
+def letterbox_mask(mask: np.ndarray, box: Letterbox) -> np.ndarray:
+    """Apply an existing letterbox to a binary mask (area-averaged, then thresholded at 0.5)."""
+    from skimage.transform import resize
+
+    resized = resize(mask.astype(np.float32), box.resized_shape, order=1, anti_aliasing=True) >= 0.5
+    canvas = np.zeros((box.size, box.size), dtype=bool)
+    r0, c0 = box.offset
+    canvas[r0 : r0 + box.resized_shape[0], c0 : c0 + box.resized_shape[1]] = resized
+    return canvas
+
+
+def unletterbox(channels: np.ndarray, box: Letterbox) -> np.ndarray:
+    """Invert :func:`letterbox` for a (C, size, size) map: crop the padding, resize to the original grid."""
+    from skimage.transform import resize
+
+    r0, c0 = box.offset
+    crop = channels[:, r0 : r0 + box.resized_shape[0], c0 : c0 + box.resized_shape[1]]
+    out = resize(crop, (channels.shape[0], *box.original_shape), order=1, anti_aliasing=False)
+    return out.astype(np.float32)
+
+
+def preprocess_radiograph(image: np.ndarray, config: PreprocessConfig) -> tuple[np.ndarray, Letterbox]:
+    """The full chain for one radiograph: (rows, cols) any dtype -> ((size, size) float32 in [0, 1], letterbox)."""
+    img = normalise_intensity(image, config.low_percentile, config.high_percentile)
+    img, box = letterbox(img, config.size)
+    if config.clahe:
+        img = clahe(img, config.clahe_clip_limit)
+    if config.tophat_radius > 0:
+        img = tophat_enhance(img, config.tophat_radius)
+    return img, box

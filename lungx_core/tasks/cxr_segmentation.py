@@ -1,0 +1,194 @@
+"""CXR anatomy segmentation: a radiograph in, lungs L/R, heart and clavicles L/R out on its exact grid.
+
+:class:`CXRSegmenter` loads the model once and segments :class:`MedicalImage` objects (pure, no files).
+:func:`process_case` is the file-level step used by the CLI and by batch runs: read, segment, write
+outputs atomically, and return one results row, never raising for a bad input.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lungx_core.anatomy import CXR_STRUCTURES
+from lungx_core.errors import LungXError
+from lungx_core.image import MedicalImage
+from lungx_core.io.inputs import Case
+from lungx_core.postprocess import Measurements, clean_masks, measure
+from lungx_core.preprocess import PreprocessConfig, preprocess_radiograph, unletterbox
+
+DEFAULT_MODEL = "cxr_anatomy"
+OUTPUT_FORMATS = ("seg.nrrd", "nii.gz", "nrrd", "png")
+
+
+@dataclass
+class CXRResult:
+    masks: dict[str, np.ndarray]  # each bool, the input's shape and orientation
+    probabilities: np.ndarray  # (C, rows, cols) float32, the input's orientation
+    measurements: Measurements
+
+
+def display_flips(metadata: dict[str, Any]) -> tuple[bool, bool, bool]:
+    """(flip_rows, flip_cols, readable) that bring the image to standard PA display.
+
+    DICOM PatientOrientation gives the patient direction of increasing column index and of increasing row
+    index; standard display is (L, F): patient's left on the right, feet at the bottom. Without the
+    attribute (PNG, most files) the standard display is assumed.
+    """
+    po = [str(v).upper() for v in metadata.get("patient_orientation") or []]
+    if not po:
+        return False, False, True
+    if len(po) != 2 or not all(po) or any(set(v) - set("LRAPHF") for v in po):
+        return False, False, False
+    along_row, along_col = po
+    flip_cols = "R" in along_row and "L" not in along_row
+    flip_rows = "H" in along_col and "F" not in along_col
+    return flip_rows, flip_cols, True
+
+
+def _orient(arr: np.ndarray, flip_rows: bool, flip_cols: bool) -> np.ndarray:
+    if flip_rows:
+        arr = arr[..., ::-1, :]
+    if flip_cols:
+        arr = arr[..., ::-1]
+    return arr
+
+
+class CXRSegmenter:
+    """Holds the network; call :meth:`segment` for each radiograph."""
+
+    def __init__(self, model: str | Path = DEFAULT_MODEL, device: str = "auto", threshold: float | None = None):
+        from lungx_core.models.store import load_model
+
+        self.net, self.config = load_model(model, device)
+        self.device = next(self.net.parameters()).device
+        self.preprocess = PreprocessConfig.from_dict(self.config["preprocess"])
+        self.threshold = float(threshold if threshold is not None else self.config.get("threshold", 0.5))
+
+    def predict_probabilities(self, image: np.ndarray) -> np.ndarray:
+        """(rows, cols) radiograph in display orientation -> (C, rows, cols) probabilities."""
+        import torch
+
+        x, box = preprocess_radiograph(image, self.preprocess)
+        with torch.inference_mode():
+            logits = self.net(torch.from_numpy(x)[None, None].to(self.device))
+            probs = torch.sigmoid(logits)[0].float().cpu().numpy()
+        return unletterbox(probs, box)
+
+    def segment(self, image: MedicalImage) -> CXRResult:
+        flip_rows, flip_cols, readable = display_flips(image.metadata)
+        display = np.ascontiguousarray(_orient(image.array, flip_rows, flip_cols))
+        probs = self.predict_probabilities(display)
+        masks = clean_masks(probs, self.threshold)
+        pixel_area = image.pixel_area_mm2 if image.spacing_known else None
+        meas = measure(masks, probs, pixel_area)
+        if not readable:
+            meas.flags.append("orientation_unreadable")
+        if not image.spacing_known:
+            meas.flags.append("spacing_unknown")
+        elif image.metadata.get("spacing_source") == "ImagerPixelSpacing":
+            meas.flags.append("spacing_at_detector")
+        if image.metadata.get("converted_from_colour"):
+            meas.flags.append("converted_from_colour")
+        if image.metadata.get("modality_unverified"):
+            meas.flags.append("modality_unverified")
+        back = {k: np.ascontiguousarray(_orient(m, flip_rows, flip_cols)) for k, m in masks.items()}
+        return CXRResult(back, np.ascontiguousarray(_orient(probs, flip_rows, flip_cols)), meas)
+
+
+def write_outputs(
+    out_dir: Path,
+    case_id: str,
+    image: MedicalImage,
+    result: CXRResult,
+    fmt: str = "seg.nrrd",
+    overlay: bool = True,
+) -> list[Path]:
+    """Write the masks in ``fmt`` and a QC overlay; every file atomically. Returns the written paths."""
+    from lungx_core.io.writers import (
+        labelmap_from_masks,
+        render_overlay,
+        write_image,
+        write_png,
+        write_seg_nrrd,
+    )
+
+    if fmt not in OUTPUT_FORMATS:
+        raise ValueError(f"unknown output format {fmt!r}; choose one of {', '.join(OUTPUT_FORMATS)}")
+    written: list[Path] = []
+    try:
+        if fmt == "seg.nrrd":
+            written.append(out_dir / f"{case_id}.seg.nrrd")
+            write_seg_nrrd(written[-1], image, result.masks, CXR_STRUCTURES)
+        elif fmt in ("nii.gz", "nrrd"):
+            written.append(out_dir / f"{case_id}_labels.{fmt}")
+            write_image(written[-1], image, labelmap_from_masks(result.masks, CXR_STRUCTURES))
+        else:
+            for s in CXR_STRUCTURES:
+                written.append(out_dir / f"{case_id}_{s.name}.png")
+                write_png(written[-1], result.masks[s.name].astype(np.uint8) * 255)
+        if overlay:
+            written.append(out_dir / f"{case_id}_overlay.png")
+            write_png(written[-1], render_overlay(image, result.masks, CXR_STRUCTURES))
+    except BaseException:
+        # A case's outputs are all or nothing: remove the files this call already completed.
+        for p in written:
+            p.unlink(missing_ok=True)
+        raise
+    return written
+
+
+RESULT_COLUMNS = (
+    ["case_id", "input", "status", "error", "qc_flags", "ctr"]
+    + [f"area_cm2_{s.name}" for s in CXR_STRUCTURES]
+    + [f"area_px_{s.name}" for s in CXR_STRUCTURES]
+    + [f"confidence_{s.name}" for s in CXR_STRUCTURES]
+    + ["spacing_mm", "outputs"]
+)
+
+
+def result_row(case: Case, image: MedicalImage, result: CXRResult, outputs: list[Path]) -> dict[str, Any]:
+    m = result.measurements
+    row: dict[str, Any] = {
+        "case_id": case.case_id,
+        "input": str(case.path),
+        "status": "ok",
+        "error": "",
+        "qc_flags": ";".join(m.flags),
+        "ctr": "" if m.ctr is None else round(m.ctr, 4),
+        "spacing_mm": f"{image.spacing[0]:.4g}x{image.spacing[1]:.4g}" if image.spacing_known else "",
+        "outputs": ";".join(p.name for p in outputs),
+    }
+    for s in CXR_STRUCTURES:
+        row[f"area_px_{s.name}"] = m.area_px[s.name]
+        row[f"area_cm2_{s.name}"] = "" if m.area_cm2 is None else round(m.area_cm2[s.name], 3)
+        row[f"confidence_{s.name}"] = round(m.confidence[s.name], 4)
+    return row
+
+
+def error_row(case: Case, message: str) -> dict[str, Any]:
+    return {"case_id": case.case_id, "input": str(case.path), "status": "error", "error": message}
+
+
+def process_case(
+    case: Case, segmenter: CXRSegmenter, out_dir: Path, fmt: str = "seg.nrrd", overlay: bool = True
+) -> dict[str, Any]:
+    """Read, segment and write one case. Bad input becomes an error row; nothing partial is left behind."""
+    from lungx_core.io.readers import read_radiograph
+
+    if case.problem:
+        return error_row(case, f"{case.path}: {case.problem}")
+    try:
+        image = read_radiograph(case.path)
+        result = segmenter.segment(image)
+        outputs = write_outputs(out_dir, case.case_id, image, result, fmt, overlay)
+    except LungXError as exc:
+        return error_row(case, str(exc))
+    except MemoryError:
+        return error_row(case, f"{case.path}: out of memory while processing")
+    except OSError as exc:  # e.g. a full disk or unwritable output folder while writing
+        return error_row(case, f"{case.path}: {exc.strerror or exc}")
+    return result_row(case, image, result, outputs)

@@ -1,0 +1,184 @@
+"""CXR anatomy training data: patient-level splits and a preprocessed cache built from ../shared/data.
+
+Per-dataset label availability (label_mask per sample):
+- jsrt_scr: lungs L/R, heart, clavicles (the SCR clavicle mask is split by side).
+- covid_cxr_gb_seg: lungs L/R only ("cardiomediastinum" is not the heart).
+- covid_cxr_v7labs: lung union only; split into L/R by connected components where the two lungs are
+  separate, otherwise the sample is dropped. Its "ignore" regions (devices/markup) get zero pixel weight.
+The COVID sets share patients and images, so they are split jointly by patientid (and original file name).
+"""
+
+from __future__ import annotations
+
+import csv
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from scipy import ndimage as ndi
+
+from lungx_core.anatomy import CXR_CLASSES
+from lungx_core.preprocess import PreprocessConfig, letterbox_mask, preprocess_radiograph
+
+DATASETS = ("jsrt_scr", "covid_cxr_gb_seg", "covid_cxr_v7labs")
+SPLITS_DIR = Path(__file__).parent / "splits"
+
+
+@dataclass
+class Sample:
+    dataset: str
+    id: str
+    group: str  # split unit: a patient
+
+
+def _read_png(path: Path) -> np.ndarray:
+    return np.asarray(Image.open(path).convert("L"))
+
+
+def _read_mask(path: Path) -> np.ndarray:
+    return _read_png(path) > 127
+
+
+def _index(data_root: Path, dataset: str) -> list[dict[str, str]]:
+    with open(data_root / dataset / "index.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def list_samples(data_root: Path) -> list[Sample]:
+    samples = []
+    # Images that appear in both COVID sets under one file name must land in the same split: the first
+    # patient seen with a file name owns it.
+    group_of_file: dict[str, str] = {}
+    for ds in DATASETS:
+        for row in _index(data_root, ds):
+            if ds == "jsrt_scr":
+                group = f"jsrt:{row['id']}"
+            else:
+                group = group_of_file.setdefault(row["original_filename"], f"covid:{row['patientid']}")
+            samples.append(Sample(ds, row["id"], group))
+    return samples
+
+
+def make_splits(samples: list[Sample], val_fraction: float = 0.2, seed: int = 0) -> dict[str, str]:
+    """Assign each patient group to train or val; returns {'dataset/id': split}."""
+    rng = random.Random(seed)
+    groups = sorted({s.group for s in samples})
+    jsrt = [g for g in groups if g.startswith("jsrt:")]
+    covid = [g for g in groups if g.startswith("covid:")]
+    val = set()
+    for pool in (jsrt, covid):
+        rng.shuffle(pool)
+        val.update(pool[: round(len(pool) * val_fraction)])
+    return {f"{s.dataset}/{s.id}": ("val" if s.group in val else "train") for s in samples}
+
+
+def write_split_files(samples: list[Sample], splits: dict[str, str]) -> None:
+    SPLITS_DIR.mkdir(exist_ok=True)
+    for ds in DATASETS:
+        for part in ("train", "val"):
+            ids = [s.id for s in samples if s.dataset == ds and splits[f"{ds}/{s.id}"] == part]
+            (SPLITS_DIR / f"{ds}_{part}.txt").write_text("\n".join(ids) + "\n")
+
+
+def split_by_side(mask: np.ndarray, min_fraction: float = 0.02) -> tuple[np.ndarray, np.ndarray] | None:
+    """Split a two-lung (or two-clavicle) mask into (patient-left = image-right, patient-right) halves.
+
+    Components are assigned by centroid relative to the midpoint of the two largest. None if the mask does
+    not hold two separate sizeable components.
+    """
+    labels, n = ndi.label(mask)
+    if n < 2:
+        return None
+    sizes = np.bincount(labels.ravel())[1:]
+    big = np.argsort(sizes)[::-1][:2] + 1
+    if sizes[big[1] - 1] < min_fraction * mask.sum():
+        return None
+    centroids = ndi.center_of_mass(mask, labels, range(1, n + 1))
+    mid = (centroids[big[0] - 1][1] + centroids[big[1] - 1][1]) / 2
+    cols = np.array([c[1] for c in centroids])
+    image_right = np.isin(labels, np.nonzero(cols > mid)[0] + 1)
+    image_left = mask & ~image_right
+    return image_right, image_left
+
+
+def load_targets(data_root: Path, s: Sample) -> tuple[np.ndarray, np.ndarray, np.ndarray | None] | None:
+    """(masks (C,H,W) bool, label_mask (C,) bool, ignore (H,W) bool or None) at the staged resolution."""
+    d = data_root / s.dataset / "masks"
+    shape = _read_png(data_root / s.dataset / "images" / f"{s.id}.png").shape
+    masks = np.zeros((len(CXR_CLASSES), *shape), dtype=bool)
+    labelled = np.zeros(len(CXR_CLASSES), dtype=bool)
+    ignore = None
+    if s.dataset == "jsrt_scr":
+        masks[0] = _read_mask(d / "lung_left" / f"{s.id}.png")
+        masks[1] = _read_mask(d / "lung_right" / f"{s.id}.png")
+        masks[2] = _read_mask(d / "heart" / f"{s.id}.png")
+        sides = split_by_side(_read_mask(d / "clavicles" / f"{s.id}.png"), min_fraction=0.1)
+        if sides is not None:
+            masks[3], masks[4] = sides
+            labelled[3:5] = True
+        labelled[:3] = True
+    elif s.dataset == "covid_cxr_gb_seg":
+        masks[0] = _read_mask(d / "lung_left" / f"{s.id}.png")
+        masks[1] = _read_mask(d / "lung_right" / f"{s.id}.png")
+        if not (masks[0].any() and masks[1].any()):
+            return None
+        labelled[:2] = True
+    else:
+        sides = split_by_side(_read_mask(d / "lung" / f"{s.id}.png"))
+        if sides is None:
+            return None
+        masks[0], masks[1] = sides
+        labelled[:2] = True
+        ignore_path = d / "ignore" / f"{s.id}.png"
+        if ignore_path.exists():
+            ignore = _read_mask(ignore_path)
+    return masks, labelled, ignore
+
+
+def build_cache(data_root: Path, out: Path, config: PreprocessConfig, seed: int = 0) -> Path:
+    """Preprocess every sample once (the slow CLAHE step) and store arrays in one compressed .npz."""
+    samples = list_samples(data_root)
+    splits = make_splits(samples, seed=seed)
+    write_split_files(samples, splits)
+    images, masks, labelled, weights, meta = [], [], [], [], []
+    for s in samples:
+        targets = load_targets(data_root, s)
+        if targets is None:
+            continue
+        m, lab, ignore = targets
+        img, box = preprocess_radiograph(_read_png(data_root / s.dataset / "images" / f"{s.id}.png"), config)
+        images.append(img.astype(np.float16))
+        masks.append(np.stack([letterbox_mask(c, box) for c in m]))
+        labelled.append(lab)
+        w = np.ones((config.size, config.size), dtype=bool) if ignore is None else ~letterbox_mask(ignore, box)
+        weights.append(w)
+        meta.append((s.dataset, s.id, splits[f"{s.dataset}/{s.id}"]))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(
+        out,
+        images=np.stack(images),
+        masks=np.packbits(np.stack(masks), axis=-1),
+        labelled=np.stack(labelled),
+        weights=np.packbits(np.stack(weights), axis=-1),
+        dataset=np.array([m[0] for m in meta]),
+        ids=np.array([m[1] for m in meta]),
+        split=np.array([m[2] for m in meta]),
+        preprocess=np.array(repr(config.to_dict())),
+    )
+    return out
+
+
+def load_cache(path: Path) -> dict[str, np.ndarray]:
+    z = np.load(path)
+    size = z["images"].shape[-1]
+    return {
+        "images": z["images"],
+        "masks": np.unpackbits(z["masks"], axis=-1)[..., :size].astype(bool),
+        "labelled": z["labelled"],
+        "weights": np.unpackbits(z["weights"], axis=-1)[..., :size].astype(bool),
+        "dataset": z["dataset"],
+        "ids": z["ids"],
+        "split": z["split"],
+    }

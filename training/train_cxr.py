@@ -1,0 +1,236 @@
+"""Train the CXR anatomy model (lungs L/R, heart, clavicles L/R) on ../shared/data.
+
+    python training/train_cxr.py --config training/configs/cxr_unet.json --data ../shared/data --run runs/cxr_unet
+
+Seeded and resumable: checkpoints live in the run folder (outside git); re-running the same command continues
+from ``last.pt``. Curves are appended to ``log.csv``; the best validation epoch is kept as ``best.pt``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import random
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from lungx_core.anatomy import CXR_CLASSES, CXR_MIRROR_PAIRS  # noqa: E402
+from lungx_core.losses import SegmentationLoss  # noqa: E402
+from lungx_core.models.networks import build_network  # noqa: E402
+from lungx_core.preprocess import PreprocessConfig  # noqa: E402
+from training.cxr_data import build_cache, load_cache  # noqa: E402
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def mirror(image: np.ndarray, masks: np.ndarray, weight: np.ndarray):
+    """Horizontal flip: a patient-left structure ends up where a patient-right one would be, so swap labels."""
+    masks = masks[:, :, ::-1].copy()
+    for a, b in CXR_MIRROR_PAIRS:
+        masks[[a, b]] = masks[[b, a]]
+    return image[:, :, ::-1].copy(), masks, weight[:, :, ::-1].copy()
+
+
+def make_augment(cfg: dict, seed: int):
+    from monai.transforms import (
+        Compose,
+        RandAdjustContrastd,
+        RandAffined,
+        RandGaussianNoised,
+        RandGaussianSmoothd,
+        RandScaleIntensityd,
+        RandShiftIntensityd,
+    )
+
+    size = cfg["preprocess"]["size"]
+    a = cfg["augment"]
+    t = Compose(
+        [
+            RandAffined(
+                keys=("image", "masks", "weight"),
+                prob=0.8,
+                rotate_range=math.radians(a["rotate_deg"]),
+                shear_range=(a["shear"], a["shear"]),
+                translate_range=(a["translate"] * size, a["translate"] * size),
+                scale_range=(a["scale"], a["scale"]),
+                mode=("bilinear", "nearest", "nearest"),
+                padding_mode="zeros",
+            ),
+            RandAdjustContrastd(keys="image", prob=0.5, gamma=tuple(a["gamma"])),
+            RandScaleIntensityd(keys="image", factors=0.1, prob=0.3),
+            RandShiftIntensityd(keys="image", offsets=0.05, prob=0.3),
+            RandGaussianSmoothd(keys="image", prob=0.15, sigma_x=(0.3, 1.0), sigma_y=(0.3, 1.0)),
+            RandGaussianNoised(keys="image", prob=0.2, std=0.02),
+        ]
+    )
+    t.set_random_state(seed)
+    rng = np.random.default_rng(seed)
+
+    def apply(image, masks, weight):
+        if rng.random() < a.get("flip_prob", 0.0):
+            image, masks, weight = mirror(image, masks, weight)
+        out = t({"image": image, "masks": masks, "weight": weight})
+        return [torch.as_tensor(np.asarray(out[k]), dtype=torch.float32) for k in ("image", "masks", "weight")]
+
+    return apply
+
+
+@torch.no_grad()
+def validate(net, data: dict, idx: np.ndarray, batch: int = 16) -> dict[str, float]:
+    """Mean Dice at the training resolution, per (dataset, class) with labels."""
+    net.eval()
+    scores: dict[str, list[float]] = {}
+    for start in range(0, len(idx), batch):
+        sel = idx[start : start + batch]
+        x = torch.as_tensor(data["images"][sel].astype(np.float32))[:, None]
+        pred = (net(x) > 0).numpy()
+        for j, i in enumerate(sel):
+            ds = str(data["dataset"][i]).split("_")[0]
+            gt = data["masks"][i]
+            for c, name in enumerate(CXR_CLASSES):
+                if not data["labelled"][i, c]:
+                    continue
+                p, g = pred[j, c], gt[c]
+                d = 2 * (p & g).sum() / max(p.sum() + g.sum(), 1)
+                scores.setdefault(f"{ds}/{name}", []).append(float(d))
+            if data["labelled"][i, 0] and data["labelled"][i, 1]:
+                p, g = pred[j, 0] | pred[j, 1], gt[0] | gt[1]
+                scores.setdefault(f"{ds}/lung", []).append(float(2 * (p & g).sum() / max(p.sum() + g.sum(), 1)))
+    net.train()
+    return {k: float(np.mean(v)) for k, v in sorted(scores.items())}
+
+
+def selection_score(val: dict[str, float]) -> float:
+    keys = ["jsrt/lung", "covid/lung", "jsrt/heart", "jsrt/clavicle_left", "jsrt/clavicle_right"]
+    return float(np.mean([val[k] for k in keys if k in val]))
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", type=Path, required=True)
+    ap.add_argument("--data", type=Path, default=Path("../shared/data"))
+    ap.add_argument("--run", type=Path, required=True, help="run folder for cache, checkpoints and logs")
+    ap.add_argument("--epochs", type=int, help="override the config's epoch count")
+    ap.add_argument("--threads", type=int, default=torch.get_num_threads())
+    args = ap.parse_args(argv)
+
+    cfg = json.loads(args.config.read_text())
+    if args.epochs:
+        cfg["epochs"] = args.epochs
+    torch.set_num_threads(args.threads)
+    args.run.mkdir(parents=True, exist_ok=True)
+    (args.run / "config.json").write_text(json.dumps(cfg, indent=2))
+    seed_everything(cfg["seed"])
+
+    pre = PreprocessConfig.from_dict(cfg["preprocess"])
+    cache = args.run / "cache.npz"
+    if not cache.exists():
+        t0 = time.time()
+        build_cache(args.data, cache, pre, seed=cfg["seed"])
+        print(f"cache built in {time.time() - t0:.0f}s", flush=True)
+    data = load_cache(cache)
+    train_idx = np.nonzero(data["split"] == "train")[0]
+    val_idx = np.nonzero(data["split"] == "val")[0]
+    print(f"train {len(train_idx)}  val {len(val_idx)}", flush=True)
+
+    net = build_network(cfg["arch"], 1, len(CXR_CLASSES), **cfg.get("arch_options", {}))
+    loss_fn = SegmentationLoss(**cfg["loss"])
+    opt_cls = {"adam": torch.optim.Adam, "nadam": torch.optim.NAdam}[cfg["optimizer"]]
+    opt = opt_cls(net.parameters(), lr=cfg["lr"], weight_decay=cfg.get("weight_decay", 0.0))
+    steps_per_epoch = math.ceil(len(train_idx) / cfg["batch_size"])
+    sched = torch.optim.lr_scheduler.OneCycleLR(
+        opt, max_lr=cfg["lr"], total_steps=cfg["epochs"] * steps_per_epoch, pct_start=0.05
+    )
+    start_epoch, best = 0, -1.0
+    last = args.run / "last.pt"
+    if last.exists():
+        ck = torch.load(last, weights_only=False)
+        net.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["optimizer"])
+        sched.load_state_dict(ck["scheduler"])
+        start_epoch, best = ck["epoch"] + 1, ck["best"]
+        random.setstate(ck["py_rng"])
+        np.random.set_state(ck["np_rng"])
+        torch.set_rng_state(ck["torch_rng"])
+        print(f"resumed from epoch {start_epoch}", flush=True)
+
+    augment = make_augment(cfg, cfg["seed"] + start_epoch)
+    log_path = args.run / "log.csv"
+    bs = cfg["batch_size"]
+    for epoch in range(start_epoch, cfg["epochs"]):
+        t0 = time.time()
+        order = np.random.permutation(train_idx)
+        losses = []
+        for b in range(steps_per_epoch):
+            sel = order[b * bs : (b + 1) * bs]
+            items = [
+                augment(
+                    data["images"][i][None].astype(np.float32),
+                    data["masks"][i].astype(np.float32),
+                    data["weights"][i][None].astype(np.float32),
+                )
+                for i in sel
+            ]
+            x, y, w = (torch.stack(t) for t in zip(*items, strict=True))
+            lab = torch.as_tensor(data["labelled"][sel], dtype=torch.float32)
+            loss = loss_fn(net(x), y, lab, w)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+            losses.append(loss.item())
+        val = validate(net, data, val_idx)
+        score = selection_score(val)
+        if score > best:
+            best = score
+            torch.save({"model": net.state_dict(), "epoch": epoch, "val": val}, args.run / "best.pt")
+        row = {
+            "epoch": epoch,
+            "train_loss": float(np.mean(losses)),
+            "lr": sched.get_last_lr()[0],
+            "seconds": time.time() - t0,
+            "score": score,
+            **val,
+        }
+        new = not log_path.exists()
+        with open(log_path, "a", newline="") as f:
+            wr = csv.DictWriter(f, fieldnames=list(row))
+            if new:
+                wr.writeheader()
+            wr.writerow(row)
+        torch.save(
+            {
+                "model": net.state_dict(),
+                "optimizer": opt.state_dict(),
+                "scheduler": sched.state_dict(),
+                "epoch": epoch,
+                "best": best,
+                "py_rng": random.getstate(),
+                "np_rng": np.random.get_state(),
+                "torch_rng": torch.get_rng_state(),
+            },
+            args.run / "last.tmp",
+        )
+        (args.run / "last.tmp").replace(last)
+        print(
+            f"epoch {epoch:3d} loss {row['train_loss']:.4f} score {score:.4f} "
+            + " ".join(f"{k}={v:.3f}" for k, v in val.items())
+            + f" ({row['seconds']:.0f}s)",
+            flush=True,
+        )
+
+
+if __name__ == "__main__":
+    main()

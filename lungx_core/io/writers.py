@@ -52,6 +52,7 @@ def write_seg_nrrd(
 ) -> None:
     """Slicer segmentation: one named, coloured segment per structure with SCT terminology, on the image grid."""
     import slicerio
+    from slicerio.segmentation import terminology_entry_from_string
 
     seg = slicerio.create_segmentation(_ijk_shape(image), image.ijk_to_lps())
     for s in structures:
@@ -65,7 +66,7 @@ def write_seg_nrrd(
                 "id": s.name,
                 "name": s.name,
                 "color": list(s.color),
-                "terminology": slicerio.terminology_entry_from_string(s.terminology()),
+                "terminology": terminology_entry_from_string(s.terminology()),
             },
         )
     with atomic_path(path) as tmp:

@@ -1,0 +1,149 @@
+"""Ship a trained CXR anatomy run: fp16 safetensors + config + a model card with measured validation metrics.
+
+    python training/export_cxr.py --run runs/cxr_unet --data ../shared/data
+
+The card's metrics come from scoring the exported (fp16) weights with the same code as
+``lungx evaluate cxr DIR --ids training/splits/<dataset>_val.txt``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from lungx_core.anatomy import CXR_CLASSES  # noqa: E402
+from lungx_core.evaluate import evaluate_cxr  # noqa: E402
+from lungx_core.io.readers import read_radiograph  # noqa: E402
+from lungx_core.io.writers import write_text_atomic  # noqa: E402
+from lungx_core.models.store import WEIGHTS_DIR, save_model  # noqa: E402
+from lungx_core.tasks.cxr_segmentation import CXRSegmenter  # noqa: E402
+from training.cxr_data import DATASETS, SPLITS_DIR  # noqa: E402
+
+NAME = "cxr_anatomy"
+
+
+def fp16_agreement(state: dict, cfg: dict, run: Path) -> float:
+    """Dice between fp32 and fp16-rounded predictions on the cached validation images (1.0 = identical)."""
+    from lungx_core.models.networks import build_network
+    from training.cxr_data import load_cache
+
+    data = load_cache(run / "cache.npz")
+    idx = np.nonzero(data["split"] == "val")[0][:48]
+    x = torch.as_tensor(data["images"][idx].astype(np.float32))[:, None]
+    nets = []
+    for sd in (state, {k: v.half().float() for k, v in state.items()}):
+        net = build_network(cfg["arch"], 1, len(CXR_CLASSES), **cfg.get("arch_options", {}))
+        net.load_state_dict(sd)
+        nets.append(net.eval())
+    with torch.inference_mode():
+        a, b = ((n(x) > 0).numpy() for n in nets)
+    return float(2 * (a & b).sum() / max(a.sum() + b.sum(), 1))
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--run", type=Path, required=True)
+    ap.add_argument("--data", type=Path, default=Path("../shared/data"))
+    args = ap.parse_args(argv)
+
+    cfg = json.loads((args.run / "config.json").read_text())
+    ck = torch.load(args.run / "best.pt", weights_only=False)
+    state = ck["model"]
+    agreement = fp16_agreement(state, cfg, args.run)
+    print(f"fp16 vs fp32 prediction Dice on validation images: {agreement:.5f}", flush=True)
+    if agreement < 0.999:
+        raise SystemExit("fp16 weights change predictions; export in fp32 instead")
+    model_cfg = {
+        "name": NAME,
+        "task": "cxr-anatomy",
+        "arch": cfg["arch"],
+        "arch_options": cfg.get("arch_options", {}),
+        "in_channels": 1,
+        "classes": list(CXR_CLASSES),
+        "preprocess": cfg["preprocess"],
+        "threshold": 0.5,
+        "training": {"config": cfg, "best_epoch": int(ck["epoch"]), "val_at_training_resolution": ck["val"]},
+    }
+    save_model(state, model_cfg, NAME)
+
+    segmenter = CXRSegmenter(NAME, device="cpu")
+    metrics = {}
+    for ds in DATASETS:
+        ids = (SPLITS_DIR / f"{ds}_val.txt").read_text().split()
+        t0 = time.time()
+        metrics[ds] = evaluate_cxr(args.data / ds, lambda p: segmenter.segment(read_radiograph(p)).masks, ids)
+        print(ds, json.dumps(metrics[ds]), f"({time.time() - t0:.0f}s)", flush=True)
+    model_cfg["validation"] = metrics
+    save_model(state, model_cfg, NAME)
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    write_text_atomic(WEIGHTS_DIR / f"{NAME}.md", model_card(model_cfg, metrics, agreement, commit))
+    print(f"exported to {WEIGHTS_DIR}", flush=True)
+
+
+def model_card(cfg: dict, metrics: dict, agreement: float, commit: str) -> str:
+    tr = cfg["training"]["config"]
+    n_params = sum(v.numel() for v in __import__("safetensors.torch").torch.load_file(
+        str(WEIGHTS_DIR / f"{NAME}.safetensors")).values())
+    lines = [
+        f"# Model card: `{NAME}` (CXR anatomy segmentation)",
+        "",
+        "## What it does",
+        "Segments, on a frontal (PA/AP) chest radiograph: `lung_left`, `lung_right` (patient's sides), `heart`,",
+        "`clavicle_left`, `clavicle_right`. Multi-label sigmoid outputs at 256x256 (letterboxed), mapped back to the",
+        "input grid, thresholded at 0.5, then cleaned (largest plausible component, holes filled).",
+        "",
+        "## Architecture and training",
+        f"- MONAI `{cfg['arch']}` {cfg['arch_options']}, {n_params / 1e6:.2f} M parameters, stored in fp16 "
+        f"(fp16 vs fp32 prediction agreement on validation images: Dice {agreement:.5f}).",
+        f"- Preprocessing: {cfg['preprocess']}.",
+        f"- Loss `{tr['loss']['name']}` {tr['loss']}; optimiser {tr['optimizer']}, one-cycle LR max {tr['lr']}, "
+        f"{tr['epochs']} epochs, batch {tr['batch_size']}, seed {tr['seed']}; best epoch "
+        f"{cfg['training']['best_epoch']} chosen on the validation split.",
+        f"- Augmentation: {tr['augment']} (a mirror swaps left/right labels).",
+        "- Per-dataset label masking: the COVID sets label lungs only, so heart/clavicle outputs get no loss there.",
+        "",
+        "## Data and split (../shared/data, research-only licences; nothing of it ships)",
+        "- `jsrt_scr` (JSRT images, SCR masks): lungs L/R, heart, clavicles (split by side). 160 train / 40 val.",
+        "- `covid_cxr_gb_seg` (radiologist masks): lungs L/R. `covid_cxr_v7labs` (V7 masks): lung union split into",
+        "  L/R by connected components; V7 'ignore' regions (devices) carry zero loss weight.",
+        "- The COVID sets are split jointly by `patientid` (images shared by both sets stay on one side), 20% val.",
+        "- ID lists: `training/splits/<dataset>_{train,val}.txt`.",
+        "",
+        "## Validation metrics (full-resolution 512-px masks, the exported fp16 weights)",
+        "| dataset | n | class | Dice | IoU | HD95 (px) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for ds, m in metrics.items():
+        for c in m["dice"]:
+            lines.append(f"| {ds} | {m['n']} | {c} | {m['dice'][c]:.4f} | {m['iou'][c]:.4f} | {m['hd95_px'][c]:.2f} |")
+    lines += [
+        "",
+        "## Reproduce",
+        "```",
+        "python training/train_cxr.py --config training/configs/cxr_unet.json --data ../shared/data --run runs/cxr_unet",
+        "python training/export_cxr.py --run runs/cxr_unet --data ../shared/data",
+        "lungx evaluate cxr ../shared/data/jsrt_scr --ids training/splits/jsrt_scr_val.txt",
+        "```",
+        f"Exported from commit {commit or 'unknown'} on 2 CPU cores.",
+        "",
+        "## Limits",
+        "- Trained on adult frontal films; lateral views are rejected; paediatric films are untested.",
+        "- Left/right assume standard display (patient's left on the image right) unless DICOM PatientOrientation",
+        "  says otherwise; an anatomically inconsistent result is flagged, never silently swapped.",
+        "- Clavicle and heart labels come from one dataset (JSRT/SCR, 247 Japanese PA films).",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()

@@ -191,8 +191,13 @@ def test_measurements_areas_ctr_and_flags():
 
 @pytest.mark.parametrize(
     ("orientation", "expected"),
-    [([], (False, False, True)), (["L", "F"], (False, False, True)), (["R", "F"], (False, True, True)),
-     (["L", "H"], (True, False, True)), (["X", "?"], (False, False, False))],
+    [
+        ([], (False, False, True)),
+        (["L", "F"], (False, False, True)),
+        (["R", "F"], (False, True, True)),
+        (["L", "H"], (True, False, True)),
+        (["X", "?"], (False, False, False)),
+    ],
 )
 def test_display_flips(orientation, expected):
     assert display_flips({"patient_orientation": orientation}) == expected

@@ -91,8 +91,10 @@ def main(argv=None) -> None:
 
 def model_card(cfg: dict, metrics: dict, agreement: float, commit: str) -> str:
     tr = cfg["training"]["config"]
-    n_params = sum(v.numel() for v in __import__("safetensors.torch").torch.load_file(
-        str(WEIGHTS_DIR / f"{NAME}.safetensors")).values())
+    n_params = sum(
+        v.numel()
+        for v in __import__("safetensors.torch").torch.load_file(str(WEIGHTS_DIR / f"{NAME}.safetensors")).values()
+    )
     lines = [
         f"# Model card: `{NAME}` (CXR anatomy segmentation)",
         "",

@@ -27,6 +27,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        os.chmod(tmp_path, 0o644)  # mkstemp creates 0600; outputs and shipped weights must be readable
         os.replace(tmp_path, path)
     except BaseException:
         tmp_path.unlink(missing_ok=True)

@@ -1,0 +1,5 @@
+"""`python -m lungx_core` is the `lungx` command."""
+
+from lungx_core.cli import main
+
+main()

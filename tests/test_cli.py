@@ -1,0 +1,184 @@
+"""End-to-end `lungx segment` / `lungx evaluate cxr` with the shipped weights, and every bad-input case."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from conftest import write_dicom
+from PIL import Image
+
+from lungx_core.image import MedicalImage
+from lungx_core.io.writers import write_image
+
+pytestmark = pytest.mark.slow
+
+
+def run_lungx(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "COLUMNS": "200"}
+    return subprocess.run(
+        [sys.executable, "-m", "lungx_core", *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=600
+    )
+
+
+def _bad_inputs(folder: Path, phantom: np.ndarray) -> dict[str, tuple[Path, str]]:
+    """name -> (path, text the one-line error must contain)."""
+    folder.mkdir()
+    good_dcm = write_dicom(folder / "good.dcm", phantom.astype(np.uint16) * 16)
+    truncated = folder / "truncated.dcm"
+    truncated.write_bytes(good_dcm.read_bytes()[: good_dcm.stat().st_size // 2])
+    corrupt = folder / "corrupt.dcm"
+    corrupt.write_bytes(b"\0" * 128 + b"DICM" + os.urandom(300))
+    good_dcm.unlink()
+    ct = sitk.GetImageFromArray(np.zeros((40, 64, 64), np.int16))
+    sitk.WriteImage(ct, str(folder / "ct_volume.nii.gz"))
+    write_dicom(folder / "ct_slice.dcm", phantom, modality="CT")
+    write_dicom(folder / "lateral.dcm", phantom, view="LL")
+    write_dicom(folder / "knee.dcm", phantom, body_part="KNEE")
+    write_dicom(folder / "multiframe.dcm", phantom, frames=3)
+    nan = phantom.astype(np.float32)
+    nan[10:20, 10:20] = np.nan
+    Image.fromarray(nan).save(folder / "nan.tiff")
+    Image.fromarray(np.zeros((10000, 10000), np.uint8)).save(folder / "huge.png")
+    (folder / "empty.png").write_bytes(b"")
+    (folder / "notimage.png").write_bytes(b"this is text, not a PNG")
+    return {
+        "truncated": (truncated, "truncated.dcm: "),
+        "corrupt": (corrupt, "corrupt.dcm: "),
+        "ct_volume": (folder / "ct_volume.nii.gz", "3-D volume"),
+        "ct_slice": (folder / "ct_slice.dcm", "CT"),
+        "lateral": (folder / "lateral.dcm", "lateral view"),
+        "knee": (folder / "knee.dcm", "KNEE"),
+        "multiframe": (folder / "multiframe.dcm", "multi-frame"),
+        "nan": (folder / "nan.tiff", "NaN"),
+        "huge": (folder / "huge.png", "10000x10000"),
+        "empty": (folder / "empty.png", "empty file"),
+        "notimage": (folder / "notimage.png", "not a readable image"),
+        "missing": (folder / "missing.png", "file not found"),
+    }
+
+
+def test_segment_mixed_batch(tmp_path, phantom):
+    good = tmp_path / "good"
+    good.mkdir()
+    Image.fromarray(phantom).save(good / "plain.png")
+    Image.fromarray(np.stack([phantom, phantom, phantom // 2], -1)).save(good / "colour.png")
+    Image.fromarray(phantom.astype(np.uint16) * 250).save(good / "sixteen.png")
+    raw = phantom.astype(np.uint16) * 16
+    write_dicom(good / "mono1.dcm", raw.max() - raw, photometric="MONOCHROME1")
+    geom = MedicalImage(
+        phantom, (0.18, 0.2, 1.0), (-50.0, 20.0, 300.0), (1, 0, 0, 0, 0, 1, 0, -1, 0), spacing_known=True
+    )
+    write_image(good / "coronal.nrrd", geom)
+    bad = _bad_inputs(tmp_path / "bad", phantom)
+    out = tmp_path / "out"
+    args = [str(good), *(str(p) for p, _ in bad.values()), "-o", str(out), "--device", "cpu", "-q"]
+    proc = run_lungx("segment", *args)
+
+    assert proc.returncode == 1, proc.stderr  # some inputs failed
+    assert "Traceback" not in proc.stderr
+    with open(out / "results.csv") as f:
+        rows = {r["case_id"]: r for r in csv.DictReader(f)}
+    for cid in ("plain", "colour", "sixteen", "mono1", "coronal"):
+        assert rows[cid]["status"] == "ok", rows[cid]
+        assert (out / f"{cid}.seg.nrrd").exists() and (out / f"{cid}_overlay.png").exists()
+    assert "converted_from_colour" in rows["colour"]["qc_flags"]
+    assert "spacing_unknown" in rows["plain"]["qc_flags"] and rows["plain"]["area_cm2_lung_left"] == ""
+    assert float(rows["coronal"]["area_cm2_lung_left"]) > 0
+    for name, (path, expected) in bad.items():
+        cid = path.name.split(".")[0]
+        row = rows[cid]
+        assert row["status"] == "error", name
+        assert expected in row["error"] and str(path) in row["error"], (name, row["error"])
+        assert "\n" not in row["error"]
+        matching = [line for line in proc.stderr.splitlines() if str(path) in line]
+        assert matching, f"{name} not reported on stderr"
+        assert not list(out.glob(f"{cid}*")), f"{name} left outputs"
+    assert not [p for p in out.iterdir() if ".part" in p.name]  # no temporary files left
+
+    # the segmentation lies on the input's exact grid
+    import slicerio
+
+    seg = slicerio.read_segmentation(str(out / "coronal.seg.nrrd"))
+    assert np.allclose(seg["ijkToLPS"], geom.ijk_to_lps())
+    assert seg["voxels"].shape[-3:] == (phantom.shape[1], phantom.shape[0], 1)  # overlapping segments: layers first
+
+
+@pytest.mark.parametrize("fmt", ["nii.gz", "nrrd", "png"])
+def test_segment_other_formats(tmp_path, phantom, fmt):
+    Image.fromarray(phantom).save(tmp_path / "x.png")
+    out = tmp_path / "out"
+    proc = run_lungx("segment", str(tmp_path / "x.png"), "-o", str(out), "--format", fmt, "--no-overlay", "-q")
+    assert proc.returncode == 0, proc.stderr
+    if fmt == "png":
+        mask = np.asarray(Image.open(out / "x_lung_left.png"))
+        assert mask.shape == phantom.shape and set(np.unique(mask)) <= {0, 255}
+    else:
+        lab = sitk.GetArrayFromImage(sitk.ReadImage(str(out / f"x_labels.{fmt}")))
+        assert lab.shape == (1, *phantom.shape) and lab.max() <= 5
+    assert not (out / "x_overlay.png").exists()
+
+
+def test_sample_segments_plausibly(tmp_path):
+    """The embedded default: a DRR of the CT shipped by slicerio; both lungs found, geometry kept."""
+    out = tmp_path / "out"
+    proc = run_lungx("segment", "--sample", "-o", str(out), "-q")
+    assert proc.returncode == 0, proc.stderr
+    with open(out / "results.csv") as f:
+        (row,) = list(csv.DictReader(f))
+    assert row["status"] == "ok"
+    assert "not_found" not in row["qc_flags"] and "left_right_inconsistent" not in row["qc_flags"]
+    left, right = float(row["area_cm2_lung_left"]), float(row["area_cm2_lung_right"])
+    assert 50 < left < 400 and 50 < right < 400  # adult lung fields, cm^2 at 1 mm pixels
+
+
+def test_missing_only_input_is_one_line(tmp_path):
+    proc = run_lungx("segment", str(tmp_path / "nope.dcm"), "-o", str(tmp_path / "o"), "-q")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert f"{tmp_path / 'nope.dcm'}: file not found" in proc.stderr
+
+
+def _fixture_dataset(root: Path, phantom: np.ndarray, segmenter) -> dict:
+    """A folder in the shared layout whose reference masks are our own prediction on the phantom."""
+    from lungx_core.io.readers import read_radiograph
+
+    (root / "images").mkdir(parents=True)
+    Image.fromarray(phantom).save(root / "images" / "p1.png")
+    masks = segmenter.segment(read_radiograph(root / "images" / "p1.png")).masks
+    refs = {"lung": masks["lung_left"] | masks["lung_right"], "heart": masks["heart"]}
+    for cls, m in refs.items():
+        (root / "masks" / cls).mkdir(parents=True)
+        Image.fromarray(m.astype(np.uint8) * 255).save(root / "masks" / cls / "p1.png")
+    return refs
+
+
+def test_evaluate_prints_exactly_one_json_object(tmp_path, phantom, segmenter):
+    _fixture_dataset(tmp_path / "ds", phantom, segmenter)
+    proc = run_lungx("evaluate", "cxr", str(tmp_path / "ds"), "--device", "cpu")
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert proc.stdout.strip().count("\n") == 0
+    assert result["n"] == 1 and set(result) == {"n", "dice", "iou", "hd95_px"}
+    assert set(result["dice"]) == {"lung", "heart"}
+    assert result["dice"]["lung"] == 1.0 and result["hd95_px"]["lung"] == 0.0
+
+
+def test_real_radiograph_from_shared_data(shared_data, segmenter):
+    """One real JSRT validation film: the shipped model must agree with the SCR masks."""
+    from lungx_core.io.readers import read_radiograph
+    from lungx_core.metrics import dice
+
+    repo = Path(__file__).resolve().parents[1]
+    case = (repo / "training" / "splits" / "jsrt_scr_val.txt").read_text().split()[0]
+    root = shared_data / "jsrt_scr"
+    result = segmenter.segment(read_radiograph(root / "images" / f"{case}.png"))
+    for cls in ("lung_left", "lung_right", "heart"):
+        truth = np.asarray(Image.open(root / "masks" / cls / f"{case}.png")) > 127
+        assert dice(result.masks[cls], truth) > 0.88, cls

@@ -85,11 +85,11 @@ def main(argv=None) -> None:
     model_cfg["validation"] = metrics
     save_model(state, model_cfg, NAME)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    write_text_atomic(WEIGHTS_DIR / f"{NAME}.md", model_card(model_cfg, metrics, agreement, commit))
+    write_text_atomic(WEIGHTS_DIR / f"{NAME}.md", model_card(model_cfg, metrics, agreement, commit, args.run))
     print(f"exported to {WEIGHTS_DIR}", flush=True)
 
 
-def model_card(cfg: dict, metrics: dict, agreement: float, commit: str) -> str:
+def model_card(cfg: dict, metrics: dict, agreement: float, commit: str, run: Path) -> str:
     tr = cfg["training"]["config"]
     n_params = sum(
         v.numel()
@@ -131,8 +131,8 @@ def model_card(cfg: dict, metrics: dict, agreement: float, commit: str) -> str:
         "",
         "## Reproduce",
         "```",
-        "python training/train_cxr.py --config training/configs/cxr_unet.json --data ../shared/data --run runs/cxr_unet",
-        "python training/export_cxr.py --run runs/cxr_unet --data ../shared/data",
+        f"python training/train_cxr.py --config training/configs/cxr_unet.json --data ../shared/data --run {run}",
+        f"python training/export_cxr.py --run {run} --data ../shared/data",
         "lungx evaluate cxr ../shared/data/jsrt_scr --ids training/splits/jsrt_scr_val.txt",
         "```",
         f"Exported from commit {commit or 'unknown'} on 2 CPU cores.",

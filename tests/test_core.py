@@ -239,3 +239,14 @@ def test_drr_independent_of_direction_matrix():
     )
     a, b = render_drr(ct, 2.0), render_drr(flipped, 2.0)
     assert np.allclose(a.array, b.array, atol=1e-4)
+
+
+def test_fill_holes_matches_scipy():
+    from scipy import ndimage as ndi
+
+    rng = np.random.default_rng(3)
+    for _ in range(20):
+        m = ndi.binary_opening(rng.random((60, 70)) > 0.45)
+        assert np.array_equal(postprocess.fill_holes(m), ndi.binary_fill_holes(m))
+    assert postprocess.fill_holes(np.ones((5, 5), bool)).all()
+    assert not postprocess.fill_holes(np.zeros((5, 5), bool)).any()

@@ -1,0 +1,48 @@
+"""Training pieces that must hold for the shipped model to be right: left/right-aware mirroring, splits."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from training.cxr_data import Sample, make_splits, split_by_side
+from training.train_cxr import mirror
+
+
+def test_mirror_swaps_left_and_right_labels():
+    image = np.zeros((1, 8, 8), np.float32)
+    image[0, :, 6] = 1
+    masks = np.zeros((5, 8, 8), np.float32)
+    masks[0, :, 6:] = 1  # lung_left on the image right
+    masks[1, :, :2] = 1  # lung_right on the image left
+    masks[2, 4:, 3:6] = 1  # heart (no side)
+    masks[3, 0, 5:] = 1  # clavicle_left
+    weight = np.ones((1, 8, 8), np.float32)
+    im2, m2, _ = mirror(image, masks, weight)
+    assert im2[0, 0, 1] == 1
+    assert np.array_equal(m2[0], masks[1][:, ::-1])  # the new lung_left is the mirrored old lung_right
+    assert np.array_equal(m2[1], masks[0][:, ::-1])
+    assert np.array_equal(m2[2], masks[2][:, ::-1])
+    assert np.array_equal(m2[4], masks[3][:, ::-1])
+
+
+def test_split_by_side_assigns_patient_left_to_image_right():
+    mask = np.zeros((10, 20), bool)
+    mask[2:8, 1:6] = True
+    mask[2:8, 12:19] = True
+    patient_left, patient_right = split_by_side(mask)
+    assert patient_left[:, 12:].any() and not patient_left[:, :10].any()
+    assert patient_right[:, :6].any() and not patient_right[:, 10:].any()
+    one_blob = np.zeros((10, 20), bool)
+    one_blob[2:8, 2:18] = True
+    assert split_by_side(one_blob) is None
+
+
+def test_splits_keep_patients_together():
+    samples = [Sample("covid_cxr_v7labs", f"v{i}", f"covid:{i // 3}") for i in range(60)]
+    samples += [Sample("jsrt_scr", f"j{i}", f"jsrt:j{i}") for i in range(50)]
+    splits = make_splits(samples, seed=0)
+    by_group: dict[str, set[str]] = {}
+    for s in samples:
+        by_group.setdefault(s.group, set()).add(splits[f"{s.dataset}/{s.id}"])
+    assert all(len(v) == 1 for v in by_group.values())
+    assert 0.1 < sum(v == "val" for v in splits.values()) / len(splits) < 0.3

@@ -162,7 +162,18 @@ def evaluate_cxr_cmd(
             per_case_rows.append({"case_id": case_id, **{f"dice_{k}": round(v, 4) for k, v in scores.items()}})
             progress.advance(task)
 
-        summary = evaluate_cxr(directory, lambda p: segmenter.segment(read_radiograph(p)).masks, id_list, on_case)
+        skipped: list[str] = []
+        summary = evaluate_cxr(
+            directory,
+            lambda p: segmenter.segment(read_radiograph(p)).masks,
+            id_list,
+            on_case,
+            on_skip=lambda case_id, cls: skipped.append(f"{case_id}/{cls}"),
+        )
+    if skipped:
+        _stderr().print(
+            f"skipped {len(skipped)} empty (unannotated) reference masks: {', '.join(skipped)}", highlight=False
+        )
     if per_case:
         from lungx_core.io.writers import write_text_atomic
 

@@ -5,6 +5,9 @@ Layouts read:
   lung, lung_left, lung_right, heart, clavicles;
 - Montgomery: ``CXR_png/<id>.png`` with ``ManualMask/leftMask|rightMask/<id>.png`` (scored as ``lung``);
 - Shenzhen: ``CXR_png/<id>.png`` with ``mask/<id>_mask.png`` (``lung``).
+
+An empty reference mask is read as "not annotated" and skipped for that class: every scored structure is
+present on a frontal chest film, and some datasets write empty files for structures they did not label.
 """
 
 from __future__ import annotations
@@ -77,6 +80,7 @@ def evaluate_cxr(
     segment: Callable[[Path], dict[str, np.ndarray]],
     ids: Iterable[str] | None = None,
     on_case: Callable[[str, dict[str, float]], None] | None = None,
+    on_skip: Callable[[str, str], None] | None = None,
 ) -> dict:
     """Mean Dice, IoU and HD95 (px) per reference class. ``segment`` maps an image path to our masks."""
     scores: dict[str, dict[str, list[float]]] = {m: {} for m in ("dice", "iou", "hd95_px")}
@@ -86,6 +90,10 @@ def evaluate_cxr(
         per_case = {}
         for cls, files in case.masks.items():
             truth = np.logical_or.reduce([_read_mask(f) for f in files])
+            if not truth.any():
+                if on_skip:
+                    on_skip(case.case_id, cls)
+                continue
             p = predicted_class_mask(pred, cls)
             if p.shape != truth.shape:
                 raise ValueError(f"{files[0]}: mask shape {truth.shape} differs from image shape {p.shape}")

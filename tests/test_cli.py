@@ -152,7 +152,11 @@ def _fixture_dataset(root: Path, phantom: np.ndarray, segmenter) -> dict:
     (root / "images").mkdir(parents=True)
     Image.fromarray(phantom).save(root / "images" / "p1.png")
     masks = segmenter.segment(read_radiograph(root / "images" / "p1.png")).masks
-    refs = {"lung": masks["lung_left"] | masks["lung_right"], "heart": masks["heart"]}
+    refs = {
+        "lung": masks["lung_left"] | masks["lung_right"],
+        "heart": masks["heart"],
+        "clavicles": np.zeros_like(masks["heart"]),  # an empty file: "not annotated", as some datasets write
+    }
     for cls, m in refs.items():
         (root / "masks" / cls).mkdir(parents=True)
         Image.fromarray(m.astype(np.uint8) * 255).save(root / "masks" / cls / "p1.png")
@@ -168,6 +172,7 @@ def test_evaluate_prints_exactly_one_json_object(tmp_path, phantom, segmenter):
     assert result["n"] == 1 and set(result) == {"n", "dice", "iou", "hd95_px"}
     assert set(result["dice"]) == {"lung", "heart"}
     assert result["dice"]["lung"] == 1.0 and result["hd95_px"]["lung"] == 0.0
+    assert "skipped 1 empty" in proc.stderr and "p1/clavicles" in proc.stderr
 
 
 def test_real_radiograph_from_shared_data(shared_data, segmenter):

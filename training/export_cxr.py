@@ -121,6 +121,7 @@ def model_card(cfg: dict, metrics: dict, agreement: float, commit: str, run: Pat
         "- ID lists: `training/splits/<dataset>_{train,val}.txt`.",
         "",
         "## Validation metrics (full-resolution 512-px masks, the exported fp16 weights)",
+        "Empty reference masks are read as unannotated and skipped (`lungx evaluate cxr` lists them on stderr).",
         "| dataset | n | class | Dice | IoU | HD95 (px) |",
         "|---|---|---|---|---|---|",
     ]

@@ -64,6 +64,7 @@ def save_model(state_dict: dict, config: dict[str, Any], name_or_path: str | Pat
     weights, cfg = model_paths(name_or_path)
     tensors = {k: (v.half() if fp16 and v.is_floating_point() else v).contiguous() for k, v in state_dict.items()}
     with atomic_path(weights) as tmp:
-        save_file(tensors, str(tmp), metadata={"format": "pt", "arch": config["arch"]})
+        # one metadata key: safetensors stores metadata unordered, so more keys make re-exports differ byte-wise
+        save_file(tensors, str(tmp), metadata={"format": "pt"})
     write_text_atomic(cfg, json.dumps(config, indent=2) + "\n")
     return weights

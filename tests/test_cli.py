@@ -187,3 +187,24 @@ def test_real_radiograph_from_shared_data(shared_data, segmenter):
     for cls in ("lung_left", "lung_right", "heart"):
         truth = np.asarray(Image.open(root / "masks" / cls / f"{case}.png")) > 127
         assert dice(result.masks[cls], truth) > 0.88, cls
+
+
+def test_unexpected_failure_in_one_case_does_not_stop_the_batch(tmp_path, phantom, segmenter, monkeypatch):
+    from lungx_core.io.inputs import Case
+    from lungx_core.tasks import cxr_segmentation
+
+    Image.fromarray(phantom).save(tmp_path / "a.png")
+    calls = {"n": 0}
+    real = segmenter.segment
+
+    def flaky(image):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise KeyError("simulated library bug")
+        return real(image)
+
+    monkeypatch.setattr(segmenter, "segment", flaky)
+    rows = [cxr_segmentation.process_case(Case(c, tmp_path / "a.png"), segmenter, tmp_path / "o") for c in "xy"]
+    assert rows[0]["status"] == "error" and "internal error (KeyError" in rows[0]["error"]
+    assert rows[1]["status"] == "ok"
+    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["y.seg.nrrd", "y_overlay.png"]

@@ -250,3 +250,12 @@ def test_fill_holes_matches_scipy():
         assert np.array_equal(postprocess.fill_holes(m), ndi.binary_fill_holes(m))
     assert postprocess.fill_holes(np.ones((5, 5), bool)).all()
     assert not postprocess.fill_holes(np.zeros((5, 5), bool)).any()
+
+
+@pytest.mark.parametrize("arch", ["unet", "attention_unet", "resnet_unet", "unetplusplus", "effnet_b4_unet"])
+def test_every_architecture_builds_and_keeps_the_grid(arch):
+    from lungx_core.models.networks import build_network
+
+    net = build_network(arch, 1, 5).eval()
+    with torch.inference_mode():
+        assert net(torch.zeros(1, 1, 64, 64)).shape == (1, 5, 64, 64)

@@ -200,4 +200,6 @@ def process_case(
         return error_row(case, f"{case.path}: out of memory while processing")
     except OSError as exc:  # e.g. a full disk or unwritable output folder while writing
         return error_row(case, f"{case.path}: {exc.strerror or exc}")
+    except Exception as exc:  # noqa: BLE001 - one unexpected failure must not end a batch of thousands
+        return error_row(case, f"{case.path}: internal error ({type(exc).__name__}: {str(exc)[:160]})")
     return result_row(case, image, result, outputs)

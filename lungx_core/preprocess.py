@@ -99,13 +99,23 @@ def letterbox_mask(mask: np.ndarray, box: Letterbox) -> np.ndarray:
 
 
 def unletterbox(channels: np.ndarray, box: Letterbox) -> np.ndarray:
-    """Invert :func:`letterbox` for a (C, size, size) map: crop the padding, resize to the original grid."""
-    from skimage.transform import resize
+    """Invert :func:`letterbox` for a (C, size, size) map: crop the padding, resize bilinearly to the original grid.
+
+    torch's interpolation (pixel-centre aligned, like the forward resize) is an order of magnitude faster than
+    scikit-image here, which matters on the per-image inference path.
+    """
+    import torch
+    import torch.nn.functional as F
 
     r0, c0 = box.offset
-    crop = channels[:, r0 : r0 + box.resized_shape[0], c0 : c0 + box.resized_shape[1]]
-    out = resize(crop, (channels.shape[0], *box.original_shape), order=1, anti_aliasing=False)
-    return out.astype(np.float32)
+    crop = np.ascontiguousarray(channels[:, r0 : r0 + box.resized_shape[0], c0 : c0 + box.resized_shape[1]])
+    out = F.interpolate(
+        torch.from_numpy(crop.astype(np.float32, copy=False))[None],
+        size=box.original_shape,
+        mode="bilinear",
+        align_corners=False,
+    )
+    return out[0].numpy()
 
 
 def preprocess_radiograph(image: np.ndarray, config: PreprocessConfig) -> tuple[np.ndarray, Letterbox]:

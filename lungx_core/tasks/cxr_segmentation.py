@@ -18,7 +18,7 @@ from lungx_core.errors import LungXError
 from lungx_core.image import MedicalImage
 from lungx_core.io.inputs import Case
 from lungx_core.postprocess import Measurements, clean_masks, measure
-from lungx_core.preprocess import PreprocessConfig, preprocess_radiograph
+from lungx_core.preprocess import PreprocessConfig, preprocess_radiograph, unletterbox
 
 DEFAULT_MODEL = "cxr_anatomy"
 OUTPUT_FORMATS = ("seg.nrrd", "nii.gz", "nrrd", "png")
@@ -71,21 +71,13 @@ class CXRSegmenter:
     def predict_probabilities(self, image: np.ndarray) -> np.ndarray:
         """(rows, cols) radiograph in display orientation -> (C, rows, cols) probabilities."""
         import torch
-        import torch.nn.functional as F
+        from scipy.special import expit
 
         x, box = preprocess_radiograph(image, self.preprocess)
-        (r0, c0), (rh, cw) = box.offset, box.resized_shape
         with torch.inference_mode():
-            logits = self.net(torch.from_numpy(x)[None, None].to(self.device))
-            # Same mapping as preprocess.unletterbox, on the logits: bilinear upsampling before the sigmoid
-            # gives smooth full-resolution borders, and torch does it an order of magnitude faster.
-            logits = F.interpolate(
-                logits[:, :, r0 : r0 + rh, c0 : c0 + cw].float(),
-                size=box.original_shape,
-                mode="bilinear",
-                align_corners=False,
-            )
-            return torch.sigmoid(logits)[0].cpu().numpy()
+            logits = self.net(torch.from_numpy(x)[None, None].to(self.device))[0].float().cpu().numpy()
+        # Upsample the logits, not the probabilities: smooth full-resolution borders after the sigmoid.
+        return expit(unletterbox(logits, box))
 
     def segment(self, image: MedicalImage) -> CXRResult:
         flip_rows, flip_cols, readable = display_flips(image.metadata)

@@ -6,7 +6,7 @@ image's right.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 
 @dataclass(frozen=True)
@@ -40,6 +40,13 @@ CXR_CLASSES: tuple[str, ...] = tuple(s.name for s in CXR_STRUCTURES)
 
 # Channel pairs exchanged when an image is mirrored left-right.
 CXR_MIRROR_PAIRS: tuple[tuple[int, int], ...] = ((0, 1), (3, 4))
+
+
+# CT label maps follow the common convention (TotalSegmentator-style exports, our evaluation layout):
+# 1 right lung, 2 left lung.
+CT_LUNG_RIGHT = replace(LUNG_RIGHT, label=1)
+CT_LUNG_LEFT = replace(LUNG_LEFT, label=2)
+CT_STRUCTURES: tuple[Structure, ...] = (CT_LUNG_RIGHT, CT_LUNG_LEFT)
 
 
 def structure_by_name(name: str) -> Structure:

@@ -14,7 +14,7 @@ from typing import Annotated
 import typer
 
 app = typer.Typer(
-    help="LungX: chest X-ray anatomy segmentation with exact geometry, Slicer-ready outputs.",
+    help="LungX: chest X-ray and CT lung segmentation with exact geometry, Slicer-ready outputs.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
@@ -31,6 +31,17 @@ class Device(str, Enum):
     auto = "auto"
     cpu = "cpu"
     cuda = "cuda"
+
+
+class Task(str, Enum):
+    auto = "auto"
+    cxr_anatomy = "cxr-anatomy"
+    ct_lungs = "ct-lungs"
+
+
+class CTMethod(str, Enum):
+    net = "net"
+    classical = "classical"
 
 
 class OutputFormat(str, Enum):
@@ -54,11 +65,19 @@ def _main(
 
 
 def _write_results(path: Path, rows: list[dict]) -> None:
+    """results.csv: the shared columns, then each task's own ones (a batch may mix radiographs and CTs)."""
     from lungx_core.io.writers import write_text_atomic
-    from lungx_core.tasks.cxr_segmentation import RESULT_COLUMNS
+    from lungx_core.tasks import ct_lungs, cxr_segmentation
+    from lungx_core.tasks.common import COMMON_COLUMNS, TRAILING_COLUMNS
 
+    tasks = {r.get("task") for r in rows}
+    columns = list(COMMON_COLUMNS)
+    if "cxr-anatomy" in tasks or not tasks - {""}:
+        columns += cxr_segmentation.RESULT_COLUMNS
+    if "ct-lungs" in tasks:
+        columns += ct_lungs.RESULT_COLUMNS
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=RESULT_COLUMNS, extrasaction="ignore")
+    writer = csv.DictWriter(buf, fieldnames=columns + TRAILING_COLUMNS, extrasaction="ignore")
     writer.writeheader()
     writer.writerows(rows)
     write_text_atomic(path, buf.getvalue())
@@ -66,31 +85,45 @@ def _write_results(path: Path, rows: list[dict]) -> None:
 
 @app.command()
 def segment(
-    inputs: Annotated[list[Path] | None, typer.Argument(help="Radiograph files, folders or DICOM folders.")] = None,
+    inputs: Annotated[
+        list[Path] | None, typer.Argument(help="Radiographs, CT volumes, folders or DICOM folders.")
+    ] = None,
     output: Annotated[Path, typer.Option("--output", "-o", help="Output folder.")] = Path("lungx_out"),
+    task: Annotated[
+        Task, typer.Option(help="auto: CT volumes and CT DICOM series go to ct-lungs, images to cxr-anatomy.")
+    ] = Task.auto,
     fmt: Annotated[OutputFormat, typer.Option("--format", "-f", help="Mask file format.")] = OutputFormat.seg_nrrd,
     device: Annotated[Device, typer.Option(help="Where the model runs.")] = Device.auto,
-    model: Annotated[str, typer.Option(help="Shipped model name or a .safetensors path.")] = "cxr_anatomy",
-    threshold: Annotated[float | None, typer.Option(help="Probability threshold (default: the model's).")] = None,
+    model: Annotated[
+        str | None, typer.Option(help="Shipped model name or a .safetensors path (default: the task's).")
+    ] = None,
+    method: Annotated[
+        CTMethod, typer.Option(help="CT: the trained network, or the classical pipeline (no model).")
+    ] = CTMethod.net,
+    series: Annotated[
+        str | None, typer.Option(help="CT DICOM: series to read (UID, UID prefix or series number).")
+    ] = None,
+    threshold: Annotated[float | None, typer.Option(help="CXR probability threshold (default: the model's).")] = None,
     overlay: Annotated[bool, typer.Option(help="Write <id>_overlay.png QC pictures.")] = True,
     sample: Annotated[
         bool,
         typer.Option(
             "--sample",
-            help="Add the embedded sample radiograph (a DRR of the CT that the slicerio package ships).",
+            help="Add the embedded samples: the chest CT that the slicerio package ships, and a radiograph "
+            "rendered from it.",
         ),
     ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ):
-    """Segment lungs (left/right), heart and clavicles (left/right) on chest radiographs.
+    """Segment chest radiographs (lungs L/R, heart, clavicles L/R) and chest CTs (lungs R/L).
 
     Writes <id>.seg.nrrd (or the chosen format) on each input's exact grid, <id>_overlay.png and
-    results.csv with areas, cardiothoracic ratio and QC flags. A bad input is reported and skipped; the
-    exit code is 1 when any input failed.
+    results.csv with areas or volumes, cardiothoracic ratio and QC flags. A bad input is reported and
+    skipped; the exit code is 1 when any input failed.
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from lungx_core.io.inputs import Case, collect_cases
+    from lungx_core.io.inputs import Case, collect_cases, detect_kind
 
     err = _stderr()
     inputs = list(inputs or [])
@@ -100,26 +133,41 @@ def segment(
     cases = collect_cases(inputs)
     if sample:
         from lungx_core.io.writers import write_image
-        from lungx_core.sample import sample_radiograph
+        from lungx_core.sample import sample_ct, sample_radiograph
 
-        sample_path = output / "sample_drr.nrrd"
-        write_image(sample_path, sample_radiograph())
-        cases.insert(0, Case("sample_drr", sample_path))
+        samples = []
+        if task in (Task.auto, Task.cxr_anatomy):
+            write_image(output / "sample_drr.nrrd", sample_radiograph())
+            samples.append(Case("sample_drr", output / "sample_drr.nrrd", kind="cxr"))
+        if task in (Task.auto, Task.ct_lungs):
+            write_image(output / "sample_ct.nrrd", sample_ct())
+            samples.append(Case("sample_ct", output / "sample_ct.nrrd", kind="ct"))
+        cases = samples + cases
 
-    from lungx_core.tasks.cxr_segmentation import CXRSegmenter, process_case
+    from lungx_core.tasks import ct_lungs, cxr_segmentation
 
-    segmenter = CXRSegmenter(model, device.value, threshold)
+    forced = {Task.cxr_anatomy: "cxr", Task.ct_lungs: "ct"}.get(task)
+    kinds = [forced or detect_kind(c) for c in cases]
+    segmenters: dict[str, object] = {}
+    if "cxr" in kinds:
+        segmenters["cxr"] = cxr_segmentation.CXRSegmenter(model or "cxr_anatomy", device.value, threshold)
+    if "ct" in kinds:
+        segmenters["ct"] = ct_lungs.CTLungSegmenter(method.value, model or "ct_lungs", device.value)
+    where = next((str(getattr(s, "device", "cpu")) for s in segmenters.values()), "cpu")
     rows: list[dict] = []
     results_path = output / "results.csv"
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()]
     with Progress(*columns, console=err, disable=quiet, transient=True) as progress:
-        task = progress.add_task(f"segmenting on {segmenter.device}", total=len(cases))
-        for i, case in enumerate(cases):
-            row = process_case(case, segmenter, output, fmt.value, overlay)
+        bar = progress.add_task(f"segmenting on {where}", total=len(cases))
+        for i, (case, kind) in enumerate(zip(cases, kinds, strict=True)):
+            if kind == "ct":
+                row = ct_lungs.process_case(case, segmenters["ct"], output, fmt.value, overlay, series)
+            else:
+                row = cxr_segmentation.process_case(case, segmenters["cxr"], output, fmt.value, overlay)
             rows.append(row)
             if row["status"] != "ok":
                 progress.console.print(f"[red]error[/red] {row['error']}", highlight=False, markup=True)
-            progress.advance(task)
+            progress.advance(bar)
             if i % 20 == 19:  # keep results on disk during long runs; each rewrite is atomic
                 _write_results(results_path, rows)
     _write_results(results_path, rows)
@@ -175,15 +223,52 @@ def evaluate_cxr_cmd(
             f"skipped {len(skipped)} empty (unannotated) reference masks: {', '.join(skipped)}", highlight=False
         )
     if per_case:
-        from lungx_core.io.writers import write_text_atomic
-
-        keys = sorted({k for r in per_case_rows for k in r}, key=lambda k: (k != "case_id", k))
-        buf = io.StringIO()
-        w = csv.DictWriter(buf, fieldnames=keys)
-        w.writeheader()
-        w.writerows(per_case_rows)
-        write_text_atomic(per_case, buf.getvalue())
+        _write_per_case(per_case, per_case_rows)
     sys.stdout.write(json.dumps(summary) + "\n")
+
+
+@evaluate_app.command("ct")
+def evaluate_ct_cmd(
+    directory: Annotated[
+        Path, typer.Argument(help="Folder of <case>/ct.nii.gz with <case>/mask_lung_lr.nii.gz (1 right, 2 left).")
+    ],
+    device: Annotated[Device, typer.Option(help="Where the model runs.")] = Device.auto,
+    model: Annotated[str, typer.Option(help="Shipped model name or a .safetensors path.")] = "ct_lungs",
+    method: Annotated[CTMethod, typer.Option(help="The trained network or the classical pipeline.")] = CTMethod.net,
+    per_case: Annotated[Path | None, typer.Option(help="Also write per-case Dice to this CSV.")] = None,
+):
+    """Dice, volume error (%) and HD95 (mm) per lung: {"n", "dice", "volume_error_pct", "hd95_mm",
+    "seconds_per_case"} as one JSON object."""
+    from lungx_core.evaluate import evaluate_ct
+    from lungx_core.io.ct import read_ct
+    from lungx_core.tasks.ct_lungs import CTLungSegmenter
+
+    segmenter = CTLungSegmenter(method.value, model, device.value)
+    rows: list[dict] = []
+
+    def segment_one(path: Path):
+        image = read_ct(path)
+        return segmenter.segment(image).labels, image.spacing[::-1]
+
+    summary = evaluate_ct(
+        directory,
+        segment_one,
+        on_case=lambda cid, d: rows.append({"case_id": cid, **{f"dice_{k}": round(v, 4) for k, v in d.items()}}),
+    )
+    if per_case:
+        _write_per_case(per_case, rows)
+    sys.stdout.write(json.dumps(summary) + "\n")
+
+
+def _write_per_case(path: Path, rows: list[dict]) -> None:
+    from lungx_core.io.writers import write_text_atomic
+
+    keys = sorted({k for r in rows for k in r}, key=lambda k: (k != "case_id", k))
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=keys)
+    w.writeheader()
+    w.writerows(rows)
+    write_text_atomic(path, buf.getvalue())
 
 
 @app.command()

@@ -1,4 +1,4 @@
-"""Evaluation of CXR segmentation against reference masks on disk.
+"""Evaluation against reference masks on disk: CXR segmentation, CT lung segmentation.
 
 Layouts read:
 - ours (../shared/data): ``images/<id>.png`` and ``masks/<class>/<id>.png`` (0/255), classes among
@@ -8,6 +8,9 @@ Layouts read:
 
 An empty reference mask is read as "not annotated" and skipped for that class: every scored structure is
 present on a frontal chest film, and some datasets write empty files for structures they did not label.
+
+CT: ``<case>/ct.nii.gz`` with ``<case>/mask_lung_lr.nii.gz`` (1 right, 2 left), one folder per case (or the
+folder itself is one case).
 """
 
 from __future__ import annotations
@@ -106,4 +109,59 @@ def evaluate_cxr(
     summary: dict = {"n": len(cases)}
     for metric, by_class in scores.items():
         summary[metric] = {c: round(float(np.mean(v)), 4) for c, v in by_class.items()}
+    return summary
+
+
+CT_REFERENCE = "mask_lung_lr.nii.gz"
+CT_EVAL_STRUCTURES = {"lung_right": (1,), "lung_left": (2,), "lung": (1, 2)}
+
+
+def discover_ct_cases(root: Path) -> list[tuple[str, Path, Path]]:
+    """(case id, CT file, reference label map) for every case folder under ``root``."""
+    root = Path(root)
+    folders = [root] if (root / "ct.nii.gz").exists() else sorted(p for p in root.iterdir() if p.is_dir())
+    cases = [(f.name, f / "ct.nii.gz", f / CT_REFERENCE) for f in folders]
+    cases = [c for c in cases if c[1].exists() and c[2].exists()]
+    if not cases:
+        raise FileNotFoundError(f"{root}: no <case>/ct.nii.gz with <case>/{CT_REFERENCE}")
+    return cases
+
+
+def evaluate_ct(
+    root: Path,
+    segment: Callable[[Path], tuple[np.ndarray, tuple[float, float, float]]],
+    on_case: Callable[[str, dict[str, float]], None] | None = None,
+) -> dict:
+    """Dice, absolute volume error (%) and HD95 (mm) per lung and for both together, plus seconds per case.
+
+    ``segment`` maps a CT path to (labels in the file's array order, spacing in NumPy axis order).
+    """
+    import time
+
+    import SimpleITK as sitk
+
+    scores: dict[str, dict[str, list[float]]] = {m: {} for m in ("dice", "volume_error_pct", "hd95_mm")}
+    seconds = []
+    cases = discover_ct_cases(root)
+    for case_id, ct_path, ref_path in cases:
+        t0 = time.perf_counter()
+        labels, spacing = segment(ct_path)
+        seconds.append(time.perf_counter() - t0)
+        reference = sitk.GetArrayFromImage(sitk.ReadImage(str(ref_path)))
+        if reference.shape != labels.shape:
+            raise ValueError(f"{ref_path}: reference shape {reference.shape} differs from the CT's {labels.shape}")
+        per_case = {}
+        for name, values in CT_EVAL_STRUCTURES.items():
+            pred, truth = np.isin(labels, values), np.isin(reference, values)
+            volume_error = 100.0 * abs(int(pred.sum()) - int(truth.sum())) / max(int(truth.sum()), 1)
+            per_case[name] = dice(pred, truth)
+            scores["dice"].setdefault(name, []).append(per_case[name])
+            scores["volume_error_pct"].setdefault(name, []).append(volume_error)
+            scores["hd95_mm"].setdefault(name, []).append(hd95(pred, truth, spacing))
+        if on_case:
+            on_case(case_id, per_case)
+    summary: dict = {"n": len(cases)}
+    for metric, by_structure in scores.items():
+        summary[metric] = {k: round(float(np.mean(v)), 4) for k, v in by_structure.items()}
+    summary["seconds_per_case"] = round(float(np.mean(seconds)), 3)
     return summary

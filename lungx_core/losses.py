@@ -29,11 +29,22 @@ def masked_bce(logits, target, label_mask=None, pixel_weight=None) -> torch.Tens
     return (bce * w).sum() / w.sum().clamp_min(_EPS)
 
 
-def masked_soft_dice(logits, target, label_mask=None, pixel_weight=None) -> torch.Tensor:
-    """1 - mean soft Dice over the (sample, class) pairs that are labelled."""
+def masked_soft_dice(logits, target, label_mask=None, pixel_weight=None, batch: bool = False) -> torch.Tensor:
+    """1 - mean soft Dice over the (sample, class) pairs that are labelled.
+
+    ``batch=True`` pools each class over the batch first (MONAI's ``DiceLoss(batch=True)``): right for slices
+    of volumes, where many slices hold little or none of a structure and per-slice Dice is mostly noise.
+    """
     lm, pw = _weights(target, label_mask, pixel_weight)
     p = torch.sigmoid(logits) * pw
     g = target.float() * pw
+    if batch:
+        w = lm[:, :, None, None]
+        inter = (p * g * w).sum((0, 2, 3))
+        denom = ((p + g) * w).sum((0, 2, 3))
+        dice = (2 * inter + 1.0) / (denom + 1.0)
+        labelled = lm.amax(0)
+        return ((1 - dice) * labelled).sum() / labelled.sum().clamp_min(_EPS)
     inter = (p * g).sum((2, 3))
     denom = p.sum((2, 3)) + g.sum((2, 3))
     dice = (2 * inter + 1.0) / (denom + 1.0)
@@ -69,22 +80,32 @@ def penalty_generalized_dice(gdl: torch.Tensor, k: float = 2.5) -> torch.Tensor:
 
 
 class SegmentationLoss(torch.nn.Module):
-    """Loss chosen by name: ``bce``, ``dice``, ``bce_dice`` or ``penalty_combo`` (α·BCE + β·PGDL)."""
+    """Loss chosen by name: ``bce``, ``dice``, ``bce_dice`` or ``penalty_combo`` (α·BCE + β·PGDL).
 
-    def __init__(self, name: str = "penalty_combo", alpha: float = 1.0, beta: float = 1.0, k: float = 2.5):
+    ``batch_dice`` pools Dice over the batch (see :func:`masked_soft_dice`).
+    """
+
+    def __init__(
+        self,
+        name: str = "penalty_combo",
+        alpha: float = 1.0,
+        beta: float = 1.0,
+        k: float = 2.5,
+        batch_dice: bool = False,
+    ):
         super().__init__()
         if name not in {"bce", "dice", "bce_dice", "penalty_combo"}:
             raise ValueError(f"unknown loss {name!r}")
-        self.name, self.alpha, self.beta, self.k = name, alpha, beta, k
+        self.name, self.alpha, self.beta, self.k, self.batch_dice = name, alpha, beta, k, batch_dice
 
     def forward(self, logits, target, label_mask=None, pixel_weight=None) -> torch.Tensor:
         if self.name == "bce":
             return masked_bce(logits, target, label_mask, pixel_weight)
         if self.name == "dice":
-            return masked_soft_dice(logits, target, label_mask, pixel_weight)
+            return masked_soft_dice(logits, target, label_mask, pixel_weight, self.batch_dice)
         if self.name == "bce_dice":
             return self.alpha * masked_bce(logits, target, label_mask, pixel_weight) + self.beta * masked_soft_dice(
-                logits, target, label_mask, pixel_weight
+                logits, target, label_mask, pixel_weight, self.batch_dice
             )
         gdl = masked_generalized_dice(logits, target, label_mask, pixel_weight)
         return self.alpha * masked_bce(logits, target, label_mask, pixel_weight) + self.beta * penalty_generalized_dice(

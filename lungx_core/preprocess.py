@@ -127,3 +127,32 @@ def preprocess_radiograph(image: np.ndarray, config: PreprocessConfig) -> tuple[
     if config.tophat_radius > 0:
         img = tophat_enhance(img, config.tophat_radius)
     return img, box
+
+
+# CT slices: the window and size the CT lung network sees. Lung, ground glass, consolidation and pleural fluid
+# all fall inside [-1024, 600] HU; bone and contrast above it carry no lung boundary information.
+CT_HU_WINDOW = (-1024.0, 600.0)
+
+
+def ct_slices_to_input(hu_slices: np.ndarray, size: int) -> tuple[np.ndarray, Letterbox]:
+    """(N, H, W) axial HU slices -> ((N, 1, size, size) float32 in [0, 1], letterbox).
+
+    The whole slice is fitted (aspect kept, antialiased, padded with air), so the network sees the full field
+    of view whatever the pixel size; :func:`unletterbox` maps outputs back.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    lo, hi = CT_HU_WINDOW
+    n, rows, cols = hu_slices.shape
+    scale = size / max(rows, cols)
+    new_rows, new_cols = max(1, round(rows * scale)), max(1, round(cols * scale))
+    box = Letterbox((rows, cols), (new_rows, new_cols), ((size - new_rows) // 2, (size - new_cols) // 2), size)
+    x = torch.from_numpy(np.ascontiguousarray(hu_slices)).float()
+    x = ((x.clamp_(lo, hi) - lo) / (hi - lo))[:, None]
+    if (new_rows, new_cols) != (rows, cols):
+        x = F.interpolate(x, size=(new_rows, new_cols), mode="bilinear", align_corners=False, antialias=True)
+    canvas = np.zeros((n, 1, size, size), dtype=np.float32)
+    r0, c0 = box.offset
+    canvas[:, :, r0 : r0 + new_rows, c0 : c0 + new_cols] = x.numpy()
+    return canvas, box

@@ -9,10 +9,8 @@ from ``last.pt``. Curves are appended to ``log.csv``; the best validation epoch 
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import math
-import random
 import sys
 import time
 from pathlib import Path
@@ -26,13 +24,8 @@ from lungx_core.anatomy import CXR_CLASSES, CXR_MIRROR_PAIRS  # noqa: E402
 from lungx_core.losses import SegmentationLoss  # noqa: E402
 from lungx_core.models.networks import build_network  # noqa: E402
 from lungx_core.preprocess import PreprocessConfig  # noqa: E402
+from training.common import append_log, resume, save_checkpoint, seed_everything  # noqa: E402
 from training.cxr_data import build_cache, load_cache  # noqa: E402
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
 
 
 def mirror(image: np.ndarray, masks: np.ndarray, weight: np.ndarray):
@@ -153,18 +146,7 @@ def main(argv=None) -> None:
     sched = torch.optim.lr_scheduler.OneCycleLR(
         opt, max_lr=cfg["lr"], total_steps=cfg["epochs"] * steps_per_epoch, pct_start=0.05
     )
-    start_epoch, best = 0, -1.0
-    last = args.run / "last.pt"
-    if last.exists():
-        ck = torch.load(last, weights_only=False)
-        net.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["optimizer"])
-        sched.load_state_dict(ck["scheduler"])
-        start_epoch, best = ck["epoch"] + 1, ck["best"]
-        random.setstate(ck["py_rng"])
-        np.random.set_state(ck["np_rng"])
-        torch.set_rng_state(ck["torch_rng"])
-        print(f"resumed from epoch {start_epoch}", flush=True)
+    start_epoch, best = resume(args.run, net, opt, sched)
 
     augment = make_augment(cfg, cfg["seed"] + start_epoch)
     log_path = args.run / "log.csv"
@@ -204,26 +186,8 @@ def main(argv=None) -> None:
             "score": score,
             **val,
         }
-        new = not log_path.exists()
-        with open(log_path, "a", newline="") as f:
-            wr = csv.DictWriter(f, fieldnames=list(row))
-            if new:
-                wr.writeheader()
-            wr.writerow(row)
-        torch.save(
-            {
-                "model": net.state_dict(),
-                "optimizer": opt.state_dict(),
-                "scheduler": sched.state_dict(),
-                "epoch": epoch,
-                "best": best,
-                "py_rng": random.getstate(),
-                "np_rng": np.random.get_state(),
-                "torch_rng": torch.get_rng_state(),
-            },
-            args.run / "last.tmp",
-        )
-        (args.run / "last.tmp").replace(last)
+        append_log(log_path, row)
+        save_checkpoint(args.run, net, opt, sched, epoch, best)
         print(
             f"epoch {epoch:3d} loss {row['train_loss']:.4f} score {score:.4f} "
             + " ".join(f"{k}={v:.3f}" for k, v in val.items())

@@ -19,6 +19,7 @@ class Case:
     case_id: str
     path: Path
     problem: str | None = None
+    kind: str | None = None  # "cxr" or "ct" when known from the input; None: decided when read
 
 
 def case_id_of(path: Path) -> str:
@@ -36,10 +37,12 @@ def _files_in(folder: Path) -> list[Path]:
 
 
 def _dicom_cases(files: list[Path]) -> list[Case]:
-    """Radiographs: one case per file. Any other series (e.g. a CT given by mistake): one case, flagged."""
+    """Radiographs: one case per file. CT: one case per folder holding CT slices (the reader picks the series
+    there). Any other series (MR, PET, ...): one case, flagged."""
     import pydicom
 
     series: dict[tuple[str, str], list[Path]] = defaultdict(list)
+    ct_folders: dict[Path, None] = {}
     cases = []
     for f in files:
         try:
@@ -49,7 +52,9 @@ def _dicom_cases(files: list[Path]) -> list[Case]:
             continue
         modality = str(ds.get("Modality", "")).upper()
         if modality in RADIOGRAPH_DICOM_MODALITIES:
-            cases.append(Case(case_id_of(f), f))
+            cases.append(Case(case_id_of(f), f, kind="cxr"))
+        elif modality == "CT":
+            ct_folders.setdefault(f.parent)
         else:
             series[(modality, str(ds.get("SeriesInstanceUID", f.parent)))].append(f)
     for (modality, _uid), members in series.items():
@@ -58,9 +63,10 @@ def _dicom_cases(files: list[Path]) -> list[Case]:
             Case(
                 case_id_of(folder),
                 folder,
-                f"DICOM {modality} series of {len(members)} file(s) is not a chest radiograph (DX/CR expected)",
+                f"DICOM {modality} series of {len(members)} file(s) is neither a chest radiograph nor a CT",
             )
         )
+    cases += [Case(case_id_of(folder), folder, kind="ct") for folder in ct_folders]
     return cases
 
 
@@ -85,3 +91,26 @@ def collect_cases(inputs: list[Path]) -> list[Case]:
         if n:
             c.case_id = f"{c.case_id}_{n + 1}"
     return cases
+
+
+def detect_kind(case: Case) -> str:
+    """'ct' or 'cxr' for a case whose kind the input did not already tell (a volume file, a lone DICOM file)."""
+    if case.kind:
+        return case.kind
+    path = case.path
+    suffix = suffix_of(path)
+    if path.is_dir():
+        return "ct"
+    if suffix in ITK_SUFFIXES:
+        from lungx_core.io.ct import volume_kind
+
+        return volume_kind(path) or "cxr"
+    if suffix in DICOM_SUFFIXES or (suffix not in PIL_SUFFIXES and is_dicom_file(path)):
+        import pydicom
+
+        try:
+            modality = str(pydicom.dcmread(path, stop_before_pixels=True).get("Modality", "")).upper()
+        except Exception:  # noqa: BLE001 - the reader reports unreadable files with the exact problem
+            return "cxr"
+        return "ct" if modality == "CT" else "cxr"
+    return "cxr"

@@ -109,17 +109,25 @@ def render_overlay(
     image: MedicalImage, masks: dict[str, np.ndarray], structures: Sequence[Structure], max_side: int = 1024
 ) -> np.ndarray:
     """RGB QC picture: the radiograph in grey, each structure tinted and outlined in its colour."""
-    from skimage.transform import resize
 
     gray = to_uint8_display(image.array).astype(np.float32) / 255
     scale = min(1.0, max_side / max(gray.shape))
     shape = (max(1, round(gray.shape[0] * scale)), max(1, round(gray.shape[1] * scale)))
-    if scale < 1:
-        gray = resize(gray, shape, anti_aliasing=True)
-    rgb = np.repeat(gray[..., None], 3, axis=2)
+    return tint(gray, masks, structures, shape)
+
+
+def tint(
+    gray01: np.ndarray, masks: dict[str, np.ndarray], structures: Sequence[Structure], shape: tuple[int, int]
+) -> np.ndarray:
+    """RGB uint8 of a [0, 1] grey picture resized to ``shape``, each structure tinted and outlined in its colour."""
+    from skimage.transform import resize
+
+    if gray01.shape != shape:
+        gray01 = resize(gray01, shape, order=1, anti_aliasing=True)
+    rgb = np.repeat(gray01[..., None], 3, axis=2)
     for s in structures:
         m = masks[s.name]
-        if scale < 1:
+        if m.shape != shape:
             m = resize(m.astype(np.float32), shape, order=1) >= 0.5
         m = m.astype(bool)
         if not m.any():
@@ -128,6 +136,42 @@ def render_overlay(
         rgb[m] = 0.7 * rgb[m] + 0.3 * color
         rgb[_outline(m)] = color
     return (np.clip(rgb, 0, 1) * 255).round().astype(np.uint8)
+
+
+def render_ct_overlay(
+    hu: np.ndarray,
+    masks: dict[str, np.ndarray],
+    structures: Sequence[Structure],
+    spacing: tuple[float, float, float],
+    height: int = 512,
+) -> np.ndarray:
+    """Axial and coronal QC views side by side, lung window, physical aspect ratio.
+
+    ``hu`` and the masks are in canonical (S, P, L) order (:mod:`lungx_core.orientation`) with ``spacing`` in
+    that order. The axial slice is the one with the most lung, the coronal one passes through the lungs' centre.
+    """
+    union = np.zeros(hu.shape, dtype=bool)
+    for s in structures:
+        union |= masks[s.name].astype(bool)
+    area = union.sum(axis=(1, 2))
+    z = int(area.argmax()) if area.any() else hu.shape[0] // 2
+    ys = np.nonzero(union.any(axis=(0, 2)))[0]
+    y = int(round(ys.mean())) if ys.size else hu.shape[1] // 2
+    sz, sy, sx = spacing
+
+    def window(a: np.ndarray) -> np.ndarray:
+        return np.clip((a.astype(np.float32) + 1350.0) / 1500.0, 0.0, 1.0)  # lung window W 1500 / L -600
+
+    def view(a: np.ndarray, masks2d: dict[str, np.ndarray], row_mm: float, col_mm: float) -> np.ndarray:
+        aspect = (a.shape[0] * row_mm) / (a.shape[1] * col_mm)
+        shape = (height, max(1, round(height / aspect)))
+        return tint(window(a), masks2d, structures, shape)
+
+    axial = view(hu[z], {s.name: masks[s.name][z] for s in structures}, sy, sx)
+    # coronal: head at the top, so rows run from the highest slice down
+    coronal = view(hu[::-1, y], {s.name: masks[s.name][::-1, y] for s in structures}, sz, sx)
+    gap = np.zeros((height, 8, 3), dtype=np.uint8)
+    return np.concatenate([axial, gap, coronal], axis=1)
 
 
 def _outline(mask: np.ndarray) -> np.ndarray:

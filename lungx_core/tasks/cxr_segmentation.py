@@ -14,11 +14,11 @@ from typing import Any
 import numpy as np
 
 from lungx_core.anatomy import CXR_STRUCTURES
-from lungx_core.errors import LungXError
 from lungx_core.image import MedicalImage
 from lungx_core.io.inputs import Case
 from lungx_core.postprocess import Measurements, clean_masks, measure
 from lungx_core.preprocess import PreprocessConfig, preprocess_radiograph, unletterbox
+from lungx_core.tasks.common import run_guarded
 
 DEFAULT_MODEL = "cxr_anatomy"
 OUTPUT_FORMATS = ("seg.nrrd", "nii.gz", "nrrd", "png")
@@ -143,11 +143,10 @@ def write_outputs(
 
 
 RESULT_COLUMNS = (
-    ["case_id", "input", "status", "error", "qc_flags", "ctr"]
+    ["ctr"]
     + [f"area_cm2_{s.name}" for s in CXR_STRUCTURES]
     + [f"area_px_{s.name}" for s in CXR_STRUCTURES]
     + [f"confidence_{s.name}" for s in CXR_STRUCTURES]
-    + ["spacing_mm", "outputs"]
 )
 
 
@@ -156,6 +155,7 @@ def result_row(case: Case, image: MedicalImage, result: CXRResult, outputs: list
     row: dict[str, Any] = {
         "case_id": case.case_id,
         "input": str(case.path),
+        "task": "cxr-anatomy",
         "status": "ok",
         "error": "",
         "qc_flags": ";".join(m.flags),
@@ -170,28 +170,15 @@ def result_row(case: Case, image: MedicalImage, result: CXRResult, outputs: list
     return row
 
 
-def error_row(case: Case, message: str) -> dict[str, Any]:
-    return {"case_id": case.case_id, "input": str(case.path), "status": "error", "error": message}
-
-
 def process_case(
     case: Case, segmenter: CXRSegmenter, out_dir: Path, fmt: str = "seg.nrrd", overlay: bool = True
 ) -> dict[str, Any]:
     """Read, segment and write one case. Bad input becomes an error row; nothing partial is left behind."""
     from lungx_core.io.readers import read_radiograph
 
-    if case.problem:
-        return error_row(case, f"{case.path}: {case.problem}")
-    try:
+    def work() -> dict[str, Any]:
         image = read_radiograph(case.path)
         result = segmenter.segment(image)
-        outputs = write_outputs(out_dir, case.case_id, image, result, fmt, overlay)
-    except LungXError as exc:
-        return error_row(case, str(exc))
-    except MemoryError:
-        return error_row(case, f"{case.path}: out of memory while processing")
-    except OSError as exc:  # e.g. a full disk or unwritable output folder while writing
-        return error_row(case, f"{case.path}: {exc.strerror or exc}")
-    except Exception as exc:  # noqa: BLE001 - one unexpected failure must not end a batch of thousands
-        return error_row(case, f"{case.path}: internal error ({type(exc).__name__}: {str(exc)[:160]})")
-    return result_row(case, image, result, outputs)
+        return result_row(case, image, result, write_outputs(out_dir, case.case_id, image, result, fmt, overlay))
+
+    return run_guarded(case, "cxr-anatomy", work)

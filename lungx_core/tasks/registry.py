@@ -25,4 +25,12 @@ TASKS: dict[str, TaskInfo] = {
         model="cxr_anatomy",
         structures=("lung_left", "lung_right", "heart", "clavicle_left", "clavicle_right"),
     ),
+    "ct-lungs": TaskInfo(
+        name="ct-lungs",
+        title="Chest CT: right and left lungs, volumes",
+        modality="CT",
+        output_kind="segmentation",
+        model="ct_lungs",
+        structures=("lung_right", "lung_left"),
+    ),
 }

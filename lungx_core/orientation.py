@@ -1,0 +1,52 @@
+"""Canonical anatomical array order for volumes, whatever the file's direction matrix.
+
+CT algorithms here work on arrays indexed (superior, posterior, left): index 0 grows towards the head, index 1
+towards the back, index 2 towards the patient's left. An axial slice ``a[z]`` is then in radiological display
+(anterior at the top, patient's right on the image's left). The mapping is a pure axis permutation and flip
+chosen from the dominant LPS component of each axis, so it is exact and exactly invertible, also for oblique
+direction matrices (their axes go to the nearest anatomical axis).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Reorientation:
+    """How a (K, J, I) array maps to canonical (S, P, L) order and back."""
+
+    order: tuple[int, int, int]  # canonical axis n takes array axis order[n]
+    flips: tuple[bool, bool, bool]  # canonical axes flipped after the transpose
+    spacing: tuple[float, float, float]  # canonical (S, P, L) voxel size in mm
+    obliquity_deg: float  # largest angle between an array axis and its anatomical axis
+
+    def to_canonical(self, array: np.ndarray) -> np.ndarray:
+        out = array.transpose(self.order)
+        return out[tuple(slice(None, None, -1) if f else slice(None) for f in self.flips)]
+
+    def from_canonical(self, array: np.ndarray) -> np.ndarray:
+        """Back to the file's array order; extra leading axes (channels) are kept."""
+        lead = array.ndim - 3
+        flipped = array[(slice(None),) * lead + tuple(slice(None, None, -1) if f else slice(None) for f in self.flips)]
+        inverse = np.argsort(self.order)
+        return flipped.transpose(*range(lead), *(lead + int(i) for i in inverse))
+
+
+def reorientation(direction: tuple[float, ...], spacing: tuple[float, float, float]) -> Reorientation:
+    """Reorientation for a volume with row-major 3x3 ``direction`` (columns = i, j, k axes in LPS)."""
+    d = np.asarray(direction, dtype=float).reshape(3, 3)
+    lps_of_ijk = np.argmax(np.abs(d), axis=0)  # dominant LPS component of each of i, j, k
+    if sorted(lps_of_ijk.tolist()) != [0, 1, 2]:
+        raise ValueError(f"direction matrix {direction} does not map to three distinct anatomical axes")
+    order, flips, canon_spacing = [0, 0, 0], [False, False, False], [0.0, 0.0, 0.0]
+    for ijk_axis, lps_axis in enumerate(lps_of_ijk):
+        canonical_axis = 2 - int(lps_axis)  # L -> 2, P -> 1, S -> 0
+        array_axis = 2 - ijk_axis  # numpy order is (k, j, i)
+        order[canonical_axis] = array_axis
+        flips[canonical_axis] = bool(d[lps_axis, ijk_axis] < 0)
+        canon_spacing[canonical_axis] = float(spacing[ijk_axis])
+    cosines = np.clip(np.abs(d[lps_of_ijk, [0, 1, 2]]) / np.linalg.norm(d, axis=0), -1, 1)
+    return Reorientation(tuple(order), tuple(flips), tuple(canon_spacing), float(np.degrees(np.arccos(cosines.min()))))

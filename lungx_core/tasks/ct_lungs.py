@@ -1,0 +1,273 @@
+"""CT lung segmentation: a chest CT in, right and left lungs out on its exact grid, with volumes and QC.
+
+Two methods share the same pre- and post-processing:
+
+- ``net`` (default): the shipped 2-D slice network, trained on classical pseudo-labels with synthetic
+  pathology painted inside the lungs, so consolidation, ground glass and dependent density stay lung;
+- ``classical``: :mod:`lungx_core.ct_classical` (no model), on a working grid of about 1.4 mm in-plane.
+
+Volumes are processed in canonical (S, P, L) order (:mod:`lungx_core.orientation`), so left and right are the
+patient's whatever the direction matrix, and in batches of slices, so memory grows with one label byte per
+voxel plus the input, never a float64 copy of the volume.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy import ndimage as ndi
+
+from lungx_core.anatomy import CT_STRUCTURES
+from lungx_core.errors import InputError
+from lungx_core.image import MedicalImage
+from lungx_core.io.inputs import Case
+from lungx_core.orientation import reorientation
+from lungx_core.postprocess import fill_holes
+from lungx_core.tasks.common import run_guarded
+
+DEFAULT_MODEL = "ct_lungs"
+METHODS = ("net", "classical")
+OUTPUT_FORMATS = ("seg.nrrd", "nii.gz", "nrrd")
+RIGHT, LEFT = 1, 2
+MIN_TOTAL_LUNG_ML = 50.0  # below this no lungs were found: not a chest CT (or not a CT at all)
+LUNG_ML_RANGE = (250.0, 5000.0)  # one adult lung, full coverage
+LR_RATIO_RANGE = (0.5, 2.0)  # right / left volume; the right lung is normally ~10% larger
+WORKING_SPACING_MM = 1.4  # classical path: in-plane working resolution
+
+
+@dataclass
+class CTResult:
+    labels: np.ndarray  # uint8 in the input's array order: 0 background, 1 right lung, 2 left lung
+    volumes_ml: dict[str, float]
+    flags: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    # (HU, labels, spacing) in canonical order, kept for the QC overlay's anatomical views
+    canonical: tuple[np.ndarray, np.ndarray, tuple[float, float, float]] | None = field(default=None, repr=False)
+
+    @property
+    def masks(self) -> dict[str, np.ndarray]:
+        return {s.name: self.labels == s.label for s in CT_STRUCTURES}
+
+
+def _keep_lung_components(mask: np.ndarray, keep_fraction: float = 0.2) -> np.ndarray:
+    """Largest 3-D component and any other at least ``keep_fraction`` of it, holes filled per axial slice.
+
+    Done inside the mask's bounding box: a lung is a small part of a 512x512x1000 volume.
+    """
+    if not mask.any():
+        return mask
+    box = ndi.find_objects(mask.astype(np.uint8))[0]
+    sub = mask[box]
+    labels, n = ndi.label(sub)
+    if n > 1:
+        sizes = np.bincount(labels.ravel())[1:]
+        sub = np.isin(labels, np.nonzero(sizes >= keep_fraction * sizes.max())[0] + 1)
+    out = np.zeros_like(mask)
+    out[box] = np.stack([fill_holes(s) if s.any() else s for s in sub])
+    return out
+
+
+def _upsample_labels(labels: np.ndarray, shape: tuple[int, int], batch: int = 32) -> np.ndarray:
+    """Per-slice bilinear upsampling of each label's indicator, then the arg-max: smooth full-resolution borders."""
+    import torch
+    import torch.nn.functional as F
+
+    out = np.zeros((labels.shape[0], *shape), dtype=np.uint8)
+    for z0 in range(0, labels.shape[0], batch):
+        sl = torch.from_numpy(labels[z0 : z0 + batch])
+        onehot = torch.stack([sl == RIGHT, sl == LEFT], dim=1).float()
+        up = F.interpolate(onehot, size=shape, mode="bilinear", align_corners=False)
+        best = up.max(dim=1)
+        out[z0 : z0 + batch] = torch.where(best.values >= 0.5, best.indices + 1, 0).numpy()
+    return out
+
+
+class CTLungSegmenter:
+    """Loads the network once (``method='net'``); call :meth:`segment` for each CT."""
+
+    def __init__(
+        self,
+        method: str = "net",
+        model: str | Path = DEFAULT_MODEL,
+        device: str = "auto",
+        batch_slices: int = 16,
+    ):
+        if method not in METHODS:
+            raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+        self.method = method
+        self.batch_slices = batch_slices
+        self.net = None
+        self.device = "cpu"
+        if method == "net":
+            from lungx_core.models.store import load_model
+
+            self.net, self.config = load_model(model, device)
+            self.device = next(self.net.parameters()).device
+            self.size = int(self.config["size"])
+            self.threshold = float(self.config.get("threshold", 0.5))
+
+    def _labels_net(self, hu: np.ndarray) -> np.ndarray:
+        import torch
+
+        from lungx_core.preprocess import ct_slices_to_input, unletterbox
+
+        labels = np.zeros(hu.shape, dtype=np.uint8)
+        logit_threshold = float(np.log(self.threshold / (1 - self.threshold)))
+        for z0 in range(0, hu.shape[0], self.batch_slices):
+            x, box = ct_slices_to_input(hu[z0 : z0 + self.batch_slices], self.size)
+            with torch.inference_mode():
+                logits = self.net(torch.from_numpy(x).to(self.device)).float().cpu().numpy()
+            n = len(x)
+            # logits, not probabilities, are upsampled: smooth borders; a monotone threshold gives the same mask
+            full = unletterbox(logits.reshape(n * 2, self.size, self.size), box).reshape(n, 2, *hu.shape[1:])
+            right, left = full[:, 0], full[:, 1]
+            labels[z0 : z0 + n][(right >= logit_threshold) & (right >= left)] = RIGHT
+            labels[z0 : z0 + n][(left >= logit_threshold) & (left > right)] = LEFT
+        return labels
+
+    def _labels_classical(self, hu: np.ndarray, spacing: tuple[float, float, float]) -> tuple[np.ndarray, list[str]]:
+        from lungx_core.ct_classical import segment_lungs_classical
+
+        factor = max(1, int(WORKING_SPACING_MM / max(spacing[1], spacing[2]) + 0.25))
+        if factor == 1:
+            result = segment_lungs_classical(hu, spacing)
+            return result.labels, result.notes
+        rows, cols = (hu.shape[1] // factor) * factor, (hu.shape[2] // factor) * factor
+        work = np.empty((hu.shape[0], rows // factor, cols // factor), dtype=np.float32)
+        for z in range(hu.shape[0]):  # block means slice by slice: no float copy of the whole volume
+            work[z] = hu[z, :rows, :cols].reshape(rows // factor, factor, cols // factor, factor).mean(axis=(1, 3))
+        result = segment_lungs_classical(work, (spacing[0], spacing[1] * factor, spacing[2] * factor))
+        labels = np.zeros(hu.shape, dtype=np.uint8)
+        labels[:, :rows, :cols] = _upsample_labels(result.labels, (rows, cols))
+        return labels, result.notes
+
+    def segment(self, image: MedicalImage) -> CTResult:
+        import time
+
+        t0 = time.perf_counter()
+        if image.array.ndim != 3:
+            raise InputError(image.source or "input", "not a CT volume (a 2-D image goes to the CXR task)")
+        orient = reorientation(image.direction, image.spacing)
+        hu = orient.to_canonical(image.array)
+        flags: list[str] = []
+        if self.method == "net":
+            labels = self._labels_net(hu)
+        else:
+            labels, flags = self._labels_classical(hu, orient.spacing)
+        for value in (RIGHT, LEFT):
+            side = _keep_lung_components(labels == value)
+            labels[(labels == value) & ~side] = 0
+            labels[side & (labels == 0)] = value
+        voxel_ml = float(np.prod(orient.spacing)) / 1000.0
+        volumes = {s.name: float((labels == s.label).sum()) * voxel_ml for s in CT_STRUCTURES}
+        if sum(volumes.values()) < MIN_TOTAL_LUNG_ML:
+            raise InputError(
+                image.source or "input", f"no lungs found ({sum(volumes.values()):.0f} mL of lung): not a chest CT?"
+            )
+        flags += qc_flags(labels, volumes, image.metadata, orient.obliquity_deg)
+        result_labels = np.ascontiguousarray(orient.from_canonical(labels))
+        return CTResult(result_labels, volumes, flags, time.perf_counter() - t0, (hu, labels, orient.spacing))
+
+
+def qc_flags(labels: np.ndarray, volumes: dict[str, float], metadata: dict[str, Any], obliquity: float) -> list[str]:
+    """Flags a reader should look at; ``labels`` in canonical order."""
+    flags = []
+    lung = labels > 0
+    cut_top, cut_bottom = bool(lung[-1].any()), bool(lung[0].any())
+    if cut_top or cut_bottom:
+        flags.append(
+            "truncated_scan_" + ("top_and_bottom" if cut_top and cut_bottom else "top" if cut_top else "bottom")
+        )
+    if lung[:, 0].any() or lung[:, -1].any() or lung[:, :, 0].any() or lung[:, :, -1].any():
+        flags.append("lung_touches_fov_edge")
+    right, left = volumes["lung_right"], volumes["lung_left"]
+    if min(right, left) == 0:
+        flags.append("one_lung_only")
+    elif not (cut_top or cut_bottom):
+        lo, hi = LUNG_ML_RANGE
+        if not all(lo <= v <= hi for v in (right, left)):
+            flags.append("implausible_volume")
+        if not LR_RATIO_RANGE[0] <= right / left <= LR_RATIO_RANGE[1]:
+            flags.append("implausible_lr_ratio")
+    tilt = float(metadata.get("gantry_tilt_deg", 0.0) or 0.0)
+    if tilt > 0.5:
+        flags.append(f"gantry_tilt_{tilt:.1f}deg")
+    if obliquity > 1.0:
+        flags.append(f"oblique_{obliquity:.0f}deg")
+    if int(metadata.get("n_series", 1) or 1) > 1:
+        flags.append(f"chose_series_{metadata.get('series_number', '')}_of_{metadata['n_series']}")
+    if int(metadata.get("unreadable_files", 0) or 0):
+        flags.append(f"ignored_{metadata['unreadable_files']}_unreadable_files")
+    return flags
+
+
+def write_outputs(
+    out_dir: Path, case_id: str, image: MedicalImage, result: CTResult, fmt: str = "seg.nrrd", overlay: bool = True
+) -> list[Path]:
+    """The segmentation in ``fmt`` (label map: 1 right, 2 left) and the QC overlay; all or nothing."""
+    from lungx_core.io.writers import labelmap_from_masks, render_ct_overlay, write_image, write_png, write_seg_nrrd
+
+    if fmt not in OUTPUT_FORMATS:
+        raise InputError(image.source, f"output format {fmt!r} is for radiographs; for CT use seg.nrrd, nii.gz or nrrd")
+    written: list[Path] = []
+    try:
+        if fmt == "seg.nrrd":
+            written.append(out_dir / f"{case_id}.seg.nrrd")
+            write_seg_nrrd(written[-1], image, result.masks, CT_STRUCTURES)
+        else:
+            written.append(out_dir / f"{case_id}_labels.{fmt}")
+            write_image(written[-1], image, labelmap_from_masks(result.masks, CT_STRUCTURES))
+        if overlay:
+            hu, labels, spacing = result.canonical
+            canon = {s.name: labels == s.label for s in CT_STRUCTURES}
+            written.append(out_dir / f"{case_id}_overlay.png")
+            write_png(written[-1], render_ct_overlay(hu, canon, CT_STRUCTURES, spacing))
+    except BaseException:
+        for p in written:
+            p.unlink(missing_ok=True)
+        raise
+    return written
+
+
+RESULT_COLUMNS = ["volume_ml_lung_right", "volume_ml_lung_left", "volume_ml_lung", "seconds", "series"]
+
+
+def result_row(case: Case, image: MedicalImage, result: CTResult, outputs: list[Path]) -> dict[str, Any]:
+    sx, sy, sz = image.spacing
+    return {
+        "case_id": case.case_id,
+        "input": str(case.path),
+        "task": "ct-lungs",
+        "status": "ok",
+        "error": "",
+        "qc_flags": ";".join(result.flags),
+        "volume_ml_lung_right": round(result.volumes_ml["lung_right"], 1),
+        "volume_ml_lung_left": round(result.volumes_ml["lung_left"], 1),
+        "volume_ml_lung": round(sum(result.volumes_ml.values()), 1),
+        "seconds": round(result.seconds, 2),
+        "series": image.metadata.get("series_uid", ""),
+        "spacing_mm": f"{sx:.4g}x{sy:.4g}x{sz:.4g}",
+        "outputs": ";".join(p.name for p in outputs),
+    }
+
+
+def process_case(
+    case: Case,
+    segmenter: CTLungSegmenter,
+    out_dir: Path,
+    fmt: str = "seg.nrrd",
+    overlay: bool = True,
+    series_uid: str | None = None,
+) -> dict[str, Any]:
+    """Read, segment and write one CT. Bad input becomes an error row; nothing partial is left behind."""
+    from lungx_core.io.ct import read_ct
+
+    def work() -> dict[str, Any]:
+        image = read_ct(case.path, series_uid)
+        result = segmenter.segment(image)
+        return result_row(case, image, result, write_outputs(out_dir, case.case_id, image, result, fmt, overlay))
+
+    return run_guarded(case, "ct-lungs", work)

@@ -1,0 +1,273 @@
+"""CT lung task: series reading, orientation, classical pipeline, synthetic pathology, QC, evaluation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from conftest import chest_phantom, write_ct_series
+from lungx_core.errors import InputError
+from lungx_core.image import MedicalImage
+from lungx_core.io.ct import read_ct
+from lungx_core.orientation import reorientation
+
+
+def _volume_file(tmp_path, hu_kji, spacing=(1.5, 1.5, 4.0), direction=None, name="ct.nii.gz"):
+    img = sitk.GetImageFromArray(hu_kji)
+    img.SetSpacing(spacing)
+    if direction is not None:
+        img.SetDirection(direction)
+    path = tmp_path / name
+    sitk.WriteImage(img, str(path))
+    return path
+
+
+# --- reading -----------------------------------------------------------------------------------------------
+
+
+def test_series_is_sorted_by_position_and_rescaled_to_hu(tmp_path):
+    hu = chest_phantom((12, 64, 64))
+    hu[:, 0, 0] = np.arange(12) * 10 - 500  # a per-slice marker to check the order
+    write_ct_series(tmp_path / "s", hu, spacing=(0.7, 0.7, 2.5), slope_intercept=(1.0, -1024.0))
+    image = read_ct(tmp_path / "s")
+    assert image.modality == "CT" and image.array.shape == (12, 64, 64)
+    np.testing.assert_array_equal(image.array[:, 0, 0], np.arange(12) * 10 - 500)
+    np.testing.assert_array_equal(image.array, hu)
+    assert image.spacing == pytest.approx((0.7, 0.7, 2.5))
+    assert image.origin == pytest.approx((-100.0, -120.0, -300.0))
+    assert image.metadata["gantry_tilt_deg"] == 0
+
+
+def test_rescale_slope_is_applied(tmp_path):
+    hu = chest_phantom((10, 48, 48))
+    write_ct_series(tmp_path / "s", hu, slope_intercept=(2.0, -2048.0))
+    np.testing.assert_allclose(read_ct(tmp_path / "s").array, hu, atol=1)
+
+
+def test_several_series_pick_the_largest_or_the_named_one(tmp_path):
+    hu = chest_phantom((12, 48, 48))
+    big = write_ct_series(tmp_path / "s", hu, series_number=3)
+    small = write_ct_series(tmp_path / "s", hu[:9], series_number=7)
+    image = read_ct(tmp_path / "s")
+    assert image.metadata["series_uid"] == big and image.metadata["n_series"] == 2
+    assert read_ct(tmp_path / "s", series_uid="7").metadata["series_uid"] == small
+    with pytest.raises(InputError, match="no series"):
+        read_ct(tmp_path / "s", series_uid="99")
+
+
+def test_gantry_tilt_is_measured(tmp_path):
+    write_ct_series(tmp_path / "s", chest_phantom((10, 48, 48)), spacing=(1, 1, 2.0), tilt_mm_per_slice=0.5)
+    tilt = read_ct(tmp_path / "s").metadata["gantry_tilt_deg"]
+    assert tilt == pytest.approx(np.degrees(np.arctan(0.5 / 2.0)), abs=0.1)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"skip": (5,)}, "missing slices"),
+        ({}, "no CT series"),
+    ],
+)
+def test_bad_series_give_one_line_errors(tmp_path, kwargs, message, phantom):
+    hu = chest_phantom((12, 48, 48))
+    if message == "no CT series":
+        from conftest import write_dicom
+
+        (tmp_path / "s").mkdir()
+        write_dicom(tmp_path / "s" / "cxr.dcm", phantom)
+    else:
+        write_ct_series(tmp_path / "s", hu, **kwargs)
+    with pytest.raises(InputError, match=message):
+        read_ct(tmp_path / "s")
+
+
+def test_bad_volumes_give_one_line_errors(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputError, match="no DICOM"):
+        read_ct(tmp_path / "empty")
+    one = _volume_file(tmp_path, chest_phantom((1, 64, 64)), name="one.nii.gz")
+    with pytest.raises(InputError, match="single slice"):
+        read_ct(one)
+    no_air = _volume_file(tmp_path, np.full((12, 32, 32), 40, np.int16), name="noair.nrrd")
+    with pytest.raises(InputError, match="not a CT in Hounsfield"):
+        read_ct(no_air)
+    bad = tmp_path / "corrupt.nii.gz"
+    bad.write_bytes(b"\x1f\x8b not really gzip")
+    with pytest.raises(InputError, match="not a readable image"):
+        read_ct(bad)
+    nan = _volume_file(tmp_path, np.full((12, 32, 32), np.nan, np.float32), name="nan.nrrd")
+    with pytest.raises(InputError, match="NaN"):
+        read_ct(nan)
+
+
+# --- orientation ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "direction",
+    [
+        (1, 0, 0, 0, 1, 0, 0, 0, 1),
+        (-1, 0, 0, 0, -1, 0, 0, 0, 1),  # RAS-style files (NIfTI from many tools)
+        (0, 1, 0, 1, 0, 0, 0, 0, -1),  # axes swapped, feet-first
+    ],
+)
+def test_reorientation_is_exact_and_invertible(direction):
+    arr = np.arange(4 * 5 * 6).reshape(4, 5, 6)
+    r = reorientation(direction, (1.0, 2.0, 3.0))
+    canon = r.to_canonical(arr)
+    np.testing.assert_array_equal(r.from_canonical(canon), arr)
+    # canonical axis 2 grows towards patient left: check with the LPS x of voxel centres
+    img = MedicalImage(arr, spacing=(1.0, 2.0, 3.0), direction=tuple(float(d) for d in direction))
+    m = img.ijk_to_lps()
+    k, j, i = np.meshgrid(*[np.arange(n) for n in arr.shape], indexing="ij")
+    lps = np.einsum("ab,bkji->akji", m[:3, :3], np.stack([i, j, k]).astype(float))
+    x_canon = r.to_canonical(lps[0])
+    assert (np.diff(x_canon, axis=2) > 0).all()
+    assert (np.diff(r.to_canonical(lps[2]), axis=0) > 0).all()
+
+
+def test_oblique_direction_maps_to_nearest_axes():
+    a = np.radians(20)
+    direction = (np.cos(a), -np.sin(a), 0, np.sin(a), np.cos(a), 0, 0, 0, 1)
+    r = reorientation(direction, (1, 1, 1))
+    assert r.order == (0, 1, 2) and r.flips == (False, False, False)
+    assert r.obliquity_deg == pytest.approx(20, abs=0.01)
+
+
+# --- classical pipeline ------------------------------------------------------------------------------------
+
+
+def test_classical_pipeline_on_phantom_finds_right_and_left():
+    from lungx_core.ct_classical import segment_lungs_classical
+
+    hu = chest_phantom((24, 96, 96))
+    res = segment_lungs_classical(hu, (5.0, 3.0, 3.0))
+    right, left = res.labels == 1, res.labels == 2
+    assert right.sum() > left.sum() > 0
+    assert np.nonzero(right)[2].mean() < np.nonzero(left)[2].mean()  # right lung at low canonical x
+    assert not res.labels[hu == -1000][:100].any() or res.airway.any()
+
+
+def _chest4(path):
+    img = sitk.ReadImage(str(path))
+    image = MedicalImage.from_sitk(img, modality="CT", spacing_known=True)
+    return image
+
+
+def test_classical_pipeline_matches_slicerio_reference_labels():
+    """The CT that slicerio ships has its lung segmentation beside it: always available, no ../shared needed."""
+    import slicerio
+
+    from lungx_core.ct_classical import segment_lungs_classical
+    from lungx_core.metrics import dice
+    from lungx_core.sample import sample_ct, sample_ct_path
+
+    image = sample_ct()
+    seg = slicerio.read_segmentation(str(sample_ct_path().parent / "Segmentation.seg.nrrd"))
+    names = {s["name"]: s for s in seg["segments"]}
+    r = reorientation(image.direction, image.spacing)
+    result = segment_lungs_classical(r.to_canonical(image.array), r.spacing)
+    labels = r.from_canonical(result.labels)
+    voxels = seg["voxels"].transpose(2, 1, 0) if seg["voxels"].ndim == 3 else seg["voxels"][..., 0].transpose(2, 1, 0)
+    for name, value in (("right lung", 1), ("left lung", 2)):
+        truth = voxels == names[name]["labelValue"]
+        assert dice(labels == value, truth) >= 0.95, name
+
+
+@pytest.mark.shared_data
+def test_classical_pipeline_on_shared_chest4(shared_data):
+    from lungx_core.ct_classical import segment_lungs_classical
+    from lungx_core.metrics import dice
+
+    folder = shared_data / "ct_slicerio_chest4"
+    image = _chest4(folder / "ct.nii.gz")
+    ref = sitk.GetArrayFromImage(sitk.ReadImage(str(folder / "mask_lung_lr.nii.gz")))
+    r = reorientation(image.direction, image.spacing)
+    labels = r.from_canonical(segment_lungs_classical(r.to_canonical(image.array), r.spacing).labels)
+    assert dice(labels == 1, ref == 1) >= 0.95
+    assert dice(labels == 2, ref == 2) >= 0.95
+
+
+# --- synthetic pathology -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["consolidation", "ground_glass", "dependent", "nodule"])
+def test_synthetic_pathology_changes_only_the_lung(kind):
+    from lungx_core.synthetic_pathology import insert_pathology
+
+    hu = chest_phantom((24, 96, 96))[12].astype(np.float32)
+    lung = hu == -850
+    out = insert_pathology(hu, lung, np.random.default_rng(1), kind)
+    np.testing.assert_array_equal(out[~lung], hu[~lung])
+    assert out[lung].mean() > hu[lung].mean() + 1  # denser inside
+    assert out[lung].max() <= 200
+
+
+# --- task: QC, geometry of outputs, evaluation ---------------------------------------------------------------
+
+
+def test_qc_flags_truncation_edges_and_ratio():
+    from lungx_core.tasks.ct_lungs import qc_flags
+
+    labels = np.zeros((10, 20, 20), np.uint8)
+    labels[0:5, 5:10, 2:8] = 1
+    labels[2:6, 5:10, 12:18] = 2
+    flags = qc_flags(labels, {"lung_right": 3000.0, "lung_left": 1000.0}, {"gantry_tilt_deg": 12.0}, 0.0)
+    assert "truncated_scan_bottom" in flags and "gantry_tilt_12.0deg" in flags
+    labels[3, 0, 3] = 1
+    flags = qc_flags(labels, {"lung_right": 3000.0, "lung_left": 1000.0}, {}, 0.0)
+    assert "lung_touches_fov_edge" in flags
+    labels[0] = 0
+    flags = qc_flags(labels, {"lung_right": 3000.0, "lung_left": 1000.0}, {}, 0.0)
+    assert "implausible_lr_ratio" in flags and not any(f.startswith("truncated") for f in flags)
+
+
+def test_classical_task_keeps_left_right_under_flipped_direction(tmp_path):
+    """The same anatomy stored with a flipped direction matrix gets the same anatomical labels."""
+    from lungx_core.tasks.ct_lungs import CTLungSegmenter
+
+    hu = chest_phantom((24, 96, 96))  # canonical: identity direction
+    plain = MedicalImage(hu, spacing=(3.0, 3.0, 5.0), modality="CT", spacing_known=True)
+    flipped = MedicalImage(
+        np.ascontiguousarray(hu[:, ::-1, ::-1]),
+        spacing=(3.0, 3.0, 5.0),
+        origin=(95 * 3.0, 95 * 3.0, 0.0),
+        direction=(-1.0, 0, 0, 0, -1.0, 0, 0, 0, 1.0),
+        modality="CT",
+        spacing_known=True,
+    )
+    seg = CTLungSegmenter("classical")
+    a = seg.segment(plain)
+    b = seg.segment(flipped)
+    np.testing.assert_array_equal(b.labels[:, ::-1, ::-1], a.labels)
+    assert a.volumes_ml["lung_right"] > a.volumes_ml["lung_left"] > 0
+
+
+def test_no_lungs_is_a_clear_error():
+    from lungx_core.tasks.ct_lungs import CTLungSegmenter
+
+    body = np.full((16, 64, 64), -1000, np.int16)
+    body[:, 8:56, 8:56] = 40  # an abdomen-like solid body: no air inside
+    with pytest.raises(InputError, match="no lungs found"):
+        CTLungSegmenter("classical").segment(MedicalImage(body, spacing=(2, 2, 5), modality="CT", source="abd.nrrd"))
+
+
+def test_evaluate_ct_reports_expected_keys(tmp_path):
+    from lungx_core.evaluate import evaluate_ct
+
+    labels = np.zeros((10, 20, 20), np.uint8)
+    labels[2:8, 5:15, 2:9] = 1
+    labels[2:8, 5:15, 11:18] = 2
+    case = tmp_path / "c1"
+    case.mkdir()
+    _volume_file(case, np.zeros_like(labels, dtype=np.int16) - 1000, spacing=(1, 1, 2), name="ct.nii.gz")
+    _volume_file(case, labels, spacing=(1, 1, 2), name="mask_lung_lr.nii.gz")
+    pred = labels.copy()
+    pred[2, 5:15, 2:9] = 0  # lose one slice of the right lung
+    summary = evaluate_ct(tmp_path, lambda p: (pred, (2.0, 1.0, 1.0)))
+    assert summary["n"] == 1 and set(summary) == {"n", "dice", "volume_error_pct", "hd95_mm", "seconds_per_case"}
+    assert summary["dice"]["lung_left"] == 1.0
+    assert summary["dice"]["lung_right"] == pytest.approx(2 * 5 / 11, abs=1e-4)
+    assert summary["volume_error_pct"]["lung_right"] == pytest.approx(100 / 6, abs=0.01)
+    assert summary["hd95_mm"]["lung_right"] == pytest.approx(2.0)

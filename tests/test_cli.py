@@ -52,8 +52,8 @@ def _bad_inputs(folder: Path, phantom: np.ndarray) -> dict[str, tuple[Path, str]
     return {
         "truncated": (truncated, "truncated.dcm: "),
         "corrupt": (corrupt, "corrupt.dcm: "),
-        "ct_volume": (folder / "ct_volume.nii.gz", "3-D volume"),
-        "ct_slice": (folder / "ct_slice.dcm", "CT"),
+        "ct_volume": (folder / "ct_volume.nii.gz", "not a CT in Hounsfield units"),  # a volume, but no air
+        "ct_slice": (folder / "ct_slice.dcm", "has 1 slice(s)"),
         "lateral": (folder / "lateral.dcm", "lateral view"),
         "knee": (folder / "knee.dcm", "KNEE"),
         "multiframe": (folder / "multiframe.dcm", "multi-frame"),
@@ -127,13 +127,19 @@ def test_segment_other_formats(tmp_path, phantom, fmt):
 
 
 def test_sample_segments_plausibly(tmp_path):
-    """The embedded default: a DRR of the CT shipped by slicerio; both lungs found, geometry kept."""
+    """The embedded default: the CT shipped by slicerio and a DRR of it; both lungs found in each."""
     out = tmp_path / "out"
     proc = run_lungx("segment", "--sample", "-o", str(out), "-q")
     assert proc.returncode == 0, proc.stderr
     with open(out / "results.csv") as f:
-        (row,) = list(csv.DictReader(f))
-    assert row["status"] == "ok"
+        row, ct_row = list(csv.DictReader(f))
+    assert (row["case_id"], row["task"], ct_row["case_id"], ct_row["task"]) == (
+        "sample_drr",
+        "cxr-anatomy",
+        "sample_ct",
+        "ct-lungs",
+    )
+    assert row["status"] == "ok" and ct_row["status"] == "ok"
     assert "not_found" not in row["qc_flags"] and "left_right_inconsistent" not in row["qc_flags"]
     left, right = float(row["area_cm2_lung_left"]), float(row["area_cm2_lung_right"])
     assert 50 < left < 400 and 50 < right < 400  # adult lung fields, cm^2 at 1 mm pixels
@@ -208,3 +214,58 @@ def test_unexpected_failure_in_one_case_does_not_stop_the_batch(tmp_path, phanto
     assert rows[0]["status"] == "error" and "internal error (KeyError" in rows[0]["error"]
     assert rows[1]["status"] == "ok"
     assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["y.seg.nrrd", "y_overlay.png"]
+
+
+def test_ct_dicom_series_end_to_end_keeps_geometry(tmp_path):
+    """A CT DICOM folder goes to the CT task by itself; the label map lies on the series' exact grid."""
+    from conftest import chest_phantom, write_ct_series
+
+    hu = chest_phantom((24, 96, 96))
+    write_ct_series(tmp_path / "study" / "chest", hu, spacing=(3.0, 3.0, 5.0), origin=(-140.0, -150.0, -60.0))
+    out = tmp_path / "out"
+    proc = run_lungx("segment", str(tmp_path / "study"), "-o", str(out), "--method", "classical", "-f", "nii.gz", "-q")
+    assert proc.returncode == 0, proc.stderr
+    row = next(csv.DictReader((out / "results.csv").read_text().splitlines()))
+    assert row["task"] == "ct-lungs" and row["status"] == "ok"
+    assert float(row["volume_ml_lung_right"]) > float(row["volume_ml_lung_left"]) > 100
+    labels = sitk.ReadImage(str(out / "chest_labels.nii.gz"))
+    assert labels.GetSize() == (96, 96, 24)
+    assert labels.GetSpacing() == pytest.approx((3.0, 3.0, 5.0))
+    assert labels.GetOrigin() == pytest.approx((-140.0, -150.0, -60.0))
+    arr = sitk.GetArrayFromImage(labels)
+    assert np.nonzero(arr == 1)[2].mean() < np.nonzero(arr == 2)[2].mean()  # right lung at low x (LPS)
+    assert (out / "chest_overlay.png").exists()
+
+
+def test_ct_sample_with_the_shipped_network(tmp_path):
+    out = tmp_path / "out"
+    proc = run_lungx("segment", "--sample", "--task", "ct-lungs", "-o", str(out), "-q")
+    assert proc.returncode == 0, proc.stderr
+    row = next(csv.DictReader((out / "results.csv").read_text().splitlines()))
+    assert row["case_id"] == "sample_ct" and row["status"] == "ok", row
+    assert 2000 < float(row["volume_ml_lung_right"]) < 4500 and 2000 < float(row["volume_ml_lung_left"]) < 4500
+    from lungx_core.sample import sample_ct_path
+
+    seg = sitk.ReadImage(str(out / "sample_ct.seg.nrrd"))
+    ref = sitk.ReadImage(str(sample_ct_path()))
+    assert seg.GetOrigin() == pytest.approx(ref.GetOrigin()) and seg.GetDirection() == pytest.approx(ref.GetDirection())
+
+
+def test_evaluate_ct_prints_exactly_one_json_object(tmp_path):
+    from lungx_core.sample import sample_ct_path
+
+    case = tmp_path / "cases" / "chest4"
+    case.mkdir(parents=True)
+    sitk.WriteImage(sitk.ReadImage(str(sample_ct_path())), str(case / "ct.nii.gz"))
+    from lungx_core.io.ct import read_ct
+    from lungx_core.tasks.ct_lungs import CTLungSegmenter
+
+    image = read_ct(case / "ct.nii.gz")
+    labels = CTLungSegmenter("classical").segment(image).labels
+    write_image(case / "mask_lung_lr.nii.gz", image, labels)
+    proc = run_lungx("evaluate", "ct", str(tmp_path / "cases"), "--method", "classical")
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout)
+    assert proc.stdout.count("\n") == 1
+    assert summary["n"] == 1 and summary["dice"] == {"lung_right": 1.0, "lung_left": 1.0, "lung": 1.0}
+    assert set(summary) == {"n", "dice", "volume_error_pct", "hd95_mm", "seconds_per_case"}

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import SimpleITK as sitk
-
 from conftest import chest_phantom, write_ct_series
+
 from lungx_core.errors import InputError
 from lungx_core.image import MedicalImage
 from lungx_core.io.ct import read_ct

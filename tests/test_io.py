@@ -159,12 +159,12 @@ def test_collect_cases_expands_folders_and_dedupes_ids(tmp_path, phantom):
 def test_collect_cases_makes_one_ct_case_per_folder_and_flags_other_series_once(tmp_path, phantom):
     from pydicom.uid import generate_uid
 
-    uid = generate_uid()
+    uid, mr_uid = generate_uid(), generate_uid()
     (tmp_path / "ct").mkdir()
     (tmp_path / "mr").mkdir()
     for i in range(3):
         write_dicom(tmp_path / "ct" / f"ct{i}.dcm", phantom, modality="CT", series_uid=uid)
-        write_dicom(tmp_path / "mr" / f"mr{i}.dcm", phantom, modality="MR", series_uid=uid + ".1")
+        write_dicom(tmp_path / "mr" / f"mr{i}.dcm", phantom, modality="MR", series_uid=mr_uid)
     cases = sorted(collect_cases([tmp_path]), key=lambda c: c.case_id)
     assert [(c.case_id, c.kind) for c in cases] == [("ct", "ct"), ("mr", None)]
     assert cases[0].problem is None and cases[0].path == tmp_path / "ct"

@@ -78,7 +78,7 @@ def list_series(files: list[Path]) -> tuple[list[SeriesInfo], list[Path]]:
 
 def choose_series(path: Path, series: list[SeriesInfo], wanted: str | None = None) -> SeriesInfo:
     """The series to read: ``wanted`` (UID, UID prefix or series number), else the rule in the module doc."""
-    ct = [s for s in series if s.modality == "CT" and not s.localizer and len(s.files) > 1]
+    ct = [s for s in series if s.modality == "CT" and not s.localizer]
     if wanted:
         match = [s for s in series if s.uid == wanted or s.uid.startswith(wanted) or str(s.number) == wanted]
         if not match:

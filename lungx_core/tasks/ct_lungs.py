@@ -26,6 +26,7 @@ from lungx_core.image import MedicalImage
 from lungx_core.io.inputs import Case
 from lungx_core.orientation import reorientation
 from lungx_core.postprocess import fill_holes
+from lungx_core.preprocess import CT_HU_WINDOW
 from lungx_core.tasks.common import run_guarded
 
 DEFAULT_MODEL = "ct_lungs"
@@ -68,6 +69,41 @@ def _keep_lung_components(mask: np.ndarray, keep_fraction: float = 0.2) -> np.nd
     out = np.zeros_like(mask)
     out[box] = np.stack([fill_holes(s) if s.any() else s for s in sub])
     return out
+
+
+# HU -500 (tissue versus air) on the network's [0, 1] input scale
+BODY_LEVEL = (-500.0 - CT_HU_WINDOW[0]) / (CT_HU_WINDOW[1] - CT_HU_WINDOW[0])
+
+
+def _body_2d(tissue: np.ndarray) -> np.ndarray:
+    """Largest tissue component of an axial slice with its holes (lungs, airways) filled."""
+    labels, n = ndi.label(tissue)
+    if n == 0:
+        return np.zeros_like(tissue)
+    sizes = np.bincount(labels.ravel())
+    sizes[0] = 0
+    return fill_holes(labels == sizes.argmax())
+
+
+def remove_airway(labels: np.ndarray, hu: np.ndarray, spacing: tuple[float, float, float]) -> np.ndarray:
+    """Trachea and main bronchi out of the lung labels (canonical order), grown from the trachea as in the
+    classical pipeline; airways enclosed by lung in their slice are refilled later with the holes."""
+    from lungx_core.ct_classical import find_trachea_seed, grow_airway
+
+    lung = labels > 0
+    if not lung.any():
+        return labels
+    box = ndi.find_objects(lung.astype(np.uint8))[0]
+    sub_lung, sub_hu = lung[box], hu[box]
+    seed = find_trachea_seed(sub_lung, sub_lung, sub_hu, spacing)
+    if seed is None:
+        return labels
+    # Grown in all dark voxels, not only the network's mask: the network may label the trachea only in part,
+    # and the leak control of grow_airway stops before the lungs themselves are reached.
+    airway = grow_airway(sub_hu, seed, np.ones_like(sub_lung), spacing)
+    airway = ndi.binary_dilation(airway) & sub_lung
+    labels[box][airway] = 0
+    return labels
 
 
 def _upsample_labels(labels: np.ndarray, shape: tuple[int, int], batch: int = 32) -> np.ndarray:
@@ -121,6 +157,10 @@ class CTLungSegmenter:
             with torch.inference_mode():
                 logits = self.net(torch.from_numpy(x).to(self.device)).float().cpu().numpy()
             n = len(x)
+            # Lungs lie inside the body: this removes stray detections in the air between the back and the table
+            # (cheap at network resolution: one 2-D labelling per slice).
+            for i in range(n):
+                logits[i][:, ~_body_2d(x[i, 0] > BODY_LEVEL)] = -20.0
             # logits, not probabilities, are upsampled: smooth borders; a monotone threshold gives the same mask
             full = unletterbox(logits.reshape(n * 2, self.size, self.size), box).reshape(n, 2, *hu.shape[1:])
             right, left = full[:, 0], full[:, 1]
@@ -154,7 +194,7 @@ class CTLungSegmenter:
         hu = orient.to_canonical(image.array)
         flags: list[str] = []
         if self.method == "net":
-            labels = self._labels_net(hu)
+            labels = remove_airway(self._labels_net(hu), hu, orient.spacing)
         else:
             labels, flags = self._labels_classical(hu, orient.spacing)
         for value in (RIGHT, LEFT):

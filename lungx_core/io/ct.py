@@ -33,6 +33,9 @@ class SeriesInfo:
     files: list[Path] = field(default_factory=list)
     localizer: bool = False
     thickness: float = 0.0
+    # per file, from the same header read: (ImagePositionPatient, ImageOrientationPatient, (Rows, Columns));
+    # None where any of them is missing (non-image objects)
+    geometry: list[tuple[list[float], list[float], tuple[int, int]] | None] = field(default_factory=list)
 
 
 def dicom_files(folder: Path) -> list[Path]:
@@ -73,6 +76,13 @@ def list_series(files: list[Path]) -> tuple[list[SeriesInfo], list[Path]]:
         if "LOCALIZER" in image_type or "SCOUT" in " ".join(image_type):
             info.localizer = True
         info.files.append(f)
+        ipp, iop = ds.get("ImagePositionPatient"), ds.get("ImageOrientationPatient")
+        rows, cols = ds.get("Rows"), ds.get("Columns")
+        info.geometry.append(
+            None
+            if ipp is None or iop is None or rows is None or cols is None
+            else ([float(v) for v in ipp], [round(float(v), 4) for v in iop], (int(rows), int(cols)))
+        )
     return list(series.values()), unreadable
 
 
@@ -98,19 +108,16 @@ def describe_series(series: list[SeriesInfo]) -> str:
     )
 
 
-def _slice_geometry(path: Path, files: list[Path]):
+def _slice_geometry(path: Path, series: SeriesInfo):
     """Sort the series' files by position along the normal; check the stack. Returns (files, tilt_deg)."""
-    import pydicom
-
+    files = series.files
     positions, orientations, sizes = [], [], set()
-    for f in files:
-        ds = pydicom.dcmread(f, stop_before_pixels=True)
-        ipp, iop = ds.get("ImagePositionPatient"), ds.get("ImageOrientationPatient")
-        if ipp is None or iop is None:
-            raise InputError(path, f"{f.name} has no ImagePositionPatient/ImageOrientationPatient")
-        positions.append([float(v) for v in ipp])
-        orientations.append([round(float(v), 4) for v in iop])
-        sizes.add((int(ds.Rows), int(ds.Columns)))
+    for f, geometry in zip(files, series.geometry, strict=True):
+        if geometry is None:
+            raise InputError(path, f"{f.name} has no ImagePositionPatient/ImageOrientationPatient/Rows/Columns")
+        positions.append(geometry[0])
+        orientations.append(geometry[1])
+        sizes.add(geometry[2])
     if len(sizes) > 1:
         raise InputError(path, f"slices of different sizes in one series: {sorted(sizes)}")
     if len({tuple(o) for o in orientations}) > 1:
@@ -157,7 +164,7 @@ def read_dicom_ct(path: Path, series_uid: str | None = None) -> MedicalImage:
         raise InputError(path, f"series #{chosen.number} is {chosen.modality}, not CT")
     if len(chosen.files) < MIN_SLICES:
         raise InputError(path, f"the CT series has {len(chosen.files)} slice(s); at least {MIN_SLICES} are needed")
-    ordered, tilt = _slice_geometry(path, chosen.files)
+    ordered, tilt = _slice_geometry(path, chosen)
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames([str(f) for f in ordered])
     try:

@@ -23,6 +23,7 @@ from scipy import ndimage as ndi
 from lungx_core.anatomy import CT_STRUCTURES
 from lungx_core.errors import InputError
 from lungx_core.image import MedicalImage
+from lungx_core.io.ct import TILT_TOLERANCE_DEG
 from lungx_core.io.inputs import Case
 from lungx_core.orientation import reorientation
 from lungx_core.postprocess import fill_holes
@@ -233,7 +234,7 @@ def qc_flags(labels: np.ndarray, volumes: dict[str, float], metadata: dict[str, 
         if not LR_RATIO_RANGE[0] <= right / left <= LR_RATIO_RANGE[1]:
             flags.append("implausible_lr_ratio")
     tilt = float(metadata.get("gantry_tilt_deg", 0.0) or 0.0)
-    if tilt > 0.5:
+    if tilt > TILT_TOLERANCE_DEG:
         flags.append(f"gantry_tilt_{tilt:.1f}deg")
     if obliquity > 1.0:
         flags.append(f"oblique_{obliquity:.0f}deg")

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage as ndi
 
-from lungx_core.postprocess import fill_holes
+from lungx_core.postprocess import fill_holes, keep_components, per_slice
 
 BODY_HU = -500.0  # tissue versus air, halfway between air (-1000) and water (0)
 LUNG_HU = -400.0  # aerated and ground-glass lung below; consolidation and soft tissue above
@@ -38,13 +38,6 @@ def _voxel_ml(spacing: tuple[float, float, float]) -> float:
     return float(np.prod(spacing)) / 1000.0
 
 
-def _per_slice(mask: np.ndarray, fn) -> np.ndarray:
-    out = np.zeros_like(mask, dtype=bool)
-    for z in np.nonzero(mask.any(axis=(1, 2)))[0]:
-        out[z] = fn(mask[z])
-    return out
-
-
 def _disk(radius_px: tuple[float, float]) -> np.ndarray:
     ry, rx = (max(1.0, r) for r in radius_px)
     y, x = np.ogrid[-int(ry) : int(ry) + 1, -int(rx) : int(rx) + 1]
@@ -53,13 +46,7 @@ def _disk(radius_px: tuple[float, float]) -> np.ndarray:
 
 def body_mask(hu: np.ndarray) -> np.ndarray:
     """The patient's body: largest 3-D tissue component (the table is separated by air), holes filled per slice."""
-    tissue = hu > BODY_HU
-    labels, n = ndi.label(tissue)
-    if n == 0:
-        return tissue
-    sizes = np.bincount(labels.ravel())
-    sizes[0] = 0
-    return _per_slice(labels == sizes.argmax(), fill_holes)
+    return per_slice(keep_components(hu > BODY_HU), fill_holes)
 
 
 def _select_lung_components(air: np.ndarray, hu: np.ndarray, spacing) -> np.ndarray:
@@ -205,7 +192,7 @@ def _smooth_lung(mask: np.ndarray, spacing) -> np.ndarray:
         closed = ndi.binary_closing(padded, disk)[pad:-pad, pad:-pad]
         return fill_holes(closed | slice_mask)
 
-    return _per_slice(mask, one)
+    return per_slice(mask, one)
 
 
 def segment_lungs_classical(hu: np.ndarray, spacing: tuple[float, float, float]) -> ClassicalResult:
@@ -228,6 +215,6 @@ def segment_lungs_classical(hu: np.ndarray, spacing: tuple[float, float, float])
     for value in (RIGHT, LEFT):
         # Closing may bridge into the main bronchi again: remove the airway, then refill only what the lung
         # encloses (intrapulmonary bronchi are lung; the trachea and main bronchi at the hilum are not).
-        side = _per_slice(_smooth_lung(labels == value, spacing) & body & ~airway, fill_holes)
+        side = per_slice(_smooth_lung(labels == value, spacing) & body & ~airway, fill_holes)
         out[side & (out == 0)] = value
     return ClassicalResult(out, airway, notes)

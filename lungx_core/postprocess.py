@@ -42,6 +42,14 @@ def fill_holes(mask: np.ndarray) -> np.ndarray:
     return ~outside[background]
 
 
+def per_slice(mask: np.ndarray, fn) -> np.ndarray:
+    """Apply a 2-D mask operation to every axial slice (axis 0) of a volume that has any voxel set."""
+    out = np.zeros_like(mask, dtype=bool)
+    for z in np.nonzero(mask.any(axis=(1, 2)))[0]:
+        out[z] = fn(mask[z])
+    return out
+
+
 def _clean_one(mask: np.ndarray, keep_fraction: float) -> np.ndarray:
     """Components and holes are computed in the structure's bounding box (plus a 1-px frame), not the frame."""
     rows, cols = np.nonzero(mask.any(axis=1))[0], np.nonzero(mask.any(axis=0))[0]

@@ -21,19 +21,19 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from lungx_core.anatomy import CT_STRUCTURES
+from lungx_core.ct_classical import LEFT, RIGHT
 from lungx_core.errors import InputError
 from lungx_core.image import MedicalImage
 from lungx_core.io.ct import TILT_TOLERANCE_DEG
 from lungx_core.io.inputs import Case
 from lungx_core.orientation import reorientation
-from lungx_core.postprocess import fill_holes
+from lungx_core.postprocess import fill_holes, keep_components, per_slice
 from lungx_core.preprocess import CT_HU_WINDOW
 from lungx_core.tasks.common import run_guarded
 
 DEFAULT_MODEL = "ct_lungs"
 METHODS = ("net", "classical")
 OUTPUT_FORMATS = ("seg.nrrd", "nii.gz", "nrrd")
-RIGHT, LEFT = 1, 2
 MIN_TOTAL_LUNG_ML = 50.0  # below this no lungs were found: not a chest CT (or not a CT at all)
 LUNG_ML_RANGE = (250.0, 5000.0)  # one adult lung, full coverage
 LR_RATIO_RANGE = (0.5, 2.0)  # right / left volume; the right lung is normally ~10% larger
@@ -62,28 +62,13 @@ def _keep_lung_components(mask: np.ndarray, keep_fraction: float = 0.2) -> np.nd
     if not mask.any():
         return mask
     box = ndi.find_objects(mask.astype(np.uint8))[0]
-    sub = mask[box]
-    labels, n = ndi.label(sub)
-    if n > 1:
-        sizes = np.bincount(labels.ravel())[1:]
-        sub = np.isin(labels, np.nonzero(sizes >= keep_fraction * sizes.max())[0] + 1)
     out = np.zeros_like(mask)
-    out[box] = np.stack([fill_holes(s) if s.any() else s for s in sub])
+    out[box] = per_slice(keep_components(mask[box], keep_fraction), fill_holes)
     return out
 
 
 # HU -500 (tissue versus air) on the network's [0, 1] input scale
 BODY_LEVEL = (-500.0 - CT_HU_WINDOW[0]) / (CT_HU_WINDOW[1] - CT_HU_WINDOW[0])
-
-
-def _body_2d(tissue: np.ndarray) -> np.ndarray:
-    """Largest tissue component of an axial slice with its holes (lungs, airways) filled."""
-    labels, n = ndi.label(tissue)
-    if n == 0:
-        return np.zeros_like(tissue)
-    sizes = np.bincount(labels.ravel())
-    sizes[0] = 0
-    return fill_holes(labels == sizes.argmax())
 
 
 def remove_airway(labels: np.ndarray, hu: np.ndarray, spacing: tuple[float, float, float]) -> np.ndarray:
@@ -161,7 +146,7 @@ class CTLungSegmenter:
             # Lungs lie inside the body: this removes stray detections in the air between the back and the table
             # (cheap at network resolution: one 2-D labelling per slice).
             for i in range(n):
-                logits[i][:, ~_body_2d(x[i, 0] > BODY_LEVEL)] = -20.0
+                logits[i][:, ~fill_holes(keep_components(x[i, 0] > BODY_LEVEL))] = -20.0
             # logits, not probabilities, are upsampled: smooth borders; a monotone threshold gives the same mask
             full = unletterbox(logits.reshape(n * 2, self.size, self.size), box).reshape(n, 2, *hu.shape[1:])
             right, left = full[:, 0], full[:, 1]

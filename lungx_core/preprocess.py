@@ -134,6 +134,12 @@ def preprocess_radiograph(image: np.ndarray, config: PreprocessConfig) -> tuple[
 CT_HU_WINDOW = (-1024.0, 600.0)
 
 
+def ct_window(hu: np.ndarray) -> np.ndarray:
+    """HU to the network's float32 [0, 1] scale (CT_HU_WINDOW); training and inference both use this."""
+    lo, hi = CT_HU_WINDOW
+    return np.clip((np.asarray(hu, dtype=np.float32) - lo) / (hi - lo), 0.0, 1.0)
+
+
 def ct_slices_to_input(hu_slices: np.ndarray, size: int) -> tuple[np.ndarray, Letterbox]:
     """(N, H, W) axial HU slices -> ((N, 1, size, size) float32 in [0, 1], letterbox).
 
@@ -143,13 +149,11 @@ def ct_slices_to_input(hu_slices: np.ndarray, size: int) -> tuple[np.ndarray, Le
     import torch
     import torch.nn.functional as F
 
-    lo, hi = CT_HU_WINDOW
     n, rows, cols = hu_slices.shape
     scale = size / max(rows, cols)
     new_rows, new_cols = max(1, round(rows * scale)), max(1, round(cols * scale))
     box = Letterbox((rows, cols), (new_rows, new_cols), ((size - new_rows) // 2, (size - new_cols) // 2), size)
-    x = torch.from_numpy(np.ascontiguousarray(hu_slices)).float()
-    x = ((x.clamp_(lo, hi) - lo) / (hi - lo))[:, None]
+    x = torch.from_numpy(ct_window(hu_slices))[:, None]
     if (new_rows, new_cols) != (rows, cols):
         x = F.interpolate(x, size=(new_rows, new_cols), mode="bilinear", align_corners=False, antialias=True)
     canvas = np.zeros((n, 1, size, size), dtype=np.float32)

@@ -58,7 +58,7 @@ def build_cache(data: Path, cache: Path, size: int) -> None:
     import torch
     import torch.nn.functional as F
 
-    from lungx_core.preprocess import ct_slices_to_input
+    from lungx_core.preprocess import CT_HU_WINDOW, ct_slices_to_input
 
     hus, labels, splits, cases = [], [], [], []
     for split, names in (("train", TRAIN_CASES), ("val", VAL_CASES), ("test", TEST_CASES)):
@@ -68,7 +68,7 @@ def build_cache(data: Path, cache: Path, size: int) -> None:
                 continue
             hu, lab, _spacing, source = case_labels(data, case, cache.parent / "pseudo_labels")
             x, box = ct_slices_to_input(hu, size)
-            lo, hi = -1024.0, 600.0  # back to HU: the window is where synthetic pathology is painted
+            lo, hi = CT_HU_WINDOW  # back to HU: the window is where synthetic pathology is painted
             hus.append(np.round(x[:, 0] * (hi - lo) + lo).astype(np.int16))
             one_hot = torch.from_numpy(np.stack([lab == 1, lab == 2], axis=1).astype(np.float32))
             resized = F.interpolate(one_hot, size=box.resized_shape, mode="bilinear", antialias=True) >= 0.5

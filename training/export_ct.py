@@ -35,12 +35,12 @@ DENSE_HU = -300.0  # lung tissue denser than this is what thresholds lose: conso
 
 def fp16_agreement(state: dict, cfg: dict, run: Path) -> float:
     from lungx_core.models.networks import build_network
+    from lungx_core.preprocess import ct_window
     from training.ct_data import load_cache
-    from training.train_ct import normalise
 
     data = load_cache(run / "cache.npz")
     idx = np.nonzero(data["split"] != "train")[0]
-    x = torch.from_numpy(normalise(data["hu"][idx]))[:, None]
+    x = torch.from_numpy(ct_window(data["hu"][idx]))[:, None]
     nets = []
     for sd in (state, {k: v.half().float() for k, v in state.items()}):
         net = build_network(cfg["arch"], 1, 2, **cfg.get("arch_options", {}))

@@ -25,15 +25,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lungx_core.losses import SegmentationLoss  # noqa: E402
 from lungx_core.models.networks import build_network  # noqa: E402
-from lungx_core.preprocess import CT_HU_WINDOW  # noqa: E402
+from lungx_core.preprocess import ct_window  # noqa: E402
 from lungx_core.synthetic_pathology import insert_pathology  # noqa: E402
 from training.common import append_log, resume, save_checkpoint, seed_everything  # noqa: E402
 from training.ct_data import build_cache, load_cache  # noqa: E402
-
-
-def normalise(hu: np.ndarray) -> np.ndarray:
-    lo, hi = CT_HU_WINDOW
-    return np.clip((hu.astype(np.float32) - lo) / (hi - lo), 0.0, 1.0)
 
 
 def one_hot(labels: np.ndarray) -> np.ndarray:
@@ -54,7 +49,7 @@ def make_batch(hu: np.ndarray, labels: np.ndarray, cfg: dict, rng: np.random.Gen
         h = h * rng.uniform(0.95, 1.05) + rng.uniform(-a["hu_shift"], a["hu_shift"])
         if rng.random() < 0.5:
             h = h + rng.standard_normal(h.shape).astype(np.float32) * rng.uniform(0, a["noise_hu"])
-        images.append(normalise(h))
+        images.append(ct_window(h))
     x = torch.from_numpy(np.stack(images))[:, None]
     y = torch.from_numpy(one_hot(labels))
     if rng.random() < 0.3:  # smooth reconstruction kernels and thick slices
@@ -94,7 +89,7 @@ def validate(net, data: dict, split: str, batch: int = 32) -> dict[str, float]:
         inter, total = np.zeros(2), np.zeros(2)
         for start in range(0, len(idx), batch):
             sel = idx[start : start + batch]
-            x = torch.from_numpy(normalise(data["hu"][sel]))[:, None]
+            x = torch.from_numpy(ct_window(data["hu"][sel]))[:, None]
             pred = (net(x) > 0).numpy()
             truth = one_hot(data["labels"][sel]).astype(bool)
             inter += (pred & truth).sum(axis=(0, 2, 3))

@@ -181,3 +181,15 @@ def test_atomic_path_leaves_nothing_on_failure(tmp_path):
         assert tmp.name.endswith(".seg.nrrd")
         tmp.write_bytes(b"done")
     assert target.read_bytes() == b"done" and len(list(tmp_path.iterdir())) == 1
+
+
+def test_all_or_nothing_removes_a_case_s_finished_outputs_when_a_later_write_fails(tmp_path):
+    from lungx_core.io.writers import all_or_nothing, write_text_atomic
+
+    with pytest.raises(OSError), all_or_nothing() as written:
+        written.append(tmp_path / "a.txt")
+        write_text_atomic(written[-1], "first output")
+        assert (tmp_path / "a.txt").exists()
+        written.append(tmp_path / "b.txt")
+        raise OSError("disk full")
+    assert list(tmp_path.iterdir()) == []

@@ -34,6 +34,44 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         raise
 
 
+@contextlib.contextmanager
+def all_or_nothing() -> Iterator[list[Path]]:
+    """Collect the paths of one case's outputs as they are written; if any write fails, remove those already
+    completed, so a case never leaves part of its outputs behind."""
+    written: list[Path] = []
+    try:
+        yield written
+    except BaseException:
+        for p in written:
+            p.unlink(missing_ok=True)
+        raise
+
+
+def write_masks(
+    written: list[Path],
+    out_dir: Path,
+    case_id: str,
+    image: MedicalImage,
+    masks: dict[str, np.ndarray],
+    structures: Sequence[Structure],
+    fmt: str,
+) -> None:
+    """Masks as ``<id>.seg.nrrd``, a label map ``<id>_labels.nii.gz|nrrd``, or one ``<id>_<structure>.png`` each;
+    each path is appended to ``written`` before its file is written."""
+    if fmt == "seg.nrrd":
+        written.append(out_dir / f"{case_id}.seg.nrrd")
+        write_seg_nrrd(written[-1], image, masks, structures)
+    elif fmt in ("nii.gz", "nrrd"):
+        written.append(out_dir / f"{case_id}_labels.{fmt}")
+        write_image(written[-1], image, labelmap_from_masks(masks, structures))
+    elif fmt == "png":
+        for s in structures:
+            written.append(out_dir / f"{case_id}_{s.name}.png")
+            write_png(written[-1], masks[s.name].astype(np.uint8) * 255)
+    else:
+        raise ValueError(f"unknown mask format {fmt!r}")
+
+
 def write_text_atomic(path: str | Path, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text)

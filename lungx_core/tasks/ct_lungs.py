@@ -234,27 +234,17 @@ def write_outputs(
     out_dir: Path, case_id: str, image: MedicalImage, result: CTResult, fmt: str = "seg.nrrd", overlay: bool = True
 ) -> list[Path]:
     """The segmentation in ``fmt`` (label map: 1 right, 2 left) and the QC overlay; all or nothing."""
-    from lungx_core.io.writers import labelmap_from_masks, render_ct_overlay, write_image, write_png, write_seg_nrrd
+    from lungx_core.io.writers import all_or_nothing, render_ct_overlay, write_masks, write_png
 
     if fmt not in OUTPUT_FORMATS:
         raise InputError(image.source, f"output format {fmt!r} is for radiographs; for CT use seg.nrrd, nii.gz or nrrd")
-    written: list[Path] = []
-    try:
-        if fmt == "seg.nrrd":
-            written.append(out_dir / f"{case_id}.seg.nrrd")
-            write_seg_nrrd(written[-1], image, result.masks, CT_STRUCTURES)
-        else:
-            written.append(out_dir / f"{case_id}_labels.{fmt}")
-            write_image(written[-1], image, labelmap_from_masks(result.masks, CT_STRUCTURES))
+    with all_or_nothing() as written:
+        write_masks(written, out_dir, case_id, image, result.masks, CT_STRUCTURES, fmt)
         if overlay:
             hu, labels, spacing = result.canonical
             canon = {s.name: labels == s.label for s in CT_STRUCTURES}
             written.append(out_dir / f"{case_id}_overlay.png")
             write_png(written[-1], render_ct_overlay(hu, canon, CT_STRUCTURES, spacing))
-    except BaseException:
-        for p in written:
-            p.unlink(missing_ok=True)
-        raise
     return written
 
 

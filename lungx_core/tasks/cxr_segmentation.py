@@ -109,36 +109,15 @@ def write_outputs(
     overlay: bool = True,
 ) -> list[Path]:
     """Write the masks in ``fmt`` and a QC overlay; every file atomically. Returns the written paths."""
-    from lungx_core.io.writers import (
-        labelmap_from_masks,
-        render_overlay,
-        write_image,
-        write_png,
-        write_seg_nrrd,
-    )
+    from lungx_core.io.writers import all_or_nothing, render_overlay, write_masks, write_png
 
     if fmt not in OUTPUT_FORMATS:
         raise ValueError(f"unknown output format {fmt!r}; choose one of {', '.join(OUTPUT_FORMATS)}")
-    written: list[Path] = []
-    try:
-        if fmt == "seg.nrrd":
-            written.append(out_dir / f"{case_id}.seg.nrrd")
-            write_seg_nrrd(written[-1], image, result.masks, CXR_STRUCTURES)
-        elif fmt in ("nii.gz", "nrrd"):
-            written.append(out_dir / f"{case_id}_labels.{fmt}")
-            write_image(written[-1], image, labelmap_from_masks(result.masks, CXR_STRUCTURES))
-        else:
-            for s in CXR_STRUCTURES:
-                written.append(out_dir / f"{case_id}_{s.name}.png")
-                write_png(written[-1], result.masks[s.name].astype(np.uint8) * 255)
+    with all_or_nothing() as written:
+        write_masks(written, out_dir, case_id, image, result.masks, CXR_STRUCTURES, fmt)
         if overlay:
             written.append(out_dir / f"{case_id}_overlay.png")
             write_png(written[-1], render_overlay(image, result.masks, CXR_STRUCTURES))
-    except BaseException:
-        # A case's outputs are all or nothing: remove the files this call already completed.
-        for p in written:
-            p.unlink(missing_ok=True)
-        raise
     return written
 
 

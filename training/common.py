@@ -3,7 +3,9 @@ and the CSV training log."""
 
 from __future__ import annotations
 
+import argparse
 import csv
+import json
 import random
 from pathlib import Path
 
@@ -59,3 +61,36 @@ def append_log(path: Path, row: dict) -> None:
         if new:
             writer.writeheader()
         writer.writerow(row)
+
+
+def start_run(doc: str, argv=None) -> tuple[argparse.Namespace, dict]:
+    """The training scripts' shared command line (--config --data --run --epochs --threads) and run set-up:
+    threads set, run folder created with the effective config.json, everything seeded. Returns (args, config)."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", type=Path, required=True)
+    ap.add_argument("--data", type=Path, default=Path("../shared/data"))
+    ap.add_argument("--run", type=Path, required=True, help="run folder for cache, checkpoints and logs")
+    ap.add_argument("--epochs", type=int, help="override the config's epoch count")
+    ap.add_argument("--threads", type=int, default=torch.get_num_threads())
+    args = ap.parse_args(argv)
+    cfg = json.loads(args.config.read_text())
+    if args.epochs:
+        cfg["epochs"] = args.epochs
+    torch.set_num_threads(args.threads)
+    args.run.mkdir(parents=True, exist_ok=True)
+    (args.run / "config.json").write_text(json.dumps(cfg, indent=2))
+    seed_everything(cfg["seed"])
+    return args, cfg
+
+
+def fp16_agreement(build_net, state: dict, x: torch.Tensor) -> float:
+    """Dice between the predictions (logit > 0) of fp32 weights and of the same weights rounded to fp16 on
+    ``x``; 1.0 means shipping fp16 changes nothing."""
+    nets = []
+    for sd in (state, {k: v.half().float() for k, v in state.items()}):
+        net = build_net()
+        net.load_state_dict(sd)
+        nets.append(net.eval())
+    with torch.inference_mode():
+        a, b = ((n(x) > 0).numpy() for n in nets)
+    return float(2 * (a & b).sum() / max(a.sum() + b.sum(), 1))

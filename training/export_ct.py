@@ -27,28 +27,22 @@ from lungx_core.io.writers import render_ct_overlay, write_png, write_text_atomi
 from lungx_core.metrics import dice, hd95  # noqa: E402
 from lungx_core.models.store import WEIGHTS_DIR, save_model  # noqa: E402
 from lungx_core.tasks.ct_lungs import CTLungSegmenter  # noqa: E402
+from training.common import fp16_agreement  # noqa: E402
 from training.ct_data import SHOWCASE_CASES, TEST_CASES, TRAIN_CASES, VAL_CASES  # noqa: E402
 
 NAME = "ct_lungs"
 DENSE_HU = -300.0  # lung tissue denser than this is what thresholds lose: consolidation, masses, fluid
 
 
-def fp16_agreement(state: dict, cfg: dict, run: Path) -> float:
+def validation_agreement(state: dict, cfg: dict, run: Path) -> float:
+    """fp16 vs fp32 prediction Dice on the cached validation and test slices (1.0 = identical)."""
     from lungx_core.models.networks import build_network
     from lungx_core.preprocess import ct_window
     from training.ct_data import load_cache
 
     data = load_cache(run / "cache.npz")
-    idx = np.nonzero(data["split"] != "train")[0]
-    x = torch.from_numpy(ct_window(data["hu"][idx]))[:, None]
-    nets = []
-    for sd in (state, {k: v.half().float() for k, v in state.items()}):
-        net = build_network(cfg["arch"], 1, 2, **cfg.get("arch_options", {}))
-        net.load_state_dict(sd)
-        nets.append(net.eval())
-    with torch.inference_mode():
-        a, b = ((n(x) > 0).numpy() for n in nets)
-    return float(2 * (a & b).sum() / max(a.sum() + b.sum(), 1))
+    x = torch.from_numpy(ct_window(data["hu"][data["split"] != "train"]))[:, None]
+    return fp16_agreement(lambda: build_network(cfg["arch"], 1, 2, **cfg.get("arch_options", {})), state, x)
 
 
 def score_case(data: Path, case: str, run: Path, segmenters: dict[str, CTLungSegmenter]) -> dict:
@@ -91,7 +85,7 @@ def main(argv=None) -> None:
 
     cfg = json.loads((args.run / "config.json").read_text())
     ck = torch.load(args.run / args.checkpoint, weights_only=False)
-    agreement = fp16_agreement(ck["model"], cfg, args.run)
+    agreement = validation_agreement(ck["model"], cfg, args.run)
     print(f"fp16 vs fp32 prediction Dice on validation/test slices: {agreement:.5f}", flush=True)
     if agreement < 0.999:
         raise SystemExit("fp16 weights change predictions; export in fp32 instead")

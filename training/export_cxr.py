@@ -26,27 +26,23 @@ from lungx_core.io.readers import read_radiograph  # noqa: E402
 from lungx_core.io.writers import write_text_atomic  # noqa: E402
 from lungx_core.models.store import WEIGHTS_DIR, save_model  # noqa: E402
 from lungx_core.tasks.cxr_segmentation import CXRSegmenter  # noqa: E402
+from training.common import fp16_agreement  # noqa: E402
 from training.cxr_data import DATASETS, SPLITS_DIR  # noqa: E402
 
 NAME = "cxr_anatomy"
 
 
-def fp16_agreement(state: dict, cfg: dict, run: Path) -> float:
-    """Dice between fp32 and fp16-rounded predictions on the cached validation images (1.0 = identical)."""
+def validation_agreement(state: dict, cfg: dict, run: Path) -> float:
+    """fp16 vs fp32 prediction Dice on the cached validation images (1.0 = identical)."""
     from lungx_core.models.networks import build_network
     from training.cxr_data import load_cache
 
     data = load_cache(run / "cache.npz")
     idx = np.nonzero(data["split"] == "val")[0][:48]
     x = torch.as_tensor(data["images"][idx].astype(np.float32))[:, None]
-    nets = []
-    for sd in (state, {k: v.half().float() for k, v in state.items()}):
-        net = build_network(cfg["arch"], 1, len(CXR_CLASSES), **cfg.get("arch_options", {}))
-        net.load_state_dict(sd)
-        nets.append(net.eval())
-    with torch.inference_mode():
-        a, b = ((n(x) > 0).numpy() for n in nets)
-    return float(2 * (a & b).sum() / max(a.sum() + b.sum(), 1))
+    return fp16_agreement(
+        lambda: build_network(cfg["arch"], 1, len(CXR_CLASSES), **cfg.get("arch_options", {})), state, x
+    )
 
 
 def main(argv=None) -> None:
@@ -58,7 +54,7 @@ def main(argv=None) -> None:
     cfg = json.loads((args.run / "config.json").read_text())
     ck = torch.load(args.run / "best.pt", weights_only=False)
     state = ck["model"]
-    agreement = fp16_agreement(state, cfg, args.run)
+    agreement = validation_agreement(state, cfg, args.run)
     print(f"fp16 vs fp32 prediction Dice on validation images: {agreement:.5f}", flush=True)
     if agreement < 0.999:
         raise SystemExit("fp16 weights change predictions; export in fp32 instead")

@@ -8,8 +8,6 @@ from ``last.pt``. Curves are appended to ``log.csv``; the best validation epoch 
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
 import sys
 import time
@@ -24,7 +22,7 @@ from lungx_core.anatomy import CXR_CLASSES, CXR_MIRROR_PAIRS  # noqa: E402
 from lungx_core.losses import SegmentationLoss  # noqa: E402
 from lungx_core.models.networks import build_network  # noqa: E402
 from lungx_core.preprocess import PreprocessConfig  # noqa: E402
-from training.common import append_log, resume, save_checkpoint, seed_everything  # noqa: E402
+from training.common import append_log, resume, save_checkpoint, start_run  # noqa: E402
 from training.cxr_data import build_cache, load_cache  # noqa: E402
 
 
@@ -111,21 +109,7 @@ def selection_score(val: dict[str, float]) -> float:
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--config", type=Path, required=True)
-    ap.add_argument("--data", type=Path, default=Path("../shared/data"))
-    ap.add_argument("--run", type=Path, required=True, help="run folder for cache, checkpoints and logs")
-    ap.add_argument("--epochs", type=int, help="override the config's epoch count")
-    ap.add_argument("--threads", type=int, default=torch.get_num_threads())
-    args = ap.parse_args(argv)
-
-    cfg = json.loads(args.config.read_text())
-    if args.epochs:
-        cfg["epochs"] = args.epochs
-    torch.set_num_threads(args.threads)
-    args.run.mkdir(parents=True, exist_ok=True)
-    (args.run / "config.json").write_text(json.dumps(cfg, indent=2))
-    seed_everything(cfg["seed"])
+    args, cfg = start_run(__doc__, argv)
 
     pre = PreprocessConfig.from_dict(cfg["preprocess"])
     cache = args.run / "cache.npz"

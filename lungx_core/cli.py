@@ -72,7 +72,7 @@ def _write_results(path: Path, rows: list[dict]) -> None:
 
     tasks = {r.get("task") for r in rows}
     columns = list(COMMON_COLUMNS)
-    if "cxr-anatomy" in tasks or not tasks - {""}:
+    if "cxr-anatomy" in tasks or not rows:  # every row, error rows too, names its task
         columns += cxr_segmentation.RESULT_COLUMNS
     if "ct-lungs" in tasks:
         columns += ct_lungs.RESULT_COLUMNS

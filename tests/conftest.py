@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +10,10 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
+SLICER_MODULE_DIR = REPO / "LungXSlicer"
+# the Slicer module's helper package (LungXSlicerLib) is plain Python: its tests import it from the checkout
+if str(SLICER_MODULE_DIR) not in sys.path:
+    sys.path.insert(0, str(SLICER_MODULE_DIR))
 
 
 def phantom_radiograph(rows: int = 512, cols: int = 480, seed: int = 0) -> np.ndarray:
@@ -31,6 +36,14 @@ def phantom_radiograph(rows: int = 512, cols: int = 480, seed: int = 0) -> np.nd
 @pytest.fixture
 def phantom() -> np.ndarray:
     return phantom_radiograph()
+
+
+def save_dicom(ds, path: Path) -> None:
+    """Part 10 file with pydicom 3 and 2.4 (the version Slicer 5.10 bundles), whose keyword differs."""
+    try:
+        ds.save_as(path, enforce_file_format=True)
+    except TypeError:
+        ds.save_as(path, write_like_original=False)
 
 
 def write_dicom(
@@ -91,7 +104,7 @@ def write_dicom(
     if rescale:
         ds.RescaleSlope, ds.RescaleIntercept = rescale
     ds.PixelData = arr.tobytes()
-    ds.save_as(path, enforce_file_format=True)
+    save_dicom(ds, path)
     return path
 
 
@@ -167,7 +180,7 @@ def write_ct_series(
         ds.RescaleSlope, ds.RescaleIntercept = slope, intercept
         stored = np.round((hu[k].astype(np.float64) - intercept) / slope).astype(np.uint16)
         ds.PixelData = stored.tobytes()
-        ds.save_as(folder / f"s{series_number}_{k:03d}.dcm", enforce_file_format=True)
+        save_dicom(ds, folder / f"s{series_number}_{k:03d}.dcm")
     return series_uid
 
 

@@ -193,7 +193,10 @@ def read_dicom_radiograph(path: Path) -> MedicalImage:
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
     if ds.get("SamplesPerPixel", 1) > 1:
         if photometric.startswith("YBR"):
-            from pydicom.pixels import convert_color_space
+            try:  # pydicom >= 3
+                from pydicom.pixels import convert_color_space
+            except ImportError:  # pydicom 2.4
+                from pydicom.pixel_data_handlers.util import convert_color_space
 
             arr = convert_color_space(arr, photometric, "RGB")
         arr, _ = _to_gray(path, arr)

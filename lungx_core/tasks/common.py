@@ -9,6 +9,9 @@ from typing import Any
 from lungx_core.errors import LungXError
 from lungx_core.io.inputs import Case
 
+# progress(fraction in [0, 1], message): how far a long step is, for progress bars and the Slicer worker
+Progress = Callable[[float, str], None]
+
 COMMON_COLUMNS = ["case_id", "input", "task", "status", "error", "qc_flags"]
 TRAILING_COLUMNS = ["spacing_mm", "outputs"]
 

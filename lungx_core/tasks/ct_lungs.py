@@ -29,7 +29,7 @@ from lungx_core.io.inputs import Case
 from lungx_core.orientation import reorientation
 from lungx_core.postprocess import fill_holes, keep_components, per_slice
 from lungx_core.preprocess import CT_HU_WINDOW
-from lungx_core.tasks.common import run_guarded
+from lungx_core.tasks.common import Progress, run_guarded
 
 DEFAULT_MODEL = "ct_lungs"
 METHODS = ("net", "classical")
@@ -131,7 +131,7 @@ class CTLungSegmenter:
             self.size = int(self.config["size"])
             self.threshold = float(self.config.get("threshold", 0.5))
 
-    def _labels_net(self, hu: np.ndarray) -> np.ndarray:
+    def _labels_net(self, hu: np.ndarray, progress: Progress | None = None) -> np.ndarray:
         import torch
 
         from lungx_core.preprocess import ct_slices_to_input, unletterbox
@@ -152,6 +152,8 @@ class CTLungSegmenter:
             right, left = full[:, 0], full[:, 1]
             labels[z0 : z0 + n][(right >= logit_threshold) & (right >= left)] = RIGHT
             labels[z0 : z0 + n][(left >= logit_threshold) & (left > right)] = LEFT
+            if progress:
+                progress((z0 + n) / hu.shape[0], f"slices {z0 + n}/{hu.shape[0]}")
         return labels
 
     def _labels_classical(self, hu: np.ndarray, spacing: tuple[float, float, float]) -> tuple[np.ndarray, list[str]]:
@@ -170,7 +172,8 @@ class CTLungSegmenter:
         labels[:, :rows, :cols] = _upsample_labels(result.labels, (rows, cols))
         return labels, result.notes
 
-    def segment(self, image: MedicalImage) -> CTResult:
+    def segment(self, image: MedicalImage, progress: Progress | None = None) -> CTResult:
+        """Lungs of one CT; ``progress(fraction, message)`` is told how far the network is (net method)."""
         import time
 
         t0 = time.perf_counter()
@@ -180,7 +183,7 @@ class CTLungSegmenter:
         hu = orient.to_canonical(image.array)
         flags: list[str] = []
         if self.method == "net":
-            labels = remove_airway(self._labels_net(hu), hu, orient.spacing)
+            labels = remove_airway(self._labels_net(hu, progress), hu, orient.spacing)
         else:
             labels, flags = self._labels_classical(hu, orient.spacing)
         for value in (RIGHT, LEFT):
@@ -277,13 +280,36 @@ def process_case(
     fmt: str = "seg.nrrd",
     overlay: bool = True,
     series_uid: str | None = None,
+    progress: Progress | None = None,
 ) -> dict[str, Any]:
     """Read, segment and write one CT. Bad input becomes an error row; nothing partial is left behind."""
     from lungx_core.io.ct import read_ct
 
     def work() -> dict[str, Any]:
         image = read_ct(case.path, series_uid)
-        result = segmenter.segment(image)
+        result = segmenter.segment(image, progress)
         return result_row(case, image, result, write_outputs(out_dir, case.case_id, image, result, fmt, overlay))
 
     return run_guarded(case, "ct-lungs", work)
+
+
+def run_one(
+    case: Case,
+    out_dir: Path,
+    device: str = "auto",
+    fast: bool = False,
+    progress: Progress | None = None,
+    model: str = DEFAULT_MODEL,
+    method: str = "net",
+    series: str | None = None,
+) -> dict[str, Any]:
+    """One CT, as the worker process runs it: ``.seg.nrrd`` (plus the QC picture unless ``fast``)."""
+    report = progress or (lambda fraction, message: None)
+    report(0.0, "loading the model" if method == "net" else "classical pipeline")
+    segmenter = CTLungSegmenter(method, model, device)
+    report(0.1, f"reading the CT; segmenting on {segmenter.device}")
+
+    def network_progress(fraction: float, message: str) -> None:  # the network is most of the time
+        report(0.1 + 0.7 * fraction, f"segmenting {message}")
+
+    return process_case(case, segmenter, out_dir, "seg.nrrd", not fast, series, network_progress)

@@ -18,7 +18,7 @@ from lungx_core.image import MedicalImage
 from lungx_core.io.inputs import Case
 from lungx_core.postprocess import Measurements, clean_masks, measure
 from lungx_core.preprocess import PreprocessConfig, preprocess_radiograph, unletterbox
-from lungx_core.tasks.common import run_guarded
+from lungx_core.tasks.common import Progress, run_guarded
 
 DEFAULT_MODEL = "cxr_anatomy"
 OUTPUT_FORMATS = ("seg.nrrd", "nii.gz", "nrrd", "png")
@@ -161,3 +161,20 @@ def process_case(
         return result_row(case, image, result, write_outputs(out_dir, case.case_id, image, result, fmt, overlay))
 
     return run_guarded(case, "cxr-anatomy", work)
+
+
+def run_one(
+    case: Case,
+    out_dir: Path,
+    device: str = "auto",
+    fast: bool = False,
+    progress: Progress | None = None,
+    model: str = DEFAULT_MODEL,
+    threshold: float | None = None,
+) -> dict[str, Any]:
+    """One radiograph, as the worker process runs it: ``.seg.nrrd`` (plus the QC picture unless ``fast``)."""
+    report = progress or (lambda fraction, message: None)
+    report(0.0, "loading the model")
+    segmenter = CXRSegmenter(model, device, threshold)
+    report(0.3, f"segmenting on {segmenter.device}")
+    return process_case(case, segmenter, out_dir, "seg.nrrd", overlay=not fast)

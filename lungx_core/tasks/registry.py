@@ -14,6 +14,10 @@ class TaskInfo:
     output_kind: str  # segmentation or volume
     model: str  # shipped model name
     structures: tuple[str, ...] = ()
+    # "module:function" that runs one input file for the worker process (lungx_core.worker); its keyword
+    # options beyond (case, out_dir, device, fast, progress) are the task's own, listed in ``options``
+    runner: str = ""
+    options: tuple[str, ...] = ()
 
 
 TASKS: dict[str, TaskInfo] = {
@@ -24,6 +28,8 @@ TASKS: dict[str, TaskInfo] = {
         output_kind="segmentation",
         model="cxr_anatomy",
         structures=("lung_left", "lung_right", "heart", "clavicle_left", "clavicle_right"),
+        runner="lungx_core.tasks.cxr_segmentation:run_one",
+        options=("model", "threshold"),
     ),
     "ct-lungs": TaskInfo(
         name="ct-lungs",
@@ -32,5 +38,20 @@ TASKS: dict[str, TaskInfo] = {
         output_kind="segmentation",
         model="ct_lungs",
         structures=("lung_right", "lung_left"),
+        runner="lungx_core.tasks.ct_lungs:run_one",
+        options=("model", "method", "series"),
     ),
 }
+
+
+def task_info(name: str) -> TaskInfo:
+    if name not in TASKS:
+        raise KeyError(f"unknown task {name!r}; this lungx_core offers: {', '.join(TASKS)}")
+    return TASKS[name]
+
+
+def as_json() -> list[dict]:
+    """The registry as plain data, for front ends that run in another Python (``lungx tasks --json``)."""
+    from dataclasses import asdict
+
+    return [asdict(t) for t in TASKS.values()]

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+TERMINOLOGY_CONTEXT = "Segmentation category and type - 3D Slicer General Anatomy list"
+ANATOMIC_CONTEXT = "Anatomic codes - DICOM master list"
+
 
 @dataclass(frozen=True)
 class Structure:
@@ -22,11 +25,12 @@ class Structure:
     category_meaning: str = "Anatomical Structure"
 
     def terminology(self) -> str:
-        """Slicer's terminology-entry string (category~type~modifier~anatomic region~anatomic modifier)."""
+        """Slicer's terminology-entry string: context~category~type~type modifier~anatomic context~anatomic
+        region~anatomic region modifier (no anatomic region: the type itself is anatomy)."""
         cat = f"SCT^{self.category_code}^{self.category_meaning}"
         typ = f"SCT^{self.property_code}^{self.property_meaning}"
         mod = f"SCT^{self.modifier_code}^{self.modifier_meaning}" if self.modifier_code else "^^"
-        return f"Segmentation category and type - 3D Slicer General Anatomy list~{cat}~{typ}~{mod}~^^~^^"
+        return f"{TERMINOLOGY_CONTEXT}~{cat}~{typ}~{mod}~{ANATOMIC_CONTEXT}~^^~^^"
 
 
 LUNG_LEFT = Structure("lung_left", 1, (0.50, 0.68, 0.60), "39607008", "Lung", "7771000", "Left")

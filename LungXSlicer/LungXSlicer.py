@@ -1,0 +1,713 @@
+"""LungX in 3D Slicer: chest X-ray and CT tasks of lungx_core, run in a worker process, results as nodes.
+
+Console API (no GUI needed)::
+
+    logic = slicer.util.getModuleLogic("LungXSlicer")      # or LungXSlicer.LungXSlicerLogic()
+    result = logic.run("cxr-anatomy", volumeNode)           # or "ct-lungs"; device="cpu", fast=True, ...
+    result.segmentation, result.table, result.qcFlags, result.measurements
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import logging
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import qt
+import slicer
+import vtk
+from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
+from slicer.parameterNodeWrapper import parameterNodeWrapper
+from slicer.ScriptedLoadableModule import (
+    ScriptedLoadableModule,
+    ScriptedLoadableModuleLogic,
+    ScriptedLoadableModuleTest,
+    ScriptedLoadableModuleWidget,
+)
+from slicer.util import VTKObservationMixin
+
+MODULE_DIR = Path(__file__).resolve().parent
+if str(MODULE_DIR) not in sys.path:  # the helper sub-package next to this file
+    sys.path.insert(0, str(MODULE_DIR))
+
+from LungXSlicerLib import dependencies, results  # noqa: E402 - needs the path above
+from LungXSlicerLib.geometry import as_slicer_array, same_grid  # noqa: E402
+from LungXSlicerLib.process import WorkerProcess, format_status, worker_command  # noqa: E402
+
+TERMINOLOGY_FILE = MODULE_DIR / "Resources" / "Terminology" / "SegmentationCategoryTypeModifier-LungX.term.json"
+MINIMUM_TORCH = ">=2.2"
+
+HELP_TEXT = """
+Chest X-ray and chest CT analysis with <a href="https://github.com/lungx/lungx">LungX</a>: pick an input volume
+(a radiograph is a one-slice volume) and a task, press Apply. The model runs in a separate process: Slicer stays
+responsive, Apply turns into Cancel, and results come back as a segmentation (one named, coloured segment per
+structure with SNOMED-CT terminology), image volumes on the input's grid, and a table of measurements and QC
+flags, placed next to the input in its study and under its transform.<br><br>
+From the Python console:<br>
+<code>result = slicer.util.getModuleLogic("LungXSlicer").run("cxr-anatomy", volumeNode)</code><br>
+<code>result.segmentation, result.table, result.qcFlags</code><br>
+Options: <code>device="cpu"</code>, <code>fast=True</code> (no QC picture), and each task's own options
+(e.g. <code>method="classical"</code> for ct-lungs). The first Apply installs PyTorch (through the PyTorch
+extension) and lungx_core, asking first.
+"""
+
+
+#
+# Module
+#
+
+
+class LungXSlicer(ScriptedLoadableModule):
+    def __init__(self, parent):
+        ScriptedLoadableModule.__init__(self, parent)
+        self.parent.title = "LungX"
+        self.parent.categories = ["Segmentation"]
+        self.parent.dependencies = []
+        self.parent.contributors = ["LungX developers"]
+        self.parent.helpText = HELP_TEXT
+        self.parent.acknowledgementText = (
+            "Models trained by the LungX project on public research datasets; see the model cards in lungx_core."
+        )
+        slicer.app.connect("startupCompleted()", loadTerminology)
+
+
+def loadTerminology() -> str:
+    """Our own concepts (e.g. lung opacity) in Slicer's terminology selector; returns the context name."""
+    if not hasattr(slicer.modules, "terminologies"):
+        return ""
+    return slicer.modules.terminologies.logic().LoadTerminologyFromFile(str(TERMINOLOGY_FILE))
+
+
+#
+# Parameter node
+#
+
+
+@parameterNodeWrapper
+class LungXSlicerParameterNode:
+    """inputVolume: the radiograph or CT. task: a lungx_core task name (set from the task list, which comes from
+    lungx_core). outputSegmentation/outputVolume: reused when set, created otherwise. forceCpu: never the GPU.
+    fastMode: skip optional work (the QC picture)."""
+
+    inputVolume: vtkMRMLScalarVolumeNode
+    task: str = ""
+    outputSegmentation: vtkMRMLSegmentationNode
+    outputVolume: vtkMRMLScalarVolumeNode
+    forceCpu: bool = False
+    fastMode: bool = False
+
+
+#
+# Widget
+#
+
+
+class LungXSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    def __init__(self, parent=None) -> None:
+        ScriptedLoadableModuleWidget.__init__(self, parent)
+        VTKObservationMixin.__init__(self)
+        self.logic = None
+        self._parameterNode = None
+        self._parameterNodeGuiTag = None
+        self._run = None
+        self._timer = qt.QTimer()
+        self._timer.setInterval(200)
+        self._timer.connect("timeout()", self.onTimer)
+
+    def setup(self) -> None:
+        # No torch, no network here: the generic tests open this widget with no main window.
+        ScriptedLoadableModuleWidget.setup(self)
+        uiWidget = slicer.util.loadUI(self.resourcePath("UI/LungXSlicer.ui"))
+        self.layout.addWidget(uiWidget)
+        self.ui = slicer.util.childWidgetVariables(uiWidget)
+        uiWidget.setMRMLScene(slicer.mrmlScene)
+        self.logic = LungXSlicerLogic()
+
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+        self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
+        self.ui.taskComboBox.connect("currentIndexChanged(int)", self.onTaskChanged)
+        self.ui.progressBar.hide()
+        self.populateTasks()
+        self.initializeParameterNode()
+
+    def cleanup(self) -> None:
+        self.cancelRun()
+        self.removeObservers()
+
+    def enter(self) -> None:
+        self.initializeParameterNode()
+
+    def exit(self) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self._parameterNodeGuiTag = None
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
+
+    def onSceneStartClose(self, caller, event) -> None:
+        self.cancelRun()
+        self.setParameterNode(None)
+
+    def onSceneEndClose(self, caller, event) -> None:
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+
+    def initializeParameterNode(self) -> None:
+        self.setParameterNode(self.logic.getParameterNode())
+        if not self._parameterNode.inputVolume:
+            first = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
+            if first and not first.IsA("vtkMRMLLabelMapVolumeNode"):
+                self._parameterNode.inputVolume = first
+
+    def setParameterNode(self, inputParameterNode) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
+        self._parameterNode = inputParameterNode
+        if self._parameterNode:
+            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
+            self.selectTask(self._parameterNode.task)
+            self._checkCanApply()
+
+    # Tasks come from lungx_core's registry: a task added there appears here without GUI changes.
+    def populateTasks(self) -> None:
+        combo = self.ui.taskComboBox
+        wasBlocked = combo.blockSignals(True)
+        combo.clear()
+        tasks = self.logic.availableTasks()
+        for task in tasks:
+            combo.addItem(f"{task['title']} ({task['modality']})", task["name"])
+        if not tasks:
+            combo.addItem("lungx_core is installed on first Apply", "")
+        combo.blockSignals(wasBlocked)
+        if self._parameterNode:
+            self.selectTask(self._parameterNode.task)
+
+    def selectTask(self, name: str) -> None:
+        combo = self.ui.taskComboBox
+        index = combo.findData(name) if name else -1
+        combo.setCurrentIndex(index if index >= 0 else 0)
+        self.onTaskChanged(combo.currentIndex)
+
+    def onTaskChanged(self, index: int) -> None:
+        name = self.ui.taskComboBox.itemData(index) or ""
+        info = self.logic.taskInfo(name) if name else None
+        if info:
+            outputs = "a segmentation" if info["output_kind"] == "segmentation" else "an image volume"
+            self.ui.taskDescriptionLabel.text = f"Input: {info['modality']}. Output: {outputs} and a results table."
+        else:
+            self.ui.taskDescriptionLabel.text = ""
+        if self._parameterNode and self._parameterNode.task != name:
+            self._parameterNode.task = name
+
+    def _checkCanApply(self, caller=None, event=None) -> None:
+        if self._run is not None:
+            return  # Apply is Cancel while a task runs
+        p = self._parameterNode
+        if p and p.inputVolume:
+            self.ui.applyButton.toolTip = "Run the task (first time: installs what it needs, asking first)"
+            self.ui.applyButton.enabled = True
+        else:
+            self.ui.applyButton.toolTip = "Select an input volume"
+            self.ui.applyButton.enabled = False
+
+    def onApplyButton(self) -> None:
+        if self._run is not None:
+            self.cancelRun()
+            self.ui.statusLabel.text = "Cancelled."
+            return
+        with slicer.util.tryWithErrorDisplay("LungX could not start.", waitCursor=True):
+            if not self.logic.ensureDependencies(confirm=True):
+                self.ui.statusLabel.text = "Not started: dependencies were not installed."
+                return
+            if not self.ui.taskComboBox.itemData(self.ui.taskComboBox.currentIndex):
+                self.populateTasks()  # lungx_core was just installed
+            p = self._parameterNode
+            self._run = self.logic.start(
+                p.task,
+                p.inputVolume,
+                device="cpu" if p.forceCpu else "auto",
+                fast=p.fastMode,
+                outputSegmentation=p.outputSegmentation,
+                outputVolume=p.outputVolume,
+            )
+            self.ui.applyButton.text = "Cancel"
+            self.ui.applyButton.toolTip = "Stop the task (its process is killed; nothing is added to the scene)"
+            self.ui.progressBar.setValue(0)
+            self.ui.progressBar.show()
+            self.ui.statusLabel.text = "Starting..."
+            self._timer.start()
+
+    def onTimer(self) -> None:
+        run = self._run
+        if run is None:
+            self._timer.stop()
+            return
+        finished = self.logic.poll(run)
+        if run.fraction is not None:
+            self.ui.progressBar.setValue(int(100 * run.fraction))
+        self.ui.statusLabel.text = format_status(run.message or "Running", run.process.elapsed(), run.fraction)
+        if not finished:
+            return
+        self._timer.stop()
+        self._run = None
+        self._resetApply()
+        try:
+            result = self.logic.finish(run)
+        except Exception as exc:  # noqa: BLE001 - shown to the user; details in the log
+            logging.error("LungX: %s\n%s", exc, "\n".join(run.process.stderr_lines[-50:]))
+            slicer.util.errorDisplay(f"LungX failed: {exc}", detailedText="\n".join(run.process.stderr_lines[-50:]))
+            self.ui.statusLabel.text = "Failed."
+            return
+        self._showResult(result)
+
+    def _showResult(self, result: LungXResult) -> None:
+        if result.segmentation:
+            self._parameterNode.outputSegmentation = result.segmentation
+        if result.volumes:
+            self._parameterNode.outputVolume = result.volumes[0]
+            slicer.util.setSliceViewerLayers(background=result.volumes[0], fit=True)
+        if result.table:
+            self.ui.resultsTableView.setMRMLTableNode(result.table)
+        flags = ", ".join(result.qcFlags) if result.qcFlags else "no QC flags"
+        self.ui.statusLabel.text = f"Done in {result.seconds:.1f} s on {result.device}; {flags}."
+
+    def cancelRun(self) -> None:
+        if self._run is not None:
+            self.logic.cancel(self._run)
+            self._run = None
+        self._timer.stop()
+        if getattr(self, "ui", None):
+            self._resetApply()
+
+    def _resetApply(self) -> None:
+        self.ui.applyButton.text = "Apply"
+        self.ui.progressBar.hide()
+        self._checkCanApply()
+
+
+#
+# Logic
+#
+
+
+@dataclass
+class LungXRun:
+    """A task in progress: its worker process, its temporary folder and what to do with the results."""
+
+    task: str
+    inputNode: object
+    process: WorkerProcess
+    tempDir: Path
+    inputPath: Path
+    outputSegmentation: object = None
+    outputVolume: object = None
+    fraction: float | None = None
+    message: str = ""
+    error: str = ""
+    manifest: str = ""
+    log: list[str] = field(default_factory=list)
+
+
+@dataclass
+class LungXResult:
+    segmentation: object = None  # vtkMRMLSegmentationNode
+    volumes: list = field(default_factory=list)  # vtkMRMLScalarVolumeNode
+    table: object = None  # vtkMRMLTableNode
+    qcFlags: list[str] = field(default_factory=list)
+    measurements: dict = field(default_factory=dict)
+    seconds: float = 0.0
+    device: str = ""
+
+
+class LungXSlicerLogic(ScriptedLoadableModuleLogic):
+    """Everything the panel does, scriptable from the Python console; no GUI needed."""
+
+    def getParameterNode(self):
+        return LungXSlicerParameterNode(super().getParameterNode())
+
+    # -- tasks and dependencies
+
+    def availableTasks(self) -> list[dict]:
+        """lungx_core's task registry ([] when lungx_core is not installed yet). Light: imports no torch."""
+        if importlib.util.find_spec("lungx_core") is None:
+            return []
+        from lungx_core.tasks import registry
+
+        return registry.as_json()
+
+    def taskInfo(self, name: str) -> dict | None:
+        return next((t for t in self.availableTasks() if t["name"] == name), None)
+
+    def dependenciesReady(self) -> bool:
+        return all(importlib.util.find_spec(m) is not None for m in ("torch", "lungx_core", "monai"))
+
+    def ensureDependencies(self, confirm: bool = True) -> bool:
+        """Install torch (through the PyTorch extension) and lungx_core when missing; False when the user
+        declined. Never called at import or widget set-up."""
+        if self.dependenciesReady():
+            return True
+        try:
+            import PyTorchUtils
+        except ModuleNotFoundError as exc:
+            raise RuntimeError(
+                "LungX needs the PyTorch extension: install 'PyTorch' from the Extensions Manager, restart Slicer, "
+                "then press Apply again."
+            ) from exc
+        torchLogic = PyTorchUtils.PyTorchUtilsLogic()
+        if not torchLogic.torchInstalled():
+            torch = torchLogic.installTorch(askConfirmation=confirm, torchVersionRequirement=MINIMUM_TORCH)
+            if torch is None:
+                return False
+        if importlib.util.find_spec("lungx_core") is None or importlib.util.find_spec("monai") is None:
+            source = dependencies.install_source(MODULE_DIR)
+            if confirm and not slicer.util.confirmOkCancelDisplay(
+                f"LungX needs lungx_core and its Python dependencies (MONAI, slicerio, ...) in Slicer's Python.\n"
+                f"Install them now from {source}? This takes a few minutes; Slicer's own numpy, SimpleITK, "
+                "pydicom and VTK are kept."
+            ):
+                return False
+            progress = slicer.util.createProgressDialog(labelText="Installing lungx_core...", maximum=0)
+            slicer.app.processEvents()
+            try:
+                with tempfile.TemporaryDirectory() as tmp:
+                    installed, conflicts = dependencies.install_lungx_core(
+                        slicer.util.pip_install, source, Path(tmp) / "constraints.txt", log=logging.info
+                    )
+            finally:
+                progress.close()
+            importlib.invalidate_caches()
+            if conflicts:
+                raise RuntimeError("LungX cannot run with this Slicer's Python packages:\n" + "\n".join(conflicts))
+            if "lungx_core.tasks.registry" in sys.modules:  # the task list is read in this process
+                importlib.reload(sys.modules["lungx_core.tasks.registry"])
+            stale = dependencies.needs_restart(installed, sys.modules)
+            if stale:  # the worker process would be fine, but this Slicer session still holds the old code
+                if slicer.util.confirmYesNoDisplay(
+                    f"Updated packages that this Slicer session had already loaded ({', '.join(stale)}). "
+                    "Restart Slicer now?"
+                ):
+                    slicer.util.restart()
+                return False
+        return self.dependenciesReady()
+
+    # -- running a task
+
+    def start(
+        self,
+        task: str,
+        inputNode,
+        device: str = "auto",
+        fast: bool = False,
+        outputSegmentation=None,
+        outputVolume=None,
+        **options,
+    ) -> LungXRun:
+        """Start ``task`` on ``inputNode`` in a worker process and return at once; call :meth:`poll` until it
+        returns True, then :meth:`finish`."""
+        if inputNode is None or not inputNode.IsA("vtkMRMLScalarVolumeNode") or inputNode.IsA(
+            "vtkMRMLLabelMapVolumeNode"
+        ):
+            raise ValueError("the input must be a scalar volume (a radiograph is a one-slice volume)")
+        if inputNode.GetImageData() is None:
+            raise ValueError(f"{inputNode.GetName()} has no image data")
+        info = self.taskInfo(task)
+        if info is None:
+            names = ", ".join(t["name"] for t in self.availableTasks()) or "none (is lungx_core installed?)"
+            raise ValueError(f"unknown task {task!r}; available: {names}")
+        tempDir = Path(tempfile.mkdtemp(prefix="LungX-"))
+        try:
+            inputPath = tempDir / "input.nrrd"
+            self._writeInput(inputNode, inputPath)
+            command = worker_command(task, inputPath, tempDir / "out", device, fast, options)
+            logging.info("LungX: %s", " ".join(command))
+            process = WorkerProcess(command)
+        except Exception:
+            shutil.rmtree(tempDir, ignore_errors=True)
+            raise
+        return LungXRun(task, inputNode, process, tempDir, inputPath, outputSegmentation, outputVolume)
+
+    @staticmethod
+    def _writeInput(inputNode, path: Path) -> None:
+        """The node's voxels and geometry (IJKToRAS, without parent transforms) as an LPS NRRD, without changing
+        the node's own storage node."""
+        storage = slicer.mrmlScene.CreateNodeByClass("vtkMRMLVolumeArchetypeStorageNode")
+        try:
+            storage.SetFileName(str(path))
+            storage.UseCompressionOff()
+            if not storage.WriteData(inputNode):
+                raise RuntimeError(f"could not write {inputNode.GetName()} to {path}")
+        finally:
+            storage.UnRegister(None)
+
+    def poll(self, run: LungXRun) -> bool:
+        """Take in the worker's new progress lines; True once the worker has exited and all output is read."""
+        for event in run.process.poll():
+            if event.event == "progress":
+                run.fraction, run.message = event.fraction, event.message
+            elif event.event == "error":
+                run.error = event.message
+            elif event.event == "done":
+                run.manifest = event.manifest
+            else:
+                run.log.append(event.message)
+                logging.info("LungX worker: %s", event.message)
+        return run.process.finished
+
+    def cancel(self, run: LungXRun) -> None:
+        """Kill the worker and everything it started; nothing is added to the scene."""
+        run.process.cancel()
+        shutil.rmtree(run.tempDir, ignore_errors=True)
+
+    def finish(self, run: LungXRun) -> LungXResult:
+        """Turn a finished worker's outputs into nodes; raises RuntimeError with the worker's message on failure.
+        The temporary folder is removed in every case."""
+        try:
+            self.poll(run)  # the last lines
+            code = run.process.wait()
+            if run.process.cancelled:
+                raise RuntimeError("cancelled")
+            if code != 0 or not run.manifest:
+                message = run.error or (run.process.stderr_lines[-1] if run.process.stderr_lines else "")
+                # the user knows the node, not our temporary file
+                message = message.replace(str(run.inputPath), repr(run.inputNode.GetName()))
+                raise RuntimeError(message or f"the worker stopped with exit code {code}")
+            outputs = results.read_manifest(Path(run.manifest))
+            return self.importResults(outputs, run.inputNode, run.outputSegmentation, run.outputVolume)
+        finally:
+            shutil.rmtree(run.tempDir, ignore_errors=True)
+
+    def run(
+        self,
+        task: str,
+        inputNode,
+        device: str = "auto",
+        fast: bool = False,
+        outputSegmentation=None,
+        outputVolume=None,
+        progressCallback=None,
+        **options,
+    ) -> LungXResult:
+        """Run ``task`` on ``inputNode`` and wait for it (the GUI keeps processing events); returns the output
+        nodes. ``progressCallback(fraction, message)`` is called on each progress line."""
+        run = self.start(task, inputNode, device, fast, outputSegmentation, outputVolume, **options)
+        try:
+            while not self.poll(run):
+                if progressCallback and run.fraction is not None:
+                    progressCallback(run.fraction, run.message)
+                slicer.app.processEvents()
+                time.sleep(0.05)
+        except BaseException:
+            self.cancel(run)
+            raise
+        return self.finish(run)
+
+    # -- results as nodes
+
+    def importResults(
+        self, outputs: results.TaskOutputs, inputNode, outputSegmentation=None, outputVolume=None
+    ) -> LungXResult:
+        result = LungXResult(
+            qcFlags=outputs.qc_flags, measurements=outputs.measurements, seconds=outputs.seconds, device=outputs.device
+        )
+        for path in outputs.segmentations:
+            result.segmentation = self._importSegmentation(path, inputNode, outputSegmentation, outputs.task)
+        for i, path in enumerate(outputs.volumes):
+            result.volumes.append(self._importVolume(path, inputNode, outputVolume if i == 0 else None, outputs.task))
+        result.table = self._importTable(outputs, inputNode)
+        return result
+
+    def _placeNextToInput(self, node, inputNode) -> None:
+        """Same subject-hierarchy parent (the input's study) and the same parent transform as the input."""
+        node.SetAndObserveTransformNodeID(inputNode.GetTransformNodeID())
+        sh = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(slicer.mrmlScene)
+        parent = sh.GetItemParent(sh.GetItemByDataNode(inputNode))
+        if parent:
+            sh.SetItemParent(sh.GetItemByDataNode(node), parent)
+
+    @staticmethod
+    def _ijkToRAS(volumeNode):
+        matrix = vtk.vtkMatrix4x4()
+        volumeNode.GetIJKToRASMatrix(matrix)
+        return slicer.util.arrayFromVTKMatrix(matrix)
+
+    def _importSegmentation(self, path: Path, inputNode, segmentationNode, task: str):
+        seg = results.read_segmentation(path)
+        inputShape = slicer.util.arrayFromVolume(inputNode).shape
+        maskShape = seg.segments[0].mask_kji.shape if seg.segments else inputShape
+        if not same_grid(seg.ijk_to_ras, self._ijkToRAS(inputNode), maskShape, inputShape):
+            raise RuntimeError(f"{path.name} is not on the grid of {inputNode.GetName()}")
+        if segmentationNode is None:
+            segmentationNode = slicer.mrmlScene.AddNewNodeByClass(
+                "vtkMRMLSegmentationNode", slicer.mrmlScene.GenerateUniqueName(f"{inputNode.GetName()} {task}")
+            )
+        segmentationNode.CreateDefaultDisplayNodes()
+        segmentationNode.SetReferenceImageGeometryParameterFromVolumeNode(inputNode)
+        segmentation = segmentationNode.GetSegmentation()
+        wasModified = segmentationNode.StartModify()
+        for spec in seg.segments:
+            if segmentation.GetSegment(spec.segment_id):  # a re-run replaces its own segments
+                segmentation.RemoveSegment(spec.segment_id)
+            segmentation.AddEmptySegment(spec.segment_id, spec.name, list(spec.color))
+            slicer.util.updateSegmentBinaryLabelmapFromArray(
+                spec.mask_kji, segmentationNode, spec.segment_id, inputNode
+            )
+            if spec.terminology:
+                segment = segmentation.GetSegment(spec.segment_id)
+                segment.SetTag(segment.GetTerminologyEntryTagName(), spec.terminology)
+        segmentationNode.EndModify(wasModified)
+        self._placeNextToInput(segmentationNode, inputNode)
+        return segmentationNode
+
+    def _importVolume(self, path: Path, inputNode, volumeNode, task: str):
+        array, ijkToRAS = results.read_volume(path)
+        array = as_slicer_array(array)
+        if volumeNode is None:
+            name = slicer.mrmlScene.GenerateUniqueName(f"{inputNode.GetName()} {task}")
+            volumeNode = slicer.util.addVolumeFromArray(array, ijkToRAS, name)
+        else:
+            slicer.util.updateVolumeFromArray(volumeNode, array)
+            volumeNode.SetIJKToRASMatrix(slicer.util.vtkMatrixFromArray(ijkToRAS))
+        self._placeNextToInput(volumeNode, inputNode)
+        return volumeNode
+
+    def _importTable(self, outputs: results.TaskOutputs, inputNode):
+        name = slicer.mrmlScene.GenerateUniqueName(f"{inputNode.GetName()} {outputs.task} results")
+        table = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLTableNode", name)
+        wasModified = table.StartModify()
+        table.AddColumn().SetName("Measurement")
+        table.AddColumn().SetName("Value")
+        for key, value in results.table_rows(outputs):
+            row = table.AddEmptyRow()
+            table.SetCellText(row, 0, key)
+            table.SetCellText(row, 1, value)
+        table.EndModify(wasModified)
+        self._placeNextToInput(table, inputNode)
+        return table
+
+
+#
+# Test
+#
+
+
+class LungXSlicerTest(ScriptedLoadableModuleTest):
+    """Self-test: a synthetic one-slice CXR and an oblique CT, each task through the logic, and the widget.
+
+    Needs lungx_core in Slicer's Python (press Apply once, or run the install from the console)."""
+
+    def setUp(self):
+        slicer.mrmlScene.Clear()
+
+    def runTest(self):
+        self.setUp()
+        self.test_cxr_anatomy()
+        self.setUp()
+        self.test_oblique_ct_lungs()
+        self.setUp()
+        self.test_cancel()
+        self.setUp()
+        self.test_widget()
+
+    @staticmethod
+    def _centroidRAS(segmentationNode, segmentId, volumeNode):
+        import numpy as np
+
+        mask = slicer.util.arrayFromSegmentBinaryLabelmap(segmentationNode, segmentId, volumeNode)
+        k, j, i = np.nonzero(mask)
+        ijk = np.array([i.mean(), j.mean(), k.mean(), 1.0])
+        return (LungXSlicerLogic._ijkToRAS(volumeNode) @ ijk)[:3], mask
+
+    def _assertTerminology(self, segmentationNode, segmentId, *codes):
+        segment = segmentationNode.GetSegmentation().GetSegment(segmentId)
+        tag = segment.GetTag(segment.GetTerminologyEntryTagName())
+        for code in codes:
+            self.assertIn(code, tag, f"{segmentId}: {tag}")
+
+    def test_cxr_anatomy(self):
+        from LungXSlicerLib.geometry import ijk_to_ras
+
+        from lungx_core.sample import sample_radiograph
+
+        self.delayDisplay("One-slice CXR: cxr-anatomy")
+        image = sample_radiograph()
+        node = slicer.util.addVolumeFromArray(
+            as_slicer_array(image.array), ijk_to_ras(image.spacing, image.origin, image.direction), "test CXR"
+        )
+        result = LungXSlicerLogic().run("cxr-anatomy", node, device="cpu")
+        seg = result.segmentation
+        ids = {seg.GetSegmentation().GetNthSegmentID(n) for n in range(seg.GetSegmentation().GetNumberOfSegments())}
+        self.assertEqual(ids, {"lung_left", "lung_right", "heart", "clavicle_left", "clavicle_right"})
+        self._assertTerminology(seg, "lung_left", "39607008", "7771000")
+        self._assertTerminology(seg, "lung_right", "39607008", "24028007")
+        self._assertTerminology(seg, "heart", "80891009")
+        left, mask = self._centroidRAS(seg, "lung_left", node)
+        right, _ = self._centroidRAS(seg, "lung_right", node)
+        self.assertEqual(mask.shape, slicer.util.arrayFromVolume(node).shape)
+        self.assertLess(left[0], right[0], "the patient's left lung must be at lower RAS x than the right")
+        self.assertIsNotNone(result.table)
+        self.assertGreater(float(result.measurements["ctr"]), 0.3)
+
+    def test_oblique_ct_lungs(self):
+        import numpy as np
+        from LungXSlicerLib.geometry import ijk_to_ras
+
+        from lungx_core.sample import sample_ct
+
+        self.delayDisplay("Oblique CT: ct-lungs")
+        ct = sample_ct()
+        angle = np.deg2rad(20.0)  # about the superior axis
+        rotation = np.array(
+            [[np.cos(angle), -np.sin(angle), 0], [np.sin(angle), np.cos(angle), 0], [0, 0, 1.0]]
+        ) @ np.asarray(ct.direction).reshape(3, 3)
+        node = slicer.util.addVolumeFromArray(
+            as_slicer_array(ct.array), ijk_to_ras(ct.spacing, ct.origin, rotation.ravel()), "test oblique CT"
+        )
+        transform = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "test transform")
+        node.SetAndObserveTransformNodeID(transform.GetID())
+        result = LungXSlicerLogic().run("ct-lungs", node, device="cpu")
+        seg = result.segmentation
+        self._assertTerminology(seg, "lung_right", "39607008", "24028007")
+        right, mask = self._centroidRAS(seg, "lung_right", node)
+        left, _ = self._centroidRAS(seg, "lung_left", node)
+        self.assertEqual(mask.shape, slicer.util.arrayFromVolume(node).shape)
+        self.assertGreater(right[0], left[0], "the right lung must be at higher RAS x")
+        self.assertEqual(seg.GetTransformNodeID(), transform.GetID())
+        self.assertGreater(float(result.measurements["volume_ml_lung"]), 500.0)
+        self.assertTrue(any("oblique" in f for f in result.qcFlags), result.qcFlags)
+
+    def test_cancel(self):
+        import psutil
+        from LungXSlicerLib.geometry import ijk_to_ras
+
+        from lungx_core.sample import sample_ct
+
+        self.delayDisplay("Cancel kills the worker tree")
+        ct = sample_ct()
+        node = slicer.util.addVolumeFromArray(
+            as_slicer_array(ct.array), ijk_to_ras(ct.spacing, ct.origin, ct.direction), "test CT"
+        )
+        before = slicer.mrmlScene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode")
+        logic = LungXSlicerLogic()
+        run = logic.start("ct-lungs", node, device="cpu")
+        pid = run.process.pid
+        logic.cancel(run)
+        self.assertFalse(psutil.pid_exists(pid))
+        self.assertFalse(run.tempDir.exists())
+        self.assertEqual(slicer.mrmlScene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode"), before)
+
+    def test_widget(self):
+        self.delayDisplay("Widget")
+        slicer.util.selectModule("LungXSlicer")
+        widget = slicer.modules.lungxslicer.widgetRepresentation().self()
+        names = [widget.ui.taskComboBox.itemData(i) for i in range(widget.ui.taskComboBox.count)]
+        self.assertIn("cxr-anatomy", names)
+        self.assertIn("ct-lungs", names)
+        self.assertEqual(widget.ui.applyButton.text, "Apply")

@@ -272,11 +272,16 @@ def _write_per_case(path: Path, rows: list[dict]) -> None:
 
 
 @app.command()
-def tasks():
+def tasks(
+    as_json: Annotated[bool, typer.Option("--json", help="The registry as JSON, for front ends.")] = False,
+):
     """List the tasks this installation offers."""
-    from lungx_core.tasks.registry import TASKS
+    from lungx_core.tasks import registry
 
-    for t in TASKS.values():
+    if as_json:
+        sys.stdout.write(json.dumps(registry.as_json()) + "\n")
+        return
+    for t in registry.TASKS.values():
         typer.echo(f"{t.name}\t{t.modality}\t{t.output_kind}\t{t.title}")
 
 

@@ -184,3 +184,21 @@ def test_cancelled_ct_worker_leaves_no_outputs_and_a_full_run_reports_progress(t
     manifest = json.loads(Path(events[-1].manifest).read_text())
     assert {o["kind"] for o in manifest["outputs"]} == {"segmentation", "picture"}
     assert manifest["measurements"]["volume_ml_lung"] > 1000
+
+
+def test_registry_as_json_and_every_runner_resolves():
+    import importlib
+    import inspect
+
+    proc = subprocess.run([sys.executable, "-m", "lungx_core", "tasks", "--json"], capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    tasks = json.loads(proc.stdout)
+    assert {t["name"] for t in tasks} >= {"cxr-anatomy", "ct-lungs"}
+    for t in tasks:
+        assert t["modality"] in ("CXR", "CT") and t["output_kind"] in ("segmentation", "volume")
+        module_name, _, function_name = t["runner"].partition(":")
+        runner = getattr(importlib.import_module(module_name), function_name)
+        params = inspect.signature(runner).parameters
+        assert list(params)[:5] == ["case", "out_dir", "device", "fast", "progress"]
+        assert set(t["options"]) == set(list(params)[5:])  # the worker accepts exactly the runner's own options

@@ -111,3 +111,21 @@ class SegmentationLoss(torch.nn.Module):
         return self.alpha * masked_bce(logits, target, label_mask, pixel_weight) + self.beta * penalty_generalized_dice(
             gdl, self.k
         )
+
+
+def masked_l1(a: torch.Tensor, b: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Mean absolute difference over the pixels where ``weight`` (broadcastable, 0..1) is on."""
+    w = weight.float().expand_as(a)
+    return ((a - b).abs() * w).sum() / w.sum().clamp_min(_EPS)
+
+
+def surroundings_l1(
+    real: torch.Tensor, fake: torch.Tensor, lung_mask: torch.Tensor, region: torch.Tensor | None = None
+) -> torch.Tensor:
+    """The shape-aware term: L1 between a real healthy image and its translation over the lung surroundings,
+    i.e. outside the (healthy) lung mask and, when given, inside the thoracic ``region``. Zero when only the
+    lungs changed, so the known lung mask stays valid for the synthetic image."""
+    weight = 1.0 - lung_mask.float()
+    if region is not None:
+        weight = weight * region.float()
+    return masked_l1(real, fake, weight)

@@ -116,6 +116,7 @@ class LungXSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNode = None
         self._parameterNodeGuiTag = None
         self._run = None
+        self._lastInput = None
         self._timer = qt.QTimer()
         self._timer.setInterval(200)
         self._timer.connect("timeout()", self.onTimer)
@@ -207,10 +208,25 @@ class LungXSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self._parameterNode and self._parameterNode.task != name:
             self._parameterNode.task = name
 
+    def _matchTaskToInput(self) -> None:
+        """A newly chosen input gets a task of its modality (a one-slice volume is a radiograph)."""
+        node = self._parameterNode.inputVolume
+        if node is None or node is self._lastInput:
+            return
+        self._lastInput = node
+        modality = LungXSlicerLogic.modalityOf(node)
+        info = self.logic.taskInfo(self._parameterNode.task)
+        if info and info["modality"] != modality:
+            match = next((t for t in self.logic.availableTasks() if t["modality"] == modality), None)
+            if match:
+                self.selectTask(match["name"])
+
     def _checkCanApply(self, caller=None, event=None) -> None:
         if self._run is not None:
             return  # Apply is Cancel while a task runs
         p = self._parameterNode
+        if p:
+            self._matchTaskToInput()
         if p and p.inputVolume:
             self.ui.applyButton.toolTip = "Run the task (first time: installs what it needs, asking first)"
             self.ui.applyButton.enabled = True
@@ -345,6 +361,12 @@ class LungXSlicerLogic(ScriptedLoadableModuleLogic):
 
     def taskInfo(self, name: str) -> dict | None:
         return next((t for t in self.availableTasks() if t["name"] == name), None)
+
+    @staticmethod
+    def modalityOf(volumeNode) -> str:
+        """'CXR' for a one-slice volume (how Slicer loads a radiograph), else 'CT'."""
+        image = volumeNode.GetImageData()
+        return "CXR" if image is not None and image.GetDimensions()[2] == 1 else "CT"
 
     def dependenciesReady(self) -> bool:
         return all(importlib.util.find_spec(m) is not None for m in ("torch", "lungx_core", "monai"))

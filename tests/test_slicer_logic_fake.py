@@ -11,6 +11,7 @@ import sys
 import types
 import typing
 
+import numpy as np
 import pytest
 from conftest import SLICER_MODULE_DIR, phantom_radiograph
 
@@ -33,7 +34,9 @@ class _FakeVolumeNode:
         return cls == "vtkMRMLScalarVolumeNode"
 
     def GetImageData(self):
-        return object()
+        shape = self.image.array.shape
+        dims = (shape[1], shape[0], 1) if len(shape) == 2 else shape[::-1]
+        return types.SimpleNamespace(GetDimensions=lambda: dims)
 
     def GetName(self) -> str:
         return self.name
@@ -77,6 +80,12 @@ def test_parameter_node_hints_resolve(module):
     hints = typing.get_type_hints(module.LungXSlicerParameterNode)
     assert hints["inputVolume"] is sys.modules["slicer"].vtkMRMLScalarVolumeNode
     assert hints["task"] is str and hints["forceCpu"] is bool and hints["fastMode"] is bool
+
+
+def test_modality_of_a_node(module):
+    logic = module.LungXSlicerLogic
+    assert logic.modalityOf(_FakeVolumeNode("cxr", MedicalImage(phantom_radiograph(64, 64)))) == "CXR"
+    assert logic.modalityOf(_FakeVolumeNode("ct", MedicalImage(np.zeros((10, 64, 64))))) == "CT"
 
 
 def test_logic_lists_tasks_from_lungx_core(module):

@@ -492,8 +492,8 @@ class LungXSlicerLogic(ScriptedLoadableModuleLogic):
         """Turn a finished worker's outputs into nodes; raises RuntimeError with the worker's message on failure.
         The temporary folder is removed in every case."""
         try:
-            self.poll(run)  # the last lines
-            code = run.process.wait()
+            code = run.process.wait()  # also joins the readers, so the poll below sees the last lines
+            self.poll(run)
             if run.process.cancelled:
                 raise RuntimeError("cancelled")
             if code != 0 or not run.manifest:

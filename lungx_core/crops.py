@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import numpy as np
+from scipy import ndimage as ndi
 
 
 class Box(NamedTuple):
@@ -26,10 +27,11 @@ class Box(NamedTuple):
 
 
 def _bbox(mask: np.ndarray) -> Box | None:
-    rows, cols = np.nonzero(mask.any(axis=1))[0], np.nonzero(mask.any(axis=0))[0]
-    if not len(rows):
+    found = ndi.find_objects(mask.astype(np.uint8))  # as elsewhere in lungx_core: the box of the nonzero pixels
+    if not found:
         return None
-    return Box(int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1)
+    rows, cols = found[0]
+    return Box(rows.start, rows.stop, cols.start, cols.stop)
 
 
 def _widen(box: Box, margin_r: float, margin_c: float, shape: tuple[int, int]) -> Box:
@@ -60,8 +62,6 @@ def thoracic_box_ct(hu_slice: np.ndarray, bone_hu: float = 200.0, margin: float 
     bone = hu_slice > bone_hu
     if bone.sum() < 0.002 * bone.size:
         return None
-    from scipy import ndimage as ndi
-
     bone = ndi.binary_opening(bone)  # drop isolated bright pixels (noise, contrast specks)
     box = _bbox(bone)
     return None if box is None else _widen(box, margin, margin, hu_slice.shape)

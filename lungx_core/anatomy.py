@@ -42,6 +42,9 @@ CLAVICLE_RIGHT = Structure("clavicle_right", 5, (0.86, 0.78, 0.55), "51299004", 
 CXR_STRUCTURES: tuple[Structure, ...] = (LUNG_LEFT, LUNG_RIGHT, HEART, CLAVICLE_LEFT, CLAVICLE_RIGHT)
 CXR_CLASSES: tuple[str, ...] = tuple(s.name for s in CXR_STRUCTURES)
 
+# Both lung fields as one structure: the known label of a synthetic image, a user-given lung mask.
+LUNGS = Structure("lung", 1, (0.50, 0.68, 0.60), "39607008", "Lung")
+
 # Channel pairs exchanged when an image is mirrored left-right.
 CXR_MIRROR_PAIRS: tuple[tuple[int, int], ...] = ((0, 1), (3, 4))
 

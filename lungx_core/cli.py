@@ -260,6 +260,139 @@ def evaluate_ct_cmd(
     sys.stdout.write(json.dumps(summary) + "\n")
 
 
+class Modality(str, Enum):
+    cxr = "cxr"
+    ct = "ct"
+
+
+@app.command()
+def synthesize(
+    inputs: Annotated[list[Path], typer.Argument(help="Healthy frontal chest radiographs or folders of them.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Output folder.")] = Path("lungx_synth"),
+    lung_mask: Annotated[
+        Path | None,
+        typer.Option(
+            help="Lung-field mask on the input's grid (PNG, NRRD/NIfTI label map or .seg.nrrd); for several "
+            "inputs a folder of <id>.<ext> masks. Default: lungs from the cxr_anatomy model."
+        ),
+    ] = None,
+    modality: Annotated[Modality, typer.Option(help="Input modality (a CT generator is not shipped yet).")] = (
+        Modality.cxr
+    ),
+    seed: Annotated[
+        int | None, typer.Option(help="Shift the crop window by a seeded few pixels for a different variant.")
+    ] = None,
+    model: Annotated[str, typer.Option(help="Shipped generator name or a .safetensors path.")] = "cxr_synthesis",
+    device: Annotated[Device, typer.Option(help="Where the models run.")] = Device.auto,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+):
+    """Turn healthy chest radiographs into pathological-looking ones whose lung mask stays valid.
+
+    Writes <id>_synthetic.<png|nrrd|nii.gz|dcm> (the input's grid and format family; DICOM as a derived image
+    in a new series), <id>_synthetic.seg.nrrd (its lung mask), <id>_synthesis.png (input | synthetic) and
+    results.csv. A bad input is reported and skipped; the exit code is 1 when any input failed.
+    """
+    from rich.progress import Progress
+
+    from lungx_core.io.inputs import collect_cases
+    from lungx_core.tasks import synthesis
+    from lungx_core.tasks.common import COMMON_COLUMNS, TRAILING_COLUMNS
+
+    if modality == Modality.ct:
+        raise typer.BadParameter("no CT synthesis generator ships yet; use radiographs", param_hint="--modality")
+    cases = collect_cases(inputs)
+    if lung_mask is not None and not lung_mask.is_dir() and len(cases) > 1:
+        raise typer.BadParameter("one mask file fits one input; give a folder of <id> masks", param_hint="--lung-mask")
+    output.mkdir(parents=True, exist_ok=True)
+    synthesizer = synthesis.Synthesizer(model, device.value)
+    segmenter = None
+    if lung_mask is None:
+        from lungx_core.tasks.cxr_segmentation import CXRSegmenter
+
+        segmenter = CXRSegmenter(device=device.value)
+    rows = []
+    with Progress(console=_stderr(), transient=True, disable=quiet) as progress:
+        bar = progress.add_task(f"synthesising on {synthesizer.device}", total=len(cases))
+        for case in cases:
+            mask = lung_mask
+            if lung_mask is not None and lung_mask.is_dir():
+                mask = next(iter(sorted(lung_mask.glob(f"{case.case_id}.*"))), lung_mask / f"{case.case_id}.png")
+            row = synthesis.synthesize_case(case, synthesizer, output, mask, segmenter, seed)
+            rows.append(row)
+            if row["status"] != "ok":
+                progress.console.print(f"[red]error[/red] {row['error']}", highlight=False, markup=True)
+            progress.advance(bar)
+    _write_table(output / "results.csv", rows, COMMON_COLUMNS + synthesis.RESULT_COLUMNS + TRAILING_COLUMNS[1:])
+    failed = sum(r["status"] != "ok" for r in rows)
+    _stderr().print(f"{len(rows) - failed} synthesised, {failed} failed; results in {output / 'results.csv'}")
+    if failed:
+        raise typer.Exit(1)
+
+
+@evaluate_app.command("synthesis")
+def evaluate_synthesis_cmd(
+    directory: Annotated[Path, typer.Argument(help="Folder with images/ and masks/lung/ (healthy films).")],
+    ids: Annotated[Path | None, typer.Option(help="Text file of image IDs to score (one per line).")] = None,
+    model: Annotated[str, typer.Option(help="Shipped generator name or a .safetensors path.")] = "cxr_synthesis",
+    device: Annotated[Device, typer.Option(help="Where the models run.")] = Device.auto,
+    per_case: Annotated[Path | None, typer.Option(help="Also write per-case scores to this CSV.")] = None,
+):
+    """{"n", "mae_surroundings", "lung_dice_preserved", "pathological_rate"} as one JSON object."""
+    from lungx_core.evaluate import evaluate_synthesis
+    from lungx_core.io.readers import read_radiograph
+    from lungx_core.pathology import PathologyClassifier
+    from lungx_core.tasks.cxr_segmentation import CXRSegmenter
+    from lungx_core.tasks.synthesis import Synthesizer
+
+    synthesizer = Synthesizer(model, device.value)
+    segmenter = CXRSegmenter(device=device.value)
+    classifier = PathologyClassifier(device=device.value)
+
+    def synthesize_one(path: Path, lung):
+        import numpy as np
+
+        image = read_radiograph(path)
+        if lung.shape != image.array.shape:
+            raise ValueError(f"{path}: lung mask shape {lung.shape} differs from the image's {image.array.shape}")
+        display = image.array  # evaluation folders hold display-oriented bitmaps
+        synthetic, box = synthesizer.synthesize_display(display, lung)
+        region = np.zeros(display.shape, dtype=bool)
+        region[box.r0 : box.r1, box.c0 : box.c1] = True
+        return display, synthetic, region
+
+    def segment_lungs(array):
+        probs = segmenter.predict_probabilities(array)
+        from lungx_core.postprocess import clean_masks
+
+        masks = clean_masks(probs, segmenter.threshold)
+        return masks["lung_left"] | masks["lung_right"]
+
+    rows: list[dict] = []
+    id_list = None if ids is None else [x.strip() for x in ids.read_text().split() if x.strip()]
+    summary = evaluate_synthesis(
+        directory,
+        synthesize_one,
+        segment_lungs,
+        classifier.probability,
+        classifier.threshold,
+        id_list,
+        on_case=lambda cid, d: rows.append({"case_id": cid, **{k: round(v, 5) for k, v in d.items()}}),
+    )
+    if per_case:
+        _write_per_case(per_case, rows)
+    sys.stdout.write(json.dumps(summary) + "\n")
+
+
+def _write_table(path: Path, rows: list[dict], columns: list[str]) -> None:
+    from lungx_core.io.writers import write_text_atomic
+
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text_atomic(path, buf.getvalue())
+
+
 def _write_per_case(path: Path, rows: list[dict]) -> None:
     from lungx_core.io.writers import write_text_atomic
 

@@ -165,3 +165,50 @@ def evaluate_ct(
         summary[metric] = {k: round(float(np.mean(v)), 4) for k, v in by_structure.items()}
     summary["seconds_per_case"] = round(float(np.mean(seconds)), 3)
     return summary
+
+
+def evaluate_synthesis(
+    root: Path,
+    synthesize: Callable[[Path, np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray]],
+    segment_lungs: Callable[[np.ndarray], np.ndarray],
+    pathology_probability: Callable[[np.ndarray, np.ndarray], float],
+    threshold: float = 0.5,
+    ids: Iterable[str] | None = None,
+    on_case: Callable[[str, dict[str, float]], None] | None = None,
+) -> dict:
+    """Scores of healthy -> pathological synthesis on films with known lung masks.
+
+    ``synthesize(image_path, lung)`` returns (original, synthetic, changed_region) display-oriented arrays,
+    ``changed_region`` being the thoracic crop the generator worked on. Per film:
+    - mae_surroundings: mean |synthetic - original| outside the lung inside that region, intensities scaled to
+      [0, 1] by the original's range (outside the region pixels are returned unchanged by construction);
+    - lung_dice_preserved: Dice of our lung segmentation of the synthetic film against the known mask;
+    - pathological: the classifier's call (probability >= ``threshold``) on the synthetic film.
+    """
+    cases = [c for c in discover_cases(root, ids) if "lung" in c.masks or {"lung_left", "lung_right"} <= set(c.masks)]
+    mae, kept, calls = [], [], []
+    for case in cases:
+        files = case.masks.get("lung") or case.masks["lung_left"] + case.masks["lung_right"]
+        lung = np.logical_or.reduce([_read_mask(f) for f in files])
+        original, synthetic, region = synthesize(case.image, lung)
+        scale = float(original.max() - original.min()) or 1.0
+        outside = region & ~lung
+        change = np.abs(synthetic.astype(np.float64) - original.astype(np.float64)) / scale
+        per_case = {
+            "mae_surroundings": float(change[outside].mean()) if outside.any() else 0.0,
+            "lung_dice_preserved": dice(segment_lungs(synthetic), lung),
+            "pathological_probability": pathology_probability(synthetic, lung),
+        }
+        mae.append(per_case["mae_surroundings"])
+        kept.append(per_case["lung_dice_preserved"])
+        calls.append(per_case["pathological_probability"] >= threshold)
+        if on_case:
+            on_case(case.case_id, per_case)
+    if not cases:
+        raise FileNotFoundError(f"{root}: no images with masks/lung (or masks/lung_left and lung_right)")
+    return {
+        "n": len(cases),
+        "mae_surroundings": round(float(np.mean(mae)), 5),
+        "lung_dice_preserved": round(float(np.mean(kept)), 4),
+        "pathological_rate": round(float(np.mean(calls)), 4),
+    }

@@ -23,7 +23,8 @@ from lungx_core.losses import SegmentationLoss  # noqa: E402
 from lungx_core.models.networks import build_network  # noqa: E402
 from lungx_core.preprocess import PreprocessConfig  # noqa: E402
 from training.common import append_log, resume, save_checkpoint, start_run  # noqa: E402
-from training.cxr_data import build_cache, load_cache  # noqa: E402
+from training.cxr_data import Sample, _read_png, build_cache, load_cache, load_targets  # noqa: E402
+from training.synthetic_augment import SyntheticSwap, synthetic_versions  # noqa: E402
 
 
 def mirror(image: np.ndarray, masks: np.ndarray, weight: np.ndarray):
@@ -108,6 +109,28 @@ def selection_score(val: dict[str, float]) -> float:
     return float(np.mean([val[k] for k in keys if k in val]))
 
 
+def synthetic_swap(args, cfg: dict, data: dict, train_idx: np.ndarray, pre: PreprocessConfig) -> SyntheticSwap:
+    """The run's synthetic pathological versions of its healthy training films (built once into
+    ``synthetic.npz`` in the run folder), as a per-draw swap."""
+    syn = cfg["synthesis"]
+    path = args.run / "synthetic.npz"
+    if not path.exists():
+        t0 = time.time()
+        has = np.zeros(len(data["ids"]), dtype=bool)
+        has[train_idx] = np.isin(data["dataset"][train_idx], syn["datasets"]) & data["labelled"][train_idx, 0]
+        images, lungs = [], []
+        for i in np.nonzero(has)[0]:
+            ds, cid = str(data["dataset"][i]), str(data["ids"][i])
+            images.append(_read_png(args.data / ds / "images" / f"{cid}.png"))
+            masks = load_targets(args.data, Sample(ds, cid, ""))[0]
+            lungs.append(masks[0] | masks[1])
+        synthetic = synthetic_versions(images, lungs, pre, syn["model"])
+        np.savez_compressed(path, synthetic=synthetic, has_synthetic=has, model=np.array(str(syn["model"])))
+        print(f"{len(images)} synthetic films made in {time.time() - t0:.0f}s", flush=True)
+    z = np.load(path)
+    return SyntheticSwap(z["synthetic"], z["has_synthetic"], syn["share"], cfg["seed"])
+
+
 def main(argv=None) -> None:
     args, cfg = start_run(__doc__, argv)
 
@@ -119,6 +142,8 @@ def main(argv=None) -> None:
         print(f"cache built in {time.time() - t0:.0f}s", flush=True)
     data = load_cache(cache)
     train_idx = np.nonzero(data["split"] == "train")[0]
+    if "train_datasets" in cfg:  # e.g. healthy films only, to measure what synthesis adds
+        train_idx = train_idx[np.isin(data["dataset"][train_idx], cfg["train_datasets"])]
     val_idx = np.nonzero(data["split"] == "val")[0]
     print(f"train {len(train_idx)}  val {len(val_idx)}", flush=True)
 
@@ -133,6 +158,9 @@ def main(argv=None) -> None:
     start_epoch, best = resume(args.run, net, opt, sched)
 
     augment = make_augment(cfg, cfg["seed"] + start_epoch)
+    swap = synthetic_swap(args, cfg, data, train_idx, pre) if "synthesis" in cfg else None
+    if swap is not None:
+        swap.rng = np.random.default_rng(cfg["seed"] + start_epoch)  # a resumed run draws afresh, as augment
     log_path = args.run / "log.csv"
     bs = cfg["batch_size"]
     for epoch in range(start_epoch, cfg["epochs"]):
@@ -143,7 +171,7 @@ def main(argv=None) -> None:
             sel = order[b * bs : (b + 1) * bs]
             items = [
                 augment(
-                    data["images"][i][None].astype(np.float32),
+                    (data["images"][i] if swap is None else swap.image(i, data["images"][i]))[None].astype(np.float32),
                     data["masks"][i].astype(np.float32),
                     data["weights"][i][None].astype(np.float32),
                 )

@@ -1,4 +1,5 @@
-"""Segmentation architectures, selected by name from a model config. All are MONAI networks.
+"""Architectures, selected by name from a model config: MONAI segmentation networks and classifier, and the
+translation generator of ``models/translation.py``.
 
 Imported only when a model is built, so torch at module level costs nothing at CLI start-up.
 """
@@ -9,7 +10,9 @@ from typing import Any
 
 import torch
 
-ARCHITECTURES = ("unet", "attention_unet", "resnet_unet", "unetplusplus", "effnet_b4_unet")
+ARCHITECTURES = (
+    "unet", "attention_unet", "resnet_unet", "unetplusplus", "effnet_b4_unet", "classifier", "resnet_generator"
+)
 
 
 def build_network(arch: str, in_channels: int, out_channels: int, **options: Any):
@@ -21,6 +24,10 @@ def build_network(arch: str, in_channels: int, out_channels: int, **options: Any
     - ``unetplusplus``: MONAI BasicUNetPlusPlus (nested dense skips).
     - ``effnet_b4_unet``: FlexibleUNet with an EfficientNet-B4 encoder (GPU-sized; no pretrained weights
       are downloaded: everything we ship is trained by us).
+    - ``classifier``: MONAI Classifier (strided residual convolutions, one logit per class) on square
+      ``size``-pixel inputs.
+    - ``resnet_generator``: the CycleGAN generator (``models/translation.py``); ``out_channels`` must equal
+      ``in_channels``.
     """
     from monai.networks import nets
 
@@ -52,6 +59,22 @@ def build_network(arch: str, in_channels: int, out_channels: int, **options: Any
         return _FirstOutput(nets.BasicUNetPlusPlus(2, in_channels, out_channels, features=features))
     if arch == "effnet_b4_unet":
         return nets.FlexibleUNet(in_channels, out_channels, "efficientnet-b4", pretrained=False, spatial_dims=2)
+    if arch == "classifier":
+        size = int(options["size"])
+        return nets.Classifier(
+            in_shape=(in_channels, size, size),
+            classes=out_channels,
+            channels=channels,
+            strides=tuple(options.get("strides", (2,) * len(channels))),
+            num_res_units=int(options.get("num_res_units", 2)),
+            dropout=options.get("dropout"),
+        )
+    if arch == "resnet_generator":
+        from lungx_core.models.translation import GeneratorConfig, ResnetGenerator
+
+        if out_channels != in_channels:
+            raise ValueError("a translation generator maps an image to an image of the same channels")
+        return ResnetGenerator(GeneratorConfig(channels=in_channels, **options))
     raise ValueError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHITECTURES)}")
 
 

@@ -1,0 +1,94 @@
+"""Write a processed radiograph (synthetic, rib-suppressed, opacity-removed) in the input's format family, on the
+input's grid: PNG/JPEG/TIFF/BMP in -> PNG out (lossless, the input's bit depth); NRRD/NIfTI/MHA in -> the same
+format with the same geometry; DICOM in -> a derived DICOM image in a new series of the same study.
+
+The DICOM output copies the patient, study and equipment attributes of its source, gets new Series and SOP
+Instance UIDs, ImageType DERIVED\\SECONDARY, a DerivationDescription and a SourceImageSequence pointing at the
+original. Its pixels are what lungx_core computed on (modality and VOI LUTs applied, display polarity) stored as
+MONOCHROME2 with a linear rescale, so any viewer shows what our PNGs show.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from lungx_core.image import MedicalImage
+from lungx_core.io.writers import atomic_path, write_image, write_png
+
+ITK_FORMATS = {"nrrd": ".nrrd", "nhdr": ".nrrd", "nii": ".nii", "nii.gz": ".nii.gz", "mha": ".mha", "mhd": ".mha"}
+
+
+def derived_suffix(image: MedicalImage) -> str:
+    """The file suffix of a derived image of ``image``."""
+    fmt = str(image.metadata.get("format", "")).lower()
+    if fmt == "dicom":
+        return ".dcm"
+    return ITK_FORMATS.get(fmt, ".png")
+
+
+def write_derived(path: Path, image: MedicalImage, array: np.ndarray, description: str) -> None:
+    """Write ``array`` (the shape of ``image.array``) atomically at ``path`` (its suffix from
+    :func:`derived_suffix`)."""
+    if array.shape != image.array.shape:
+        raise ValueError(f"derived image shape {array.shape} differs from the input's {image.array.shape}")
+    suffix = derived_suffix(image)
+    if suffix == ".dcm":
+        write_derived_dicom(path, Path(image.source), array, description)
+    elif suffix == ".png":
+        write_png(path, _as_bitmap(array, image))
+    else:
+        write_image(path, image, array.astype(image.array.dtype, copy=False))
+
+
+def _as_bitmap(array: np.ndarray, image: MedicalImage) -> np.ndarray:
+    dtype = np.uint16 if int(image.metadata.get("bits", 8)) > 8 else np.uint8
+    info = np.iinfo(dtype)
+    return np.clip(np.rint(array), info.min, info.max).astype(dtype)
+
+
+def write_derived_dicom(path: Path, source: Path, array: np.ndarray, description: str) -> None:
+    import pydicom
+    from pydicom.dataset import Dataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    ds = pydicom.dcmread(source)
+    values = np.asarray(array, dtype=np.float64)
+    low, high = float(values.min()), float(values.max())
+    slope = max(high - low, 1e-6) / 65535.0
+    stored = np.clip(np.rint((values - low) / slope), 0, 65535).astype(np.uint16)
+
+    source_ref = Dataset()
+    source_ref.ReferencedSOPClassUID = ds.SOPClassUID
+    source_ref.ReferencedSOPInstanceUID = ds.SOPInstanceUID
+    for keyword in ("VOILUTSequence", "ModalityLUTSequence", "PixelPaddingValue", "PlanarConfiguration",
+                    "PixelPaddingRangeLimit", "LargestImagePixelValue", "SmallestImagePixelValue"):
+        if keyword in ds:
+            delattr(ds, keyword)
+    ds.SourceImageSequence = [source_ref]
+    ds.ImageType = ["DERIVED", "SECONDARY"]
+    ds.DerivationDescription = description[:1024]
+    ds.SeriesDescription = f"{description} (lungx)"[:64]
+    ds.SeriesInstanceUID = generate_uid()
+    ds.SOPInstanceUID = generate_uid()
+    ds.SeriesNumber = int(ds.get("SeriesNumber", 0) or 0) + 1000
+    ds.InstanceNumber = 1
+    ds.BurnedInAnnotation = ds.get("BurnedInAnnotation", "NO")
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.SamplesPerPixel = 1
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+    ds.Rows, ds.Columns = stored.shape
+    ds.RescaleSlope, ds.RescaleIntercept = f"{slope:.10g}"[:16], f"{low:.10g}"[:16]
+    ds.RescaleType = ds.get("RescaleType", "US")
+    ds.WindowCenter, ds.WindowWidth = f"{(low + high) / 2:.6g}", f"{max(high - low, 1):.6g}"
+    ds.PixelData = stored.tobytes()
+    ds["PixelData"].VR = "OW"
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    with atomic_path(path) as tmp:
+        try:  # pydicom >= 3
+            ds.save_as(tmp, enforce_file_format=True)
+        except TypeError:  # pydicom 2.4 (Slicer 5.10)
+            ds.is_little_endian, ds.is_implicit_VR = True, False
+            ds.save_as(tmp, write_like_original=False)

@@ -1,0 +1,218 @@
+"""Healthy -> pathological CXR synthesis with a shape-aware CycleGAN generator (``cxr_synthesis``).
+
+A healthy radiograph and its lung-field mask in; a pathological-looking radiograph out, on the input's exact
+grid, whose lung mask is still the input's (the generator was trained to leave the lung surroundings alone).
+The pair (synthetic image, known mask) is what segmentation training uses as augmentation.
+
+:class:`Synthesizer` works on arrays; :func:`process_case` is the file-level step of ``lungx synthesize``:
+read, find the lungs (given mask or our anatomy model), synthesise, write everything atomically, one row back.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lungx_core.crops import Box
+from lungx_core.errors import InputError
+from lungx_core.image import MedicalImage
+from lungx_core.io.inputs import Case
+from lungx_core.tasks.common import Progress, run_guarded
+from lungx_core.tasks.cxr_segmentation import _orient, display_flips
+from lungx_core.thoracic import CropSpec, apply_residual, thoracic_crop
+
+DEFAULT_MODEL = "cxr_synthesis"
+MIN_LUNG_FRACTION = 0.02  # of the image: less is no frontal chest film (or a wrong mask)
+RESULT_COLUMNS = ["lung_source", "lung_fraction", "seconds"]
+
+
+@dataclass
+class SynthesisResult:
+    array: np.ndarray  # the synthetic radiograph: input's shape, orientation and dtype
+    lung: np.ndarray  # bool: the lung mask that stays valid for it (input's orientation)
+    box: Box  # thoracic crop that the generator changed, in display orientation
+
+
+class Synthesizer:
+    """Holds the generator; :meth:`synthesize` for each radiograph."""
+
+    def __init__(self, model: str | Path = DEFAULT_MODEL, device: str = "auto"):
+        from lungx_core.models.store import load_model
+
+        self.net, self.config = load_model(model, device)
+        self.device = next(self.net.parameters()).device
+        self.spec = CropSpec.from_dict(self.config["crop"])
+
+    def translate_crops(self, crops: np.ndarray) -> np.ndarray:
+        """(N, size, size) thoracic crops in [0, 1] -> their pathological versions in [0, 1]."""
+        import torch
+
+        x = torch.from_numpy(np.ascontiguousarray(crops, dtype=np.float32))[:, None].to(self.device) * 2 - 1
+        with torch.inference_mode():
+            y = self.net(x)[:, 0].float().cpu().numpy()
+        return np.clip((y + 1) / 2, 0.0, 1.0)
+
+    def synthesize_display(
+        self, image: np.ndarray, lung: np.ndarray, seed: int | None = None
+    ) -> tuple[np.ndarray, Box]:
+        """A display-oriented radiograph and its lung mask -> (synthetic radiograph, crop box).
+
+        ``seed`` shifts the crop window by a few pixels (as in training), which gives a different but equally
+        plausible synthetic image; None keeps the centred window.
+        """
+        crop = thoracic_crop(image, lung, self.spec)
+        if seed is not None:
+            crop = thoracic_crop(image, lung, self.spec, shift=_seeded_shift(crop.box, image.shape, seed))
+        return apply_residual(image, crop, self.translate_crops(crop.image[None])[0]), crop.box
+
+    def synthesize(self, image: MedicalImage, lung: np.ndarray, seed: int | None = None) -> SynthesisResult:
+        """``lung`` (bool, the image's shape and orientation) -> result in the image's orientation."""
+        if lung.shape != image.array.shape:
+            raise InputError(image.source, f"the lung mask is {lung.shape[1]}x{lung.shape[0]} pixels but the "
+                             f"image is {image.array.shape[1]}x{image.array.shape[0]}")
+        check_lung(image.source, lung)
+        flip_rows, flip_cols, _ = display_flips(image.metadata)
+        display = np.ascontiguousarray(_orient(image.array, flip_rows, flip_cols))
+        lung_display = np.ascontiguousarray(_orient(lung, flip_rows, flip_cols))
+        out, box = self.synthesize_display(display, lung_display, seed)
+        return SynthesisResult(np.ascontiguousarray(_orient(out, flip_rows, flip_cols)), lung.astype(bool), box)
+
+
+def _seeded_shift(box: Box, shape: tuple[int, int], seed: int) -> tuple[int, int]:
+    limit = max(1, box.shape[0] // 18)  # 8 px of 144, the training jitter
+    return tuple(int(v) for v in np.random.default_rng(seed).integers(-limit, limit + 1, 2))
+
+
+def check_lung(source: str | Path, lung: np.ndarray) -> None:
+    fraction = float(lung.mean()) if lung.size else 0.0
+    if fraction < MIN_LUNG_FRACTION:
+        what = "empty" if not lung.any() else f"covers only {fraction:.1%} of the image"
+        raise InputError(source, f"the lung mask is {what}; synthesis needs the lung fields of a frontal chest film")
+
+
+def read_lung_mask(path: Path, image: MedicalImage) -> np.ndarray:
+    """A lung-field mask for ``image`` from a file: PNG/JPEG (nonzero = lung), a label map (NRRD/NIfTI, nonzero =
+    lung), or a Slicer ``.seg.nrrd`` (the segments named like ``lung``, else all). Its grid must be the image's."""
+    from lungx_core.io.readers import read_bitmap, read_itk_radiograph, suffix_of
+
+    if not path.exists():
+        raise InputError(path, "lung mask file not found")
+    name = path.name.lower()
+    if name.endswith(".seg.nrrd"):
+        mask, geometry = _segmentation_lungs(path)
+    elif suffix_of(path) in {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"}:
+        mask, geometry = read_bitmap(path).array > 0, None
+    else:
+        m = read_itk_radiograph(path)
+        mask, geometry = m.array > 0, m.ijk_to_lps()
+    if mask.shape != image.array.shape:
+        raise InputError(path, f"lung mask is {mask.shape[1]}x{mask.shape[0]} pixels but the image "
+                         f"{Path(image.source).name} is {image.array.shape[1]}x{image.array.shape[0]}")
+    if geometry is not None and image.spacing_known and not np.allclose(geometry, image.ijk_to_lps(), atol=1e-3):
+        raise InputError(path, f"lung mask geometry (origin, spacing or direction) differs from the image "
+                         f"{Path(image.source).name}")
+    return mask
+
+
+def _segmentation_lungs(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    import slicerio
+
+    try:
+        seg = slicerio.read_segmentation(str(path))
+    except Exception as exc:  # noqa: BLE001 - slicerio/pynrrd raise many types for bad files
+        raise InputError(path, f"not a readable segmentation ({type(exc).__name__})") from None
+    voxels = np.asarray(seg["voxels"])
+    layers = voxels if voxels.ndim == 4 else voxels[None]  # 4-D: several layers
+    segments = seg["segments"]
+    lungs = [s for s in segments if "lung" in str(s.get("name", "")).lower()] or segments
+    mask = np.zeros(layers.shape[1:], dtype=bool)
+    for s in lungs:
+        mask |= layers[s.get("layer", 0)] == s["labelValue"]
+    ijk_to_lps = np.asarray(seg["ijkToLPS"], dtype=float)
+    return mask[..., 0].T if mask.ndim == 3 else mask.T, ijk_to_lps
+
+
+def write_outputs(out_dir: Path, case_id: str, image: MedicalImage, result: SynthesisResult) -> list[Path]:
+    """``<id>_synthetic.<input's family>``, its lung mask ``<id>_synthetic.seg.nrrd`` and ``<id>_synthesis.png``
+    (input | synthetic, lung outline on both); all or nothing."""
+    from lungx_core.anatomy import LUNGS
+    from lungx_core.io.derived import derived_suffix, write_derived
+    from lungx_core.io.writers import all_or_nothing, write_png, write_seg_nrrd
+
+    with all_or_nothing() as written:
+        written.append(out_dir / f"{case_id}_synthetic{derived_suffix(image)}")
+        write_derived(written[-1], image, result.array, "Synthetic pathological chest radiograph")
+        written.append(out_dir / f"{case_id}_synthetic.seg.nrrd")
+        write_seg_nrrd(written[-1], image, {"lung": result.lung}, [LUNGS])
+        written.append(out_dir / f"{case_id}_synthesis.png")
+        write_png(written[-1], side_by_side(image.array, result.array, result.lung))
+    return written
+
+
+def side_by_side(before: np.ndarray, after: np.ndarray, lung: np.ndarray) -> np.ndarray:
+    """RGB picture: input | synthetic, same grey scale, lung outline in yellow on both."""
+    from scipy import ndimage as ndi
+
+    from lungx_core.io.writers import to_uint8_display
+
+    both = to_uint8_display(np.concatenate([before, after], axis=1).astype(np.float32))
+    outline = lung & ~ndi.binary_erosion(lung, iterations=max(1, lung.shape[0] // 400))
+    rgb = np.repeat(both[..., None], 3, axis=2)
+    rgb[np.concatenate([outline, outline], axis=1)] = (255, 220, 0)
+    return rgb
+
+
+def synthesize_case(
+    case: Case,
+    synthesizer: Synthesizer,
+    out_dir: Path,
+    lung_mask: Path | None = None,
+    segmenter: Any = None,
+    seed: int | None = None,
+) -> dict[str, Any]:
+    """Read, find the lungs, synthesise and write one radiograph. Bad input becomes an error row."""
+    from lungx_core.io.readers import read_radiograph
+
+    def work() -> dict[str, Any]:
+        t0 = time.perf_counter()
+        image = read_radiograph(case.path)
+        if lung_mask is not None:
+            lung, source = read_lung_mask(lung_mask, image), "given"
+        else:
+            masks = segmenter.segment(image).masks
+            lung, source = masks["lung_left"] | masks["lung_right"], "cxr_anatomy"
+            if lung.mean() < MIN_LUNG_FRACTION:
+                raise InputError(case.path, "no lung fields found: not a frontal chest radiograph?")
+        result = synthesizer.synthesize(image, lung, seed)
+        outputs = write_outputs(out_dir, case.case_id, image, result)
+        return {
+            "case_id": case.case_id, "input": str(case.path), "task": "cxr-synthesis", "status": "ok", "error": "",
+            "qc_flags": "", "lung_source": source, "lung_fraction": round(float(lung.mean()), 4),
+            "seconds": round(time.perf_counter() - t0, 3), "outputs": ";".join(p.name for p in outputs),
+        }
+
+    return run_guarded(case, "cxr-synthesis", work)
+
+
+def run_one(
+    case: Case,
+    out_dir: Path,
+    device: str = "auto",
+    fast: bool = False,
+    progress: Progress | None = None,
+    model: str = DEFAULT_MODEL,
+    seed: int | None = None,
+) -> dict[str, Any]:
+    """One radiograph, as the worker process runs it; lungs from the anatomy model."""
+    from lungx_core.tasks.cxr_segmentation import CXRSegmenter
+
+    report = progress or (lambda fraction, message: None)
+    report(0.0, "loading the models")
+    synthesizer = Synthesizer(model, device)
+    segmenter = CXRSegmenter(device=device)
+    report(0.3, f"synthesising on {synthesizer.device}")
+    return synthesize_case(case, synthesizer, out_dir, segmenter=segmenter, seed=None if seed is None else int(seed))

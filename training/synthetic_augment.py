@@ -1,0 +1,51 @@
+"""Synthesis as segmentation augmentation (issue 6): a share of the healthy training films is replaced, each time
+it is drawn, by its synthetic pathological version, with the healthy film's masks unchanged.
+
+The synthetic versions are made once per run (the generator is deterministic) from the full-resolution film and
+its reference lung mask, then pass through the segmentation model's own preprocessing, so they sit on exactly
+the grid of the cached masks. Enabled by a ``"synthesis"`` block in a train_cxr config::
+
+    "synthesis": {"model": "cxr_synthesis", "share": 0.5, "datasets": ["jsrt_scr"]}
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from lungx_core.preprocess import PreprocessConfig, preprocess_radiograph
+
+
+def synthetic_versions(
+    images: list[np.ndarray],
+    lungs: list[np.ndarray],
+    preprocess: PreprocessConfig,
+    model: str | Path = "cxr_synthesis",
+    device: str = "cpu",
+) -> np.ndarray:
+    """(N, size, size) float16: each film's synthetic pathological version, preprocessed like the originals."""
+    from lungx_core.tasks.synthesis import Synthesizer
+
+    synthesizer = Synthesizer(model, device)
+    out = []
+    for image, lung in zip(images, lungs, strict=True):
+        synthetic, _ = synthesizer.synthesize_display(image, lung)
+        out.append(preprocess_radiograph(synthetic, preprocess)[0].astype(np.float16))
+    return np.stack(out)
+
+
+class SyntheticSwap:
+    """Per drawn sample: the synthetic image with probability ``share`` where one exists, else the original."""
+
+    def __init__(self, synthetic: np.ndarray, has_synthetic: np.ndarray, share: float, seed: int):
+        if not 0.0 <= share <= 1.0:
+            raise ValueError(f"synthesis share must be in [0, 1], not {share}")
+        self.synthetic, self.has_synthetic, self.share = synthetic, has_synthetic, share
+        self.rng = np.random.default_rng(seed)
+        self.slot = np.cumsum(has_synthetic) - 1  # row of sample i in ``synthetic``
+
+    def image(self, i: int, original: np.ndarray) -> np.ndarray:
+        if self.has_synthetic[i] and self.rng.random() < self.share:
+            return self.synthetic[self.slot[i]]
+        return original

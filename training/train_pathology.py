@@ -1,0 +1,150 @@
+"""Train the healthy-vs-pathological CXR classifier (``cxr_pathology``) on thoracic crops, and export it.
+
+    python training/train_pathology.py --config training/configs/pathology_cxr.json --data ../shared/data \
+        --run /work/runs/pathology [--cache /work/runs/synth_data/domains_144.npz]
+
+It judges synthetic images (``lungx evaluate synthesis``: the share called pathological) and scores opacity.
+Domains, splits and crops are those of the translation models (``training/synthesis_data.py``). Sampling is
+balanced between the classes; the epoch with the best validation AUC is exported to lungx_core/weights with its
+metrics (overall and per source, to show how much it leans on dataset style rather than pathology).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from lungx_core.models.networks import build_network  # noqa: E402
+from lungx_core.models.store import save_model  # noqa: E402
+from training.common import append_log, seed_everything  # noqa: E402
+from training.synthesis_data import build_domain_cache, load_domain_cache  # noqa: E402
+from training.train_synthesis import random_crops  # noqa: E402
+
+MODEL_NAME = "cxr_pathology"
+
+
+def auc(scores: np.ndarray, labels: np.ndarray) -> float:
+    """Area under the ROC curve by the rank-sum (Mann-Whitney) formula, ties averaged."""
+    from scipy.stats import rankdata
+
+    ranks = rankdata(scores)
+    pos = labels.astype(bool)
+    n_pos, n_neg = pos.sum(), (~pos).sum()
+    return float((ranks[pos].sum() - n_pos * (n_pos + 1) / 2) / max(n_pos * n_neg, 1))
+
+
+@torch.no_grad()
+def predict(net, images: np.ndarray, size: int, batch: int = 32) -> np.ndarray:
+    net.eval()
+    o = (images.shape[-1] - size) // 2
+    out = []
+    for s in range(0, len(images), batch):
+        x = torch.from_numpy(images[s : s + batch, o : o + size, o : o + size].astype(np.float32)[:, None])
+        out.append(torch.sigmoid(net(x)[:, 0]).numpy())
+    net.train()
+    return np.concatenate(out)
+
+
+def youden_threshold(probs: np.ndarray, labels: np.ndarray) -> float:
+    """The probability cut that maximises sensitivity + specificity - 1 (balanced, whatever the class sizes)."""
+    cuts = np.unique(probs)
+    pos = labels.astype(bool)
+    j = [(probs[pos] >= t).mean() + (probs[~pos] < t).mean() for t in cuts]
+    return float(cuts[int(np.argmax(j))])
+
+
+def report(probs: np.ndarray, labels: np.ndarray, datasets: np.ndarray, threshold: float = 0.5) -> dict[str, float]:
+    calls = probs >= threshold
+    out = {"auc": auc(probs, labels), "accuracy": float((calls == labels).mean())}
+    for ds in sorted(set(datasets)):
+        sel = datasets == ds
+        out[f"accuracy/{ds}"] = float((calls[sel] == labels[sel]).mean())
+    nih = datasets == "cxr_nih_nofinding_pneumonia"
+    if len(set(labels[nih])) == 2:
+        out["auc/nih_only"] = auc(probs[nih], labels[nih])  # one source: no style difference to lean on
+    return out
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--config", type=Path, required=True)
+    ap.add_argument("--data", type=Path, required=True)
+    ap.add_argument("--run", type=Path, required=True)
+    ap.add_argument("--cache", type=Path)
+    ap.add_argument("--threads", type=int, default=0)
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cfg = json.loads(args.config.read_text())
+    seed_everything(cfg["seed"])
+    args.run.mkdir(parents=True, exist_ok=True)
+    cache = args.cache or args.run / "domains.npz"
+    if not cache.exists():
+        from lungx_core.thoracic import CropSpec
+
+        build_domain_cache(args.data, cache, CropSpec.from_dict(cfg["crop"]), cfg["load_size"])
+    data = load_domain_cache(cache)
+    labels = (data["domain"] == "pathological").astype(np.float32)
+    train = np.nonzero(data["split"] == "train")[0]
+    val = np.nonzero(data["split"] == "val")[0]
+    by_class = [train[labels[train] == c] for c in (0, 1)]
+    size = cfg["arch_options"]["size"]
+
+    net = build_network("classifier", 1, 1, **cfg["arch_options"])
+    opt = torch.optim.AdamW(net.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
+    steps = cfg["steps_per_epoch"]
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg["lr"], total_steps=cfg["epochs"] * steps)
+    rng = np.random.default_rng(cfg["seed"])
+    half = cfg["batch_size"] // 2
+    best, best_state, best_metrics = -1.0, None, {}
+    for epoch in range(cfg["epochs"]):
+        t0, losses = time.time(), []
+        for _ in range(steps):
+            idx = np.concatenate([rng.choice(by_class[0], half), rng.choice(by_class[1], half)])
+            x, _ = random_crops(data["images"], data["lungs"], idx, size, rng)
+            x = (x + 1) / 2  # the classifier sees [0, 1], as at inference
+            gamma = torch.from_numpy(rng.uniform(*cfg["gamma"], size=(len(idx), 1, 1, 1)).astype(np.float32))
+            x = x.clamp(0, 1) ** gamma  # exposure variation, so brightness alone does not decide
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(
+                net(x)[:, 0], torch.from_numpy(labels[idx])
+            )
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+            losses.append(loss.item())
+        probs = predict(net, data["images"][val], size)
+        metrics = report(probs, labels[val], data["dataset"][val])
+        if metrics["auc"] > best:
+            threshold = youden_threshold(probs, labels[val])
+            best, best_metrics = metrics["auc"], report(probs, labels[val], data["dataset"][val], threshold)
+            best_metrics["threshold"] = threshold
+            best_state = {k: v.clone() for k, v in net.state_dict().items()}
+        append_log(args.run / "log.csv", {"epoch": epoch, "loss": float(np.mean(losses)),
+                                          "seconds": round(time.time() - t0, 1), **metrics})
+        print(f"epoch {epoch} loss {np.mean(losses):.4f} " + " ".join(f"{k}={v:.3f}" for k, v in metrics.items()),
+              flush=True)
+
+    config = {
+        "arch": "classifier",
+        "in_channels": 1,
+        "classes": ["pathological"],
+        "arch_options": cfg["arch_options"],
+        "crop": cfg["crop"],
+        "threshold": round(best_metrics.pop("threshold"), 4),
+        "validation": {"n": int(len(val)), **{k: round(v, 4) for k, v in best_metrics.items()}},
+    }
+    save_model(best_state, config, MODEL_NAME)
+    print(json.dumps(config["validation"]))
+
+
+if __name__ == "__main__":
+    main()

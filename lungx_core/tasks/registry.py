@@ -41,6 +41,16 @@ TASKS: dict[str, TaskInfo] = {
         runner="lungx_core.tasks.ct_lungs:run_one",
         options=("model", "method", "series"),
     ),
+    "cxr-synthesis": TaskInfo(
+        name="cxr-synthesis",
+        title="Chest X-ray: synthetic pathological version (lung mask kept)",
+        modality="CXR",
+        output_kind="volume",
+        model="cxr_synthesis",
+        structures=("lung",),
+        runner="lungx_core.tasks.synthesis:run_one",
+        options=("model", "seed"),
+    ),
 }
 
 

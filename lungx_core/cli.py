@@ -66,7 +66,6 @@ def _main(
 
 def _write_results(path: Path, rows: list[dict]) -> None:
     """results.csv: the shared columns, then each task's own ones (a batch may mix radiographs and CTs)."""
-    from lungx_core.io.writers import write_text_atomic
     from lungx_core.tasks import ct_lungs, cxr_segmentation
     from lungx_core.tasks.common import COMMON_COLUMNS, TRAILING_COLUMNS
 
@@ -76,11 +75,7 @@ def _write_results(path: Path, rows: list[dict]) -> None:
         columns += cxr_segmentation.RESULT_COLUMNS
     if "ct-lungs" in tasks:
         columns += ct_lungs.RESULT_COLUMNS
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=columns + TRAILING_COLUMNS, extrasaction="ignore")
-    writer.writeheader()
-    writer.writerows(rows)
-    write_text_atomic(path, buf.getvalue())
+    _write_table(path, rows, columns + TRAILING_COLUMNS)
 
 
 @app.command()
@@ -338,7 +333,8 @@ def evaluate_synthesis_cmd(
     per_case: Annotated[Path | None, typer.Option(help="Also write per-case scores to this CSV.")] = None,
 ):
     """{"n", "mae_surroundings", "lung_dice_preserved", "pathological_rate"} as one JSON object."""
-    from lungx_core.evaluate import evaluate_synthesis
+    from lungx_core.evaluate import evaluate_synthesis, predicted_class_mask
+    from lungx_core.image import MedicalImage
     from lungx_core.io.readers import read_radiograph
     from lungx_core.pathology import PathologyClassifier
     from lungx_core.tasks.cxr_segmentation import CXRSegmenter
@@ -361,11 +357,7 @@ def evaluate_synthesis_cmd(
         return display, synthetic, region
 
     def segment_lungs(array):
-        probs = segmenter.predict_probabilities(array)
-        from lungx_core.postprocess import clean_masks
-
-        masks = clean_masks(probs, segmenter.threshold)
-        return masks["lung_left"] | masks["lung_right"]
+        return predicted_class_mask(segmenter.segment(MedicalImage(array)).masks, "lung")
 
     rows: list[dict] = []
     id_list = None if ids is None else [x.strip() for x in ids.read_text().split() if x.strip()]
@@ -394,14 +386,7 @@ def _write_table(path: Path, rows: list[dict], columns: list[str]) -> None:
 
 
 def _write_per_case(path: Path, rows: list[dict]) -> None:
-    from lungx_core.io.writers import write_text_atomic
-
-    keys = sorted({k for r in rows for k in r}, key=lambda k: (k != "case_id", k))
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=keys)
-    w.writeheader()
-    w.writerows(rows)
-    write_text_atomic(path, buf.getvalue())
+    _write_table(path, rows, sorted({k for r in rows for k in r}, key=lambda k: (k != "case_id", k)))
 
 
 @app.command()

@@ -109,9 +109,11 @@ def selection_score(val: dict[str, float]) -> float:
     return float(np.mean([val[k] for k in keys if k in val]))
 
 
-def synthetic_swap(args, cfg: dict, data: dict, train_idx: np.ndarray, pre: PreprocessConfig) -> SyntheticSwap:
+def synthetic_swap(
+    args, cfg: dict, data: dict, train_idx: np.ndarray, pre: PreprocessConfig, seed: int
+) -> SyntheticSwap:
     """The run's synthetic pathological versions of its healthy training films (built once into
-    ``synthetic.npz`` in the run folder), as a per-draw swap."""
+    ``synthetic.npz`` in the run folder), as a per-draw swap drawing with ``seed``."""
     syn = cfg["synthesis"]
     path = args.run / "synthetic.npz"
     if not path.exists():
@@ -128,7 +130,7 @@ def synthetic_swap(args, cfg: dict, data: dict, train_idx: np.ndarray, pre: Prep
         np.savez_compressed(path, synthetic=synthetic, has_synthetic=has, model=np.array(str(syn["model"])))
         print(f"{len(images)} synthetic films made in {time.time() - t0:.0f}s", flush=True)
     z = np.load(path)
-    return SyntheticSwap(z["synthetic"], z["has_synthetic"], syn["share"], cfg["seed"])
+    return SyntheticSwap(z["synthetic"], z["has_synthetic"], syn["share"], seed)
 
 
 def main(argv=None) -> None:
@@ -158,9 +160,8 @@ def main(argv=None) -> None:
     start_epoch, best = resume(args.run, net, opt, sched)
 
     augment = make_augment(cfg, cfg["seed"] + start_epoch)
-    swap = synthetic_swap(args, cfg, data, train_idx, pre) if "synthesis" in cfg else None
-    if swap is not None:
-        swap.rng = np.random.default_rng(cfg["seed"] + start_epoch)  # a resumed run draws afresh, as augment
+    # seeded per start epoch, as augment: a resumed run draws afresh
+    swap = synthetic_swap(args, cfg, data, train_idx, pre, cfg["seed"] + start_epoch) if "synthesis" in cfg else None
     log_path = args.run / "log.csv"
     bs = cfg["batch_size"]
     for epoch in range(start_epoch, cfg["epochs"]):

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -94,8 +95,6 @@ def main(argv=None) -> None:
         trainer.end_epoch()
         grid = sample_grid(trainer, centre_crops(data["images"], val_a, config.size),
                            centre_crops(data["images"], val_b, config.size))
-        from PIL import Image
-
         Image.fromarray(grid).save(args.run / "samples" / f"epoch_{epoch:03d}.png")
         row = {"epoch": epoch, "steps": trainer.steps, "seconds": round(time.time() - t0, 1),
                "lr": trainer.sched_g.get_last_lr()[0], **{k: v / steps_per_epoch for k, v in sums.items()}}

@@ -175,6 +175,7 @@ def synthesize_case(
     seed: int | None = None,
 ) -> dict[str, Any]:
     """Read, find the lungs, synthesise and write one radiograph. Bad input becomes an error row."""
+    from lungx_core.evaluate import predicted_class_mask
     from lungx_core.io.readers import read_radiograph
 
     def work() -> dict[str, Any]:
@@ -183,8 +184,7 @@ def synthesize_case(
         if lung_mask is not None:
             lung, source = read_lung_mask(lung_mask, image), "given"
         else:
-            masks = segmenter.segment(image).masks
-            lung, source = masks["lung_left"] | masks["lung_right"], "cxr_anatomy"
+            lung, source = predicted_class_mask(segmenter.segment(image).masks, "lung"), "cxr_anatomy"
             if lung.mean() < MIN_LUNG_FRACTION:
                 raise InputError(case.path, "no lung fields found: not a frontal chest radiograph?")
         result = synthesizer.synthesize(image, lung, seed)

@@ -45,6 +45,11 @@ CXR_CLASSES: tuple[str, ...] = tuple(s.name for s in CXR_STRUCTURES)
 # Both lung fields as one structure: the known label of a synthetic image, a user-given lung mask.
 LUNGS = Structure("lung", 1, (0.50, 0.68, 0.60), "39607008", "Lung")
 
+# Where opacity removal was allowed to change the film (its activation mask): a morphologically altered
+# structure ("Lesion" in Slicer's terminology), not anatomy.
+OPACITY = Structure("opacity", 1, (0.95, 0.55, 0.15), "52988006", "Lesion", category_code="49755003",
+                    category_meaning="Morphologically Altered Structure")
+
 # Channel pairs exchanged when an image is mirrored left-right.
 CXR_MIRROR_PAIRS: tuple[tuple[int, int], ...] = ((0, 1), (3, 4))
 

@@ -287,19 +287,31 @@ def synthesize(
     in a new series), <id>_synthetic.seg.nrrd (its lung mask), <id>_synthesis.png (input | synthetic) and
     results.csv. A bad input is reported and skipped; the exit code is 1 when any input failed.
     """
-    from rich.progress import Progress
-
-    from lungx_core.io.inputs import collect_cases
     from lungx_core.tasks import synthesis
     from lungx_core.tasks.common import COMMON_COLUMNS, TRAILING_COLUMNS
 
     if modality == Modality.ct:
         raise typer.BadParameter("no CT synthesis generator ships yet; use radiographs", param_hint="--modality")
+    synthesizer = synthesis.Synthesizer(model, device.value)
+    _run_image_task(
+        inputs, output, lung_mask, device, quiet, f"synthesising on {synthesizer.device}", "synthesised",
+        lambda case, mask, segmenter: synthesis.synthesize_case(case, synthesizer, output, mask, segmenter, seed),
+        COMMON_COLUMNS + synthesis.RESULT_COLUMNS + TRAILING_COLUMNS[1:],
+    )
+
+
+def _run_image_task(inputs, output, lung_mask, device, quiet, description, verb, run_case, columns) -> None:
+    """The loop shared by the radiograph-to-radiograph commands: collect inputs, match lung masks (one file, or
+    a folder of <id>.<ext>), find lungs with cxr_anatomy otherwise, run each case with a progress bar, write
+    results.csv, and exit 1 when any input failed."""
+    from rich.progress import Progress
+
+    from lungx_core.io.inputs import collect_cases
+
     cases = collect_cases(inputs)
     if lung_mask is not None and not lung_mask.is_dir() and len(cases) > 1:
         raise typer.BadParameter("one mask file fits one input; give a folder of <id> masks", param_hint="--lung-mask")
     output.mkdir(parents=True, exist_ok=True)
-    synthesizer = synthesis.Synthesizer(model, device.value)
     segmenter = None
     if lung_mask is None:
         from lungx_core.tasks.cxr_segmentation import CXRSegmenter
@@ -307,19 +319,19 @@ def synthesize(
         segmenter = CXRSegmenter(device=device.value)
     rows = []
     with Progress(console=_stderr(), transient=True, disable=quiet) as progress:
-        bar = progress.add_task(f"synthesising on {synthesizer.device}", total=len(cases))
+        bar = progress.add_task(description, total=len(cases))
         for case in cases:
             mask = lung_mask
             if lung_mask is not None and lung_mask.is_dir():
                 mask = next(iter(sorted(lung_mask.glob(f"{case.case_id}.*"))), lung_mask / f"{case.case_id}.png")
-            row = synthesis.synthesize_case(case, synthesizer, output, mask, segmenter, seed)
+            row = run_case(case, mask, segmenter)
             rows.append(row)
             if row["status"] != "ok":
                 progress.console.print(f"[red]error[/red] {row['error']}", highlight=False, markup=True)
             progress.advance(bar)
-    _write_table(output / "results.csv", rows, COMMON_COLUMNS + synthesis.RESULT_COLUMNS + TRAILING_COLUMNS[1:])
+    _write_table(output / "results.csv", rows, columns)
     failed = sum(r["status"] != "ok" for r in rows)
-    _stderr().print(f"{len(rows) - failed} synthesised, {failed} failed; results in {output / 'results.csv'}")
+    _stderr().print(f"{len(rows) - failed} {verb}, {failed} failed; results in {output / 'results.csv'}")
     if failed:
         raise typer.Exit(1)
 
@@ -367,6 +379,104 @@ def evaluate_synthesis_cmd(
         segment_lungs,
         classifier.probability,
         classifier.threshold,
+        id_list,
+        on_case=lambda cid, d: rows.append({"case_id": cid, **{k: round(v, 5) for k, v in d.items()}}),
+    )
+    if per_case:
+        _write_per_case(per_case, rows)
+    sys.stdout.write(json.dumps(summary) + "\n")
+
+
+@app.command("remove-opacity")
+def remove_opacity(
+    inputs: Annotated[list[Path], typer.Argument(help="Frontal chest radiographs or folders of them.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Output folder.")] = Path("lungx_opacity"),
+    lung_mask: Annotated[
+        Path | None,
+        typer.Option(
+            help="Lung-field mask on the input's grid (PNG, NRRD/NIfTI label map or .seg.nrrd); for several "
+            "inputs a folder of <id>.<ext> masks. Default: lungs from the cxr_anatomy model."
+        ),
+    ] = None,
+    model: Annotated[
+        str, typer.Option(help="Shipped generator name or a .safetensors path.")
+    ] = "cxr_opacity_removal",
+    score: Annotated[
+        bool, typer.Option(help="Add the opacity classifier's probability before and after to results.csv.")
+    ] = True,
+    device: Annotated[Device, typer.Option(help="Where the models run.")] = Device.auto,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+):
+    """Remove lung opacity (consolidation, ground glass) from chest radiographs, changing nothing else.
+
+    Writes <id>_opacity_removed.<png|nrrd|nii.gz|dcm> (the input's grid and format family; DICOM as a derived
+    image in a new series), <id>_opacity_mask.seg.nrrd (the activation mask: outside it every pixel is the
+    input's), <id>_opacity_removal.png (before | mask | after) and results.csv. A film with no opacity found is
+    written unchanged and flagged no_opacity_found. A bad input is reported and skipped; the exit code is 1
+    when any input failed.
+    """
+    from lungx_core.tasks import opacity_removal
+    from lungx_core.tasks.common import COMMON_COLUMNS, TRAILING_COLUMNS
+
+    remover = opacity_removal.OpacityRemover(model, device.value)
+    scorer = None
+    if score:
+        from lungx_core.pathology import PathologyClassifier
+
+        scorer = PathologyClassifier(device=device.value)
+    _run_image_task(
+        inputs, output, lung_mask, device, quiet, f"removing opacity on {remover.device}", "processed",
+        lambda case, mask, segmenter: opacity_removal.remove_opacity_case(
+            case, remover, output, mask, segmenter, scorer
+        ),
+        COMMON_COLUMNS + opacity_removal.RESULT_COLUMNS + TRAILING_COLUMNS[1:],
+    )
+
+
+@evaluate_app.command("opacity-removal")
+def evaluate_opacity_removal_cmd(
+    directory: Annotated[
+        Path, typer.Argument(help="Folder with images/, masks/lung/ and masks/opacity/ (the GB layout).")
+    ],
+    ids: Annotated[Path | None, typer.Option(help="Text file of image IDs to score (one per line).")] = None,
+    model: Annotated[
+        str, typer.Option(help="Shipped generator name or a .safetensors path.")
+    ] = "cxr_opacity_removal",
+    probe: Annotated[
+        str, typer.Option(help="Lung model that scores the films (trained on clear films only).")
+    ] = "cxr_lung_probe",
+    device: Annotated[Device, typer.Option(help="Where the models run.")] = Device.auto,
+    per_case: Annotated[Path | None, typer.Option(help="Also write per-case scores to this CSV.")] = None,
+):
+    """{"n", "lung_dice_before", "lung_dice_after", "change_outside_mask", "opacity_score_before",
+    "opacity_score_after"} as one JSON object."""
+    from lungx_core.evaluate import evaluate_opacity_removal, predicted_class_mask
+    from lungx_core.image import MedicalImage
+    from lungx_core.pathology import PathologyClassifier
+    from lungx_core.tasks.cxr_segmentation import CXRSegmenter
+    from lungx_core.tasks.opacity_removal import OpacityRemover
+
+    remover = OpacityRemover(model, device.value)
+    anatomy = CXRSegmenter(device=device.value)
+    probe_model = CXRSegmenter(probe, device.value)
+    classifier = PathologyClassifier(device=device.value)
+
+    def lungs(segmenter):
+        return lambda array: predicted_class_mask(segmenter.segment(MedicalImage(array)).masks, "lung")
+
+    find_lungs = lungs(anatomy)
+
+    def remove(array):
+        # evaluation folders hold display-oriented bitmaps; the remover finds the lungs itself, as in use
+        return remover.remove_display(array, find_lungs(array))[0]
+
+    rows: list[dict] = []
+    id_list = None if ids is None else [x.strip() for x in ids.read_text().split() if x.strip()]
+    summary = evaluate_opacity_removal(
+        directory,
+        remove,
+        lungs(probe_model),
+        classifier.probability,
         id_list,
         on_case=lambda cid, d: rows.append({"case_id": cid, **{k: round(v, 5) for k, v in d.items()}}),
     )

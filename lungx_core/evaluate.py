@@ -9,6 +9,9 @@ Layouts read:
 An empty reference mask is read as "not annotated" and skipped for that class: every scored structure is
 present on a frontal chest film, and some datasets write empty files for structures they did not label.
 
+Opacity removal: the GB layout, ``images/<id>.png`` with ``masks/lung`` and ``masks/opacity`` (an empty
+opacity mask is a valid "no opacity" reference there).
+
 CT: ``<case>/ct.nii.gz`` with ``<case>/mask_lung_lr.nii.gz`` (1 right, 2 left), one folder per case (or the
 folder itself is one case).
 """
@@ -212,3 +215,61 @@ def evaluate_synthesis(
         "lung_dice_preserved": round(float(np.mean(kept)), 4),
         "pathological_rate": round(float(np.mean(calls)), 4),
     }
+
+
+OUTSIDE_MASK_DILATION = 0.02  # of the image's longer side: the reference opacity border is not sharp
+
+
+def evaluate_opacity_removal(
+    root: Path,
+    remove: Callable[[np.ndarray], np.ndarray],
+    segment_lungs: Callable[[np.ndarray], np.ndarray],
+    opacity_probability: Callable[[np.ndarray, np.ndarray], float],
+    ids: Iterable[str] | None = None,
+    on_case: Callable[[str, dict[str, float]], None] | None = None,
+) -> dict:
+    """Scores of opacity removal on films with reference lung and opacity masks.
+
+    ``remove(image)`` returns the opacity-removed version of a display-oriented film. Per film:
+    - lung_dice_before/after: Dice of ``segment_lungs`` (a probe model trained on clear films only) on the
+      original and on the result, against the reference lung mask: opacity hides lung from such a model;
+    - change_outside_mask: mean |result - original| (intensities scaled to [0, 1] by the original's range)
+      over the pixels outside the reference opacity mask dilated by 2 % of the image's longer side;
+    - opacity_score_before/after: the opacity classifier's probability, on the reference lung field.
+    """
+    from scipy import ndimage as ndi
+
+    from lungx_core.io.readers import read_radiograph
+
+    root = Path(root)
+    cases = [
+        c for c in discover_cases(root, ids)
+        if "lung" in c.masks and (root / "masks" / "opacity" / f"{c.case_id}.png").exists()
+    ]
+    if not cases:
+        raise FileNotFoundError(f"{root}: no images with both masks/lung and masks/opacity")
+    scores: dict[str, list[float]] = {}
+    for case in cases:
+        original = read_radiograph(case.image).array
+        lung = _read_mask(case.masks["lung"][0])
+        opacity = _read_mask(root / "masks" / "opacity" / f"{case.case_id}.png")
+        if lung.shape != original.shape or opacity.shape != original.shape:
+            raise ValueError(f"{case.image}: reference masks do not match the image size {original.shape}")
+        result = remove(original)
+        radius = max(1, round(OUTSIDE_MASK_DILATION * max(original.shape)))
+        outside = ~ndi.binary_dilation(opacity, ndi.generate_binary_structure(2, 1), iterations=radius)
+        scale = float(original.max() - original.min()) or 1.0
+        change = np.abs(result.astype(np.float64) - original.astype(np.float64)) / scale
+        per_case = {
+            "lung_dice_before": dice(segment_lungs(original), lung),
+            "lung_dice_after": dice(segment_lungs(result), lung),
+            "change_outside_mask": float(change[outside].mean()) if outside.any() else 0.0,
+            "opacity_score_before": opacity_probability(original, lung),
+            "opacity_score_after": opacity_probability(result, lung),
+        }
+        for k, v in per_case.items():
+            scores.setdefault(k, []).append(v)
+        if on_case:
+            on_case(case.case_id, per_case)
+    precision = {"lung_dice_before": 4, "lung_dice_after": 4}
+    return {"n": len(cases), **{k: round(float(np.mean(v)), precision.get(k, 5)) for k, v in scores.items()}}

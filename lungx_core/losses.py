@@ -129,3 +129,35 @@ def surroundings_l1(
     if region is not None:
         weight = weight * region.float()
     return masked_l1(real, fake, weight)
+
+
+def feature_alignment(
+    features_x: list[torch.Tensor], features_y: list[torch.Tensor], mask: torch.Tensor, inside_weight: float = 0.1
+) -> torch.Tensor:
+    """Cross-domain alignment: L1 between a frozen encoder's feature maps of an input and of its translation,
+    summed over layers. Weight 1 outside the activation ``mask`` (B, 1, H, W; anatomy there must look the same
+    to the encoder) and ``inside_weight`` inside it (the opacity may change, the structures under it should
+    not move). Zero for identical inputs."""
+    total = features_x[0].new_zeros(())
+    for fx, fy in zip(features_x, features_y, strict=True):
+        m = F.interpolate(mask.float(), size=fx.shape[-2:], mode="area")
+        total = total + masked_l1(fx, fy, (1 - m) + inside_weight * m)
+    return total
+
+
+def region_clearing(
+    translated: torch.Tensor, original: torch.Tensor, mask: torch.Tensor, lung: torch.Tensor, fallback: torch.Tensor
+) -> torch.Tensor:
+    """Region-aware loss inside the activation mask: the mean intensity of the translated mask region must come
+    down to that of the same film's clear lung (lung pixels outside the mask), so the reference for "clear" is
+    the film's own exposure, not another dataset's style. Films with too little clear lung (< 5 % of the crop)
+    use ``fallback`` (per image, e.g. the clear domain's lung mean). Only the excess counts: a region already
+    as dark as clear lung costs nothing, and texture is left to the other terms. Images in any one scale."""
+    clear = lung.float() * (mask <= 0.01).float()
+    n_clear = clear.flatten(1).sum(1)
+    own = (original * clear).flatten(1).sum(1) / n_clear.clamp_min(1.0)
+    reference = torch.where(n_clear >= 0.05 * clear[0].numel(), own, fallback)
+    weight = mask.float().flatten(1)
+    region_mean = (translated.flatten(1) * weight).sum(1) / weight.sum(1).clamp_min(_EPS)
+    has_region = (weight.sum(1) > 0).float()
+    return (torch.relu(region_mean - reference) * has_region).mean()

@@ -2,6 +2,9 @@
 
     python training/export_cxr.py --run runs/cxr_unet --data ../shared/data
 
+``--name`` ships the run under another model name: the lung probe of opacity removal, ``cxr_lung_probe``, is a
+run trained on clear films only (``training/configs/cxr_unet_healthy_base.json``).
+
 The card's metrics come from scoring the exported (fp16) weights with the same code as
 ``lungx evaluate cxr DIR --ids training/splits/<dataset>_val.txt``.
 """
@@ -49,7 +52,10 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--run", type=Path, required=True)
     ap.add_argument("--data", type=Path, default=Path("../shared/data"))
+    ap.add_argument("--name", default=NAME, help="model name in lungx_core/weights")
+    ap.add_argument("--train-config", default="training/configs/cxr_unet.json", help="for the model card")
     args = ap.parse_args(argv)
+    name = args.name
 
     cfg = json.loads((args.run / "config.json").read_text())
     ck = torch.load(args.run / "best.pt", weights_only=False)
@@ -59,7 +65,7 @@ def main(argv=None) -> None:
     if agreement < 0.999:
         raise SystemExit("fp16 weights change predictions; export in fp32 instead")
     model_cfg = {
-        "name": NAME,
+        "name": name,
         "task": "cxr-anatomy",
         "arch": cfg["arch"],
         "arch_options": cfg.get("arch_options", {}),
@@ -69,9 +75,9 @@ def main(argv=None) -> None:
         "threshold": 0.5,
         "training": {"config": cfg, "best_epoch": int(ck["epoch"]), "val_at_training_resolution": ck["val"]},
     }
-    save_model(state, model_cfg, NAME)
+    save_model(state, model_cfg, name)
 
-    segmenter = CXRSegmenter(NAME, device="cpu")
+    segmenter = CXRSegmenter(name, device="cpu")
     metrics = {}
     for ds in DATASETS:
         ids = (SPLITS_DIR / f"{ds}_val.txt").read_text().split()
@@ -79,20 +85,23 @@ def main(argv=None) -> None:
         metrics[ds] = evaluate_cxr(args.data / ds, lambda p: segmenter.segment(read_radiograph(p)).masks, ids)
         print(ds, json.dumps(metrics[ds]), f"({time.time() - t0:.0f}s)", flush=True)
     model_cfg["validation"] = metrics
-    save_model(state, model_cfg, NAME)
+    save_model(state, model_cfg, name)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    write_text_atomic(WEIGHTS_DIR / f"{NAME}.md", model_card(model_cfg, metrics, agreement, commit, args.run))
+    card = model_card(name, model_cfg, metrics, agreement, commit, args.run, args.train_config)
+    write_text_atomic(WEIGHTS_DIR / f"{name}.md", card)
     print(f"exported to {WEIGHTS_DIR}", flush=True)
 
 
-def model_card(cfg: dict, metrics: dict, agreement: float, commit: str, run: Path) -> str:
+def model_card(
+    name: str, cfg: dict, metrics: dict, agreement: float, commit: str, run: Path, train_config: str
+) -> str:
     tr = cfg["training"]["config"]
     n_params = sum(
         v.numel()
-        for v in __import__("safetensors.torch").torch.load_file(str(WEIGHTS_DIR / f"{NAME}.safetensors")).values()
+        for v in __import__("safetensors.torch").torch.load_file(str(WEIGHTS_DIR / f"{name}.safetensors")).values()
     )
     lines = [
-        f"# Model card: `{NAME}` (CXR anatomy segmentation)",
+        f"# Model card: `{name}` (CXR anatomy segmentation)",
         "",
         "## What it does",
         "Segments, on a frontal (PA/AP) chest radiograph: `lung_left`, `lung_right` (patient's sides), `heart`,",
@@ -115,6 +124,11 @@ def model_card(cfg: dict, metrics: dict, agreement: float, commit: str, run: Pat
         "  L/R by connected components; V7 'ignore' regions (devices) carry zero loss weight.",
         "- The COVID sets are split jointly by `patientid` (images shared by both sets stay on one side), 20% val.",
         "- ID lists: `training/splits/<dataset>_{train,val}.txt`.",
+    ]
+    if tr.get("train_datasets"):
+        lines.append(f"- **Trained on {', '.join(tr['train_datasets'])} only** (training films of the other sets "
+                     "unused); the other sets are validated on all the same.")
+    lines += [
         "",
         "## Validation metrics (full-resolution 512-px masks, the exported fp16 weights)",
         "Empty reference masks are read as unannotated and skipped (`lungx evaluate cxr` lists them on stderr).",
@@ -128,9 +142,9 @@ def model_card(cfg: dict, metrics: dict, agreement: float, commit: str, run: Pat
         "",
         "## Reproduce",
         "```",
-        f"python training/train_cxr.py --config training/configs/cxr_unet.json --data ../shared/data --run {run}",
-        f"python training/export_cxr.py --run {run} --data ../shared/data",
-        "lungx evaluate cxr ../shared/data/jsrt_scr --ids training/splits/jsrt_scr_val.txt",
+        f"python training/train_cxr.py --config {train_config} --data ../shared/data --run {run}",
+        f"python training/export_cxr.py --run {run} --data ../shared/data --name {name} --train-config {train_config}",
+        f"lungx evaluate cxr ../shared/data/jsrt_scr --ids training/splits/jsrt_scr_val.txt --model {name}",
         "```",
         f"Exported from commit {commit or 'unknown'} on 2 CPU cores.",
         "",

@@ -1,6 +1,11 @@
-"""Export the healthy -> pathological generator of a synthesis run as a shipped model (safetensors fp16 + JSON).
+"""Export a generator of a translation run as a shipped model (safetensors fp16 + JSON).
 
     python training/export_synthesis.py --run /work/runs/synth_shape [--out lungx_core/weights/cxr_synthesis]
+    python training/export_synthesis.py --run /work/runs/opacity_removal --direction ba \
+        --out lungx_core/weights/cxr_opacity_removal
+
+``ab`` is healthy -> pathological (synthesis), ``ba`` pathological -> clear (opacity removal; the run's
+``region_aware`` block, i.e. the opacity model and activation-mask settings, goes into the config).
 
 The model card (``<out>.md``) is written by hand from the numbers that ``lungx evaluate synthesis`` prints.
 """
@@ -19,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from lungx_core.models.store import WEIGHTS_DIR, save_model  # noqa: E402
 
 
-def export(run: Path, out: Path) -> Path:
+def export(run: Path, out: Path, direction: str = "ab") -> Path:
     raw = json.loads((run / "config.json").read_text())
     state = torch.load(run / "last.pt", weights_only=False)["trainer"]
     generator = dict(raw["translation"]["generator"])
@@ -34,18 +39,22 @@ def export(run: Path, out: Path) -> Path:
             "run_config": raw["name"],
             "epochs_done": state["epoch"],
             "steps": state["steps"],
-            "lambda_surround": raw["translation"]["lambda_surround"],
+            "direction": direction,
+            **{k: raw["translation"][k] for k in ("lambda_surround", "lambda_align") if k in raw["translation"]},
         },
     }
-    return save_model(state["nets"]["g_ab"], config, out)
+    if "region_aware" in raw:
+        config["region_aware"] = raw["region_aware"]
+    return save_model(state["nets"][f"g_{direction}"], config, out)
 
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--run", type=Path, required=True)
     ap.add_argument("--out", type=Path, default=WEIGHTS_DIR / "cxr_synthesis")
+    ap.add_argument("--direction", choices=("ab", "ba"), default="ab")
     args = ap.parse_args(argv)
-    print(export(args.run, args.out))
+    print(export(args.run, args.out, args.direction))
 
 
 if __name__ == "__main__":

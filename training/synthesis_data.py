@@ -10,6 +10,10 @@ Splits: JSRT and the COVID sets reuse the anatomy model's patient-level splits (
 is split here by ``patient_id`` (20 % validation, seed 0) and its lists written beside them. Every crop is the
 rib-cage square (the lung fields widened by a margin) with a linear intensity map (``lungx_core.thoracic``), the
 same code that runs at inference, stored a little larger than the training size for random-crop jitter.
+
+Opacity (issue 7): every crop also carries an opacity mask and whether it is known. covid_cxr_gb_seg has
+radiologist opacity masks (its ``opacity`` class, the union of ground glass and consolidation); healthy films
+are known to be clear (empty mask); V7 and NIH pneumonia films are opaque somewhere, location unknown.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from lungx_core.thoracic import CropSpec, thoracic_crop
+from lungx_core.thoracic import CropSpec, resize, thoracic_crop
 
 SPLITS_DIR = Path(__file__).parent / "splits"
 NIH = "cxr_nih_nofinding_pneumonia"
@@ -87,12 +91,22 @@ def reference_lung(data_root: Path, s: DomainSample) -> np.ndarray:
     return read_gray(data_root / s.dataset / "masks" / "lung" / f"{s.id}.png") > 127
 
 
+def reference_opacity(data_root: Path, s: DomainSample) -> tuple[np.ndarray | None, bool]:
+    """(opacity mask or None, known) for one sample at its staged resolution."""
+    if s.domain == "healthy":
+        return None, True
+    path = data_root / s.dataset / "masks" / "opacity" / f"{s.id}.png"
+    if s.dataset == "covid_cxr_gb_seg" and path.exists():
+        return read_gray(path) > 127, True
+    return None, False
+
+
 def build_domain_cache(data_root: Path, out: Path, spec: CropSpec, load_size: int, device: str = "cpu") -> Path:
     """Crop every sample once; NIH lung fields come from the shipped anatomy model."""
     from lungx_core.tasks.cxr_segmentation import CXRSegmenter
 
     segmenter = CXRSegmenter(device=device)
-    images, lungs, meta = [], [], []
+    images, lungs, opacities, known, meta = [], [], [], [], []
     for s in list_domain_samples(data_root):
         image = read_gray(data_root / s.dataset / "images" / f"{s.id}.png")
         if s.lung_source == "reference":
@@ -106,12 +120,19 @@ def build_domain_cache(data_root: Path, out: Path, spec: CropSpec, load_size: in
         crop = thoracic_crop(image, lung, spec, size=load_size)
         images.append(crop.image.astype(np.float16))
         lungs.append(crop.lung)
+        opacity, is_known = reference_opacity(data_root, s)
+        box = crop.box
+        opacities.append(np.zeros_like(crop.lung) if opacity is None else
+                         resize(opacity[box.r0 : box.r1, box.c0 : box.c1], crop.lung.shape, mask=True))
+        known.append(is_known)
         meta.append(s)
     out.parent.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(
         out,
         images=np.stack(images),
         lungs=np.stack(lungs),
+        opacity=np.stack(opacities),
+        opacity_known=np.array(known),
         dataset=np.array([m.dataset for m in meta]),
         ids=np.array([m.id for m in meta]),
         domain=np.array([m.domain for m in meta]),

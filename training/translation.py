@@ -6,6 +6,14 @@ learning-rate decay and the image pools of the reference CycleGAN (Zhu et al. 20
 ../shared/docs/TARGETS.md). ``lambda_surround > 0`` adds the shape-aware L1 between a healthy image and its
 translation outside its lung mask (inside the thoracic crop); ``0`` is the plain CycleGAN used for comparison.
 
+Region-aware translation (opacity removal, ARMUT-LOR style): given per-image masks ``mask_a``/``mask_b``, each
+generator's output is composited as ``mask * G(x) + (1 - mask) * x`` before anything else sees it (the
+discriminators, the cycle, the losses), so nothing outside the mask can change; ``lambda_align > 0`` adds the
+cross-domain alignment of a frozen encoder's features (``losses.feature_alignment``) between each input and its
+translation, weighted 1 outside the mask and ``align_inside`` inside; ``lambda_region > 0`` adds the
+region-aware clearing term inside B's mask (``losses.region_clearing``: the translated region's mean brought
+down to the same film's clear lung).
+
 The whole state (networks, optimisers, schedulers, pools, random generators) goes in one checkpoint, so a
 resumed run takes exactly the step an uninterrupted run would have taken.
 """
@@ -18,8 +26,9 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
-from lungx_core.losses import surroundings_l1
+from lungx_core.losses import feature_alignment, region_clearing, surroundings_l1
 from lungx_core.models.translation import GeneratorConfig, ResnetGenerator, build_discriminator, init_weights
+from lungx_core.opacity import composite
 
 
 @dataclass
@@ -33,6 +42,9 @@ class TranslationConfig:
     lambda_cycle: float = 10.0
     lambda_identity: float = 0.5  # times lambda_cycle, as in the reference
     lambda_surround: float = 0.0  # shape-aware term; 0 = plain CycleGAN
+    lambda_align: float = 0.0  # cross-domain feature alignment (needs an encoder)
+    align_inside: float = 0.1  # its weight inside the activation mask, relative to outside
+    lambda_region: float = 0.0  # region-aware clearing inside B's mask (needs lung_b)
     pool_size: int = 50
     epochs: int = 100  # constant learning rate ...
     decay_epochs: int = 100  # ... then linear decay to 0 over these
@@ -92,10 +104,15 @@ def linear_decay(epochs: int, decay_epochs: int):
 
 
 class CycleGANTrainer:
-    def __init__(self, config: TranslationConfig, device: str | torch.device = "cpu"):
+    def __init__(
+        self, config: TranslationConfig, device: str | torch.device = "cpu", encoder: torch.nn.Module | None = None
+    ):
         from monai.losses import PatchAdversarialLoss
 
+        if config.lambda_align > 0 and encoder is None:
+            raise ValueError("lambda_align > 0 needs a frozen encoder")
         self.config, self.device = config, torch.device(device)
+        self.encoder = None if encoder is None else encoder.to(self.device)
         torch.manual_seed(config.seed)
         self.g_ab = init_weights(ResnetGenerator(config.generator)).to(self.device)
         self.g_ba = init_weights(ResnetGenerator(config.generator)).to(self.device)
@@ -124,16 +141,30 @@ class CycleGANTrainer:
         real_b: torch.Tensor,
         lung_a: torch.Tensor | None = None,
         region_a: torch.Tensor | None = None,
+        mask_a: torch.Tensor | None = None,
+        mask_b: torch.Tensor | None = None,
+        lung_b: torch.Tensor | None = None,
     ) -> dict[str, float]:
         """One optimisation step on a batch of each domain (B, C, H, W) in [-1, 1]; ``lung_a``/``region_a``
-        (B, 1, H, W) are needed when ``lambda_surround > 0``. Returns the losses."""
+        (B, 1, H, W) are needed when ``lambda_surround > 0``; ``mask_a``/``mask_b`` (B, 1, H, W in [0, 1]) make
+        the translation of that domain's images region-aware. Returns the losses."""
         cfg = self.config
         real_a, real_b = real_a.to(self.device), real_b.to(self.device)
+        mask_a = None if mask_a is None else mask_a.to(self.device)
+        mask_b = None if mask_b is None else mask_b.to(self.device)
+
+        def ab(x, mask):
+            return self.g_ab(x) if mask is None else composite(x, self.g_ab(x), mask)
+
+        def ba(x, mask):
+            return self.g_ba(x) if mask is None else composite(x, self.g_ba(x), mask)
+
         for d in (self.d_a, self.d_b):
             d.requires_grad_(False)
-        fake_b, fake_a = self.g_ab(real_a), self.g_ba(real_b)
+        fake_b, fake_a = ab(real_a, mask_a), ba(real_b, mask_b)
         loss_gan = self._gan(self.d_b(fake_b), True, False) + self._gan(self.d_a(fake_a), True, False)
-        loss_cycle = (self.g_ba(fake_b) - real_a).abs().mean() + (self.g_ab(fake_a) - real_b).abs().mean()
+        # the way back changes the same region the way there did
+        loss_cycle = (ba(fake_b, mask_a) - real_a).abs().mean() + (ab(fake_a, mask_b) - real_b).abs().mean()
         loss_identity = torch.zeros((), device=self.device)
         if cfg.lambda_identity > 0:
             loss_identity = (self.g_ab(real_b) - real_b).abs().mean() + (self.g_ba(real_a) - real_a).abs().mean()
@@ -143,11 +174,26 @@ class CycleGANTrainer:
                 raise ValueError("the shape-aware term needs the domain-A lung masks")
             region = None if region_a is None else region_a.to(self.device)
             loss_surround = surroundings_l1(real_a, fake_b, lung_a.to(self.device), region)
+        loss_align = torch.zeros((), device=self.device)
+        if cfg.lambda_align > 0:
+            for real, fake, mask in ((real_a, fake_b, mask_a), (real_b, fake_a, mask_b)):
+                region = torch.zeros_like(real[:, :1]) if mask is None else mask
+                loss_align = loss_align + feature_alignment(self.encoder(real), self.encoder(fake), region,
+                                                            cfg.align_inside)
+        loss_region = torch.zeros((), device=self.device)
+        if cfg.lambda_region > 0:
+            if mask_b is None or lung_a is None or lung_b is None:
+                raise ValueError("the region-aware clearing term needs mask_b, lung_a and lung_b")
+            lung_a_dev, lung_b = lung_a.to(self.device), lung_b.to(self.device)
+            clear_mean = (real_a * lung_a_dev).sum() / lung_a_dev.sum().clamp_min(1.0)  # the clear domain's lung
+            loss_region = region_clearing(fake_a, real_b, mask_b, lung_b, clear_mean.expand(real_b.shape[0]))
         loss_g = (
             loss_gan
             + cfg.lambda_cycle * loss_cycle
             + cfg.lambda_cycle * cfg.lambda_identity * loss_identity
             + cfg.lambda_surround * loss_surround
+            + cfg.lambda_align * loss_align
+            + cfg.lambda_region * loss_region
         )
         self.opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
@@ -163,7 +209,7 @@ class CycleGANTrainer:
         self.opt_d.step()
         self.steps += 1
         losses = {"g_gan": loss_gan, "cycle": loss_cycle, "identity": loss_identity, "surround": loss_surround,
-                  "d_a": loss_d_a, "d_b": loss_d_b}
+                  "align": loss_align, "region": loss_region, "d_a": loss_d_a, "d_b": loss_d_b}
         return {k: float(v.detach()) for k, v in losses.items()}
 
     def end_epoch(self) -> None:
@@ -172,13 +218,14 @@ class CycleGANTrainer:
         self.epoch += 1
 
     @torch.inference_mode()
-    def translate(self, images: torch.Tensor, direction: str = "ab") -> torch.Tensor:
+    def translate(self, images: torch.Tensor, direction: str = "ab", mask: torch.Tensor | None = None) -> torch.Tensor:
         net = self.g_ab if direction == "ab" else self.g_ba
         net.eval()
         try:
-            return net(images.to(self.device)).cpu()
+            out = net(images.to(self.device)).cpu()
         finally:
             net.train()
+        return out if mask is None else composite(images.cpu(), out, mask.cpu())
 
     def state_dict(self) -> dict:
         return {
@@ -204,13 +251,27 @@ class CycleGANTrainer:
         random.setstate(state["rng"]["py"])
 
 
-def sample_grid(trainer: CycleGANTrainer, real_a: torch.Tensor, real_b: torch.Tensor) -> np.ndarray:
-    """uint8 picture for the training log: rows of (A, A->B, A->B->A) and (B, B->A, B->A->B)."""
-    fake_b = trainer.translate(real_a, "ab")
-    fake_a = trainer.translate(real_b, "ba")
+def sample_grid(
+    trainer: CycleGANTrainer,
+    real_a: torch.Tensor,
+    real_b: torch.Tensor,
+    mask_a: torch.Tensor | None = None,
+    mask_b: torch.Tensor | None = None,
+) -> np.ndarray:
+    """uint8 picture for the training log: rows of (A, A->B, A->B->A) and (B, B->A, B->A->B). With masks, two more
+    columns: the mask and the change (|translation - input|, x4), which shows whether anything moved outside
+    the mask, i.e. whether the generator learnt a dataset's style rather than the pathology."""
+    if (mask_a is None) != (mask_b is None):  # both rows need the same columns
+        mask_a = torch.ones_like(real_a) if mask_a is None else mask_a
+        mask_b = torch.ones_like(real_b) if mask_b is None else mask_b
+    fake_b = trainer.translate(real_a, "ab", mask_a)
+    fake_a = trainer.translate(real_b, "ba", mask_b)
     rows = [
-        torch.cat([real_a.cpu(), fake_b, trainer.translate(fake_b, "ba")], dim=-1),
-        torch.cat([real_b.cpu(), fake_a, trainer.translate(fake_a, "ab")], dim=-1),
+        [real_a.cpu(), fake_b, trainer.translate(fake_b, "ba", mask_a)],
+        [real_b.cpu(), fake_a, trainer.translate(fake_a, "ab", mask_b)],
     ]
-    grid = torch.cat([torch.cat(list(r), dim=-2) for r in rows], dim=-2)[0]  # channel 0
+    for row, mask in zip(rows, (mask_a, mask_b), strict=True):
+        if mask is not None:
+            row += [mask.cpu() * 2 - 1, ((row[1] - row[0]).abs() * 4 - 1).clamp(-1, 1)]
+    grid = torch.cat([torch.cat(list(torch.cat(r, dim=-1)), dim=-2) for r in rows], dim=-2)[0]  # channel 0
     return ((grid.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).numpy()

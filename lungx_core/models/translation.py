@@ -6,6 +6,8 @@ and opacity removal (opaque -> clear).
   block count are configurable so that it trains on 2 CPU cores (narrow, 128-256 px) or at reference size on a
   GPU (base 64, 9 blocks). MONAI has no such generator; everything around it is MONAI/torch.
 - :func:`build_discriminator`: MONAI's ``PatchDiscriminator`` (the 70x70 PatchGAN with 3 layers) with instance norm.
+- :class:`FrozenEncoder`: the first layers of a trained chest-radiograph classifier, frozen; its feature maps
+  drive the cross-domain alignment loss of opacity removal.
 
 Images are single-channel in [-1, 1].
 """
@@ -25,6 +27,7 @@ class GeneratorConfig:
     n_down: int = 2
     n_blocks: int = 6  # reference: 9 at 256 px
     upsample: str = "transpose"  # or "resize" (nearest + conv: no checkerboard artefacts)
+    residual: bool = False  # output = input + change: starts as the identity (opacity removal changes little)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -81,6 +84,8 @@ class ResnetGenerator(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] % self.divisor or x.shape[-2] % self.divisor:
             raise ValueError(f"input sides {tuple(x.shape[-2:])} must be multiples of {self.divisor}")
+        if self.config.residual:
+            return (x + self.model(x)).clamp(-1.0, 1.0)
         return self.model(x)
 
 
@@ -111,3 +116,26 @@ def init_weights(net: nn.Module, gain: float = 0.02) -> nn.Module:
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
     return net
+
+
+class FrozenEncoder(nn.Module):
+    """The first ``n_layers`` stages of a MONAI ``Classifier``/``Regressor`` (its ``net`` Sequential), frozen and in
+    eval mode. Input in [-1, 1] (the generators' scale), mapped to the classifier's [0, 1]; returns every stage's
+    feature map. Gradients flow to the input, never to the weights."""
+
+    def __init__(self, classifier: nn.Module, n_layers: int = 2):
+        super().__init__()
+        self.stages = nn.ModuleList(list(classifier.net.children())[:n_layers])
+        self.requires_grad_(False)
+        self.eval()
+
+    def train(self, mode: bool = True) -> FrozenEncoder:
+        return super().train(False)  # stays in eval mode (dropout/norm statistics frozen)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        x = (x + 1) / 2
+        out = []
+        for stage in self.stages:
+            x = stage(x)
+            out.append(x)
+        return out

@@ -51,6 +51,16 @@ TASKS: dict[str, TaskInfo] = {
         runner="lungx_core.tasks.synthesis:run_one",
         options=("model", "seed"),
     ),
+    "cxr-opacity-removal": TaskInfo(
+        name="cxr-opacity-removal",
+        title="Chest X-ray: remove lung opacity (changed region as a segment)",
+        modality="CXR",
+        output_kind="volume",
+        model="cxr_opacity_removal",
+        structures=("opacity",),
+        runner="lungx_core.tasks.opacity_removal:run_one",
+        options=("model",),
+    ),
 }
 
 

@@ -75,11 +75,20 @@ class Synthesizer:
             raise InputError(image.source, f"the lung mask is {lung.shape[1]}x{lung.shape[0]} pixels but the "
                              f"image is {image.array.shape[1]}x{image.array.shape[0]}")
         check_lung(image.source, lung)
-        flip_rows, flip_cols, _ = display_flips(image.metadata)
-        display = np.ascontiguousarray(_orient(image.array, flip_rows, flip_cols))
-        lung_display = np.ascontiguousarray(_orient(lung, flip_rows, flip_cols))
+        display, lung_display, undo = display_view(image, lung)
         out, box = self.synthesize_display(display, lung_display, seed)
-        return SynthesisResult(np.ascontiguousarray(_orient(out, flip_rows, flip_cols)), lung.astype(bool), box)
+        return SynthesisResult(undo(out), lung.astype(bool), box)
+
+
+def display_view(image: MedicalImage, lung: np.ndarray):
+    """(image array, lung) in standard PA display orientation, and the function that brings an array back to the
+    image's own orientation (the flips are their own inverse)."""
+    flip_rows, flip_cols, _ = display_flips(image.metadata)
+
+    def orient(array: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(_orient(array, flip_rows, flip_cols))
+
+    return orient(image.array), orient(lung), orient
 
 
 def _seeded_shift(box: Box, shape: tuple[int, int], seed: int) -> tuple[int, int]:
@@ -91,7 +100,7 @@ def check_lung(source: str | Path, lung: np.ndarray) -> None:
     fraction = float(lung.mean()) if lung.size else 0.0
     if fraction < MIN_LUNG_FRACTION:
         what = "empty" if not lung.any() else f"covers only {fraction:.1%} of the image"
-        raise InputError(source, f"the lung mask is {what}; synthesis needs the lung fields of a frontal chest film")
+        raise InputError(source, f"the lung mask is {what}; the lung fields of a frontal chest film are needed")
 
 
 def read_lung_mask(path: Path, image: MedicalImage) -> np.ndarray:

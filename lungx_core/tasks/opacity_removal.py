@@ -1,0 +1,177 @@
+"""Lung-opacity removal: an opaque radiograph in, a clear-looking one out, changed only where the opacity is.
+
+Region-aware unpaired translation with adaptive activation masks (after ARMUT-LOR): the ``cxr_opacity`` model
+maps opacity on the thoracic crop, :func:`lungx_core.opacity.activation_mask` turns that into a per-image soft
+mask, and the generator ``cxr_opacity_removal`` (the opaque -> clear direction of a CycleGAN trained with that
+compositing and a frozen-encoder alignment loss, ``training/train_synthesis.py``) is composited as
+``mask * G(x) + (1 - mask) * x``. The change goes back onto the full-resolution film as a residual, so the
+film's own detail stays, and every pixel outside the mask is the input's, bit for bit.
+
+:class:`OpacityRemover` works on arrays; :func:`remove_opacity_case` is the file-level step of
+``lungx remove-opacity``: read, find the lungs, remove, write everything atomically, one row back.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lungx_core.crops import Box
+from lungx_core.errors import InputError
+from lungx_core.image import MedicalImage
+from lungx_core.io.inputs import Case
+from lungx_core.opacity import ActivationSpec, OpacityModel, activation_mask, composite
+from lungx_core.tasks.common import Progress, run_guarded
+from lungx_core.tasks.synthesis import MIN_LUNG_FRACTION, check_lung, display_view, read_lung_mask
+from lungx_core.thoracic import apply_residual, resize, thoracic_crop
+
+DEFAULT_MODEL = "cxr_opacity_removal"
+TASK = "cxr-opacity-removal"
+RESULT_COLUMNS = ["lung_source", "opacity_score_before", "opacity_score_after", "changed_fraction", "seconds"]
+
+
+@dataclass
+class RemovalResult:
+    array: np.ndarray  # the opacity-removed radiograph: the input's shape, orientation and dtype
+    mask: np.ndarray  # bool, the input's orientation: the only pixels that may differ from the input
+    box: Box  # thoracic crop the models saw, in display orientation
+
+
+class OpacityRemover:
+    """Holds the generator and the opacity model; :meth:`remove` for each radiograph."""
+
+    def __init__(self, model: str | Path = DEFAULT_MODEL, device: str = "auto", opacity_model: str | None = None):
+        from lungx_core.models.store import load_model
+        from lungx_core.thoracic import CropSpec
+
+        self.net, self.config = load_model(model, device)
+        self.device = next(self.net.parameters()).device
+        self.spec = CropSpec.from_dict(self.config["crop"])
+        region_aware = self.config.get("region_aware", {})
+        self.activation = ActivationSpec.from_dict(region_aware.get("activation", {}))
+        self.opacity = OpacityModel(opacity_model or region_aware.get("opacity_model", "cxr_opacity"), device)
+
+    def translate_crops(self, crops: np.ndarray, masks: np.ndarray) -> np.ndarray:
+        """(N, size, size) thoracic crops in [0, 1] and activation masks -> composited clear versions in [0, 1]."""
+        import torch
+
+        x = torch.from_numpy(np.ascontiguousarray(crops, dtype=np.float32))[:, None].to(self.device) * 2 - 1
+        with torch.inference_mode():
+            y = self.net(x)[:, 0].float().cpu().numpy()
+        return composite(crops, np.clip((y + 1) / 2, 0.0, 1.0), masks)
+
+    def remove_display(self, image: np.ndarray, lung: np.ndarray) -> tuple[np.ndarray, np.ndarray, Box]:
+        """A display-oriented radiograph and its lung-field mask -> (result, changeable pixels, crop box)."""
+        crop = thoracic_crop(image, lung, self.spec)
+        probability = self.opacity.probability_of_crops(crop.image[None])[0]
+        mask = activation_mask(probability, crop.lung, self.activation)
+        changeable = np.zeros(image.shape, dtype=bool)
+        if not mask.any():
+            return np.array(image, copy=True), changeable, crop.box
+        out = apply_residual(image, crop, self.translate_crops(crop.image[None], mask[None])[0])
+        box = crop.box
+        # the support of the upsampled mask covers every pixel the upsampled change can touch
+        changeable[box.r0 : box.r1, box.c0 : box.c1] = resize((mask > 0).astype(np.float32), box.shape) > 0
+        return np.where(changeable, out, image), changeable, box
+
+    def remove(self, image: MedicalImage, lung: np.ndarray) -> RemovalResult:
+        """``lung`` (bool, the image's shape and orientation) -> result in the image's orientation."""
+        if lung.shape != image.array.shape:
+            raise InputError(image.source, f"the lung mask is {lung.shape[1]}x{lung.shape[0]} pixels but the "
+                             f"image is {image.array.shape[1]}x{image.array.shape[0]}")
+        check_lung(image.source, lung)
+        display, lung_display, undo = display_view(image, lung)
+        out, changeable, box = self.remove_display(display, lung_display)
+        return RemovalResult(undo(out), undo(changeable), box)
+
+
+def write_outputs(out_dir: Path, case_id: str, image: MedicalImage, result: RemovalResult) -> list[Path]:
+    """``<id>_opacity_removed.<input's family>``, the activation mask ``<id>_opacity_mask.seg.nrrd`` and
+    ``<id>_opacity_removal.png`` (before | mask | after); all or nothing."""
+    from lungx_core.anatomy import OPACITY
+    from lungx_core.io.derived import derived_suffix, write_derived
+    from lungx_core.io.writers import all_or_nothing, write_png, write_seg_nrrd
+
+    with all_or_nothing() as written:
+        written.append(out_dir / f"{case_id}_opacity_removed{derived_suffix(image)}")
+        write_derived(written[-1], image, result.array, "Opacity-removed chest radiograph (lungx)")
+        written.append(out_dir / f"{case_id}_opacity_mask.seg.nrrd")
+        write_seg_nrrd(written[-1], image, {"opacity": result.mask}, [OPACITY])
+        written.append(out_dir / f"{case_id}_opacity_removal.png")
+        write_png(written[-1], before_mask_after(image.array, result.array, result.mask))
+    return written
+
+
+def before_mask_after(before: np.ndarray, after: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """RGB picture: input | input with the activation mask tinted orange | result, all on one grey scale."""
+    from lungx_core.io.writers import to_uint8_display
+
+    grey = to_uint8_display(np.concatenate([before, before, after], axis=1).astype(np.float32))
+    rgb = np.repeat(grey[..., None], 3, axis=2).astype(np.float32)
+    cols = before.shape[1]
+    tinted = rgb[:, cols : 2 * cols]
+    tinted[mask] = 0.55 * tinted[mask] + 0.45 * np.array([242.0, 140.0, 38.0])
+    return rgb.round().astype(np.uint8)
+
+
+def remove_opacity_case(
+    case: Case,
+    remover: OpacityRemover,
+    out_dir: Path,
+    lung_mask: Path | None = None,
+    segmenter: Any = None,
+    scorer: Any = None,
+) -> dict[str, Any]:
+    """Read, find the lungs, remove opacity and write one radiograph; ``scorer`` (a PathologyClassifier) adds
+    the opacity score before and after. Bad input becomes an error row."""
+    from lungx_core.evaluate import predicted_class_mask
+    from lungx_core.io.readers import read_radiograph
+
+    def work() -> dict[str, Any]:
+        t0 = time.perf_counter()
+        image = read_radiograph(case.path)
+        if lung_mask is not None:
+            lung, source = read_lung_mask(lung_mask, image), "given"
+        else:
+            lung, source = predicted_class_mask(segmenter.segment(image).masks, "lung"), "cxr_anatomy"
+            if lung.mean() < MIN_LUNG_FRACTION:
+                raise InputError(case.path, "no lung fields found: not a frontal chest radiograph?")
+        result = remover.remove(image, lung)
+        outputs = write_outputs(out_dir, case.case_id, image, result)
+        row = {
+            "case_id": case.case_id, "input": str(case.path), "task": TASK, "status": "ok", "error": "",
+            "qc_flags": "" if result.mask.any() else "no_opacity_found", "lung_source": source,
+            "changed_fraction": round(float(result.mask.mean()), 4),
+            "outputs": ";".join(p.name for p in outputs),
+        }
+        if scorer is not None:
+            display, lung_display, undo = display_view(image, lung)
+            row["opacity_score_before"] = round(scorer.probability(display, lung_display), 4)
+            row["opacity_score_after"] = round(scorer.probability(undo(result.array), lung_display), 4)
+        row["seconds"] = round(time.perf_counter() - t0, 3)
+        return row
+
+    return run_guarded(case, TASK, work)
+
+
+def run_one(
+    case: Case,
+    out_dir: Path,
+    device: str = "auto",
+    fast: bool = False,
+    progress: Progress | None = None,
+    model: str = DEFAULT_MODEL,
+) -> dict[str, Any]:
+    """One radiograph, as the worker process runs it; lungs from the anatomy model."""
+    from lungx_core.tasks.cxr_segmentation import CXRSegmenter
+
+    report = progress or (lambda fraction, message: None)
+    report(0.0, "loading the models")
+    remover = OpacityRemover(model, device)
+    segmenter = CXRSegmenter(device=device)
+    report(0.3, f"removing opacity on {remover.device}")
+    return remove_opacity_case(case, remover, out_dir, segmenter=segmenter)

@@ -54,7 +54,7 @@ def main(argv=None) -> None:
     ap.add_argument("--out", type=Path, default=WEIGHTS_DIR / "cxr_synthesis")
     ap.add_argument("--direction", choices=("ab", "ba"), default="ab")
     args = ap.parse_args(argv)
-    print(export(args.run, args.out, args.direction))
+    print(export(args.run, args.out.resolve(), args.direction))  # a relative path is not a model name
 
 
 if __name__ == "__main__":

@@ -51,7 +51,7 @@ def test_adaptive_threshold_on_toy_maps():
     t = adaptive_threshold(prob, lung, spec)
     assert spec.floor <= t <= spec.ceiling
     mask = activation_mask(prob, lung, spec)
-    assert mask[blob].min() >= 0.5 and mask.dtype == np.float32 and 0 <= mask.min() and mask.max() <= 1
+    assert mask[blob].min() >= 0.5 and mask.dtype == np.float32 and mask.min() >= 0 and mask.max() <= 1
     assert mask[_disc((128, 128), (64, 88), 20)].max() == 0  # the other lung stays untouched
     assert 0 < mask[~blob].max() < 1  # grown and softened edge
     # a film opaque throughout: Otsu would split dense from denser; the ceiling keeps all of the opacity

@@ -260,17 +260,20 @@ class Modality(str, Enum):
     ct = "ct"
 
 
+LungMaskOption = Annotated[
+    Path | None,
+    typer.Option(
+        help="Lung-field mask on the input's grid (PNG, NRRD/NIfTI label map or .seg.nrrd); for several "
+        "inputs a folder of <id>.<ext> masks. Default: lungs from the cxr_anatomy model."
+    ),
+]
+
+
 @app.command()
 def synthesize(
     inputs: Annotated[list[Path], typer.Argument(help="Healthy frontal chest radiographs or folders of them.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Output folder.")] = Path("lungx_synth"),
-    lung_mask: Annotated[
-        Path | None,
-        typer.Option(
-            help="Lung-field mask on the input's grid (PNG, NRRD/NIfTI label map or .seg.nrrd); for several "
-            "inputs a folder of <id>.<ext> masks. Default: lungs from the cxr_anatomy model."
-        ),
-    ] = None,
+    lung_mask: LungMaskOption = None,
     modality: Annotated[Modality, typer.Option(help="Input modality (a CT generator is not shipped yet).")] = (
         Modality.cxr
     ),
@@ -391,13 +394,7 @@ def evaluate_synthesis_cmd(
 def remove_opacity(
     inputs: Annotated[list[Path], typer.Argument(help="Frontal chest radiographs or folders of them.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Output folder.")] = Path("lungx_opacity"),
-    lung_mask: Annotated[
-        Path | None,
-        typer.Option(
-            help="Lung-field mask on the input's grid (PNG, NRRD/NIfTI label map or .seg.nrrd); for several "
-            "inputs a folder of <id>.<ext> masks. Default: lungs from the cxr_anatomy model."
-        ),
-    ] = None,
+    lung_mask: LungMaskOption = None,
     model: Annotated[
         str, typer.Option(help="Shipped generator name or a .safetensors path.")
     ] = "cxr_opacity_removal",

@@ -26,7 +26,7 @@ from lungx_core.image import MedicalImage
 from lungx_core.io.inputs import Case
 from lungx_core.opacity import ActivationSpec, OpacityModel, activation_mask, composite
 from lungx_core.tasks.common import Progress, run_guarded
-from lungx_core.tasks.synthesis import MIN_LUNG_FRACTION, check_lung, display_view, read_lung_mask
+from lungx_core.tasks.synthesis import check_lung, display_view, find_lungs
 from lungx_core.thoracic import apply_residual, resize, thoracic_crop
 
 DEFAULT_MODEL = "cxr_opacity_removal"
@@ -128,18 +128,12 @@ def remove_opacity_case(
 ) -> dict[str, Any]:
     """Read, find the lungs, remove opacity and write one radiograph; ``scorer`` (a PathologyClassifier) adds
     the opacity score before and after. Bad input becomes an error row."""
-    from lungx_core.evaluate import predicted_class_mask
     from lungx_core.io.readers import read_radiograph
 
     def work() -> dict[str, Any]:
         t0 = time.perf_counter()
         image = read_radiograph(case.path)
-        if lung_mask is not None:
-            lung, source = read_lung_mask(lung_mask, image), "given"
-        else:
-            lung, source = predicted_class_mask(segmenter.segment(image).masks, "lung"), "cxr_anatomy"
-            if lung.mean() < MIN_LUNG_FRACTION:
-                raise InputError(case.path, "no lung fields found: not a frontal chest radiograph?")
+        lung, source = find_lungs(case.path, image, lung_mask, segmenter)
         result = remover.remove(image, lung)
         outputs = write_outputs(out_dir, case.case_id, image, result)
         row = {

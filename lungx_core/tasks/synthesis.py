@@ -145,6 +145,18 @@ def _segmentation_lungs(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return mask[..., 0].T if mask.ndim == 3 else mask.T, ijk_to_lps
 
 
+def find_lungs(path: Path, image: MedicalImage, lung_mask: Path | None, segmenter: Any) -> tuple[np.ndarray, str]:
+    """(lung-field mask, where it came from): the given mask file, else the anatomy model's lungs."""
+    from lungx_core.evaluate import predicted_class_mask
+
+    if lung_mask is not None:
+        return read_lung_mask(lung_mask, image), "given"
+    lung = predicted_class_mask(segmenter.segment(image).masks, "lung")
+    if lung.mean() < MIN_LUNG_FRACTION:
+        raise InputError(path, "no lung fields found: not a frontal chest radiograph?")
+    return lung, "cxr_anatomy"
+
+
 def write_outputs(out_dir: Path, case_id: str, image: MedicalImage, result: SynthesisResult) -> list[Path]:
     """``<id>_synthetic.<input's family>``, its lung mask ``<id>_synthetic.seg.nrrd`` and ``<id>_synthesis.png``
     (input | synthetic, lung outline on both); all or nothing."""
@@ -184,18 +196,12 @@ def synthesize_case(
     seed: int | None = None,
 ) -> dict[str, Any]:
     """Read, find the lungs, synthesise and write one radiograph. Bad input becomes an error row."""
-    from lungx_core.evaluate import predicted_class_mask
     from lungx_core.io.readers import read_radiograph
 
     def work() -> dict[str, Any]:
         t0 = time.perf_counter()
         image = read_radiograph(case.path)
-        if lung_mask is not None:
-            lung, source = read_lung_mask(lung_mask, image), "given"
-        else:
-            lung, source = predicted_class_mask(segmenter.segment(image).masks, "lung"), "cxr_anatomy"
-            if lung.mean() < MIN_LUNG_FRACTION:
-                raise InputError(case.path, "no lung fields found: not a frontal chest radiograph?")
+        lung, source = find_lungs(case.path, image, lung_mask, segmenter)
         result = synthesizer.synthesize(image, lung, seed)
         outputs = write_outputs(out_dir, case.case_id, image, result)
         return {

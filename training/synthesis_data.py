@@ -141,6 +141,15 @@ def build_domain_cache(data_root: Path, out: Path, spec: CropSpec, load_size: in
     return out
 
 
+def domain_data(data_root: Path, cache: Path | None, run: Path, crop: dict, load_size: int) -> dict[str, np.ndarray]:
+    """The cached domains that every translation-side training script reads: ``cache`` (default
+    ``<run>/domains.npz``), built first when missing."""
+    path = cache or run / "domains.npz"
+    if not path.exists():
+        build_domain_cache(data_root, path, CropSpec.from_dict(crop), load_size)
+    return load_domain_cache(path)
+
+
 def load_domain_cache(path: Path) -> dict[str, np.ndarray]:
     z = np.load(path)
     return {k: z[k] for k in z.files}

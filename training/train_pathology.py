@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from lungx_core.models.networks import build_network  # noqa: E402
 from lungx_core.models.store import save_model  # noqa: E402
 from training.common import append_log, seed_everything  # noqa: E402
-from training.synthesis_data import build_domain_cache, load_domain_cache  # noqa: E402
+from training.synthesis_data import domain_data  # noqa: E402
 from training.train_synthesis import random_crops  # noqa: E402
 
 MODEL_NAME = "cxr_pathology"
@@ -86,12 +86,7 @@ def main(argv=None) -> None:
     cfg = json.loads(args.config.read_text())
     seed_everything(cfg["seed"])
     args.run.mkdir(parents=True, exist_ok=True)
-    cache = args.cache or args.run / "domains.npz"
-    if not cache.exists():
-        from lungx_core.thoracic import CropSpec
-
-        build_domain_cache(args.data, cache, CropSpec.from_dict(cfg["crop"]), cfg["load_size"])
-    data = load_domain_cache(cache)
+    data = domain_data(args.data, args.cache, args.run, cfg["crop"], cfg["load_size"])
     labels = (data["domain"] == "pathological").astype(np.float32)
     train = np.nonzero(data["split"] == "train")[0]
     val = np.nonzero(data["split"] == "val")[0]

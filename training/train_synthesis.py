@@ -31,9 +31,8 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lungx_core.thoracic import CropSpec  # noqa: E402
 from training.common import append_log  # noqa: E402
-from training.synthesis_data import build_domain_cache, load_domain_cache  # noqa: E402
+from training.synthesis_data import domain_data  # noqa: E402
 from training.translation import CycleGANTrainer, TranslationConfig, sample_grid  # noqa: E402
 
 
@@ -97,15 +96,11 @@ def main(argv=None) -> None:
         torch.set_num_threads(args.threads)
 
     raw = json.loads(args.config.read_text())
-    spec = CropSpec.from_dict(raw.get("crop", {}))
     load_size, steps_per_epoch, batch = raw["load_size"], raw["steps_per_epoch"], raw.get("batch_size", 1)
     config = TranslationConfig.from_dict(raw["translation"])
     args.run.mkdir(parents=True, exist_ok=True)
     (args.run / "config.json").write_text(json.dumps(raw, indent=2))
-    cache = args.cache or args.run / "domains.npz"
-    if not cache.exists():
-        build_domain_cache(args.data, cache, spec, load_size)
-    data = load_domain_cache(cache)
+    data = domain_data(args.data, args.cache, args.run, raw.get("crop", {}), load_size)
     train = data["split"] == "train"
     idx_a = np.nonzero(train & (data["domain"] == "healthy"))[0]
     idx_b = np.nonzero(train & (data["domain"] == "pathological"))[0]

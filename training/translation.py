@@ -103,6 +103,12 @@ def linear_decay(epochs: int, decay_epochs: int):
     return factor
 
 
+def _through(net: torch.nn.Module, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """The generator's output, composited into ``x`` by ``mask`` when one is given (region-aware translation)."""
+    y = net(x)
+    return y if mask is None else composite(x, y, mask)
+
+
 class CycleGANTrainer:
     def __init__(
         self, config: TranslationConfig, device: str | torch.device = "cpu", encoder: torch.nn.Module | None = None
@@ -154,10 +160,10 @@ class CycleGANTrainer:
         mask_b = None if mask_b is None else mask_b.to(self.device)
 
         def ab(x, mask):
-            return self.g_ab(x) if mask is None else composite(x, self.g_ab(x), mask)
+            return _through(self.g_ab, x, mask)
 
         def ba(x, mask):
-            return self.g_ba(x) if mask is None else composite(x, self.g_ba(x), mask)
+            return _through(self.g_ba, x, mask)
 
         for d in (self.d_a, self.d_b):
             d.requires_grad_(False)
@@ -222,10 +228,9 @@ class CycleGANTrainer:
         net = self.g_ab if direction == "ab" else self.g_ba
         net.eval()
         try:
-            out = net(images.to(self.device)).cpu()
+            return _through(net, images.to(self.device), None if mask is None else mask.to(self.device)).cpu()
         finally:
             net.train()
-        return out if mask is None else composite(images.cpu(), out, mask.cpu())
 
     def state_dict(self) -> dict:
         return {

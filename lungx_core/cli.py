@@ -303,17 +303,19 @@ def synthesize(
     )
 
 
-def _run_image_task(inputs, output, lung_mask, device, quiet, description, verb, run_case, columns) -> None:
-    """The loop shared by the radiograph-to-radiograph commands: collect inputs, match lung masks (one file, or
-    a folder of <id>.<ext>), find lungs with cxr_anatomy otherwise, run each case with a progress bar, write
-    results.csv, and exit 1 when any input failed."""
+def _run_image_task(
+    inputs, output, lung_mask, device, quiet, description, verb, run_case, columns, mask_option="--lung-mask"
+) -> None:
+    """The loop shared by the radiograph-to-radiograph commands: collect inputs, match the given masks (one
+    file, or a folder of <id>.<ext>; ``mask_option`` names the option), find lungs with cxr_anatomy otherwise,
+    run each case with a progress bar, write results.csv, and exit 1 when any input failed."""
     from rich.progress import Progress
 
     from lungx_core.io.inputs import collect_cases
 
     cases = collect_cases(inputs)
     if lung_mask is not None and not lung_mask.is_dir() and len(cases) > 1:
-        raise typer.BadParameter("one mask file fits one input; give a folder of <id> masks", param_hint="--lung-mask")
+        raise typer.BadParameter("one mask file fits one input; give a folder of <id> masks", param_hint=mask_option)
     output.mkdir(parents=True, exist_ok=True)
     segmenter = None
     if lung_mask is None:
@@ -428,6 +430,100 @@ def remove_opacity(
         ),
         COMMON_COLUMNS + opacity_removal.RESULT_COLUMNS + TRAILING_COLUMNS[1:],
     )
+
+
+class SuppressionMode(str, Enum):
+    subtract = "subtract"
+    inpaint = "inpaint"
+
+
+class Scheduler(str, Enum):
+    ddim = "ddim"
+    dpm = "dpm"
+    repaint = "repaint"
+
+
+@app.command("suppress-ribs")
+def suppress_ribs(
+    inputs: Annotated[list[Path], typer.Argument(help="Frontal chest radiographs or folders of them.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Output folder.")] = Path("lungx_ribs"),
+    rib_mask: Annotated[
+        Path | None,
+        typer.Option(help="Rib mask on the input's grid (PNG, NRRD/NIfTI label map or .seg.nrrd, segments named "
+                     "like 'rib'); for several inputs a folder of <id>.<ext> masks. Default: the cxr_ribs model "
+                     "inside the lung fields."),
+    ] = None,
+    steps: Annotated[int, typer.Option(min=1, max=1000, help="Denoising steps (10-50 is the useful range).")] = 25,
+    seed: Annotated[int, typer.Option(help="Seed of the sampling noise: same seed, same pixels.")] = 0,
+    mode: Annotated[
+        SuppressionMode,
+        typer.Option(help="subtract: remove only the smooth bone signal (vessels under a rib stay); inpaint: "
+                     "replace the rib pixels by the regenerated ones."),
+    ] = SuppressionMode.subtract,
+    scheduler: Annotated[Scheduler, typer.Option(help="Sampler: DDIM, DPM-Solver++ or RePaint.")] = Scheduler.ddim,
+    model: Annotated[str, typer.Option(help="Inpainting model name or a .safetensors path.")] = "cxr_inpainting",
+    device: Annotated[Device, typer.Option(help="Where the models run.")] = Device.auto,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+):
+    """Suppress the posterior ribs of chest radiographs by diffusion inpainting, changing nothing else.
+
+    Writes <id>_ribs_suppressed.<png|nrrd|nii.gz|dcm> (the input's grid and format family; DICOM as a derived
+    image in a new series), <id>_ribs.seg.nrrd (the rib mask; beyond its feathered border every pixel is the
+    input's), <id>_rib_suppression.png (before | ribs | after) and results.csv. A bad input is reported and
+    skipped; the exit code is 1 when any input failed.
+    """
+    from lungx_core.tasks import rib_suppression
+    from lungx_core.tasks.common import COMMON_COLUMNS, TRAILING_COLUMNS
+
+    suppressor = rib_suppression.RibSuppressor(model, device=device.value)
+    settings = rib_suppression.SuppressionSettings(mode.value, steps, seed, scheduler.value)
+    _run_image_task(
+        inputs, output, rib_mask, device, quiet, f"suppressing ribs on {suppressor.device}", "suppressed",
+        lambda case, mask, segmenter: rib_suppression.suppress_ribs_case(
+            case, suppressor, output, settings, mask, segmenter
+        ),
+        COMMON_COLUMNS + rib_suppression.RESULT_COLUMNS + TRAILING_COLUMNS[1:],
+        mask_option="--rib-mask",
+    )
+
+
+@evaluate_app.command("bone-suppression")
+def evaluate_bone_suppression_cmd(
+    directory: Annotated[Path, typer.Argument(help="Folder with images/<id> and soft_tissue/<id> pairs.")],
+    steps: Annotated[int, typer.Option(min=1, max=1000, help="Denoising steps.")] = 25,
+    seed: Annotated[int, typer.Option(help="Seed of the sampling noise.")] = 0,
+    mode: Annotated[SuppressionMode, typer.Option(help="Blending mode.")] = SuppressionMode.subtract,
+    scheduler: Annotated[Scheduler, typer.Option(help="Sampler.")] = Scheduler.ddim,
+    model: Annotated[str, typer.Option(help="Inpainting model name or a .safetensors path.")] = "cxr_inpainting",
+    device: Annotated[Device, typer.Option(help="Where the models run.")] = Device.auto,
+    per_case: Annotated[Path | None, typer.Option(help="Also write per-case scores to this CSV.")] = None,
+):
+    """{"n", "psnr_input", "psnr_output", "ssim_input", "ssim_output", "bsr", "seconds_per_image"} as one JSON
+    object: the films against their soft-tissue images in the lung field, after a linear intensity match."""
+    from lungx_core.evaluate import evaluate_bone_suppression, predicted_class_mask
+    from lungx_core.image import MedicalImage
+    from lungx_core.io.readers import read_radiograph
+    from lungx_core.tasks.cxr_segmentation import CXRSegmenter
+    from lungx_core.tasks.rib_suppression import RibSuppressor, SuppressionSettings
+
+    suppressor = RibSuppressor(model, device=device.value)
+    settings = SuppressionSettings(mode.value, steps, seed, scheduler.value)
+    anatomy = CXRSegmenter(device=device.value)
+
+    def suppress(path: Path, lung):
+        image = read_radiograph(path)
+        return suppressor.suppress(image, suppressor.rib_mask(image, lung), settings).array
+
+    rows: list[dict] = []
+    summary = evaluate_bone_suppression(
+        directory,
+        suppress,
+        lambda array: predicted_class_mask(anatomy.segment(MedicalImage(array)).masks, "lung"),
+        on_case=lambda cid, d: rows.append({"case_id": cid, **{k: round(v, 5) for k, v in d.items()}}),
+    )
+    if per_case:
+        _write_per_case(per_case, rows)
+    sys.stdout.write(json.dumps(summary) + "\n")
 
 
 @evaluate_app.command("opacity-removal")

@@ -12,6 +12,8 @@ present on a frontal chest film, and some datasets write empty files for structu
 Opacity removal: the GB layout, ``images/<id>.png`` with ``masks/lung`` and ``masks/opacity`` (an empty
 opacity mask is a valid "no opacity" reference there).
 
+Bone suppression: ``images/<id>.<ext>`` with ``soft_tissue/<id>.<ext>`` (bs_gusarev_des_samples).
+
 CT: ``<case>/ct.nii.gz`` with ``<case>/mask_lung_lr.nii.gz`` (1 right, 2 left), one folder per case (or the
 folder itself is one case).
 """
@@ -273,3 +275,84 @@ def evaluate_opacity_removal(
             on_case(case.case_id, per_case)
     precision = {"lung_dice_before": 4, "lung_dice_after": 4}
     return {"n": len(cases), **{k: round(float(np.mean(v)), precision.get(k, 5)) for k, v in scores.items()}}
+
+
+def linear_match(image: np.ndarray, reference: np.ndarray, region: np.ndarray) -> np.ndarray:
+    """``a * image + b`` (float64) with (a, b) the least-squares fit to ``reference`` over ``region``: scores
+    then ignore a film's overall brightness and contrast, which dual-energy processing sets arbitrarily."""
+    x = image[region].astype(np.float64)
+    design = np.stack([x, np.ones_like(x)], axis=1)
+    (a, b), *_ = np.linalg.lstsq(design, reference[region].astype(np.float64), rcond=None)
+    return a * image.astype(np.float64) + b
+
+
+def bone_suppression_scores(
+    original: np.ndarray, result: np.ndarray, soft_tissue: np.ndarray, lung: np.ndarray
+) -> dict[str, float]:
+    """PSNR, SSIM and bone suppression ratio of ``original`` and ``result`` against the soft-tissue image, in
+    the lung field, after each is linearly matched to it there (float throughout).
+
+    PSNR's peak is the soft-tissue image's full range; SSIM is scikit-image's Gaussian-window map averaged over
+    the lung field; BSR = 1 - sum((S - result)^2) / sum((S - original)^2) over the lung field (1: all bone
+    signal removed, 0: none, negative: worse than the input).
+    """
+    from skimage.metrics import structural_similarity
+
+    soft = soft_tissue.astype(np.float64)
+    peak = float(soft.max() - soft.min()) or 1.0
+    out: dict[str, float] = {}
+    errors = {}
+    for name, image in (("input", original), ("output", result)):
+        matched = linear_match(image, soft, lung)
+        errors[name] = float(np.sum((matched[lung] - soft[lung]) ** 2))
+        mse = errors[name] / max(int(lung.sum()), 1)
+        out[f"psnr_{name}"] = float("inf") if mse == 0 else float(10 * np.log10(peak**2 / mse))
+        _, ssim_map = structural_similarity(soft, matched, data_range=peak, gaussian_weights=True, sigma=1.5,
+                                            use_sample_covariance=False, full=True)
+        out[f"ssim_{name}"] = float(ssim_map[lung].mean())
+    out["bsr"] = 1.0 - errors["output"] / errors["input"] if errors["input"] > 0 else 0.0
+    return out
+
+
+def evaluate_bone_suppression(
+    root: Path,
+    suppress: Callable[[Path, np.ndarray], np.ndarray],
+    segment_lungs: Callable[[np.ndarray], np.ndarray],
+    on_case: Callable[[str, dict[str, float]], None] | None = None,
+) -> dict:
+    """Scores of bone suppression on ``images/<id>.<ext>`` / ``soft_tissue/<id>.<ext>`` pairs (the
+    bs_gusarev_des_samples layout): means of :func:`bone_suppression_scores` and the seconds ``suppress(path,
+    lung)`` took per film. The lung field is ``segment_lungs`` on the input film."""
+    import time
+
+    from lungx_core.io.readers import read_radiograph
+
+    root = Path(root)
+    pairs = []
+    for image in sorted((root / "images").glob("*")):
+        targets = sorted((root / "soft_tissue").glob(f"{image.stem}.*"))
+        if targets:
+            pairs.append((image, targets[0]))
+    if not pairs:
+        raise FileNotFoundError(f"{root}: no images/<id> with a soft_tissue/<id> pair")
+    scores: dict[str, list[float]] = {}
+    for image_path, soft_path in pairs:
+        original = read_radiograph(image_path).array
+        soft = read_radiograph(soft_path).array
+        if soft.shape != original.shape:
+            raise ValueError(f"{soft_path}: {soft.shape[1]}x{soft.shape[0]} pixels, but the image is "
+                             f"{original.shape[1]}x{original.shape[0]}")
+        lung = segment_lungs(original)
+        if not lung.any():
+            raise ValueError(f"{image_path}: no lung field found")
+        t0 = time.perf_counter()
+        result = suppress(image_path, lung)
+        per_case = {**bone_suppression_scores(original, result, soft, lung), "seconds": time.perf_counter() - t0}
+        for k, v in per_case.items():
+            scores.setdefault(k, []).append(v)
+        if on_case:
+            on_case(image_path.stem, per_case)
+    mean = {k: float(np.mean(v)) for k, v in scores.items()}
+    keys = ("psnr_input", "psnr_output", "ssim_input", "ssim_output", "bsr")
+    return {"n": len(pairs), **{k: round(mean[k], 4) for k in keys},
+            "seconds_per_image": round(mean["seconds"], 3)}

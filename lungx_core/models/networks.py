@@ -11,7 +11,8 @@ from typing import Any
 import torch
 
 ARCHITECTURES = (
-    "unet", "attention_unet", "resnet_unet", "unetplusplus", "effnet_b4_unet", "classifier", "resnet_generator"
+    "unet", "attention_unet", "resnet_unet", "unetplusplus", "effnet_b4_unet", "classifier", "resnet_generator",
+    "diffusion_unet",
 )
 
 
@@ -26,9 +27,15 @@ def build_network(arch: str, in_channels: int, out_channels: int, **options: Any
       are downloaded: everything we ship is trained by us).
     - ``classifier``: MONAI Classifier (strided residual convolutions, one logit per class) on square
       ``size``-pixel inputs.
+    - ``diffusion_unet``: a diffusers ``UNet2DModel`` (timestep-conditioned; the inpainting denoiser of
+      ``lungx_core/inpainting.py``), ``options`` are its keyword arguments.
     - ``resnet_generator``: the CycleGAN generator (``models/translation.py``); ``out_channels`` must equal
       ``in_channels``.
     """
+    if arch == "diffusion_unet":
+        from diffusers import UNet2DModel
+
+        return UNet2DModel(in_channels=in_channels, out_channels=out_channels, **options)
     from monai.networks import nets
 
     channels = tuple(options.get("channels", (16, 32, 64, 128, 256)))

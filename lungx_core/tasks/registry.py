@@ -61,6 +61,16 @@ TASKS: dict[str, TaskInfo] = {
         runner="lungx_core.tasks.opacity_removal:run_one",
         options=("model",),
     ),
+    "cxr-rib-suppression": TaskInfo(
+        name="cxr-rib-suppression",
+        title="Chest X-ray: suppress posterior ribs (diffusion inpainting; rib mask as a segment)",
+        modality="CXR",
+        output_kind="volume",
+        model="cxr_inpainting",
+        structures=("ribs",),
+        runner="lungx_core.tasks.rib_suppression:run_one",
+        options=("model",),
+    ),
 }
 
 

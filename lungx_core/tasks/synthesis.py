@@ -103,31 +103,32 @@ def check_lung(source: str | Path, lung: np.ndarray) -> None:
         raise InputError(source, f"the lung mask is {what}; the lung fields of a frontal chest film are needed")
 
 
-def read_lung_mask(path: Path, image: MedicalImage) -> np.ndarray:
-    """A lung-field mask for ``image`` from a file: PNG/JPEG (nonzero = lung), a label map (NRRD/NIfTI, nonzero =
-    lung), or a Slicer ``.seg.nrrd`` (the segments named like ``lung``, else all). Its grid must be the image's."""
+def read_lung_mask(path: Path, image: MedicalImage, what: str = "lung") -> np.ndarray:
+    """A ``what`` mask (lung field by default; also ``rib``) for ``image`` from a file: PNG/JPEG (nonzero =
+    inside), a label map (NRRD/NIfTI, nonzero = inside), or a Slicer ``.seg.nrrd`` (the segments whose name
+    contains ``what``, else all). Its grid must be the image's."""
     from lungx_core.io.readers import read_bitmap, read_itk_radiograph, suffix_of
 
     if not path.exists():
-        raise InputError(path, "lung mask file not found")
+        raise InputError(path, f"{what} mask file not found")
     name = path.name.lower()
     if name.endswith(".seg.nrrd"):
-        mask, geometry = _segmentation_lungs(path)
+        mask, geometry = _segmentation_mask(path, what)
     elif suffix_of(path) in {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"}:
         mask, geometry = read_bitmap(path).array > 0, None
     else:
         m = read_itk_radiograph(path)
         mask, geometry = m.array > 0, m.ijk_to_lps()
     if mask.shape != image.array.shape:
-        raise InputError(path, f"lung mask is {mask.shape[1]}x{mask.shape[0]} pixels but the image "
+        raise InputError(path, f"{what} mask is {mask.shape[1]}x{mask.shape[0]} pixels but the image "
                          f"{Path(image.source).name} is {image.array.shape[1]}x{image.array.shape[0]}")
     if geometry is not None and image.spacing_known and not np.allclose(geometry, image.ijk_to_lps(), atol=1e-3):
-        raise InputError(path, f"lung mask geometry (origin, spacing or direction) differs from the image "
+        raise InputError(path, f"{what} mask geometry (origin, spacing or direction) differs from the image "
                          f"{Path(image.source).name}")
     return mask
 
 
-def _segmentation_lungs(path: Path) -> tuple[np.ndarray, np.ndarray]:
+def _segmentation_mask(path: Path, what: str) -> tuple[np.ndarray, np.ndarray]:
     import slicerio
 
     try:
@@ -137,7 +138,7 @@ def _segmentation_lungs(path: Path) -> tuple[np.ndarray, np.ndarray]:
     voxels = np.asarray(seg["voxels"])
     layers = voxels if voxels.ndim == 4 else voxels[None]  # 4-D: several layers
     segments = seg["segments"]
-    lungs = [s for s in segments if "lung" in str(s.get("name", "")).lower()] or segments
+    lungs = [s for s in segments if what in str(s.get("name", "")).lower()] or segments
     mask = np.zeros(layers.shape[1:], dtype=bool)
     for s in lungs:
         mask |= layers[s.get("layer", 0)] == s["labelValue"]

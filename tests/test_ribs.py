@@ -295,3 +295,33 @@ def test_evaluate_bone_suppression_cli_prints_one_json_object(tmp_path, tiny_inp
     assert result["n"] == 1 and all(np.isfinite(v) for v in result.values())
     assert 10 < result["psnr_input"] < 60 and 0 < result["ssim_input"] <= 1
     assert "sample" in (tmp_path / "per_case.csv").read_text()
+
+
+# ---- shipped models ---------------------------------------------------------------------------------------------
+
+
+def test_shipped_rib_model_finds_the_ribs_of_a_ct_phantom_radiograph():
+    from lungx_core.drr import bone_by_hu, project_ap, render_bone_pair
+    from lungx_core.ribs import RibMasker
+
+    ct, ribs = chest_ct_phantom()
+    pair = render_bone_pair(ct, bone_by_hu(ct))
+    target = project_ap(ct, ribs.astype(np.float32)).array >= 2
+    film = pair.soft_tissue.array + 2.5 * (pair.with_bone.array - pair.soft_tissue.array)  # film-like bone contrast
+    probability = RibMasker(device="cpu").probability(film)
+    predicted = probability >= 0.5
+    dice = 2 * (predicted & target).sum() / (predicted.sum() + target.sum())
+    assert dice > 0.45  # 0.556 measured: the phantom's ribs are cruder than a real CT's
+    assert probability[target].mean() > probability[~target].mean() + 0.25
+
+
+def test_shipped_rib_suppression_models_load_and_are_small():
+    from lungx_core.models.store import WEIGHTS_DIR, read_model_config
+    from lungx_core.tasks.rib_suppression import RibSuppressor
+
+    for name in ("cxr_ribs", "cxr_inpainting"):
+        assert (WEIGHTS_DIR / f"{name}.safetensors").stat().st_size < 4_000_000
+        assert (WEIGHTS_DIR / f"{name}.md").exists()
+        assert "metrics" in read_model_config(name)
+    suppressor = RibSuppressor(device="cpu")
+    assert suppressor.inpainter.spec.prediction_type == "sample" and suppressor.inpainter.spec.size == 256

@@ -134,21 +134,31 @@ def build_rib_cache(data_root: Path, out: Path, size: int = 256, variants: int =
     return out
 
 
-def write_validation_pairs(data_root: Path, out: Path, variants: int = 6, seed: int = 100) -> Path:
-    """The held-out CT's pairs as a ``lungx evaluate bone-suppression`` folder: ``images/<id>.png`` (with bone)
-    and ``soft_tissue/<id>.png`` (bone replaced), 16-bit, one intensity scale per pair, 1 mm pixels."""
+PAIR_CTS = ("ricord1a_419639-001012", "lidc-idri-0001")  # the two full-height thin-slice chests
+
+
+def write_validation_pairs(
+    data_root: Path, out: Path, cases: tuple[str, ...] = PAIR_CTS, variants: int = 3, seed: int = 100
+) -> Path:
+    """CT-derived pairs as a ``lungx evaluate bone-suppression`` folder: ``images/<id>.png`` (with bone) and
+    ``soft_tissue/<id>.png`` (bone replaced), 16-bit, one intensity scale per pair, 1 mm pixels. The held-out
+    CT of mask training covers only 98 mm of chest (a 4:1 strip, not a film), so the pairs come from the two
+    full-height CTs: the rib-mask model has seen their projections, the inpainting model never saw a CT."""
     from PIL import Image
 
     for sub in ("images", "soft_tissue"):
         (out / sub).mkdir(parents=True, exist_ok=True)
     rows = []
-    for v, (with_bone, soft_tissue, _) in enumerate(project_case(data_root, VALIDATION_CT, variants, 8.0, seed)):
+    projections = [
+        (name, v, p) for name in cases for v, p in enumerate(project_case(data_root, name, variants, 8.0, seed))
+    ]
+    for name, v, (with_bone, soft_tissue, _) in projections:
         low, high = np.percentile(with_bone, [0.5, 99.5])
-        case_id = f"{VALIDATION_CT}_v{v}"
+        case_id = f"{name}_v{v}"
         for sub, arr in (("images", with_bone), ("soft_tissue", soft_tissue)):
             scaled = np.clip((arr - low) / (high - low), 0, 1) * 65535
             Image.fromarray(scaled.round().astype(np.uint16)).save(out / sub / f"{case_id}.png")
-        rows.append({"id": case_id, "source_ct": CT_CASES[VALIDATION_CT], "rotation_variant": v})
+        rows.append({"id": case_id, "source_ct": CT_CASES[name], "rotation_variant": v})
     with open(out / "index.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()

@@ -502,7 +502,6 @@ def evaluate_bone_suppression_cmd(
     object: the films against their soft-tissue images in the lung field, after a linear intensity match."""
     from lungx_core.evaluate import evaluate_bone_suppression, predicted_class_mask
     from lungx_core.image import MedicalImage
-    from lungx_core.io.readers import read_radiograph
     from lungx_core.tasks.cxr_segmentation import CXRSegmenter
     from lungx_core.tasks.rib_suppression import RibSuppressor, SuppressionSettings
 
@@ -510,8 +509,7 @@ def evaluate_bone_suppression_cmd(
     settings = SuppressionSettings(mode.value, steps, seed, scheduler.value)
     anatomy = CXRSegmenter(device=device.value)
 
-    def suppress(path: Path, lung):
-        image = read_radiograph(path)
+    def suppress(image: MedicalImage, lung):
         return suppressor.suppress(image, suppressor.rib_mask(image, lung), settings).array
 
     rows: list[dict] = []

@@ -23,10 +23,14 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from lungx_core.metrics import dice, hd95, iou
+
+if TYPE_CHECKING:
+    from lungx_core.image import MedicalImage
 
 EVAL_CLASSES = ("lung", "lung_left", "lung_right", "heart", "clavicles")
 
@@ -316,7 +320,7 @@ def bone_suppression_scores(
 
 def evaluate_bone_suppression(
     root: Path,
-    suppress: Callable[[Path, np.ndarray], np.ndarray],
+    suppress: Callable[[MedicalImage, np.ndarray], np.ndarray],
     segment_lungs: Callable[[np.ndarray], np.ndarray],
     on_case: Callable[[str, dict[str, float]], None] | None = None,
 ) -> dict:
@@ -329,15 +333,16 @@ def evaluate_bone_suppression(
 
     root = Path(root)
     pairs = []
-    for image in sorted((root / "images").glob("*")):
-        targets = sorted((root / "soft_tissue").glob(f"{image.stem}.*"))
+    for path in sorted((root / "images").glob("*")):
+        targets = sorted((root / "soft_tissue").glob(f"{path.stem}.*"))
         if targets:
-            pairs.append((image, targets[0]))
+            pairs.append((path, targets[0]))
     if not pairs:
         raise FileNotFoundError(f"{root}: no images/<id> with a soft_tissue/<id> pair")
     scores: dict[str, list[float]] = {}
     for image_path, soft_path in pairs:
-        original = read_radiograph(image_path).array
+        image = read_radiograph(image_path)
+        original = image.array
         soft = read_radiograph(soft_path).array
         if soft.shape != original.shape:
             raise ValueError(f"{soft_path}: {soft.shape[1]}x{soft.shape[0]} pixels, but the image is "
@@ -346,7 +351,7 @@ def evaluate_bone_suppression(
         if not lung.any():
             raise ValueError(f"{image_path}: no lung field found")
         t0 = time.perf_counter()
-        result = suppress(image_path, lung)
+        result = suppress(image, lung)
         per_case = {**bone_suppression_scores(original, result, soft, lung), "seconds": time.perf_counter() - t0}
         for k, v in per_case.items():
             scores.setdefault(k, []).append(v)

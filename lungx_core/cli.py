@@ -194,15 +194,15 @@ def evaluate_cxr_cmd(
     from lungx_core.io.readers import read_radiograph
     from lungx_core.tasks.cxr_segmentation import CXRSegmenter
 
-    id_list = None if ids is None else [x.strip() for x in ids.read_text().split() if x.strip()]
+    id_list = _id_list(ids)
     segmenter = CXRSegmenter(model, device.value)
-    per_case_rows: list[dict] = []
+    scores = _CaseScores("dice_", digits=4)
     total = len(discover_cases(directory, id_list))
     with Progress(console=_stderr(), transient=True) as progress:
         task = progress.add_task("evaluating", total=total)
 
-        def on_case(case_id: str, scores: dict[str, float]) -> None:
-            per_case_rows.append({"case_id": case_id, **{f"dice_{k}": round(v, 4) for k, v in scores.items()}})
+        def on_case(case_id: str, case_scores: dict[str, float]) -> None:
+            scores(case_id, case_scores)
             progress.advance(task)
 
         skipped: list[str] = []
@@ -217,9 +217,7 @@ def evaluate_cxr_cmd(
         _stderr().print(
             f"skipped {len(skipped)} empty (unannotated) reference masks: {', '.join(skipped)}", highlight=False
         )
-    if per_case:
-        _write_per_case(per_case, per_case_rows)
-    sys.stdout.write(json.dumps(summary) + "\n")
+    scores.report(summary, per_case)
 
 
 @evaluate_app.command("ct")
@@ -239,7 +237,7 @@ def evaluate_ct_cmd(
     from lungx_core.tasks.ct_lungs import CTLungSegmenter
 
     segmenter = CTLungSegmenter(method.value, model, device.value)
-    rows: list[dict] = []
+    scores = _CaseScores("dice_", digits=4)
 
     def segment_one(path: Path):
         image = read_ct(path)
@@ -248,11 +246,9 @@ def evaluate_ct_cmd(
     summary = evaluate_ct(
         directory,
         segment_one,
-        on_case=lambda cid, d: rows.append({"case_id": cid, **{f"dice_{k}": round(v, 4) for k, v in d.items()}}),
+        on_case=scores,
     )
-    if per_case:
-        _write_per_case(per_case, rows)
-    sys.stdout.write(json.dumps(summary) + "\n")
+    scores.report(summary, per_case)
 
 
 class Modality(str, Enum):
@@ -350,8 +346,7 @@ def evaluate_synthesis_cmd(
     per_case: Annotated[Path | None, typer.Option(help="Also write per-case scores to this CSV.")] = None,
 ):
     """{"n", "mae_surroundings", "lung_dice_preserved", "pathological_rate"} as one JSON object."""
-    from lungx_core.evaluate import evaluate_synthesis, predicted_class_mask
-    from lungx_core.image import MedicalImage
+    from lungx_core.evaluate import evaluate_synthesis
     from lungx_core.io.readers import read_radiograph
     from lungx_core.pathology import PathologyClassifier
     from lungx_core.tasks.cxr_segmentation import CXRSegmenter
@@ -373,11 +368,10 @@ def evaluate_synthesis_cmd(
         region[box.r0 : box.r1, box.c0 : box.c1] = True
         return display, synthetic, region
 
-    def segment_lungs(array):
-        return predicted_class_mask(segmenter.segment(MedicalImage(array)).masks, "lung")
+    segment_lungs = _lung_finder(segmenter)
 
-    rows: list[dict] = []
-    id_list = None if ids is None else [x.strip() for x in ids.read_text().split() if x.strip()]
+    scores = _CaseScores()
+    id_list = _id_list(ids)
     summary = evaluate_synthesis(
         directory,
         synthesize_one,
@@ -385,11 +379,9 @@ def evaluate_synthesis_cmd(
         classifier.probability,
         classifier.threshold,
         id_list,
-        on_case=lambda cid, d: rows.append({"case_id": cid, **{k: round(v, 5) for k, v in d.items()}}),
+        on_case=scores,
     )
-    if per_case:
-        _write_per_case(per_case, rows)
-    sys.stdout.write(json.dumps(summary) + "\n")
+    scores.report(summary, per_case)
 
 
 @app.command("remove-opacity")
@@ -500,7 +492,7 @@ def evaluate_bone_suppression_cmd(
 ):
     """{"n", "psnr_input", "psnr_output", "ssim_input", "ssim_output", "bsr", "seconds_per_image"} as one JSON
     object: the films against their soft-tissue images in the lung field, after a linear intensity match."""
-    from lungx_core.evaluate import evaluate_bone_suppression, predicted_class_mask
+    from lungx_core.evaluate import evaluate_bone_suppression
     from lungx_core.image import MedicalImage
     from lungx_core.tasks.cxr_segmentation import CXRSegmenter
     from lungx_core.tasks.rib_suppression import RibSuppressor, SuppressionSettings
@@ -512,16 +504,14 @@ def evaluate_bone_suppression_cmd(
     def suppress(image: MedicalImage, lung):
         return suppressor.suppress(image, suppressor.rib_mask(image, lung), settings).array
 
-    rows: list[dict] = []
+    scores = _CaseScores()
     summary = evaluate_bone_suppression(
         directory,
         suppress,
-        lambda array: predicted_class_mask(anatomy.segment(MedicalImage(array)).masks, "lung"),
-        on_case=lambda cid, d: rows.append({"case_id": cid, **{k: round(v, 5) for k, v in d.items()}}),
+        _lung_finder(anatomy),
+        on_case=scores,
     )
-    if per_case:
-        _write_per_case(per_case, rows)
-    sys.stdout.write(json.dumps(summary) + "\n")
+    scores.report(summary, per_case)
 
 
 @evaluate_app.command("opacity-removal")
@@ -541,8 +531,7 @@ def evaluate_opacity_removal_cmd(
 ):
     """{"n", "lung_dice_before", "lung_dice_after", "change_outside_mask", "opacity_score_before",
     "opacity_score_after"} as one JSON object."""
-    from lungx_core.evaluate import evaluate_opacity_removal, predicted_class_mask
-    from lungx_core.image import MedicalImage
+    from lungx_core.evaluate import evaluate_opacity_removal
     from lungx_core.pathology import PathologyClassifier
     from lungx_core.tasks.cxr_segmentation import CXRSegmenter
     from lungx_core.tasks.opacity_removal import OpacityRemover
@@ -552,28 +541,53 @@ def evaluate_opacity_removal_cmd(
     probe_model = CXRSegmenter(probe, device.value)
     classifier = PathologyClassifier(device=device.value)
 
-    def lungs(segmenter):
-        return lambda array: predicted_class_mask(segmenter.segment(MedicalImage(array)).masks, "lung")
-
-    find_lungs = lungs(anatomy)
+    find_lungs = _lung_finder(anatomy)
 
     def remove(array):
         # evaluation folders hold display-oriented bitmaps; the remover finds the lungs itself, as in use
         return remover.remove_display(array, find_lungs(array))[0]
 
-    rows: list[dict] = []
-    id_list = None if ids is None else [x.strip() for x in ids.read_text().split() if x.strip()]
+    scores = _CaseScores()
+    id_list = _id_list(ids)
     summary = evaluate_opacity_removal(
         directory,
         remove,
-        lungs(probe_model),
+        _lung_finder(probe_model),
         classifier.probability,
         id_list,
-        on_case=lambda cid, d: rows.append({"case_id": cid, **{k: round(v, 5) for k, v in d.items()}}),
+        on_case=scores,
     )
-    if per_case:
-        _write_per_case(per_case, rows)
-    sys.stdout.write(json.dumps(summary) + "\n")
+    scores.report(summary, per_case)
+
+
+class _CaseScores:
+    """The evaluate commands' per-case rows (rounded, optionally prefixed): collected as an ``on_case`` callback,
+    then written to --per-case with the summary printed as one JSON line on stdout."""
+
+    def __init__(self, prefix: str = "", digits: int = 5):
+        self.rows: list[dict] = []
+        self.prefix, self.digits = prefix, digits
+
+    def __call__(self, case_id: str, scores: dict[str, float]) -> None:
+        rounded = {f"{self.prefix}{k}": round(v, self.digits) for k, v in scores.items()}
+        self.rows.append({"case_id": case_id, **rounded})
+
+    def report(self, summary: dict, per_case: Path | None) -> None:
+        if per_case:
+            _write_per_case(per_case, self.rows)
+        sys.stdout.write(json.dumps(summary) + "\n")
+
+
+def _id_list(ids: Path | None) -> list[str] | None:
+    return None if ids is None else [x.strip() for x in ids.read_text().split() if x.strip()]
+
+
+def _lung_finder(segmenter):
+    """array -> the lung field (both lungs) that ``segmenter`` finds on a display-oriented bitmap."""
+    from lungx_core.evaluate import predicted_class_mask
+    from lungx_core.image import MedicalImage
+
+    return lambda array: predicted_class_mask(segmenter.segment(MedicalImage(array)).masks, "lung")
 
 
 def _write_table(path: Path, rows: list[dict], columns: list[str]) -> None:

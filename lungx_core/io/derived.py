@@ -42,6 +42,32 @@ def write_derived(path: Path, image: MedicalImage, array: np.ndarray, descriptio
         write_image(path, image, array.astype(image.array.dtype, copy=False))
 
 
+def write_processed_set(
+    out_dir: Path,
+    image: MedicalImage,
+    array: np.ndarray,
+    description: str,
+    stem: str,
+    segmentation: tuple[str, dict[str, np.ndarray], list],
+    picture: tuple[str, np.ndarray],
+) -> list[Path]:
+    """What every radiograph-to-radiograph task writes, all or nothing: ``<stem><derived suffix>`` (``array`` in
+    ``image``'s format family), a ``.seg.nrrd`` (``(name, masks, structures)``) on ``image``'s grid and a PNG
+    picture (``(name, RGB array)``). Returns the paths written."""
+    from lungx_core.io.writers import all_or_nothing, write_seg_nrrd
+
+    seg_name, masks, structures = segmentation
+    picture_name, picture_array = picture
+    with all_or_nothing() as written:
+        written.append(out_dir / f"{stem}{derived_suffix(image)}")
+        write_derived(written[-1], image, array, description)
+        written.append(out_dir / seg_name)
+        write_seg_nrrd(written[-1], image, masks, structures)
+        written.append(out_dir / picture_name)
+        write_png(written[-1], picture_array)
+    return written
+
+
 def _as_bitmap(array: np.ndarray, image: MedicalImage) -> np.ndarray:
     dtype = np.uint16 if int(image.metadata.get("bits", 8)) > 8 else np.uint8
     info = np.iinfo(dtype)

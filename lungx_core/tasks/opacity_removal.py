@@ -93,17 +93,13 @@ def write_outputs(out_dir: Path, case_id: str, image: MedicalImage, result: Remo
     """``<id>_opacity_removed.<input's family>``, the activation mask ``<id>_opacity_mask.seg.nrrd`` and
     ``<id>_opacity_removal.png`` (before | mask | after); all or nothing."""
     from lungx_core.anatomy import OPACITY
-    from lungx_core.io.derived import derived_suffix, write_derived
-    from lungx_core.io.writers import all_or_nothing, write_png, write_seg_nrrd
+    from lungx_core.io.derived import write_processed_set
 
-    with all_or_nothing() as written:
-        written.append(out_dir / f"{case_id}_opacity_removed{derived_suffix(image)}")
-        write_derived(written[-1], image, result.array, "Opacity-removed chest radiograph (lungx)")
-        written.append(out_dir / f"{case_id}_opacity_mask.seg.nrrd")
-        write_seg_nrrd(written[-1], image, {"opacity": result.mask}, [OPACITY])
-        written.append(out_dir / f"{case_id}_opacity_removal.png")
-        write_png(written[-1], before_mask_after(image.array, result.array, result.mask))
-    return written
+    return write_processed_set(
+        out_dir, image, result.array, "Opacity-removed chest radiograph (lungx)", f"{case_id}_opacity_removed",
+        (f"{case_id}_opacity_mask.seg.nrrd", {"opacity": result.mask}, [OPACITY]),
+        (f"{case_id}_opacity_removal.png", before_mask_after(image.array, result.array, result.mask)),
+    )
 
 
 def before_mask_after(before: np.ndarray, after: np.ndarray, mask: np.ndarray) -> np.ndarray:

@@ -90,18 +90,14 @@ def write_outputs(out_dir: Path, case_id: str, image: MedicalImage, result: Supp
     """``<id>_ribs_suppressed.<input's family>``, ``<id>_ribs.seg.nrrd`` and ``<id>_rib_suppression.png``
     (before | ribs | after); all or nothing."""
     from lungx_core.anatomy import RIBS
-    from lungx_core.io.derived import derived_suffix, write_derived
-    from lungx_core.io.writers import all_or_nothing, write_png, write_seg_nrrd
+    from lungx_core.io.derived import write_processed_set
     from lungx_core.tasks.opacity_removal import before_mask_after
 
-    with all_or_nothing() as written:
-        written.append(out_dir / f"{case_id}_ribs_suppressed{derived_suffix(image)}")
-        write_derived(written[-1], image, result.array, "Rib-suppressed chest radiograph (lungx)")
-        written.append(out_dir / f"{case_id}_ribs.seg.nrrd")
-        write_seg_nrrd(written[-1], image, {"ribs": result.ribs}, [RIBS])
-        written.append(out_dir / f"{case_id}_rib_suppression.png")
-        write_png(written[-1], before_mask_after(image.array, result.array, result.ribs))
-    return written
+    return write_processed_set(
+        out_dir, image, result.array, "Rib-suppressed chest radiograph (lungx)", f"{case_id}_ribs_suppressed",
+        (f"{case_id}_ribs.seg.nrrd", {"ribs": result.ribs}, [RIBS]),
+        (f"{case_id}_rib_suppression.png", before_mask_after(image.array, result.array, result.ribs)),
+    )
 
 
 def find_ribs(

@@ -162,17 +162,13 @@ def write_outputs(out_dir: Path, case_id: str, image: MedicalImage, result: Synt
     """``<id>_synthetic.<input's family>``, its lung mask ``<id>_synthetic.seg.nrrd`` and ``<id>_synthesis.png``
     (input | synthetic, lung outline on both); all or nothing."""
     from lungx_core.anatomy import LUNGS
-    from lungx_core.io.derived import derived_suffix, write_derived
-    from lungx_core.io.writers import all_or_nothing, write_png, write_seg_nrrd
+    from lungx_core.io.derived import write_processed_set
 
-    with all_or_nothing() as written:
-        written.append(out_dir / f"{case_id}_synthetic{derived_suffix(image)}")
-        write_derived(written[-1], image, result.array, "Synthetic pathological chest radiograph")
-        written.append(out_dir / f"{case_id}_synthetic.seg.nrrd")
-        write_seg_nrrd(written[-1], image, {"lung": result.lung}, [LUNGS])
-        written.append(out_dir / f"{case_id}_synthesis.png")
-        write_png(written[-1], side_by_side(image.array, result.array, result.lung))
-    return written
+    return write_processed_set(
+        out_dir, image, result.array, "Synthetic pathological chest radiograph", f"{case_id}_synthetic",
+        (f"{case_id}_synthetic.seg.nrrd", {"lung": result.lung}, [LUNGS]),
+        (f"{case_id}_synthesis.png", side_by_side(image.array, result.array, result.lung)),
+    )
 
 
 def side_by_side(before: np.ndarray, after: np.ndarray, lung: np.ndarray) -> np.ndarray:

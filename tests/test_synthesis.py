@@ -131,6 +131,31 @@ def _inputs(folder: Path, phantom: np.ndarray) -> dict[str, Path]:
     return {"png": folder / "film_png.png", "nrrd": folder / "film_nrrd.nrrd", "dcm": folder / "film_dcm.dcm"}
 
 
+def assert_bad_mask_inputs_fail_cleanly(
+    tmp_path: Path, phantom: np.ndarray, command: str, mask_option: str, what: str, extra: list[str]
+) -> None:
+    """``lungx <command>`` with a mask of another size, an empty mask, or a CT volume: exit 1, a one-line
+    error naming the problem, no traceback and nothing in the output folder but results.csv."""
+    from test_cli import run_lungx
+
+    files = _inputs(tmp_path / "in", phantom)
+    Image.fromarray(np.zeros((20, 20), np.uint8)).save(tmp_path / "small.png")
+    Image.fromarray(np.zeros(phantom.shape, np.uint8)).save(tmp_path / "empty.png")
+    ct = tmp_path / "in" / "ct.nii.gz"
+    sitk.WriteImage(sitk.GetImageFromArray(np.zeros((30, 64, 64), np.int16)), str(ct))
+    cases = {
+        "mask of another size": ([files["png"], mask_option, tmp_path / "small.png"], f"{what} mask is 20x20 pixels"),
+        "empty mask": ([files["png"], mask_option, tmp_path / "empty.png"], f"{what} mask is empty"),
+        "ct volume": ([ct, mask_option, tmp_path / "small.png"], "3-D volume"),
+    }
+    for name, (args, message) in cases.items():
+        out = tmp_path / name.replace(" ", "_")
+        proc = run_lungx(command, *map(str, args), "-o", str(out), *extra, "--device", "cpu", "-q")
+        assert proc.returncode == 1, (name, proc.stderr)
+        assert message in proc.stderr and "Traceback" not in proc.stderr, (name, proc.stderr)
+        assert sorted(p.name for p in out.iterdir()) == ["results.csv"], name
+
+
 @pytest.mark.slow
 def test_cli_round_trip_keeps_format_family_and_geometry(tmp_path, phantom, tiny_generator):
     import pydicom

@@ -73,8 +73,9 @@ def dice(logits: torch.Tensor, target: torch.Tensor) -> float:
 def main(argv=None) -> None:
     import sys
 
-    export = "--export" in (argv if argv is not None else sys.argv[1:])
-    args, cfg = start_run(__doc__, [a for a in (argv if argv is not None else sys.argv[1:]) if a != "--export"])
+    argv = sys.argv[1:] if argv is None else list(argv)
+    export = "--export" in argv  # ship best.pt instead of training (start_run's parser does not know the flag)
+    args, cfg = start_run(__doc__, [a for a in argv if a != "--export"])
     cache = np.load(build_rib_cache(args.data, args.run / "rib_cache.npz", cfg["size"]))
     val = cache["case"] == VALIDATION_CT
     train_idx, val_idx = np.where(~val)[0], np.where(val)[0]

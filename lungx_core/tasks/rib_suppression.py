@@ -64,8 +64,8 @@ class RibSuppressor:
 
         if self._masker is None:
             self._masker = RibMasker(self._rib_model, self._device_name)
-        display, lung_display, undo = display_view(image, lung if lung is not None else np.zeros_like(image.array))
-        return undo(self._masker.mask(display, lung_display if lung is not None else None))
+        display, lung_display, undo = display_view(image, lung)
+        return undo(self._masker.mask(display, lung_display))
 
     def suppress(self, image: MedicalImage, ribs: np.ndarray, settings: SuppressionSettings) -> SuppressionResult:
         """Suppress the bone under ``ribs`` (bool, the image's shape)."""

@@ -80,15 +80,15 @@ class Synthesizer:
         return SynthesisResult(undo(out), lung.astype(bool), box)
 
 
-def display_view(image: MedicalImage, lung: np.ndarray):
-    """(image array, lung) in standard PA display orientation, and the function that brings an array back to the
-    image's own orientation (the flips are their own inverse)."""
+def display_view(image: MedicalImage, lung: np.ndarray | None):
+    """(image array, lung) in standard PA display orientation (``lung`` None stays None), and the function that
+    brings an array back to the image's own orientation (the flips are their own inverse)."""
     flip_rows, flip_cols, _ = display_flips(image.metadata)
 
     def orient(array: np.ndarray) -> np.ndarray:
         return np.ascontiguousarray(_orient(array, flip_rows, flip_cols))
 
-    return orient(image.array), orient(lung), orient
+    return orient(image.array), None if lung is None else orient(lung), orient
 
 
 def _seeded_shift(box: Box, shape: tuple[int, int], seed: int) -> tuple[int, int]:

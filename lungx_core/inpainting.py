@@ -184,14 +184,11 @@ class DiffusionInpainter:
         """
         import torch
 
-        from lungx_core.thoracic import resize
+        from lungx_core.thoracic import resize, whole_film
 
         size = self.spec.size
-        img = np.asarray(image, dtype=np.float32)
-        low, high = (float(v) for v in np.percentile(img, [self.spec.low_percentile, self.spec.high_percentile]))
-        if high - low < 1e-6:
-            raise ValueError("the image is flat (no contrast)")
-        small = np.clip((resize(img, (size, size)) - low) / (high - low), 0, 1) * 2 - 1
+        scaled, low, high = whole_film(image, size, self.spec.low_percentile, self.spec.high_percentile)
+        small = scaled * 2 - 1
         small_hole = resize(hole.astype(np.float32), (size, size)) > 0
         known = torch.from_numpy(small[None, None].astype(np.float32)).to(self.device)
         mask = torch.from_numpy(small_hole[None, None].astype(np.float32)).to(self.device)

@@ -25,18 +25,14 @@ class RibMasker:
         """Rib probability (float32, ``image``'s shape) for a display-oriented 2-D film."""
         import torch
 
-        from lungx_core.thoracic import resize
+        from lungx_core.thoracic import resize, whole_film
 
-        size = int(self.config["size"])
-        img = np.asarray(image, dtype=np.float32)
-        low, high = np.percentile(img, [self.config["low_percentile"], self.config["high_percentile"]])
-        if high - low < 1e-6:
-            raise ValueError("the image is flat (no contrast)")
-        small = np.clip((resize(img, (size, size)) - low) / (high - low), 0, 1)
-        x = torch.from_numpy(small[None, None].astype(np.float32)).to(self.device)
+        cfg = self.config
+        small, _, _ = whole_film(image, int(cfg["size"]), cfg["low_percentile"], cfg["high_percentile"])
+        x = torch.from_numpy(small[None, None]).to(self.device)
         with torch.inference_mode():
             p = torch.sigmoid(self.net(x))[0, 0].float().cpu().numpy()
-        return np.clip(resize(p, img.shape), 0.0, 1.0)
+        return np.clip(resize(p, np.shape(image)), 0.0, 1.0)
 
     def mask(self, image: np.ndarray, lung: np.ndarray | None = None, threshold: float = 0.5) -> np.ndarray:
         """Rib mask (bool) of a display-oriented film, limited to the lung field grown by 2 % of the film's

@@ -84,6 +84,18 @@ def thoracic_crop(
     return ThoracicCrop(box, low, high, scaled, resize(lung[box.r0 : box.r1, box.c0 : box.c1], (side, side), True))
 
 
+def whole_film(
+    image: np.ndarray, size: int, low_percentile: float = 0.5, high_percentile: float = 99.5
+) -> tuple[np.ndarray, float, float]:
+    """The whole film resized to ``size`` square and mapped linearly to [0, 1] by its own percentiles (computed
+    at full resolution): (scaled float32, low, high). What the rib and inpainting models see."""
+    img = np.asarray(image, dtype=np.float32)
+    low, high = (float(v) for v in np.percentile(img, [low_percentile, high_percentile]))
+    if high - low < 1e-6:
+        raise ValueError("the image is flat (no contrast)")
+    return np.clip((resize(img, (size, size)) - low) / (high - low), 0.0, 1.0).astype(np.float32), low, high
+
+
 def feather_window(shape: tuple[int, int], fraction: float) -> np.ndarray:
     """1 inside, falling linearly to 0 over the outer ``fraction`` of each side: no seam at the crop border."""
     ramps = []

@@ -38,6 +38,7 @@ if str(MODULE_DIR) not in sys.path:  # the helper sub-package next to this file
 
 from LungXSlicerLib import dependencies, results  # noqa: E402 - needs the path above
 from LungXSlicerLib.geometry import as_slicer_array, same_grid  # noqa: E402
+from LungXSlicerLib.options import option_field, values_to_send  # noqa: E402
 from LungXSlicerLib.process import WorkerProcess, format_status, worker_command  # noqa: E402
 
 TERMINOLOGY_FILE = MODULE_DIR / "Resources" / "Terminology" / "SegmentationCategoryTypeModifier-LungX.term.json"
@@ -84,6 +85,14 @@ def loadTerminology() -> str:
     return slicer.modules.terminologies.logic().LoadTerminologyFromFile(str(TERMINOLOGY_FILE))
 
 
+def segmentTerminology(segment) -> str:
+    """A segment's terminology entry string ("" when it has none), in every Slicer >= 5.10."""
+    if hasattr(segment, "GetTerminology"):
+        return segment.GetTerminology() or ""
+    value = vtk.reference("")  # GetTag(name, value) fills value and returns whether the tag exists
+    return str(value) if segment.GetTag(segment.GetTerminologyEntryTagName(), value) else ""
+
+
 #
 # Parameter node
 #
@@ -117,6 +126,8 @@ class LungXSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNodeGuiTag = None
         self._run = None
         self._lastInput = None
+        self._optionFields = []  # LungXSlicerLib.options.OptionField of the selected task
+        self._optionWidgets = {}
         self._timer = qt.QTimer()
         self._timer.setInterval(200)
         self._timer.connect("timeout()", self.onTimer)
@@ -135,6 +146,8 @@ class LungXSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
         self.ui.taskComboBox.connect("currentIndexChanged(int)", self.onTaskChanged)
         self.ui.progressBar.hide()
+        self._optionsLayout = qt.QFormLayout(self.ui.taskOptionsWidget)
+        self._optionsLayout.setContentsMargins(0, 0, 0, 0)
         self.populateTasks()
         self.initializeParameterNode()
 
@@ -205,8 +218,51 @@ class LungXSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.taskDescriptionLabel.text = f"Input: {info['modality']}. Output: {outputs} and a results table."
         else:
             self.ui.taskDescriptionLabel.text = ""
+        self._buildOptionWidgets(info["options"] if info else [])
         if self._parameterNode and self._parameterNode.task != name:
             self._parameterNode.task = name
+
+    def _buildOptionWidgets(self, specs: list[dict]) -> None:
+        """One row per option the task registers, with its default and its help as tooltip."""
+        while self._optionsLayout.rowCount():
+            self._optionsLayout.removeRow(0)
+        self._optionFields = [option_field(spec) for spec in specs]
+        self._optionWidgets = {}
+        for f in self._optionFields:
+            if f.widget == "QComboBox":
+                widget = qt.QComboBox()
+                widget.addItems(list(f.choices))
+                widget.setCurrentText(f.default)
+            elif f.widget == "QSpinBox":
+                widget = qt.QSpinBox()
+                widget.setRange(int(f.low), int(f.high))
+                widget.setValue(int(f.default))
+            elif f.widget == "QDoubleSpinBox":
+                widget = qt.QDoubleSpinBox()
+                widget.setDecimals(3)
+                widget.setSingleStep(0.05)
+                widget.setRange(f.low if f.low is not None else -1e9, f.high if f.high is not None else 1e9)
+                widget.setValue(float(f.default))
+            else:
+                widget = qt.QLineEdit()
+                widget.setText(str(f.default))
+                widget.setPlaceholderText("default")
+            widget.setToolTip(f.tooltip)
+            self._optionsLayout.addRow(f.label, widget)
+            self._optionWidgets[f.name] = widget
+        self.ui.taskOptionsCollapsibleButton.setVisible(bool(self._optionFields))
+
+    def taskOptions(self) -> dict:
+        """The option values set in the panel, as the worker takes them."""
+        values = {}
+        for name, widget in self._optionWidgets.items():
+            if isinstance(widget, qt.QComboBox):
+                values[name] = widget.currentText
+            elif isinstance(widget, qt.QLineEdit):
+                values[name] = widget.text
+            else:
+                values[name] = widget.value
+        return values_to_send(self._optionFields, values)
 
     def _matchTaskToInput(self) -> None:
         """A newly chosen input gets a task of its modality (a one-slice volume is a radiograph)."""
@@ -253,6 +309,7 @@ class LungXSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 fast=p.fastMode,
                 outputSegmentation=p.outputSegmentation,
                 outputVolume=p.outputVolume,
+                **self.taskOptions(),
             )
             self.ui.applyButton.text = "Cancel"
             self.ui.applyButton.toolTip = "Stop the task (its process is killed; nothing is added to the scene)"
@@ -547,8 +604,10 @@ class LungXSlicerLogic(ScriptedLoadableModuleLogic):
         return result
 
     def _placeNextToInput(self, node, inputNode) -> None:
-        """Same subject-hierarchy parent (the input's study) and the same parent transform as the input."""
-        node.SetAndObserveTransformNodeID(inputNode.GetTransformNodeID())
+        """Same subject-hierarchy parent (the input's study) and, for nodes that live in space (not tables), the
+        same parent transform as the input."""
+        if node.IsA("vtkMRMLTransformableNode"):
+            node.SetAndObserveTransformNodeID(inputNode.GetTransformNodeID())
         sh = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(slicer.mrmlScene)
         parent = sh.GetItemParent(sh.GetItemByDataNode(inputNode))
         if parent:
@@ -568,15 +627,15 @@ class LungXSlicerLogic(ScriptedLoadableModuleLogic):
             raise RuntimeError(f"{path.name} is not on the grid of {inputNode.GetName()}")
         if segmentationNode is None:
             segmentationNode = slicer.mrmlScene.AddNewNodeByClass(
-                "vtkMRMLSegmentationNode", slicer.mrmlScene.GenerateUniqueName(f"{inputNode.GetName()} {task}")
+                "vtkMRMLSegmentationNode", self._nodeName(f"{inputNode.GetName()} {task}")
             )
         segmentationNode.CreateDefaultDisplayNodes()
         segmentationNode.SetReferenceImageGeometryParameterFromVolumeNode(inputNode)
         segmentation = segmentationNode.GetSegmentation()
         wasModified = segmentationNode.StartModify()
+        # a reused node holds exactly this run's segments: nothing of an earlier task or input stays behind
+        segmentation.RemoveAllSegments()
         for spec in seg.segments:
-            if segmentation.GetSegment(spec.segment_id):  # a re-run replaces its own segments
-                segmentation.RemoveSegment(spec.segment_id)
             segmentation.AddEmptySegment(spec.segment_id, spec.name, list(spec.color))
             slicer.util.updateSegmentBinaryLabelmapFromArray(
                 spec.mask_kji, segmentationNode, spec.segment_id, inputNode
@@ -588,11 +647,19 @@ class LungXSlicerLogic(ScriptedLoadableModuleLogic):
         self._placeNextToInput(segmentationNode, inputNode)
         return segmentationNode
 
+    @staticmethod
+    def _nodeName(name: str) -> str:
+        """``name`` itself when no node has it yet, else Slicer's numbered variant."""
+        if slicer.mrmlScene.GetFirstNodeByName(name) is None:
+            return name
+        return slicer.mrmlScene.GenerateUniqueName(name)
+
     def _importVolume(self, path: Path, inputNode, volumeNode, task: str):
         array, ijkToRAS = results.read_volume(path)
         array = as_slicer_array(array)
         if volumeNode is None:
-            name = slicer.mrmlScene.GenerateUniqueName(f"{inputNode.GetName()} {task}")
+            # named by what it is ("film synthetic", "film ribs suppressed"), from the worker's file name
+            name = self._nodeName(f"{inputNode.GetName()} {results.output_label(path) or task}")
             volumeNode = slicer.util.addVolumeFromArray(array, ijkToRAS, name)
         else:
             slicer.util.updateVolumeFromArray(volumeNode, array)
@@ -601,7 +668,7 @@ class LungXSlicerLogic(ScriptedLoadableModuleLogic):
         return volumeNode
 
     def _importTable(self, outputs: results.TaskOutputs, inputNode):
-        name = slicer.mrmlScene.GenerateUniqueName(f"{inputNode.GetName()} {outputs.task} results")
+        name = self._nodeName(f"{inputNode.GetName()} {outputs.task} results")
         table = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLTableNode", name)
         wasModified = table.StartModify()
         table.AddColumn().SetName("Measurement")
@@ -648,8 +715,7 @@ class LungXSlicerTest(ScriptedLoadableModuleTest):
         return (LungXSlicerLogic._ijkToRAS(volumeNode) @ ijk)[:3], mask
 
     def _assertTerminology(self, segmentationNode, segmentId, *codes):
-        segment = segmentationNode.GetSegmentation().GetSegment(segmentId)
-        tag = segment.GetTag(segment.GetTerminologyEntryTagName())
+        tag = segmentTerminology(segmentationNode.GetSegmentation().GetSegment(segmentId))
         for code in codes:
             self.assertIn(code, tag, f"{segmentId}: {tag}")
 

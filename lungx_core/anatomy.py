@@ -9,6 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 TERMINOLOGY_CONTEXT = "Segmentation category and type - 3D Slicer General Anatomy list"
+# Our own list (LungXSlicer/Resources/Terminology/*.term.json, loaded by the Slicer module): concepts that Slicer's
+# General Anatomy list does not hold, such as a lung opacity on a radiograph.
+LUNGX_TERMINOLOGY_CONTEXT = "Segmentation category and type - LungX"
 ANATOMIC_CONTEXT = "Anatomic codes - DICOM master list"
 
 
@@ -23,6 +26,7 @@ class Structure:
     modifier_meaning: str = ""
     category_code: str = "123037004"
     category_meaning: str = "Anatomical Structure"
+    context: str = TERMINOLOGY_CONTEXT  # the terminology list that holds this category/type/modifier
 
     def terminology(self) -> str:
         """Slicer's terminology-entry string: context~category~type~type modifier~anatomic context~anatomic
@@ -30,7 +34,7 @@ class Structure:
         cat = f"SCT^{self.category_code}^{self.category_meaning}"
         typ = f"SCT^{self.property_code}^{self.property_meaning}"
         mod = f"SCT^{self.modifier_code}^{self.modifier_meaning}" if self.modifier_code else "^^"
-        return f"{TERMINOLOGY_CONTEXT}~{cat}~{typ}~{mod}~{ANATOMIC_CONTEXT}~^^~^^"
+        return f"{self.context}~{cat}~{typ}~{mod}~{ANATOMIC_CONTEXT}~^^~^^"
 
 
 LUNG_LEFT = Structure("lung_left", 1, (0.50, 0.68, 0.60), "39607008", "Lung", "7771000", "Left")
@@ -50,7 +54,7 @@ LUNGS = Structure("lung", 1, (0.50, 0.68, 0.60), "39607008", "Lung")
 # posterior ribs, the mask rib suppression regenerates (SCT 113197003 "Bone structure of rib")
 RIBS = Structure("ribs", 1, (0.99, 0.98, 0.86), "113197003", "Rib")
 OPACITY = Structure("opacity", 1, (0.95, 0.55, 0.15), "52988006", "Lesion", category_code="49755003",
-                    category_meaning="Morphologically Altered Structure")
+                    category_meaning="Morphologically Altered Structure", context=LUNGX_TERMINOLOGY_CONTEXT)
 
 # Channel pairs exchanged when an image is mirrored left-right.
 CXR_MIRROR_PAIRS: tuple[tuple[int, int], ...] = ((0, 1), (3, 4))

@@ -14,7 +14,9 @@ from typing import Annotated
 import typer
 
 app = typer.Typer(
-    help="LungX: chest X-ray and CT lung segmentation with exact geometry, Slicer-ready outputs.",
+    help="LungX: chest-imaging toolkit. Segment chest radiographs (lungs, heart, clavicles, CTR, QC) and chest CT "
+    "(lungs R/L, volumes) on the input's exact grid; suppress ribs, remove lung opacity and synthesise pathological "
+    "radiographs (research); score against references (evaluate). Outputs are Slicer-ready (.seg.nrrd).",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
@@ -54,12 +56,24 @@ class OutputFormat(str, Enum):
 def _stderr():
     from rich.console import Console
 
-    return Console(stderr=True)
+    # soft_wrap: a one-line error stays one line when stderr is a file or a pipe (no hard wrap at 80 columns)
+    return Console(stderr=True, soft_wrap=True)
+
+
+def _version(value: bool) -> None:
+    if value:
+        from lungx_core import __version__
+
+        typer.echo(f"lungx {__version__}")
+        raise typer.Exit()
 
 
 @app.callback()
 def _main(
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks for internal errors.")] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
 ):
     _state["debug"] = debug
 
@@ -124,25 +138,27 @@ def segment(
     inputs = list(inputs or [])
     if not inputs and not sample:
         raise typer.BadParameter("give at least one input, or --sample", param_hint="INPUTS")
-    output.mkdir(parents=True, exist_ok=True)
     cases = collect_cases(inputs)
-    if sample:
+    forced = {Task.cxr_anatomy: "cxr", Task.ct_lungs: "ct"}.get(task)
+    kinds = [forced or detect_kind(c) for c in cases]
+    sample_kinds = [k for k in ("cxr", "ct") if sample and forced in (None, k)]
+    _check_segment_options(set(kinds + sample_kinds), model, fmt)
+    output.mkdir(parents=True, exist_ok=True)
+    if sample_kinds:
         from lungx_core.io.writers import write_image
         from lungx_core.sample import sample_ct, sample_radiograph
 
         samples = []
-        if task in (Task.auto, Task.cxr_anatomy):
+        if "cxr" in sample_kinds:
             write_image(output / "sample_drr.nrrd", sample_radiograph())
             samples.append(Case("sample_drr", output / "sample_drr.nrrd", kind="cxr"))
-        if task in (Task.auto, Task.ct_lungs):
+        if "ct" in sample_kinds:
             write_image(output / "sample_ct.nrrd", sample_ct())
             samples.append(Case("sample_ct", output / "sample_ct.nrrd", kind="ct"))
-        cases = samples + cases
+        cases, kinds = samples + cases, sample_kinds + kinds
 
     from lungx_core.tasks import ct_lungs, cxr_segmentation
 
-    forced = {Task.cxr_anatomy: "cxr", Task.ct_lungs: "ct"}.get(task)
-    kinds = [forced or detect_kind(c) for c in cases]
     segmenters: dict[str, object] = {}
     if "cxr" in kinds:
         segmenters["cxr"] = cxr_segmentation.CXRSegmenter(model or "cxr_anatomy", device.value, threshold)
@@ -152,20 +168,22 @@ def segment(
     rows: list[dict] = []
     results_path = output / "results.csv"
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()]
-    with Progress(*columns, console=err, disable=quiet, transient=True) as progress:
-        bar = progress.add_task(f"segmenting on {where}", total=len(cases))
-        for i, (case, kind) in enumerate(zip(cases, kinds, strict=True)):
-            if kind == "ct":
-                row = ct_lungs.process_case(case, segmenters["ct"], output, fmt.value, overlay, series)
-            else:
-                row = cxr_segmentation.process_case(case, segmenters["cxr"], output, fmt.value, overlay)
-            rows.append(row)
-            if row["status"] != "ok":
-                progress.console.print(f"[red]error[/red] {row['error']}", highlight=False, markup=True)
-            progress.advance(bar)
-            if i % 20 == 19:  # keep results on disk during long runs; each rewrite is atomic
-                _write_results(results_path, rows)
-    _write_results(results_path, rows)
+    try:
+        with Progress(*columns, console=err, disable=quiet, transient=True) as progress:
+            bar = progress.add_task(f"segmenting on {where}", total=len(cases))
+            for i, (case, kind) in enumerate(zip(cases, kinds, strict=True)):
+                if kind == "ct":
+                    row = ct_lungs.process_case(case, segmenters["ct"], output, fmt.value, overlay, series)
+                else:
+                    row = cxr_segmentation.process_case(case, segmenters["cxr"], output, fmt.value, overlay)
+                rows.append(row)
+                if row["status"] != "ok":
+                    progress.console.print(f"[red]error[/red] {row['error']}", highlight=False, markup=True)
+                progress.advance(bar)
+                if i % 20 == 19:  # keep results on disk during long runs; each rewrite is atomic
+                    _write_results(results_path, rows)
+    finally:  # also on Ctrl-C: every finished case keeps its row next to its outputs
+        _write_results(results_path, rows)
     failed = [r for r in rows if r["status"] != "ok"]
     flagged = [r for r in rows if r["status"] == "ok" and r.get("qc_flags")]
     err.print(
@@ -175,6 +193,27 @@ def segment(
     )
     if failed:
         raise typer.Exit(1)
+
+
+def _check_segment_options(kinds: set[str], model: str | None, fmt: OutputFormat) -> None:
+    """Options that do not fit the inputs' tasks are refused before any work (one line, naming the option)."""
+    if "ct" in kinds and fmt == OutputFormat.png:
+        raise typer.BadParameter(
+            "PNG masks are for radiographs; CT writes seg.nrrd, nii.gz or nrrd", param_hint="--format"
+        )
+    if model is None:
+        return
+    from lungx_core.models.store import read_model_config
+
+    model_task = read_model_config(model).get("task")
+    needed = {"cxr": "cxr-anatomy", "ct": "ct-lungs"}
+    for kind in sorted(kinds):
+        if model_task != needed[kind]:
+            raise typer.BadParameter(
+                f"{model} is a {model_task} model, but the inputs include {kind.upper()} images ({needed[kind]}); "
+                "segment them in separate runs, or pick the inputs' task with --task",
+                param_hint="--model",
+            )
 
 
 @evaluate_app.command("cxr")
@@ -619,11 +658,22 @@ def tasks(
 
 
 def main() -> None:
-    """Console entry point: one-line errors instead of tracebacks."""
+    """Console entry point: one-line errors instead of tracebacks or boxes (also when stderr is a file)."""
     from lungx_core.errors import LungXError
 
     try:
-        app()
+        code = app(standalone_mode=False)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        print("lungx: interrupted", file=sys.stderr)
+        sys.exit(130)
+    except typer.TyperException as exc:  # usage errors: bad option values, unknown commands
+        ctx = getattr(exc, "ctx", None)
+        where = f"{ctx.command_path}: " if ctx is not None else ""
+        message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+        print(f"lungx: error: {where}{message}".replace("\n", " "), file=sys.stderr)
+        sys.exit(getattr(exc, "exit_code", 2))
     except (LungXError, FileNotFoundError, RuntimeError, ValueError) as exc:
         if _state["debug"]:
             raise
@@ -633,3 +683,4 @@ def main() -> None:
     except KeyboardInterrupt:
         print("lungx: interrupted", file=sys.stderr)
         sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)

@@ -33,8 +33,9 @@ def fill_holes(mask: np.ndarray) -> np.ndarray:
     One labelling pass; much faster than scipy's iterative binary_fill_holes on large frames.
     """
     background, n = ndi.label(~mask)
-    if n <= 1:
-        return mask.copy() if n == 1 else np.ones_like(mask, dtype=bool)
+    if n == 0:
+        return np.ones_like(mask, dtype=bool)
+    # even a single background region is a hole when it does not touch the border (a ring filling the frame)
     edge = np.concatenate([background[0], background[-1], background[:, 0], background[:, -1]])
     outside = np.zeros(n + 1, dtype=bool)
     outside[np.unique(edge)] = True

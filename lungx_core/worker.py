@@ -23,7 +23,10 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
+
+if TYPE_CHECKING:
+    from lungx_core.tasks.registry import TaskInfo
 
 EXIT_OK, EXIT_INPUT, EXIT_INTERNAL, EXIT_INTERRUPTED = 0, 2, 3, 130
 MANIFEST_NAME = "manifest.json"
@@ -57,19 +60,14 @@ def output_kind(name: str) -> str:
     return "volume"
 
 
-def parse_options(pairs: list[str], allowed: tuple[str, ...], task: str) -> dict[str, Any]:
-    """``key=value`` pairs; values are JSON when they parse (numbers, true/false, null), else strings."""
+def parse_options(pairs: list[str], task: TaskInfo) -> dict[str, Any]:
+    """``key=value`` pairs, each checked and typed by the task's registered option (ValueError otherwise)."""
     options: dict[str, Any] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
             raise ValueError(f"option {pair!r} is not key=value")
-        if key not in allowed:
-            raise ValueError(f"task {task} has no option {key!r}; it takes: {', '.join(allowed) or 'none'}")
-        try:
-            options[key] = json.loads(value)
-        except json.JSONDecodeError:
-            options[key] = value
+        options[key] = task.option(key).parse(value, task.name)
     return options
 
 
@@ -138,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
 
     reporter = Reporter(sys.stdout)
     try:
-        options = parse_options(args.option, TASKS[args.task].options, args.task)
+        options = parse_options(args.option, TASKS[args.task])
         reporter.progress(0.0, f"starting {args.task}")
         manifest_path = args.output_dir / MANIFEST_NAME
         run(args.task, args.input, args.output_dir, args.device, args.fast, options, reporter)

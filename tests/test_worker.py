@@ -201,4 +201,24 @@ def test_registry_as_json_and_every_runner_resolves():
         runner = getattr(importlib.import_module(module_name), function_name)
         params = inspect.signature(runner).parameters
         assert list(params)[:5] == ["case", "out_dir", "device", "fast", "progress"]
-        assert set(t["options"]) == set(list(params)[5:])  # the worker accepts exactly the runner's own options
+        # the worker accepts exactly the runner's own options, each described for the front ends
+        assert {o["name"] for o in t["options"]} == set(list(params)[5:])
+        for o in t["options"]:
+            assert o["kind"] in ("str", "int", "float", "choice") and o["help"]
+            assert o["kind"] != "choice" or o["default"] in o["choices"]
+
+
+def test_options_are_typed_and_checked_by_the_registry():
+    from lungx_core.tasks.registry import task_info
+    from lungx_core.worker import parse_options
+
+    ribs = task_info("cxr-rib-suppression")
+    assert parse_options(["steps=10", "mode=inpaint", "seed=3"], ribs) == {"steps": 10, "mode": "inpaint", "seed": 3}
+    with pytest.raises(ValueError, match="option mode: 'blur' is not one of subtract, inpaint"):
+        parse_options(["mode=blur"], ribs)
+    with pytest.raises(ValueError, match="option steps: 'many' is not an integer"):
+        parse_options(["steps=many"], ribs)
+    with pytest.raises(ValueError, match=r"outside \[1, 1000\]"):
+        parse_options(["steps=0"], ribs)
+    assert parse_options(["series=3"], task_info("ct-lungs")) == {"series": "3"}  # a series number stays text
+    assert parse_options(["threshold=0.4"], task_info("cxr-anatomy")) == {"threshold": 0.4}

@@ -2,7 +2,9 @@
 
 Per-dataset label availability (label_mask per sample):
 - jsrt_scr: lungs L/R, heart, clavicles (the SCR clavicle mask is split by side).
-- covid_cxr_gb_seg: lungs L/R only ("cardiomediastinum" is not the heart).
+- covid_cxr_gb_seg: lungs L/R, and the heart as the radiologists' cardiomediastinum below the level where
+  the heart starts on JSRT/SCR films (HEART_TOP_FRACTION of the lung height): the only heart borders we have
+  on COVID (often AP, portable) films, where a heart learnt from JSRT PA films alone comes out far too narrow.
 - covid_cxr_v7labs: lung union only; split into L/R by connected components where the two lungs are
   separate, otherwise the sample is dropped. Its "ignore" regions (devices/markup) get zero pixel weight.
 The COVID sets share patients and images, so they are split jointly by patientid (and original file name).
@@ -24,6 +26,11 @@ from lungx_core.preprocess import PreprocessConfig, letterbox_mask, preprocess_r
 
 DATASETS = ("jsrt_scr", "covid_cxr_gb_seg", "covid_cxr_v7labs")
 SPLITS_DIR = Path(__file__).parent / "splits"
+
+# Median top row of the SCR heart, as a fraction of the lung fields' height from their top (measured on all 247
+# JSRT/SCR films: 5-95 % range 0.40-0.57); the GB cardiomediastinum starts at about 0.22 (aorta, upper
+# mediastinum) and ends at about 0.92, as the SCR heart (0.88).
+HEART_TOP_FRACTION = 0.475
 
 
 @dataclass
@@ -103,6 +110,18 @@ def split_by_side(mask: np.ndarray, min_fraction: float = 0.02) -> tuple[np.ndar
     return image_right, image_left
 
 
+def heart_from_cardiomediastinum(cardiomediastinum: np.ndarray, lungs: np.ndarray) -> np.ndarray:
+    """The heart label of a film that has only a cardiomediastinum mask: its part below HEART_TOP_FRACTION of
+    the lung fields' height. (H, W) bool -> (H, W) bool; empty when either mask is empty."""
+    rows = np.nonzero(lungs.any(axis=1))[0]
+    if rows.size == 0 or not cardiomediastinum.any():
+        return np.zeros_like(cardiomediastinum, dtype=bool)
+    top = int(round(rows[0] + HEART_TOP_FRACTION * (rows[-1] - rows[0])))
+    heart = cardiomediastinum.copy()
+    heart[:top] = False
+    return heart
+
+
 def load_targets(data_root: Path, s: Sample) -> tuple[np.ndarray, np.ndarray, np.ndarray | None] | None:
     """(masks (C,H,W) bool, label_mask (C,) bool, ignore (H,W) bool or None) at the staged resolution."""
     d = data_root / s.dataset / "masks"
@@ -125,6 +144,9 @@ def load_targets(data_root: Path, s: Sample) -> tuple[np.ndarray, np.ndarray, np
         if not (masks[0].any() and masks[1].any()):
             return None
         labelled[:2] = True
+        cardiomediastinum = _read_mask(d / "cardiomediastinum" / f"{s.id}.png")
+        masks[2] = heart_from_cardiomediastinum(cardiomediastinum, masks[0] | masks[1])
+        labelled[2] = bool(masks[2].any())
     else:
         sides = split_by_side(_read_mask(d / "lung" / f"{s.id}.png"))
         if sides is None:

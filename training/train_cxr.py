@@ -105,7 +105,7 @@ def validate(net, data: dict, idx: np.ndarray, batch: int = 16) -> dict[str, flo
 
 
 def selection_score(val: dict[str, float]) -> float:
-    keys = ["jsrt/lung", "covid/lung", "jsrt/heart", "jsrt/clavicle_left", "jsrt/clavicle_right"]
+    keys = ["jsrt/lung", "covid/lung", "jsrt/heart", "covid/heart", "jsrt/clavicle_left", "jsrt/clavicle_right"]
     return float(np.mean([val[k] for k in keys if k in val]))
 
 
@@ -158,6 +158,13 @@ def main(argv=None) -> None:
         opt, max_lr=cfg["lr"], total_steps=cfg["epochs"] * steps_per_epoch, pct_start=0.05
     )
     start_epoch, best = resume(args.run, net, opt, sched)
+    if start_epoch == 0 and "init" in cfg:  # fine-tune from a shipped model (fp16 weights, cast back)
+        from safetensors.torch import load_file
+
+        from lungx_core.models.store import model_paths
+
+        net.load_state_dict({k: v.float() for k, v in load_file(str(model_paths(cfg["init"])[0])).items()})
+        print(f"initialised from {cfg['init']}", flush=True)
 
     augment = make_augment(cfg, cfg["seed"] + start_epoch)
     # seeded per start epoch, as augment: a resumed run draws afresh

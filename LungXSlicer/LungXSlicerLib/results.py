@@ -94,6 +94,15 @@ def read_volume(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return sitk.GetArrayFromImage(img), ijk_to_ras(img.GetSpacing(), img.GetOrigin(), img.GetDirection())
 
 
+def output_label(path: Path, case_id: str = "input") -> str:
+    """What an output file is, from its name: ``input_ribs_suppressed.nrrd`` -> "ribs suppressed" (the worker
+    names files ``<case id>_<what>.<ext>``, and the module hands it ``input.nrrd``)."""
+    name = Path(path).name.split(".")[0]
+    if not name.startswith(case_id + "_"):
+        return ""
+    return name[len(case_id) + 1 :].replace("_", " ")
+
+
 def table_rows(outputs: TaskOutputs) -> list[tuple[str, str]]:
     """(measurement, value) rows for a table node: the measurements, then the QC flags, then run facts."""
     rows = [(key, _format(value)) for key, value in outputs.measurements.items()]

@@ -16,7 +16,7 @@ import numpy as np
 
 from lungx_core.errors import InputError
 from lungx_core.image import MedicalImage
-from lungx_core.io.readers import DICOM_SUFFIXES, ITK_SUFFIXES, PIL_SUFFIXES, _short, is_dicom_file, suffix_of
+from lungx_core.io.readers import DICOM_SUFFIXES, ITK_SUFFIXES, PIL_SUFFIXES, is_dicom_file, short_message, suffix_of
 
 MIN_SLICES = 8
 MAX_VOXELS = 1_200_000_000  # 1024 x 1024 x 1100; beyond that one volume does not fit a workstation's memory
@@ -90,7 +90,13 @@ def choose_series(path: Path, series: list[SeriesInfo], wanted: str | None = Non
     """The series to read: ``wanted`` (UID, UID prefix or series number), else the rule in the module doc."""
     ct = [s for s in series if s.modality == "CT" and not s.localizer]
     if wanted:
-        match = [s for s in series if s.uid == wanted or s.uid.startswith(wanted) or str(s.number) == wanted]
+        # an exact UID or series number wins; a UID prefix counts only when exactly one series has it
+        match = [s for s in series if s.uid == wanted or str(s.number) == wanted]
+        if not match:
+            match = [s for s in series if s.uid.startswith(wanted)]
+        if len(match) > 1:
+            raise InputError(path, f"series {wanted!r} matches {len(match)} series; give a full UID or series "
+                                   f"number: {describe_series(match)}")
         if not match:
             raise InputError(path, f"no series {wanted!r}; available: {describe_series(series)}")
         return match[0]
@@ -170,7 +176,7 @@ def read_dicom_ct(path: Path, series_uid: str | None = None) -> MedicalImage:
     try:
         img = reader.Execute()
     except RuntimeError as exc:
-        raise InputError(path, f"CT pixel data cannot be read ({_short(exc)})") from None
+        raise InputError(path, f"CT pixel data cannot be read ({short_message(exc)})") from None
     image = _ct_from_sitk(path, img)
     image.metadata.update(
         format="dicom",
@@ -178,6 +184,8 @@ def read_dicom_ct(path: Path, series_uid: str | None = None) -> MedicalImage:
         series_number=chosen.number,
         series_description=chosen.description,
         n_series=len(series),
+        # 1-based position among the folder's series in series-number order (the flag chose_series_<k>_of_<n>)
+        series_index=sorted(series, key=lambda s: (s.number, s.uid)).index(chosen) + 1,
         other_series=describe_series([s for s in series if s is not chosen]),
         unreadable_files=len(unreadable),
         gantry_tilt_deg=round(tilt, 2),
@@ -240,7 +248,7 @@ def read_ct(path: str | Path, series_uid: str | None = None) -> MedicalImage:
     try:
         img = sitk.ReadImage(str(path))
     except RuntimeError as exc:
-        raise InputError(path, f"not a readable image ({_short(exc)})") from None
+        raise InputError(path, f"not a readable image ({short_message(exc)})") from None
     image = _ct_from_sitk(path, img)
     image.metadata["format"] = suffix.lstrip(".")
     return image

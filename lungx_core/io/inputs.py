@@ -80,16 +80,26 @@ def collect_cases(inputs: list[Path]) -> list[Case]:
                 cases.append(Case(case_id_of(item), item, "folder holds no supported image or DICOM file"))
                 continue
             dicom = [f for f in files if suffix_of(f) in DICOM_SUFFIXES or suffix_of(f) not in IMAGE_SUFFIXES]
-            cases += [Case(case_id_of(f), f) for f in files if f not in set(dicom)]
+            dicom_set = set(dicom)  # once, not per file: folders hold thousands of files
+            cases += [Case(case_id_of(f), f) for f in files if f not in dicom_set]
             cases += _dicom_cases(dicom)
         else:
             cases.append(Case(case_id_of(item), item))
-    seen: dict[str, int] = {}
+    return _unique_ids(cases)
+
+
+def _unique_ids(cases: list[Case]) -> list[Case]:
+    """Give every case its own ID (its outputs are named after it): a repeated ID gets the first free numeric
+    suffix, never one that another input already has (film.png, film.jpg, film_2.png -> film, film_3, film_2)."""
+    taken = {c.case_id for c in cases}
+    used: set[str] = set()
     for c in cases:
-        n = seen.get(c.case_id, 0)
-        seen[c.case_id] = n + 1
-        if n:
-            c.case_id = f"{c.case_id}_{n + 1}"
+        if c.case_id in used:
+            n = 2
+            while f"{c.case_id}_{n}" in taken or f"{c.case_id}_{n}" in used:
+                n += 1
+            c.case_id = f"{c.case_id}_{n}"
+        used.add(c.case_id)
     return cases
 
 

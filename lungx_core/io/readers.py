@@ -6,6 +6,7 @@ that names the file and the problem. Nothing here needs torch.
 
 from __future__ import annotations
 
+import re
 import warnings
 from pathlib import Path
 
@@ -98,8 +99,8 @@ def read_bitmap(path: Path) -> MedicalImage:
 
     try:
         with warnings.catch_warnings():
+            # PIL's decompression-bomb guard stays as it is (process-wide); its warning is below our own limit
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            Image.MAX_IMAGE_PIXELS = None  # our own limit below gives a clearer message
             with Image.open(path) as im:
                 cols, rows = im.size
                 if rows * cols > MAX_PIXELS:
@@ -115,8 +116,11 @@ def read_bitmap(path: Path) -> MedicalImage:
                 arr = np.asarray(im)
     except InputError:
         raise
+    except Image.DecompressionBombError:
+        limit = f"{MAX_PIXELS // 1_000_000} Mpx"
+        raise InputError(path, f"image is over the {limit} limit (decompression-bomb guard)") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise InputError(path, f"not a readable image ({_short(exc)})") from None
+        raise InputError(path, f"not a readable image ({short_message(exc)})") from None
     arr, was_colour = _to_gray(path, arr)
     if arr.dtype == bool:
         arr = arr.astype(np.uint8) * 255
@@ -133,7 +137,7 @@ def read_itk_radiograph(path: Path) -> MedicalImage:
     try:
         img = sitk.ReadImage(str(path))
     except RuntimeError as exc:
-        raise InputError(path, f"not a readable image ({_short(exc)})") from None
+        raise InputError(path, f"not a readable image ({short_message(exc)})") from None
     if img.GetDimension() == 3 and img.GetSize()[2] > 1:
         size = img.GetSize()
         raise InputError(
@@ -168,7 +172,7 @@ def read_dicom_radiograph(path: Path) -> MedicalImage:
     try:
         ds = pydicom.dcmread(path)
     except (InvalidDicomError, OSError, EOFError, ValueError, KeyError, TypeError) as exc:
-        raise InputError(path, f"not a readable DICOM file ({_short(exc)})") from None
+        raise InputError(path, f"not a readable DICOM file ({short_message(exc)})") from None
     modality = str(ds.get("Modality", "")).upper()
     if modality not in RADIOGRAPH_MODALITIES | LOOSE_MODALITIES:
         raise InputError(path, f"DICOM modality {modality} is not a chest radiograph (DX/CR expected)")
@@ -189,7 +193,7 @@ def read_dicom_radiograph(path: Path) -> MedicalImage:
     try:
         arr = ds.pixel_array
     except Exception as exc:  # pydicom raises many types for truncated/compressed data
-        raise InputError(path, f"DICOM pixel data cannot be decoded ({_short(exc)})") from None
+        raise InputError(path, f"DICOM pixel data cannot be decoded ({short_message(exc)})") from None
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
     if ds.get("SamplesPerPixel", 1) > 1:
         if photometric.startswith("YBR"):
@@ -263,6 +267,13 @@ def _dicom_direction(ds) -> tuple[float, ...]:
     return tuple(float(v) for v in np.stack([row, col, normal], axis=1).ravel())
 
 
-def _short(exc: BaseException) -> str:
+def short_message(exc: BaseException, limit: int = 160) -> str:
+    """A library's exception as one short clause for a one-line error: its first line, without the advice meant
+    for programmers ("Use force=True ...", " - the dataset may be ..."), cut at a word, never mid-word."""
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return text[:160]
+    text = text.split(" - ")[0]
+    sentences = [t for t in re.split(r"(?<=\.)\s+", text) if "force=True" not in t]
+    text = " ".join(sentences).strip().rstrip(".") or type(exc).__name__
+    if len(text) > limit:
+        text = text[:limit].rsplit(" ", 1)[0].rstrip(",;:") + "..."
+    return text

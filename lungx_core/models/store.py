@@ -14,12 +14,13 @@ def model_paths(name_or_path: str | Path) -> tuple[Path, Path]:
     """(safetensors, json) for a shipped model name or a path to either file."""
     p = Path(name_or_path)
     if p.suffix in (".safetensors", ".json"):
-        base = p.with_suffix("")
+        base = p.parent / p.name[: -len(p.suffix)]
     elif p.exists() and p.is_dir():
         raise FileNotFoundError(f"{p} is a folder; give a .safetensors file")
     else:
         base = WEIGHTS_DIR / str(name_or_path)
-    return base.with_suffix(".safetensors"), base.with_suffix(".json")
+    # appended, not with_suffix(): a dotted name (run1.best, cxr_anatomy.v2) keeps every part of its name
+    return base.parent / f"{base.name}.safetensors", base.parent / f"{base.name}.json"
 
 
 def read_model_config(name_or_path: str | Path) -> dict[str, Any]:

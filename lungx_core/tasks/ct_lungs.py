@@ -227,7 +227,7 @@ def qc_flags(labels: np.ndarray, volumes: dict[str, float], metadata: dict[str, 
     if obliquity > 1.0:
         flags.append(f"oblique_{obliquity:.0f}deg")
     if int(metadata.get("n_series", 1) or 1) > 1:
-        flags.append(f"chose_series_{metadata.get('series_number', '')}_of_{metadata['n_series']}")
+        flags.append(f"chose_series_{metadata.get('series_index', '')}_of_{metadata['n_series']}")
     if int(metadata.get("unreadable_files", 0) or 0):
         flags.append(f"ignored_{metadata['unreadable_files']}_unreadable_files")
     return flags

@@ -4,6 +4,53 @@ instead of hard-coding them, so a new task appears everywhere once it is registe
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
+
+OPTION_KINDS = ("str", "int", "float", "choice")
+
+
+@dataclass(frozen=True)
+class TaskOption:
+    """One of a task's own options, as front ends offer it: ``kind`` is str, int, float or choice (one of
+    ``choices``); ``default`` None means "the task decides" (e.g. the shipped model); ``low``/``high`` bound
+    numbers."""
+
+    name: str
+    kind: str
+    default: Any
+    help: str
+    choices: tuple[str, ...] = ()
+    low: float | None = None
+    high: float | None = None
+
+    def parse(self, value: Any, task: str) -> Any:
+        """``value`` (a string from a command line, or already typed) as this option's type; ValueError naming
+        the task, the option and what it accepts otherwise."""
+        where = f"task {task} option {self.name}"
+        if self.kind == "choice":
+            if str(value) not in self.choices:
+                raise ValueError(f"{where}: {value!r} is not one of {', '.join(self.choices)}")
+            return str(value)
+        if self.kind == "str":
+            return str(value)
+        try:
+            number = int(value) if self.kind == "int" else float(value)
+        except (TypeError, ValueError):
+            wanted = "an integer" if self.kind == "int" else "a number"
+            raise ValueError(f"{where}: {value!r} is not {wanted}") from None
+        if self.kind == "int" and isinstance(value, float) and value != int(value):
+            raise ValueError(f"{where}: {value!r} is not an integer")
+        if (self.low is not None and number < self.low) or (self.high is not None and number > self.high):
+            raise ValueError(f"{where}: {number} is outside [{self.low}, {self.high}]")
+        return number
+
+
+def _model(default: str) -> TaskOption:
+    return TaskOption("model", "str", None, f"Model name or a .safetensors path (default: the shipped {default}).")
+
+
+SEED = TaskOption("seed", "int", 0, "Seed of the random draws: the same seed gives the same pixels.", low=0,
+                  high=2**31 - 1)
 
 
 @dataclass(frozen=True)
@@ -15,9 +62,16 @@ class TaskInfo:
     model: str  # shipped model name
     structures: tuple[str, ...] = ()
     # "module:function" that runs one input file for the worker process (lungx_core.worker); its keyword
-    # options beyond (case, out_dir, device, fast, progress) are the task's own, listed in ``options``
+    # options beyond (case, out_dir, device, fast, progress) are the task's own, described in ``options``
     runner: str = ""
-    options: tuple[str, ...] = ()
+    options: tuple[TaskOption, ...] = ()
+
+    def option(self, name: str) -> TaskOption:
+        for option in self.options:
+            if option.name == name:
+                return option
+        names = ", ".join(o.name for o in self.options) or "none"
+        raise ValueError(f"task {self.name} has no option {name!r}; it takes: {names}")
 
 
 TASKS: dict[str, TaskInfo] = {
@@ -29,7 +83,11 @@ TASKS: dict[str, TaskInfo] = {
         model="cxr_anatomy",
         structures=("lung_left", "lung_right", "heart", "clavicle_left", "clavicle_right"),
         runner="lungx_core.tasks.cxr_segmentation:run_one",
-        options=("model", "threshold"),
+        options=(
+            _model("cxr_anatomy"),
+            TaskOption("threshold", "float", 0.5, "Probability above which a pixel belongs to a structure.",
+                       low=0.05, high=0.95),
+        ),
     ),
     "ct-lungs": TaskInfo(
         name="ct-lungs",
@@ -39,7 +97,13 @@ TASKS: dict[str, TaskInfo] = {
         model="ct_lungs",
         structures=("lung_right", "lung_left"),
         runner="lungx_core.tasks.ct_lungs:run_one",
-        options=("model", "method", "series"),
+        options=(
+            _model("ct_lungs"),
+            TaskOption("method", "choice", "net", "net: the lung network (holds on pathological lungs); classical: "
+                       "thresholds and morphology, no model.", choices=("net", "classical")),
+            TaskOption("series", "str", None, "For a DICOM folder: the series to read (UID, UID prefix or series "
+                       "number); default the one with the most slices."),
+        ),
     ),
     "cxr-synthesis": TaskInfo(
         name="cxr-synthesis",
@@ -49,7 +113,7 @@ TASKS: dict[str, TaskInfo] = {
         model="cxr_synthesis",
         structures=("lung",),
         runner="lungx_core.tasks.synthesis:run_one",
-        options=("model", "seed"),
+        options=(_model("cxr_synthesis"), SEED),
     ),
     "cxr-opacity-removal": TaskInfo(
         name="cxr-opacity-removal",
@@ -59,7 +123,7 @@ TASKS: dict[str, TaskInfo] = {
         model="cxr_opacity_removal",
         structures=("opacity",),
         runner="lungx_core.tasks.opacity_removal:run_one",
-        options=("model",),
+        options=(_model("cxr_opacity_removal"),),
     ),
     "cxr-rib-suppression": TaskInfo(
         name="cxr-rib-suppression",
@@ -69,7 +133,17 @@ TASKS: dict[str, TaskInfo] = {
         model="cxr_inpainting",
         structures=("ribs",),
         runner="lungx_core.tasks.rib_suppression:run_one",
-        options=("model",),
+        options=(
+            _model("cxr_inpainting"),
+            TaskOption("mode", "choice", "subtract", "subtract: remove only the smooth bone signal (vessels under a "
+                       "rib stay); inpaint: replace the rib pixels by regenerated ones (research).",
+                       choices=("subtract", "inpaint")),
+            TaskOption("steps", "int", 25, "Denoising steps (10-50 is the useful range; fast mode uses 10).",
+                       low=1, high=1000),
+            SEED,
+            TaskOption("scheduler", "choice", "ddim", "Sampler: DDIM, DPM-Solver++ or RePaint.",
+                       choices=("ddim", "dpm", "repaint")),
+        ),
     ),
 }
 

@@ -144,15 +144,20 @@ def run_one(
     fast: bool = False,
     progress: Progress | None = None,
     model: str = DEFAULT_INPAINTING,
+    mode: str = "subtract",
+    steps: int | None = None,
+    seed: int = 0,
+    scheduler: str = "ddim",
 ) -> dict[str, Any]:
     """One radiograph, as the worker process runs it: ribs from the rib model inside the anatomy model's lungs;
-    ``fast`` samples 10 steps instead of 25."""
+    ``steps`` defaults to 25, or 10 with ``fast``."""
     from lungx_core.tasks.cxr_segmentation import CXRSegmenter
 
     report = progress or (lambda fraction, message: None)
     report(0.0, "loading the models")
-    suppressor = RibSuppressor(model, device=device)
+    suppressor = RibSuppressor(model or DEFAULT_INPAINTING, device=device)
     segmenter = CXRSegmenter(device=device)
     report(0.3, f"suppressing ribs on {suppressor.device}")
-    settings = SuppressionSettings(steps=10 if fast else 25)
+    steps = int(steps) if steps is not None else (10 if fast else 25)
+    settings = SuppressionSettings(mode=mode, steps=steps, seed=int(seed), scheduler=scheduler)
     return suppress_ribs_case(case, suppressor, out_dir, settings, segmenter=segmenter)

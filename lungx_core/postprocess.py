@@ -15,6 +15,12 @@ from lungx_core.anatomy import CXR_CLASSES
 
 # A lung split by dense opacity can fall into pieces; keep pieces of at least this share of the largest.
 LUNG_KEEP_FRACTION = 0.15
+# Cardiothoracic ratios outside this range are physiologically implausible on a frontal film (normal PA
+# 0.39-0.50; cardiomegaly up to ~0.7; AP magnifies the heart by ~10-20 %): the heart border is likely wrong.
+CTR_PLAUSIBLE = (0.35, 0.75)
+# A clavicle smaller than this share of its side's lung field is a speck, not a clavicle (SCR clavicles are
+# 3-10 % of the lung field).
+CLAVICLE_MIN_FRACTION_OF_LUNG = 0.01
 
 
 def keep_components(mask: np.ndarray, keep_fraction: float = 0.0) -> np.ndarray:
@@ -143,9 +149,15 @@ def measure(
             flags.append("implausible_left_right_ratio")
     if not masks["heart"].any():
         flags.append("heart_not_found")
-    elif ctr is not None and not 0.25 <= ctr <= 0.8:
+    elif ctr is not None and not CTR_PLAUSIBLE[0] <= ctr <= CTR_PLAUSIBLE[1]:
         flags.append("implausible_ctr")
-    for name in ("lung_left", "lung_right", "heart"):
+    for side in ("left", "right"):
+        clavicle, lung_area = f"clavicle_{side}", area_px[f"lung_{side}"]
+        if not masks[clavicle].any():
+            flags.append(f"{clavicle}_not_found")
+        elif lung_area and area_px[clavicle] < CLAVICLE_MIN_FRACTION_OF_LUNG * lung_area:
+            flags.append(f"implausible_{clavicle}_area")
+    for name in CXR_CLASSES:
         if masks[name].any() and confidence[name] < 0.85:
             flags.append(f"low_confidence_{name}")
     if masks["lung_left"].any() and masks["lung_right"].any():

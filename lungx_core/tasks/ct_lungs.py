@@ -67,6 +67,36 @@ def _keep_lung_components(mask: np.ndarray, keep_fraction: float = 0.2) -> np.nd
     return out
 
 
+def drop_below_lungs(labels: np.ndarray, margin_slices: int = 0) -> np.ndarray:
+    """Lung labels (canonical order: axis 0 runs inferior -> superior) without air that lies wholly below the
+    lungs: bowel gas or free abdominal air in a field of view that reaches the upper abdomen.
+
+    The lungs are the most superior air of the chest: the component (both sides together) that reaches highest,
+    and every component sharing its slices, span the lungs' slice range; a component whose top slice lies below
+    the bottom of that range (by more than ``margin_slices``) is below the diaphragm and is dropped.
+    """
+    lungs = labels > 0
+    if not lungs.any():
+        return labels
+    components, n = ndi.label(lungs)
+    if n <= 1:
+        return labels
+    boxes = ndi.find_objects(components)
+    z_range = [(b[0].start, b[0].stop - 1) for b in boxes]  # (bottom, top) slice of each component
+    sizes = np.bincount(components.ravel())[1:]
+    top = max(range(n), key=lambda i: (z_range[i][1], sizes[i]))
+    low, high = z_range[top]
+    for i in range(n):  # the other lung (and lung pieces) share slices with the top component
+        if z_range[i][1] >= low and z_range[i][0] <= high:
+            low = min(low, z_range[i][0])
+    below = [i + 1 for i in range(n) if z_range[i][1] < low - margin_slices]
+    if not below:
+        return labels
+    out = labels.copy()
+    out[np.isin(components, below)] = 0
+    return out
+
+
 # HU -500 (tissue versus air) on the network's [0, 1] input scale
 BODY_LEVEL = (-500.0 - CT_HU_WINDOW[0]) / (CT_HU_WINDOW[1] - CT_HU_WINDOW[0])
 
@@ -190,6 +220,7 @@ class CTLungSegmenter:
             side = _keep_lung_components(labels == value)
             labels[(labels == value) & ~side] = 0
             labels[side & (labels == 0)] = value
+        labels = drop_below_lungs(labels)
         voxel_ml = float(np.prod(orient.spacing)) / 1000.0
         volumes = {s.name: float((labels == s.label).sum()) * voxel_ml for s in CT_STRUCTURES}
         if sum(volumes.values()) < MIN_TOTAL_LUNG_ML:

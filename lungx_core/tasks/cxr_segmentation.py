@@ -96,6 +96,8 @@ class CXRSegmenter:
             meas.flags.append("converted_from_colour")
         if image.metadata.get("modality_unverified"):
             meas.flags.append("modality_unverified")
+        if str(image.metadata.get("view_position", "")).upper() == "AP":
+            meas.flags.append("ap_view_ctr_magnified")  # AP (often portable) films magnify the heart
         back = {k: np.ascontiguousarray(_orient(m, flip_rows, flip_cols)) for k, m in masks.items()}
         return CXRResult(back, np.ascontiguousarray(_orient(probs, flip_rows, flip_cols)), meas)
 

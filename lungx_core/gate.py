@@ -1,0 +1,91 @@
+"""Is this a frontal chest radiograph? An image-content gate in front of every radiograph task.
+
+DICOM tags catch some wrong inputs (a CT modality, ViewPosition LL), but PNG/JPEG files, lateral films without a
+ViewPosition, CT slices saved as pictures, photographs and inverted films carry no such tag. A compact classifier
+(``cxr_gate``, MONAI ``Classifier``, trained by ``training/train_gate.py`` on the frontal films of ../shared/data
+against negatives generated from the CTs there and procedurally; see its model card) looks at a 128-px thumbnail
+and names what the image is. :func:`check_frontal_chest` raises a one-line :class:`InputError` that says what the
+image looks like instead.
+
+Example::
+
+    gate = FrontalChestGate()
+    gate.check(image)              # InputError: "film.png: not a frontal chest radiograph: looks like a CT slice"
+    gate.probabilities(image.array)  # {"frontal_chest": 0.99, "ct_slice": 0.0, ...}
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from lungx_core.errors import InputError
+from lungx_core.image import MedicalImage
+
+DEFAULT_GATE = "cxr_gate"
+GATE_SIZE = 128
+GATE_CLASSES = ("frontal_chest", "ct_slice", "lateral_or_oblique", "inverted_film", "not_a_chest_image")
+# what the error message says the image looks like
+_LOOKS_LIKE = {
+    "ct_slice": "a CT slice",
+    "lateral_or_oblique": "a lateral or oblique view",
+    "inverted_film": "an inverted (negative) film",
+    "not_a_chest_image": "not a chest image",
+}
+
+
+def gate_input(array: np.ndarray, size: int = GATE_SIZE) -> np.ndarray:
+    """The gate's view of a 2-D image: windowed to its 0.5-99.5 percentiles, letterboxed onto a black square,
+    resized. (H, W) any dtype -> (size, size) float32 in [0, 1]."""
+    from PIL import Image
+
+    a = np.asarray(array, dtype=np.float32)
+    if a.ndim != 2:
+        raise ValueError(f"the gate takes a 2-D image, got shape {a.shape}")
+    finite = a[np.isfinite(a)]
+    lo, hi = (np.percentile(finite, (0.5, 99.5)) if finite.size else (0.0, 1.0))
+    a = np.clip((np.nan_to_num(a, nan=lo) - lo) / max(hi - lo, 1e-6), 0.0, 1.0)
+    rows, cols = a.shape
+    scale = size / max(rows, cols)
+    r, c = max(1, round(rows * scale)), max(1, round(cols * scale))
+    small = np.asarray(Image.fromarray(a).resize((c, r), Image.BILINEAR), dtype=np.float32)
+    out = np.zeros((size, size), np.float32)
+    r0, c0 = (size - r) // 2, (size - c) // 2
+    out[r0 : r0 + r, c0 : c0 + c] = small
+    return out
+
+
+class FrontalChestGate:
+    """Holds the gate model (loaded once); ``threshold`` is the least probability of ``frontal_chest`` a film
+    needs to pass (the model card's operating point)."""
+
+    def __init__(self, model: str | Path = DEFAULT_GATE, device: str = "cpu"):
+        from lungx_core.models.store import load_model
+
+        self.net, self.config = load_model(model, device)
+        self.classes = tuple(self.config["classes"])
+        self.threshold = float(self.config.get("threshold", 0.5))
+        self.device = next(self.net.parameters()).device
+
+    def probabilities(self, array: np.ndarray) -> dict[str, float]:
+        """Class probabilities of one display-oriented 2-D image."""
+        import torch
+
+        x = torch.as_tensor(gate_input(array))[None, None].to(self.device)
+        with torch.inference_mode():
+            p = torch.softmax(self.net(x).float(), dim=1)[0].cpu().numpy()
+        return {name: float(v) for name, v in zip(self.classes, p, strict=True)}
+
+    def check(self, image: MedicalImage, display: np.ndarray | None = None) -> dict[str, float]:
+        """Raise InputError naming the file and what it looks like unless ``image`` (or its ``display`` view)
+        is a frontal chest radiograph; returns the probabilities otherwise."""
+        probs = self.probabilities(image.array if display is None else display)
+        if probs["frontal_chest"] >= self.threshold:
+            return probs
+        other = max((k for k in probs if k != "frontal_chest"), key=probs.get)
+        raise InputError(
+            image.source or "input",
+            f"not a frontal chest radiograph: looks like {_LOOKS_LIKE[other]} "
+            f"(frontal-chest probability {probs['frontal_chest']:.2f})",
+        )

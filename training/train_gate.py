@@ -1,0 +1,148 @@
+"""Train the frontal-chest gate (cxr_gate: frontal chest film vs CT slice, lateral/oblique view, inverted film,
+non-chest picture) and export it into lungx_core/weights.
+
+    python training/train_gate.py --config training/configs/gate.json --data ../shared/data --run runs/gate
+    python training/train_gate.py --config training/configs/gate.json --data ../shared/data --run runs/gate --export
+
+Seeded and resumable (re-run the same command; ``last.pt`` in the run folder, outside git). ``--export`` writes
+fp16 weights, the config and the measured validation table into the model card's JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from lungx_core.gate import GATE_CLASSES  # noqa: E402
+from lungx_core.models.networks import build_network  # noqa: E402
+from training.common import append_log, resume, save_checkpoint, start_run  # noqa: E402
+from training.gate_data import build_cache  # noqa: E402
+
+
+def augment(batch: np.ndarray, rng: np.random.Generator) -> torch.Tensor:
+    """Geometry and film-processing variation that keeps each class what it is (no grey-value inversion)."""
+    from scipy import ndimage as ndi
+
+    out = []
+    for img in batch.astype(np.float32) / 255.0:
+        if rng.random() < 0.7:
+            angle, zoom = rng.uniform(-12, 12), rng.uniform(0.85, 1.15)
+            img = ndi.rotate(img, angle, reshape=False, order=1, mode="constant")
+            img = ndi.zoom(img, zoom, order=1)
+            size = batch.shape[-1]
+            if img.shape[0] >= size:
+                o = (img.shape[0] - size) // 2
+                img = img[o : o + size, o : o + size]
+            else:
+                p = size - img.shape[0]
+                img = np.pad(img, ((p // 2, p - p // 2),) * 2)
+        if rng.random() < 0.5:
+            img = img[:, ::-1]
+        img = np.clip(img, 0, 1) ** rng.uniform(0.7, 1.4)
+        if rng.random() < 0.3:
+            img = ndi.gaussian_filter(img, rng.uniform(0.3, 1.2))
+        img = img + rng.normal(0, rng.uniform(0, 0.03), img.shape)
+        out.append(np.clip(img, 0, 1))
+    return torch.as_tensor(np.stack(out), dtype=torch.float32)[:, None]
+
+
+@torch.no_grad()
+def predict(net, images: np.ndarray, batch: int = 128) -> np.ndarray:
+    net.eval()
+    probs = []
+    for s in range(0, len(images), batch):
+        x = torch.as_tensor(images[s : s + batch].astype(np.float32) / 255.0)[:, None]
+        probs.append(torch.softmax(net(x), dim=1).numpy())
+    net.train()
+    return np.concatenate(probs)
+
+
+def report(probs: np.ndarray, labels: np.ndarray, threshold: float) -> dict:
+    """Per class: n, and the share called frontal (accepted) at ``threshold``."""
+    accepted = probs[:, 0] >= threshold
+    return {name: {"n": int((labels == i).sum()), "accepted": round(float(accepted[labels == i].mean()), 4)}
+            for i, name in enumerate(GATE_CLASSES) if (labels == i).any()}
+
+
+def main(argv=None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    export = "--export" in argv
+    if export:
+        argv.remove("--export")
+    args, cfg = start_run(__doc__, argv)
+    cache = args.run / "cache.npz"
+    if not cache.exists():
+        t0 = time.time()
+        build_cache(args.data, cache, cfg["seed"])
+        print(f"cache built in {time.time() - t0:.0f}s", flush=True)
+    z = np.load(cache)
+    images, labels, split = z["images"], z["labels"], z["split"]
+    train, val = np.nonzero(split == "train")[0], np.nonzero(split == "val")[0]
+    print(f"train {len(train)} val {len(val)} per class {np.bincount(labels, minlength=len(GATE_CLASSES))}",
+          flush=True)
+
+    net = build_network(cfg["arch"], 1, len(GATE_CLASSES), **cfg["arch_options"])
+    opt = torch.optim.AdamW(net.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
+    steps = math.ceil(len(train) / cfg["batch_size"])
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg["lr"], total_steps=cfg["epochs"] * steps)
+    start, best = resume(args.run, net, opt, sched)
+    # balanced classes: each class weighs the same in the loss, whatever its count
+    counts = np.bincount(labels[train], minlength=len(GATE_CLASSES))
+    weights = torch.as_tensor(counts.sum() / (len(counts) * counts), dtype=torch.float32)
+    loss_fn = torch.nn.CrossEntropyLoss(weight=weights)
+    rng = np.random.default_rng(cfg["seed"] + start)
+    for epoch in range(start if not export else cfg["epochs"], cfg["epochs"]):
+        t0 = time.time()
+        order = rng.permutation(train)
+        losses = []
+        for b in range(steps):
+            sel = order[b * cfg["batch_size"] : (b + 1) * cfg["batch_size"]]
+            loss = loss_fn(net(augment(images[sel], rng)), torch.as_tensor(labels[sel]))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+            losses.append(loss.item())
+        probs = predict(net, images[val])
+        accuracy = float((probs.argmax(1) == labels[val]).mean())
+        if accuracy >= best:
+            best = accuracy
+            torch.save({"model": net.state_dict(), "epoch": epoch}, args.run / "best.pt")
+        append_log(args.run / "log.csv", {"epoch": epoch, "loss": float(np.mean(losses)), "val_accuracy": accuracy,
+                                          "seconds": time.time() - t0})
+        save_checkpoint(args.run, net, opt, sched, epoch, best)
+        print(f"epoch {epoch} loss {np.mean(losses):.4f} val accuracy {accuracy:.4f} ({time.time() - t0:.0f}s)",
+              flush=True)
+    if export:
+        export_gate(args, cfg, net, images, labels, split)
+
+
+def export_gate(args, cfg: dict, net, images: np.ndarray, labels: np.ndarray, split: np.ndarray) -> None:
+    from lungx_core.models.store import save_model
+
+    state = torch.load(args.run / "best.pt", weights_only=True)
+    net.load_state_dict({k: v.half().float() for k, v in state["model"].items()})  # measure what ships (fp16)
+    probs = predict(net, images)
+    threshold = cfg["threshold"]
+    val = split == "val"
+    config = {
+        "name": "cxr_gate", "task": "gate", "arch": cfg["arch"], "arch_options": cfg["arch_options"],
+        "in_channels": 1, "classes": list(GATE_CLASSES), "threshold": threshold,
+        "training": {"config": cfg, "best_epoch": int(state["epoch"])},
+        "validation": report(probs[val], labels[val], threshold),
+        "all_shared_frontal_films_accepted": round(float((probs[labels == 0, 0] >= threshold).mean()), 4),
+    }
+    path = save_model(state["model"], config, Path(__file__).resolve().parents[1] / "lungx_core/weights/cxr_gate")
+    print(json.dumps(config["validation"], indent=1), config["all_shared_frontal_films_accepted"], path)
+
+
+if __name__ == "__main__":
+    main()

@@ -116,7 +116,7 @@ def test_reading_a_bitmap_keeps_pils_decompression_bomb_guard(tmp_path):
     guard = Image.MAX_IMAGE_PIXELS
     Image.fromarray(phantom_radiograph(64, 64)).save(tmp_path / "a.png")
     read_radiograph(tmp_path / "a.png")
-    assert Image.MAX_IMAGE_PIXELS == guard and guard is not None
+    assert guard == Image.MAX_IMAGE_PIXELS and guard is not None
 
 
 def test_library_messages_lose_programmer_advice_and_are_cut_at_a_word():

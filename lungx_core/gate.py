@@ -4,8 +4,12 @@ DICOM tags catch some wrong inputs (a CT modality, ViewPosition LL), but PNG/JPE
 ViewPosition, CT slices saved as pictures, photographs and inverted films carry no such tag. A compact classifier
 (``cxr_gate``, MONAI ``Classifier``, trained by ``training/train_gate.py`` on the frontal films of ../shared/data
 against negatives generated from the CTs there and procedurally; see its model card) looks at a 128-px thumbnail
-and names what the image is. :func:`check_frontal_chest` raises a one-line :class:`InputError` that says what the
+and names what the image is. :meth:`FrontalChestGate.check` raises a one-line :class:`InputError` that says what the
 image looks like instead.
+
+Status: not shipped and not wired into the tasks yet. The first run (16 epochs, 2 CPU cores) accepted 97.9 % of the
+frontal films in ../shared/data and refused only 79 % of held-out lateral/oblique DRRs, short of what a gate must do
+(accept every real frontal film, refuse >= 90 % of non-frontal inputs).
 
 Example::
 

@@ -140,7 +140,9 @@ def test_sample_segments_plausibly(tmp_path):
         "ct-lungs",
     )
     assert row["status"] == "ok" and ct_row["status"] == "ok"
-    assert "not_found" not in row["qc_flags"] and "left_right_inconsistent" not in row["qc_flags"]
+    flags = row["qc_flags"].split(";")
+    assert "lung_left_not_found" not in flags and "lung_right_not_found" not in flags
+    assert "left_right_inconsistent" not in flags
     left, right = float(row["area_cm2_lung_left"]), float(row["area_cm2_lung_right"])
     assert 50 < left < 400 and 50 < right < 400  # adult lung fields, cm^2 at 1 mm pixels
 

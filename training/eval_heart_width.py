@@ -43,16 +43,11 @@ def lower_half(mask: np.ndarray) -> np.ndarray:
     return out
 
 
-def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", type=Path, default=Path("../shared/data"))
-    ap.add_argument("--ids", type=Path, required=True)
-    ap.add_argument("--model", default="cxr_anatomy")
-    args = ap.parse_args(argv)
-    folder = args.data / "covid_cxr_gb_seg"
-    segmenter = CXRSegmenter(args.model, "cpu")
+def heart_width_report(data: Path, ids: list[str], segmenter: CXRSegmenter) -> dict:
+    """The figures this script prints, for ``ids`` of covid_cxr_gb_seg segmented by ``segmenter``."""
+    folder = data / "covid_cxr_gb_seg"
     ratios, ctrs, unflagged = [], [], 0
-    for case_id in args.ids.read_text().split():
+    for case_id in ids:
         film = np.asarray(Image.open(folder / "images" / f"{case_id}.png").convert("L"))
         cm = np.asarray(Image.open(folder / "masks" / "cardiomediastinum" / f"{case_id}.png").convert("L")) > 127
         if not cm.any():
@@ -65,13 +60,23 @@ def main(argv=None) -> None:
         flagged = {"implausible_ctr", "heart_not_found"} & set(result.measurements.flags)
         unflagged += bool(outside and not flagged)
     ctrs_a = np.array(ctrs)
-    print(json.dumps({
+    return {
         "n": len(ratios),
         "median_heart_width_ratio": round(float(np.median(ratios)), 4),
         "ctr_in_plausible_range": round(float(((ctrs_a >= CTR_PLAUSIBLE[0]) & (ctrs_a <= CTR_PLAUSIBLE[1])).mean()), 4),
         "ctr_median": round(float(np.median(ctrs_a)), 4),
         "outside_range_unflagged": unflagged,
-    }))
+    }
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", type=Path, default=Path("../shared/data"))
+    ap.add_argument("--ids", type=Path, required=True)
+    ap.add_argument("--model", default="cxr_anatomy")
+    args = ap.parse_args(argv)
+    report = heart_width_report(args.data, args.ids.read_text().split(), CXRSegmenter(args.model, "cpu"))
+    print(json.dumps(report))
 
 
 if __name__ == "__main__":

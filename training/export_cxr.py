@@ -85,6 +85,11 @@ def main(argv=None) -> None:
         metrics[ds] = evaluate_cxr(args.data / ds, lambda p: segmenter.segment(read_radiograph(p)).masks, ids)
         print(ds, json.dumps(metrics[ds]), f"({time.time() - t0:.0f}s)", flush=True)
     model_cfg["validation"] = metrics
+    from training.eval_heart_width import heart_width_report
+
+    gb_val = (SPLITS_DIR / "covid_cxr_gb_seg_val.txt").read_text().split()
+    model_cfg["heart_width_gb_val"] = heart_width_report(args.data, gb_val, segmenter)
+    print("heart width on GB val", json.dumps(model_cfg["heart_width_gb_val"]), flush=True)
     save_model(state, model_cfg, name)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     card = model_card(name, model_cfg, metrics, agreement, commit, args.run, args.train_config)
@@ -116,11 +121,15 @@ def model_card(
         f"{tr['epochs']} epochs, batch {tr['batch_size']}, seed {tr['seed']}; best epoch "
         f"{cfg['training']['best_epoch']} chosen on the validation split.",
         f"- Augmentation: {tr['augment']} (a mirror swaps left/right labels).",
-        "- Per-dataset label masking: the COVID sets label lungs only, so heart/clavicle outputs get no loss there.",
+        "- Per-dataset label masking: v7labs labels lungs only; GB labels lungs and (derived) heart; clavicles are"
+        " learnt from JSRT/SCR alone.",
         "",
         "## Data and split (../shared/data, research-only licences; nothing of it ships)",
         "- `jsrt_scr` (JSRT images, SCR masks): lungs L/R, heart, clavicles (split by side). 160 train / 40 val.",
-        "- `covid_cxr_gb_seg` (radiologist masks): lungs L/R. `covid_cxr_v7labs` (V7 masks): lung union split into",
+        "- `covid_cxr_gb_seg` (radiologist masks): lungs L/R, and the heart as the radiologists' cardiomediastinum",
+        "  below the level where the SCR heart starts (0.475 of the lung height from the apex;",
+        "  `heart_from_cardiomediastinum` in training/cxr_data.py): heart borders on COVID (often AP) films.",
+        "- `covid_cxr_v7labs` (V7 masks): lung union split into",
         "  L/R by connected components; V7 'ignore' regions (devices) carry zero loss weight.",
         "- The COVID sets are split jointly by `patientid` (images shared by both sets stay on one side), 20% val.",
         "- ID lists: `training/splits/<dataset>_{train,val}.txt`.",
@@ -138,6 +147,19 @@ def model_card(
     for ds, m in metrics.items():
         for c in m["dice"]:
             lines.append(f"| {ds} | {m['n']} | {c} | {m['dice'][c]:.4f} | {m['iou'][c]:.4f} | {m['hd95_px'][c]:.2f} |")
+    if "heart_width_gb_val" in cfg:
+        h = cfg["heart_width_gb_val"]
+        lines += [
+            "",
+            "Heart on the GB validation films (`python training/eval_heart_width.py --ids "
+            "training/splits/covid_cxr_gb_seg_val.txt`):",
+            f"median (predicted heart's widest row) / (widest row of the radiologist cardiomediastinum's lower half) "
+            f"{h['median_heart_width_ratio']:.3f} over {h['n']} films; CTR in 0.35-0.75 on "
+            f"{100 * h['ctr_in_plausible_range']:.0f} % (median {h['ctr_median']:.3f}); films outside that range "
+            f"and not flagged: {h['outside_range_unflagged']}.",
+        ]
+    if tr.get("init"):
+        lines += ["", f"Fine-tuned from the previously shipped `{tr['init']}` weights (config key `init`)."]
     lines += [
         "",
         "## Reproduce",
@@ -152,7 +174,9 @@ def model_card(
         "- Trained on adult frontal films; lateral views are rejected; paediatric films are untested.",
         "- Left/right assume standard display (patient's left on the image right) unless DICOM PatientOrientation",
         "  says otherwise; an anatomically inconsistent result is flagged, never silently swapped.",
-        "- Clavicle and heart labels come from one dataset (JSRT/SCR, 247 Japanese PA films).",
+        "- Clavicle labels come from one dataset (JSRT/SCR, 247 Japanese PA films); heart labels from JSRT/SCR and,",
+        "  derived from cardiomediastinum masks, from the GB COVID films (the derived upper border is approximate).",
+        "- CTR is measured on the film as taken: AP films magnify the heart (flagged `ap_view_ctr_magnified`).",
         "",
     ]
     return "\n".join(lines)

@@ -627,7 +627,7 @@ class LungXSlicerLogic(ScriptedLoadableModuleLogic):
             raise RuntimeError(f"{path.name} is not on the grid of {inputNode.GetName()}")
         if segmentationNode is None:
             segmentationNode = slicer.mrmlScene.AddNewNodeByClass(
-                "vtkMRMLSegmentationNode", self._nodeName(f"{inputNode.GetName()} {task}")
+                "vtkMRMLSegmentationNode", slicer.mrmlScene.GenerateUniqueName(f"{inputNode.GetName()} {task}")
             )
         segmentationNode.CreateDefaultDisplayNodes()
         segmentationNode.SetReferenceImageGeometryParameterFromVolumeNode(inputNode)
@@ -647,19 +647,12 @@ class LungXSlicerLogic(ScriptedLoadableModuleLogic):
         self._placeNextToInput(segmentationNode, inputNode)
         return segmentationNode
 
-    @staticmethod
-    def _nodeName(name: str) -> str:
-        """``name`` itself when no node has it yet, else Slicer's numbered variant."""
-        if slicer.mrmlScene.GetFirstNodeByName(name) is None:
-            return name
-        return slicer.mrmlScene.GenerateUniqueName(name)
-
     def _importVolume(self, path: Path, inputNode, volumeNode, task: str):
         array, ijkToRAS = results.read_volume(path)
         array = as_slicer_array(array)
         if volumeNode is None:
             # named by what it is ("film synthetic", "film ribs suppressed"), from the worker's file name
-            name = self._nodeName(f"{inputNode.GetName()} {results.output_label(path) or task}")
+            name = slicer.mrmlScene.GenerateUniqueName(f"{inputNode.GetName()} {results.output_label(path) or task}")
             volumeNode = slicer.util.addVolumeFromArray(array, ijkToRAS, name)
         else:
             slicer.util.updateVolumeFromArray(volumeNode, array)
@@ -668,7 +661,7 @@ class LungXSlicerLogic(ScriptedLoadableModuleLogic):
         return volumeNode
 
     def _importTable(self, outputs: results.TaskOutputs, inputNode):
-        name = self._nodeName(f"{inputNode.GetName()} {outputs.task} results")
+        name = slicer.mrmlScene.GenerateUniqueName(f"{inputNode.GetName()} {outputs.task} results")
         table = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLTableNode", name)
         wasModified = table.StartModify()
         table.AddColumn().SetName("Measurement")

@@ -96,7 +96,7 @@ def _width(mask: np.ndarray) -> int:
     return int(cols[-1] - cols[0] + 1) if cols.size else 0
 
 
-def _row_extents(mask: np.ndarray) -> np.ndarray:
+def row_extents(mask: np.ndarray) -> np.ndarray:
     """Per row, last minus first filled column + 1 (0 for empty rows); vectorised over rows."""
     filled = mask.any(axis=1)
     first = np.argmax(mask, axis=1)
@@ -108,7 +108,7 @@ def cardiothoracic_ratio(heart: np.ndarray, lungs: np.ndarray) -> float | None:
     """Maximal horizontal heart width over maximal thoracic width (outer lung borders, row by row)."""
     if not heart.any() or not lungs.any():
         return None
-    thorax = int(_row_extents(lungs).max())
+    thorax = int(row_extents(lungs).max())
     return _width(heart) / thorax if thorax else None
 
 

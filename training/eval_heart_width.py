@@ -21,18 +21,13 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lungx_core.image import MedicalImage  # noqa: E402
-from lungx_core.postprocess import CTR_PLAUSIBLE  # noqa: E402
+from lungx_core.postprocess import CTR_PLAUSIBLE, row_extents  # noqa: E402
 from lungx_core.tasks.cxr_segmentation import CXRSegmenter  # noqa: E402
 
 
 def widest_row(mask: np.ndarray) -> int:
     """Largest (last - first + 1) filled column over rows; 0 for an empty mask."""
-    rows = np.nonzero(mask.any(axis=1))[0]
-    if rows.size == 0:
-        return 0
-    first = np.argmax(mask[rows], axis=1)
-    last = mask.shape[1] - 1 - np.argmax(mask[rows, ::-1], axis=1)
-    return int((last - first + 1).max())
+    return int(row_extents(mask).max())
 
 
 def lower_half(mask: np.ndarray) -> np.ndarray:

@@ -95,8 +95,8 @@ def write_derived_dicom(path: Path, source: Path, array: np.ndarray, description
     ds.SourceImageSequence = [source_ref]
     ds.ImageType = ["DERIVED", "SECONDARY"]
     ds.DerivationDescription = description[:1024]
-    ds.SeriesDescription = description if description.endswith("(lungx)") else f"{description} (lungx)"
-    ds.SeriesDescription = ds.SeriesDescription[:64]
+    series = description if description.endswith("(lungx)") else f"{description} (lungx)"
+    ds.SeriesDescription = series[:64]
     ds.SeriesInstanceUID = generate_uid()
     ds.SOPInstanceUID = generate_uid()
     ds.SeriesNumber = int(ds.get("SeriesNumber", 0) or 0) + 1000

@@ -67,13 +67,13 @@ def _keep_lung_components(mask: np.ndarray, keep_fraction: float = 0.2) -> np.nd
     return out
 
 
-def drop_below_lungs(labels: np.ndarray, margin_slices: int = 0) -> np.ndarray:
+def drop_below_lungs(labels: np.ndarray) -> np.ndarray:
     """Lung labels (canonical order: axis 0 runs inferior -> superior) without air that lies wholly below the
     lungs: bowel gas or free abdominal air in a field of view that reaches the upper abdomen.
 
     The lungs are the most superior air of the chest: the component (both sides together) that reaches highest,
     and every component sharing its slices, span the lungs' slice range; a component whose top slice lies below
-    the bottom of that range (by more than ``margin_slices``) is below the diaphragm and is dropped.
+    the bottom of that range is below the diaphragm and is dropped.
     """
     lungs = labels > 0
     if not lungs.any():
@@ -89,7 +89,7 @@ def drop_below_lungs(labels: np.ndarray, margin_slices: int = 0) -> np.ndarray:
     for i in range(n):  # the other lung (and lung pieces) share slices with the top component
         if z_range[i][1] >= low and z_range[i][0] <= high:
             low = min(low, z_range[i][0])
-    below = [i + 1 for i in range(n) if z_range[i][1] < low - margin_slices]
+    below = [i + 1 for i in range(n) if z_range[i][1] < low]
     if not below:
         return labels
     out = labels.copy()

@@ -6,8 +6,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-OPTION_KINDS = ("str", "int", "float", "choice")
-
 
 @dataclass(frozen=True)
 class TaskOption:

@@ -122,6 +122,7 @@ def segment(
             "rendered from it.",
         ),
     ] = False,
+    input_check: InputCheckOption = True,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ):
     """Segment chest radiographs (lungs L/R, heart, clavicles L/R) and chest CTs (lungs R/L).
@@ -157,11 +158,14 @@ def segment(
             samples.append(Case("sample_ct", output / "sample_ct.nrrd", kind="ct"))
         cases, kinds = samples + cases, sample_kinds + kinds
 
+    from lungx_core.gate import optional_gate
     from lungx_core.tasks import ct_lungs, cxr_segmentation
 
     segmenters: dict[str, object] = {}
+    gate = None
     if "cxr" in kinds:
         segmenters["cxr"] = cxr_segmentation.CXRSegmenter(model or "cxr_anatomy", device.value, threshold)
+        gate = optional_gate(input_check, device.value)
     if "ct" in kinds:
         segmenters["ct"] = ct_lungs.CTLungSegmenter(method.value, model or "ct_lungs", device.value)
     where = next((str(getattr(s, "device", "cpu")) for s in segmenters.values()), "cpu")
@@ -175,7 +179,7 @@ def segment(
                 if kind == "ct":
                     row = ct_lungs.process_case(case, segmenters["ct"], output, fmt.value, overlay, series)
                 else:
-                    row = cxr_segmentation.process_case(case, segmenters["cxr"], output, fmt.value, overlay)
+                    row = cxr_segmentation.process_case(case, segmenters["cxr"], output, fmt.value, overlay, gate)
                 rows.append(row)
                 if row["status"] != "ok":
                     progress.console.print(f"[red]error[/red] {row['error']}", highlight=False, markup=True)
@@ -295,6 +299,15 @@ class Modality(str, Enum):
     ct = "ct"
 
 
+InputCheckOption = Annotated[
+    bool,
+    typer.Option(
+        "--input-check/--no-input-check",
+        help="Refuse radiographs that the frontal-chest gate (cxr_gate) does not take for a frontal chest film: CT "
+        "slices, lateral or oblique views, inverted films, non-chest pictures. --no-input-check processes them "
+        "anyway (phantoms, a film the gate wrongly refuses).",
+    ),
+]
 LungMaskOption = Annotated[
     Path | None,
     typer.Option(
@@ -317,6 +330,7 @@ def synthesize(
     ] = None,
     model: Annotated[str, typer.Option(help="Shipped generator name or a .safetensors path.")] = "cxr_synthesis",
     device: Annotated[Device, typer.Option(help="Where the models run.")] = Device.auto,
+    input_check: InputCheckOption = True,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ):
     """Turn healthy chest radiographs into pathological-looking ones whose lung mask stays valid.
@@ -332,20 +346,25 @@ def synthesize(
         raise typer.BadParameter("no CT synthesis generator ships yet; use radiographs", param_hint="--modality")
     synthesizer = synthesis.Synthesizer(model, device.value)
     _run_image_task(
-        inputs, output, lung_mask, device, quiet, f"synthesising on {synthesizer.device}", "synthesised",
-        lambda case, mask, segmenter: synthesis.synthesize_case(case, synthesizer, output, mask, segmenter, seed),
+        inputs, output, lung_mask, device, input_check, quiet, f"synthesising on {synthesizer.device}", "synthesised",
+        lambda case, mask, segmenter, gate: synthesis.synthesize_case(
+            case, synthesizer, output, mask, segmenter, seed, gate
+        ),
         COMMON_COLUMNS + synthesis.RESULT_COLUMNS + TRAILING_COLUMNS[1:],
     )
 
 
 def _run_image_task(
-    inputs, output, lung_mask, device, quiet, description, verb, run_case, columns, mask_option="--lung-mask"
+    inputs, output, lung_mask, device, input_check, quiet, description, verb, run_case, columns,
+    mask_option="--lung-mask",
 ) -> None:
     """The loop shared by the radiograph-to-radiograph commands: collect inputs, match the given masks (one
     file, or a folder of <id>.<ext>; ``mask_option`` names the option), find lungs with cxr_anatomy otherwise,
-    run each case with a progress bar, write results.csv, and exit 1 when any input failed."""
+    check each input with the frontal-chest gate unless ``input_check`` is off, run each case with a progress
+    bar, write results.csv, and exit 1 when any input failed."""
     from rich.progress import Progress
 
+    from lungx_core.gate import optional_gate
     from lungx_core.io.inputs import collect_cases
 
     cases = collect_cases(inputs)
@@ -357,6 +376,7 @@ def _run_image_task(
         from lungx_core.tasks.cxr_segmentation import CXRSegmenter
 
         segmenter = CXRSegmenter(device=device.value)
+    gate = optional_gate(input_check, device.value)
     rows = []
     with Progress(console=_stderr(), transient=True, disable=quiet) as progress:
         bar = progress.add_task(description, total=len(cases))
@@ -364,7 +384,7 @@ def _run_image_task(
             mask = lung_mask
             if lung_mask is not None and lung_mask.is_dir():
                 mask = next(iter(sorted(lung_mask.glob(f"{case.case_id}.*"))), lung_mask / f"{case.case_id}.png")
-            row = run_case(case, mask, segmenter)
+            row = run_case(case, mask, segmenter, gate)
             rows.append(row)
             if row["status"] != "ok":
                 progress.console.print(f"[red]error[/red] {row['error']}", highlight=False, markup=True)
@@ -435,6 +455,7 @@ def remove_opacity(
         bool, typer.Option(help="Add the opacity classifier's probability before and after to results.csv.")
     ] = True,
     device: Annotated[Device, typer.Option(help="Where the models run.")] = Device.auto,
+    input_check: InputCheckOption = True,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ):
     """Remove lung opacity (consolidation, ground glass) from chest radiographs, changing nothing else.
@@ -455,9 +476,9 @@ def remove_opacity(
 
         scorer = PathologyClassifier(device=device.value)
     _run_image_task(
-        inputs, output, lung_mask, device, quiet, f"removing opacity on {remover.device}", "processed",
-        lambda case, mask, segmenter: opacity_removal.remove_opacity_case(
-            case, remover, output, mask, segmenter, scorer
+        inputs, output, lung_mask, device, input_check, quiet, f"removing opacity on {remover.device}", "processed",
+        lambda case, mask, segmenter, gate: opacity_removal.remove_opacity_case(
+            case, remover, output, mask, segmenter, scorer, gate
         ),
         COMMON_COLUMNS + opacity_removal.RESULT_COLUMNS + TRAILING_COLUMNS[1:],
     )
@@ -494,6 +515,7 @@ def suppress_ribs(
     scheduler: Annotated[Scheduler, typer.Option(help="Sampler: DDIM, DPM-Solver++ or RePaint.")] = Scheduler.ddim,
     model: Annotated[str, typer.Option(help="Inpainting model name or a .safetensors path.")] = "cxr_inpainting",
     device: Annotated[Device, typer.Option(help="Where the models run.")] = Device.auto,
+    input_check: InputCheckOption = True,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ):
     """Suppress the posterior ribs of chest radiographs by diffusion inpainting, changing nothing else.
@@ -509,9 +531,10 @@ def suppress_ribs(
     suppressor = rib_suppression.RibSuppressor(model, device=device.value)
     settings = rib_suppression.SuppressionSettings(mode.value, steps, seed, scheduler.value)
     _run_image_task(
-        inputs, output, rib_mask, device, quiet, f"suppressing ribs on {suppressor.device}", "suppressed",
-        lambda case, mask, segmenter: rib_suppression.suppress_ribs_case(
-            case, suppressor, output, settings, mask, segmenter
+        inputs, output, rib_mask, device, input_check, quiet, f"suppressing ribs on {suppressor.device}",
+        "suppressed",
+        lambda case, mask, segmenter, gate: rib_suppression.suppress_ribs_case(
+            case, suppressor, output, settings, mask, segmenter, gate
         ),
         COMMON_COLUMNS + rib_suppression.RESULT_COLUMNS + TRAILING_COLUMNS[1:],
         mask_option="--rib-mask",

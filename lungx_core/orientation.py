@@ -1,4 +1,4 @@
-"""Canonical anatomical array order for volumes, whatever the file's direction matrix.
+"""Canonical anatomical array order: volumes whatever the file's direction matrix, radiographs in standard display.
 
 CT algorithms here work on arrays indexed (superior, posterior, left): index 0 grows towards the head, index 1
 towards the back, index 2 towards the patient's left. An axial slice ``a[z]`` is then in radiological display
@@ -10,6 +10,7 @@ direction matrices (their axes go to the nearest anatomical axis).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -50,3 +51,30 @@ def reorientation(direction: tuple[float, ...], spacing: tuple[float, float, flo
         canon_spacing[canonical_axis] = float(spacing[ijk_axis])
     cosines = np.clip(np.abs(d[lps_of_ijk, [0, 1, 2]]) / np.linalg.norm(d, axis=0), -1, 1)
     return Reorientation(tuple(order), tuple(flips), tuple(canon_spacing), float(np.degrees(np.arccos(cosines.min()))))
+
+
+def display_flips(metadata: dict[str, Any]) -> tuple[bool, bool, bool]:
+    """(flip_rows, flip_cols, readable) that bring a radiograph to standard PA display.
+
+    DICOM PatientOrientation gives the patient direction of increasing column index and of increasing row
+    index; standard display is (L, F): patient's left on the right, feet at the bottom. Without the
+    attribute (PNG, most files) the standard display is assumed.
+    """
+    po = [str(v).upper() for v in metadata.get("patient_orientation") or []]
+    if not po:
+        return False, False, True
+    if len(po) != 2 or not all(po) or any(set(v) - set("LRAPHF") for v in po):
+        return False, False, False
+    along_row, along_col = po
+    flip_cols = "R" in along_row and "L" not in along_row
+    flip_rows = "H" in along_col and "F" not in along_col
+    return flip_rows, flip_cols, True
+
+
+def flip_display(array: np.ndarray, flip_rows: bool, flip_cols: bool) -> np.ndarray:
+    """Flip the last two axes (rows, cols) of ``array``; its own inverse, so it maps display back too."""
+    if flip_rows:
+        array = array[..., ::-1, :]
+    if flip_cols:
+        array = array[..., ::-1]
+    return array

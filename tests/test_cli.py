@@ -79,7 +79,8 @@ def test_segment_mixed_batch(tmp_path, phantom):
     write_image(good / "coronal.nrrd", geom)
     bad = _bad_inputs(tmp_path / "bad", phantom)
     out = tmp_path / "out"
-    args = [str(good), *(str(p) for p, _ in bad.values()), "-o", str(out), "--device", "cpu", "-q"]
+    args = [str(good), *(str(p) for p, _ in bad.values()), "-o", str(out), "--device", "cpu", "-q",
+            "--no-input-check"]  # phantoms: the gate would refuse them
     proc = run_lungx("segment", *args)
 
     assert proc.returncode == 1, proc.stderr  # some inputs failed
@@ -115,7 +116,8 @@ def test_segment_mixed_batch(tmp_path, phantom):
 def test_segment_other_formats(tmp_path, phantom, fmt):
     Image.fromarray(phantom).save(tmp_path / "x.png")
     out = tmp_path / "out"
-    proc = run_lungx("segment", str(tmp_path / "x.png"), "-o", str(out), "--format", fmt, "--no-overlay", "-q")
+    proc = run_lungx("segment", str(tmp_path / "x.png"), "-o", str(out), "--format", fmt, "--no-overlay", "-q",
+                     "--no-input-check")
     assert proc.returncode == 0, proc.stderr
     if fmt == "png":
         mask = np.asarray(Image.open(out / "x_lung_left.png"))

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from lungx_core import losses, metrics, postprocess, preprocess
 from lungx_core.anatomy import CXR_CLASSES
 from lungx_core.image import MedicalImage
-from lungx_core.tasks.cxr_segmentation import display_flips
+from lungx_core.orientation import display_flips
 
 # --- preprocessing -------------------------------------------------------------------------------------
 

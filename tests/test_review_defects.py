@@ -178,7 +178,7 @@ def test_interrupted_segment_run_keeps_the_rows_of_finished_cases(tmp_path, monk
         Image.fromarray(phantom_radiograph(64, 64)).save(tmp_path / f"{name}.png")
     calls = []
 
-    def fake_case(case, segmenter, output, fmt, overlay):
+    def fake_case(case, segmenter, output, fmt, overlay, gate=None):
         calls.append(case.case_id)
         if len(calls) == 2:
             raise KeyboardInterrupt

@@ -202,7 +202,8 @@ def test_cli_round_trip_keeps_format_family_geometry_and_pixels_outside_the_mask
     for cid in ("film_png", "film_nrrd", "film_dcm"):
         Image.fromarray(_rib_band(phantom.shape).astype(np.uint8) * 255).save(masks / f"{cid}.png")
     out = tmp_path / "out"
-    proc = run_lungx("suppress-ribs", *map(str, files.values()), "-o", str(out), "--rib-mask", str(masks),
+    proc = run_lungx("suppress-ribs", *map(str, files.values()), "-o", str(out), "--no-input-check",
+                     "--rib-mask", str(masks),
                      "--model", str(tiny_inpainter), "--steps", "4", "--mode", "inpaint", "--device", "cpu", "-q")
     assert proc.returncode == 0, proc.stderr
     png = np.asarray(Image.open(out / "film_png_ribs_suppressed.png"))

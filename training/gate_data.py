@@ -2,10 +2,12 @@
 
 Classes (``GATE_CLASSES``) and where each comes from (../shared/data only, and what we generate from it):
 - frontal_chest: every frontal film of jsrt_scr, covid_cxr_gb_seg, covid_cxr_v7labs, cxr_nih_nofinding_pneumonia and
-  bs_gusarev_des_samples (images and soft-tissue images), plus frontal DRRs (within 12 degrees of AP) of every CT, so
-  that the embedded sample radiograph (a DRR) passes;
-- ct_slice: axial, coronal and sagittal CT slices in lung, soft-tissue, bone and full windows;
-- lateral_or_oblique: DRRs of every CT rotated 35-90 degrees about the body axis, either side;
+  bs_gusarev_des_samples (images and soft-tissue images), plus frontal DRRs (within 12 degrees of AP) of every CT
+  that covers a whole chest (>= 240 mm head to foot; a short scan projects to a strip no film looks like), so that
+  the embedded sample radiograph (a DRR) passes;
+- ct_slice: axial, coronal and sagittal CT slices in lung, soft-tissue, bone and full windows, half of the axial ones
+  inside a reconstruction circle with a flat value outside (as many scanners store them);
+- lateral_or_oblique: DRRs of every CT rotated 35-145 degrees about the body axis, either side, 40 per CT;
 - inverted_film: frontal films with inverted grey values (a MONOCHROME1 film read without its photometry);
 - not_a_chest_image: procedural pictures (1/f noise, shapes, gradients, stripes, text-like blocks, blends).
 The scikit-image sample photographs are not used: data shipped inside packages is not training data here.
@@ -30,6 +32,7 @@ FILM_SETS = (
     "jsrt_scr", "covid_cxr_gb_seg", "covid_cxr_v7labs", "cxr_nih_nofinding_pneumonia", "bs_gusarev_des_samples"
 )
 VAL_CTS = ("lidc-idri-0001", "cip_testinput_ds")
+MIN_CHEST_MM = 240.0
 WINDOWS = ((-1000, 400), (-160, 240), (-500, 1300), (-1024, 3071))
 
 
@@ -85,6 +88,15 @@ def _film_look(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     if rng.random() < 0.5:
         a = a + rng.uniform(0.3, 1.5) * (a - ndi.gaussian_filter(a, rng.uniform(2, 6)))
     return a + rng.normal(0, rng.uniform(0, 0.02), a.shape)
+
+
+def _scan_field(plane: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """An axial slice as many scanners store it: the reconstruction circle, with a flat value outside."""
+    rows, cols = plane.shape
+    yy, xx = np.mgrid[:rows, :cols]
+    radius = min(rows, cols) / 2 * rng.uniform(0.85, 1.05)
+    outside = (yy - rows / 2) ** 2 + (xx - cols / 2) ** 2 > radius**2
+    return np.where(outside, rng.uniform(plane.min(), plane.max()), plane)
 
 
 def procedural(rng: np.random.Generator, size: int = 192) -> np.ndarray:
@@ -148,15 +160,18 @@ def build_cache(data: Path, out: Path, seed: int = 0) -> Path:
         name = ct_path.parent.name
         val = name in VAL_CTS
         vol = _isotropic(ct_path)
-        for degrees in rng.uniform(-12, 12, 6):
+        whole_chest = vol.shape[0] * 2.0 >= MIN_CHEST_MM
+        for degrees in rng.uniform(-12, 12, 6 if whole_chest else 0):
             add(_film_look(_drr(vol, float(degrees)), rng), "frontal_chest", val, f"drr {name} {degrees:.0f}")
-        for degrees in np.concatenate([rng.uniform(35, 90, 6), -rng.uniform(35, 90, 6)]):
+        for degrees in np.concatenate([rng.uniform(35, 145, 20), -rng.uniform(35, 145, 20)]):
             drr = _film_look(_drr(vol, float(degrees)), rng)
             add(drr[:, ::-1] if rng.random() < 0.5 else drr, "lateral_or_oblique", val, f"drr {name} {degrees:.0f}")
         for axis, count in ((0, 30), (1, 8), (2, 8)):
             for index in rng.integers(vol.shape[axis] // 6, vol.shape[axis] * 5 // 6, count):
                 lo, hi = WINDOWS[rng.integers(len(WINDOWS))]
                 plane = np.clip(np.take(vol, index, axis=axis), lo, hi)
+                if axis == 0 and rng.random() < 0.5:
+                    plane = _scan_field(plane, rng)
                 add(plane, "ct_slice", val, f"ct {name} axis{axis} {index}")
         print(f"{name}: done", flush=True)
     for i in range(700):

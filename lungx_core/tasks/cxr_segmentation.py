@@ -14,8 +14,10 @@ from typing import Any
 import numpy as np
 
 from lungx_core.anatomy import CXR_STRUCTURES
+from lungx_core.gate import FrontalChestGate, optional_gate
 from lungx_core.image import MedicalImage
 from lungx_core.io.inputs import Case
+from lungx_core.orientation import display_flips, flip_display
 from lungx_core.postprocess import Measurements, clean_masks, measure
 from lungx_core.preprocess import PreprocessConfig, preprocess_radiograph, unletterbox
 from lungx_core.tasks.common import Progress, run_guarded
@@ -29,32 +31,6 @@ class CXRResult:
     masks: dict[str, np.ndarray]  # each bool, the input's shape and orientation
     probabilities: np.ndarray  # (C, rows, cols) float32, the input's orientation
     measurements: Measurements
-
-
-def display_flips(metadata: dict[str, Any]) -> tuple[bool, bool, bool]:
-    """(flip_rows, flip_cols, readable) that bring the image to standard PA display.
-
-    DICOM PatientOrientation gives the patient direction of increasing column index and of increasing row
-    index; standard display is (L, F): patient's left on the right, feet at the bottom. Without the
-    attribute (PNG, most files) the standard display is assumed.
-    """
-    po = [str(v).upper() for v in metadata.get("patient_orientation") or []]
-    if not po:
-        return False, False, True
-    if len(po) != 2 or not all(po) or any(set(v) - set("LRAPHF") for v in po):
-        return False, False, False
-    along_row, along_col = po
-    flip_cols = "R" in along_row and "L" not in along_row
-    flip_rows = "H" in along_col and "F" not in along_col
-    return flip_rows, flip_cols, True
-
-
-def _orient(arr: np.ndarray, flip_rows: bool, flip_cols: bool) -> np.ndarray:
-    if flip_rows:
-        arr = arr[..., ::-1, :]
-    if flip_cols:
-        arr = arr[..., ::-1]
-    return arr
 
 
 class CXRSegmenter:
@@ -81,7 +57,7 @@ class CXRSegmenter:
 
     def segment(self, image: MedicalImage) -> CXRResult:
         flip_rows, flip_cols, readable = display_flips(image.metadata)
-        display = np.ascontiguousarray(_orient(image.array, flip_rows, flip_cols))
+        display = np.ascontiguousarray(flip_display(image.array, flip_rows, flip_cols))
         probs = self.predict_probabilities(display)
         masks = clean_masks(probs, self.threshold)
         pixel_area = image.pixel_area_mm2 if image.spacing_known else None
@@ -98,8 +74,8 @@ class CXRSegmenter:
             meas.flags.append("modality_unverified")
         if str(image.metadata.get("view_position", "")).upper() == "AP":
             meas.flags.append("ap_view_ctr_magnified")  # AP (often portable) films magnify the heart
-        back = {k: np.ascontiguousarray(_orient(m, flip_rows, flip_cols)) for k, m in masks.items()}
-        return CXRResult(back, np.ascontiguousarray(_orient(probs, flip_rows, flip_cols)), meas)
+        back = {k: np.ascontiguousarray(flip_display(m, flip_rows, flip_cols)) for k, m in masks.items()}
+        return CXRResult(back, np.ascontiguousarray(flip_display(probs, flip_rows, flip_cols)), meas)
 
 
 def write_outputs(
@@ -152,13 +128,21 @@ def result_row(case: Case, image: MedicalImage, result: CXRResult, outputs: list
 
 
 def process_case(
-    case: Case, segmenter: CXRSegmenter, out_dir: Path, fmt: str = "seg.nrrd", overlay: bool = True
+    case: Case,
+    segmenter: CXRSegmenter,
+    out_dir: Path,
+    fmt: str = "seg.nrrd",
+    overlay: bool = True,
+    gate: FrontalChestGate | None = None,
 ) -> dict[str, Any]:
-    """Read, segment and write one case. Bad input becomes an error row; nothing partial is left behind."""
+    """Read, check with ``gate`` (when given), segment and write one case. Bad input becomes an error row;
+    nothing partial is left behind."""
     from lungx_core.io.readers import read_radiograph
 
     def work() -> dict[str, Any]:
         image = read_radiograph(case.path)
+        if gate is not None:
+            gate.check(image)
         result = segmenter.segment(image)
         return result_row(case, image, result, write_outputs(out_dir, case.case_id, image, result, fmt, overlay))
 
@@ -173,10 +157,12 @@ def run_one(
     progress: Progress | None = None,
     model: str = DEFAULT_MODEL,
     threshold: float | None = None,
+    input_check: str = "on",
 ) -> dict[str, Any]:
     """One radiograph, as the worker process runs it: ``.seg.nrrd`` (plus the QC picture unless ``fast``)."""
     report = progress or (lambda fraction, message: None)
     report(0.0, "loading the model")
     segmenter = CXRSegmenter(model, device, threshold)
+    gate = optional_gate(input_check, device)
     report(0.3, f"segmenting on {segmenter.device}")
-    return process_case(case, segmenter, out_dir, "seg.nrrd", overlay=not fast)
+    return process_case(case, segmenter, out_dir, "seg.nrrd", overlay=not fast, gate=gate)

@@ -22,6 +22,7 @@ import numpy as np
 
 from lungx_core.crops import Box
 from lungx_core.errors import InputError
+from lungx_core.gate import FrontalChestGate, optional_gate
 from lungx_core.image import MedicalImage
 from lungx_core.io.inputs import Case
 from lungx_core.opacity import ActivationSpec, OpacityModel, activation_mask, composite
@@ -121,6 +122,7 @@ def remove_opacity_case(
     lung_mask: Path | None = None,
     segmenter: Any = None,
     scorer: Any = None,
+    gate: FrontalChestGate | None = None,
 ) -> dict[str, Any]:
     """Read, find the lungs, remove opacity and write one radiograph; ``scorer`` (a PathologyClassifier) adds
     the opacity score before and after. Bad input becomes an error row."""
@@ -129,6 +131,8 @@ def remove_opacity_case(
     def work() -> dict[str, Any]:
         t0 = time.perf_counter()
         image = read_radiograph(case.path)
+        if gate is not None:
+            gate.check(image)
         lung, source = find_lungs(case.path, image, lung_mask, segmenter)
         result = remover.remove(image, lung)
         outputs = write_outputs(out_dir, case.case_id, image, result)
@@ -155,6 +159,7 @@ def run_one(
     fast: bool = False,
     progress: Progress | None = None,
     model: str = DEFAULT_MODEL,
+    input_check: str = "on",
 ) -> dict[str, Any]:
     """One radiograph, as the worker process runs it; lungs from the anatomy model."""
     from lungx_core.tasks.cxr_segmentation import CXRSegmenter
@@ -164,4 +169,4 @@ def run_one(
     remover = OpacityRemover(model, device)
     segmenter = CXRSegmenter(device=device)
     report(0.3, f"removing opacity on {remover.device}")
-    return remove_opacity_case(case, remover, out_dir, segmenter=segmenter)
+    return remove_opacity_case(case, remover, out_dir, segmenter=segmenter, gate=optional_gate(input_check, device))

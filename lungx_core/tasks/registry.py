@@ -47,6 +47,10 @@ def _model(default: str) -> TaskOption:
     return TaskOption("model", "str", None, f"Model name or a .safetensors path (default: the shipped {default}).")
 
 
+INPUT_CHECK = TaskOption(
+    "input_check", "choice", "on", "on: refuse an image that the frontal-chest gate does not take for a frontal chest "
+    "radiograph (a CT slice, a lateral or oblique view, an inverted film, a non-chest picture); off: process it "
+    "anyway (phantoms, a film the gate wrongly refuses).", choices=("on", "off"))
 SEED = TaskOption("seed", "int", 0, "Seed of the random draws: the same seed gives the same pixels.", low=0,
                   high=2**31 - 1)
 
@@ -85,6 +89,7 @@ TASKS: dict[str, TaskInfo] = {
             _model("cxr_anatomy"),
             TaskOption("threshold", "float", 0.5, "Probability above which a pixel belongs to a structure.",
                        low=0.05, high=0.95),
+            INPUT_CHECK,
         ),
     ),
     "ct-lungs": TaskInfo(
@@ -111,7 +116,7 @@ TASKS: dict[str, TaskInfo] = {
         model="cxr_synthesis",
         structures=("lung",),
         runner="lungx_core.tasks.synthesis:run_one",
-        options=(_model("cxr_synthesis"), SEED),
+        options=(_model("cxr_synthesis"), SEED, INPUT_CHECK),
     ),
     "cxr-opacity-removal": TaskInfo(
         name="cxr-opacity-removal",
@@ -121,7 +126,7 @@ TASKS: dict[str, TaskInfo] = {
         model="cxr_opacity_removal",
         structures=("opacity",),
         runner="lungx_core.tasks.opacity_removal:run_one",
-        options=(_model("cxr_opacity_removal"),),
+        options=(_model("cxr_opacity_removal"), INPUT_CHECK),
     ),
     "cxr-rib-suppression": TaskInfo(
         name="cxr-rib-suppression",
@@ -141,6 +146,7 @@ TASKS: dict[str, TaskInfo] = {
             SEED,
             TaskOption("scheduler", "choice", "ddim", "Sampler: DDIM, DPM-Solver++ or RePaint.",
                        choices=("ddim", "dpm", "repaint")),
+            INPUT_CHECK,
         ),
     ),
 }

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from lungx_core.errors import InputError
+from lungx_core.gate import FrontalChestGate, optional_gate
 from lungx_core.image import MedicalImage
 from lungx_core.io.inputs import Case
 from lungx_core.tasks.common import Progress, run_guarded
@@ -117,6 +118,7 @@ def suppress_ribs_case(
     settings: SuppressionSettings,
     rib_mask: Path | None = None,
     segmenter: Any = None,
+    gate: FrontalChestGate | None = None,
 ) -> dict[str, Any]:
     """Read, mask, suppress and write one radiograph; bad input becomes an error row."""
     from lungx_core.io.readers import read_radiograph
@@ -124,6 +126,8 @@ def suppress_ribs_case(
     def work() -> dict[str, Any]:
         t0 = time.perf_counter()
         image = read_radiograph(case.path)
+        if gate is not None:
+            gate.check(image)
         ribs, source = find_ribs(case.path, image, suppressor, rib_mask, segmenter)
         result = suppressor.suppress(image, ribs, settings)
         outputs = write_outputs(out_dir, case.case_id, image, result)
@@ -148,6 +152,7 @@ def run_one(
     steps: int | None = None,
     seed: int = 0,
     scheduler: str = "ddim",
+    input_check: str = "on",
 ) -> dict[str, Any]:
     """One radiograph, as the worker process runs it: ribs from the rib model inside the anatomy model's lungs;
     ``steps`` defaults to 25, or 10 with ``fast``."""
@@ -160,4 +165,7 @@ def run_one(
     report(0.3, f"suppressing ribs on {suppressor.device}")
     steps = int(steps) if steps is not None else (10 if fast else 25)
     settings = SuppressionSettings(mode=mode, steps=steps, seed=int(seed), scheduler=scheduler)
-    return suppress_ribs_case(case, suppressor, out_dir, settings, segmenter=segmenter)
+    return suppress_ribs_case(
+        case, suppressor, out_dir, settings, segmenter=segmenter,
+        gate=optional_gate(input_check, device),
+    )

@@ -19,10 +19,11 @@ import numpy as np
 
 from lungx_core.crops import Box
 from lungx_core.errors import InputError
+from lungx_core.gate import FrontalChestGate, optional_gate
 from lungx_core.image import MedicalImage
 from lungx_core.io.inputs import Case
+from lungx_core.orientation import display_flips, flip_display
 from lungx_core.tasks.common import Progress, run_guarded
-from lungx_core.tasks.cxr_segmentation import _orient, display_flips
 from lungx_core.thoracic import CropSpec, apply_residual, thoracic_crop
 
 DEFAULT_MODEL = "cxr_synthesis"
@@ -86,7 +87,7 @@ def display_view(image: MedicalImage, lung: np.ndarray | None):
     flip_rows, flip_cols, _ = display_flips(image.metadata)
 
     def orient(array: np.ndarray) -> np.ndarray:
-        return np.ascontiguousarray(_orient(array, flip_rows, flip_cols))
+        return np.ascontiguousarray(flip_display(array, flip_rows, flip_cols))
 
     return orient(image.array), None if lung is None else orient(lung), orient
 
@@ -191,6 +192,7 @@ def synthesize_case(
     lung_mask: Path | None = None,
     segmenter: Any = None,
     seed: int | None = None,
+    gate: FrontalChestGate | None = None,
 ) -> dict[str, Any]:
     """Read, find the lungs, synthesise and write one radiograph. Bad input becomes an error row."""
     from lungx_core.io.readers import read_radiograph
@@ -198,6 +200,8 @@ def synthesize_case(
     def work() -> dict[str, Any]:
         t0 = time.perf_counter()
         image = read_radiograph(case.path)
+        if gate is not None:
+            gate.check(image)
         lung, source = find_lungs(case.path, image, lung_mask, segmenter)
         result = synthesizer.synthesize(image, lung, seed)
         outputs = write_outputs(out_dir, case.case_id, image, result)
@@ -218,6 +222,7 @@ def run_one(
     progress: Progress | None = None,
     model: str = DEFAULT_MODEL,
     seed: int | None = None,
+    input_check: str = "on",
 ) -> dict[str, Any]:
     """One radiograph, as the worker process runs it; lungs from the anatomy model."""
     from lungx_core.tasks.cxr_segmentation import CXRSegmenter
@@ -227,4 +232,7 @@ def run_one(
     synthesizer = Synthesizer(model, device)
     segmenter = CXRSegmenter(device=device)
     report(0.3, f"synthesising on {synthesizer.device}")
-    return synthesize_case(case, synthesizer, out_dir, segmenter=segmenter, seed=None if seed is None else int(seed))
+    return synthesize_case(
+        case, synthesizer, out_dir, segmenter=segmenter, seed=None if seed is None else int(seed),
+        gate=optional_gate(input_check, device),
+    )

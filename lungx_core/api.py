@@ -1,0 +1,372 @@
+"""The public Python API: one call per task, on a :class:`MedicalImage` or a path, returning a :class:`Result`.
+
+Every task function takes the image first and keyword-only options after it, and returns a :class:`Result` that
+holds the output image (when the task makes one), the masks on the input's own array grid, measurements and QC
+flags, and ``.save(folder)`` writes the same files the CLI writes. Models load on first use and stay loaded for
+the next call with the same settings (a batch loop pays the load once). A radiograph is checked by the
+frontal-chest gate first unless ``input_check=False``; a bad input raises :class:`lungx_core.InputError` with a
+one-line message naming the file and the problem.
+
+Example::
+
+    import lungx_core as lx
+
+    image = lx.read_image("film.dcm")            # a radiograph or a CT (a file, or a DICOM series folder)
+    seg = lx.segment(image)                       # CXR or CT picked from the image
+    seg.masks["lung_left"], seg.measurements["ctr"], seg.qc_flags
+    seg.save("out/")                              # film.seg.nrrd and film_overlay.png, as `lungx segment`
+    lx.suppress_ribs(image).output                # a MedicalImage on the input's grid
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lungx_core.errors import InputError
+from lungx_core.image import MedicalImage
+
+ImageLike = MedicalImage | str | Path
+MaskLike = np.ndarray | str | Path | None
+
+
+@dataclass
+class Result:
+    """What a task made of one image.
+
+    Attributes:
+        task: the registry name of the task, e.g. ``"cxr-anatomy"``.
+        image: the input.
+        output: the output image on the input's grid (same shape, geometry and dtype), or None for segmentation.
+        masks: name -> bool array of the input's array shape (radiograph (rows, cols); CT (slices, rows, cols)).
+        measurements: numbers about the result, e.g. ``ctr``, ``area_cm2_lung_left``, ``volume_ml_lung``,
+            ``pathology_probability``.
+        qc_flags: what a reader should check, e.g. ``implausible_ctr``, ``spacing_unknown``.
+    """
+
+    task: str
+    image: MedicalImage
+    output: MedicalImage | None = None
+    masks: dict[str, np.ndarray] = field(default_factory=dict)
+    measurements: dict[str, Any] = field(default_factory=dict)
+    qc_flags: list[str] = field(default_factory=list)
+    _writer: Callable[[Path, str], list[Path]] | None = field(default=None, repr=False)
+
+    def save(self, folder: str | Path, case_id: str | None = None) -> list[Path]:
+        """Write the CLI's files for this result into ``folder`` (created if needed), each atomically.
+
+        Args:
+            folder: output folder.
+            case_id: file-name stem; default the input file's name without its extension (``"image"`` when the
+                input has no file).
+
+        Returns:
+            The written paths.
+        """
+        from lungx_core.io.inputs import case_id_of
+
+        if self._writer is None:
+            raise ValueError(f"{self.task} results have no files to write")
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        stem = case_id or (case_id_of(Path(self.image.source)) if self.image.source else "image")
+        return self._writer(folder, stem)
+
+
+def read_image(path: str | Path, series: str | None = None) -> MedicalImage:
+    """Read a radiograph (DICOM, PNG/JPEG, NRRD, NIfTI) or a CT (a volume file or a DICOM series folder).
+
+    Args:
+        path: the file, or a folder holding one DICOM series (CT).
+        series: for a DICOM folder with several series, the one to read (UID, UID prefix or series number);
+            default the one with the most slices.
+
+    Returns:
+        The image with its geometry (spacing mm, origin, direction in LPS); ``image.modality`` is ``"CT"`` for
+        volumes.
+
+    Raises:
+        InputError: the file is missing, unreadable, or not an image LungX takes.
+    """
+    from lungx_core.io.inputs import Case, case_id_of, detect_kind
+
+    path = Path(path)
+    if not path.exists():
+        raise InputError(path, "no such file or folder")
+    if detect_kind(Case(case_id_of(path), path)) == "ct":
+        from lungx_core.io.ct import read_ct
+
+        return read_ct(path, series)
+    from lungx_core.io.readers import read_radiograph
+
+    return read_radiograph(path)
+
+
+def segment(
+    image: ImageLike,
+    *,
+    model: str | Path | None = None,
+    device: str = "auto",
+    threshold: float | None = None,
+    method: str = "net",
+    input_check: bool = True,
+) -> Result:
+    """Segment a chest radiograph (lungs L/R, heart, clavicles L/R, CTR) or a chest CT (lungs R/L, volumes).
+
+    Args:
+        image: a :class:`MedicalImage` or a path (see :func:`read_image`); a 2-D image is a radiograph, a volume
+            a CT.
+        model: shipped model name or a ``.safetensors`` path; default the task's (``cxr_anatomy``, ``ct_lungs``).
+        device: ``"auto"`` (GPU when present), ``"cpu"`` or ``"cuda"``.
+        threshold: radiographs: probability above which a pixel belongs to a structure (default the model's).
+        method: CT: ``"net"`` (the lung network) or ``"classical"`` (thresholds and morphology, no model).
+        input_check: radiographs: refuse what the frontal-chest gate does not take for a frontal chest film.
+
+    Returns:
+        masks ``lung_left``, ``lung_right``, ``heart``, ``clavicle_left``, ``clavicle_right`` (radiograph) or
+        ``lung_right``, ``lung_left`` (CT), bool on the input's array grid; measurements (radiograph: ``ctr``,
+        ``area_px_<s>``, ``area_cm2_<s>`` when the pixel size is known, ``confidence_<s>``; CT: ``volume_ml_<s>``
+        and ``volume_ml_lung``);
+        ``.save()`` writes ``<id>.seg.nrrd`` and ``<id>_overlay.png``.
+
+    Example::
+
+        seg = lx.segment("film.png")
+        seg.measurements["ctr"]          # 0.47
+    """
+    image = _as_image(image)
+    if image.array.ndim == 3:
+        from lungx_core.tasks import ct_lungs
+
+        ct = _ct_segmenter(method, model or ct_lungs.DEFAULT_MODEL, device).segment(image)
+        measurements = {f"volume_ml_{k}": v for k, v in ct.volumes_ml.items()}
+        measurements["volume_ml_lung"] = sum(ct.volumes_ml.values())
+        return Result("ct-lungs", image, None, ct.masks, measurements, list(ct.flags),
+                      lambda folder, stem: ct_lungs.write_outputs(folder, stem, image, ct))
+    from lungx_core.tasks import cxr_segmentation
+
+    _check_input(image, input_check, device)
+    cxr = _cxr_segmenter(model or cxr_segmentation.DEFAULT_MODEL, device, threshold).segment(image)
+    m = cxr.measurements
+    measurements: dict[str, Any] = {"ctr": m.ctr}
+    for name in cxr.masks:
+        measurements[f"area_px_{name}"] = m.area_px[name]
+        if m.area_cm2 is not None:
+            measurements[f"area_cm2_{name}"] = m.area_cm2[name]
+        measurements[f"confidence_{name}"] = m.confidence[name]
+    return Result("cxr-anatomy", image, None, cxr.masks, measurements, list(m.flags),
+                  lambda folder, stem: cxr_segmentation.write_outputs(folder, stem, image, cxr))
+
+
+def lung_fields(image: ImageLike, *, device: str = "auto", input_check: bool = True) -> np.ndarray:
+    """Both lung fields of a radiograph (bool, the image's array shape) from the anatomy model: the mask that
+    :func:`synthesize`, :func:`remove_opacity`, :func:`suppress_ribs` and :func:`classify` use when none is given.
+
+    Raises:
+        InputError: no lung fields found (not a frontal chest radiograph?).
+    """
+    image = _as_radiograph(image, input_check, device)
+    return _lungs(image, None, device)
+
+
+def synthesize(
+    image: ImageLike,
+    *,
+    lung_mask: MaskLike = None,
+    seed: int | None = None,
+    model: str | Path | None = None,
+    device: str = "auto",
+    input_check: bool = True,
+) -> Result:
+    """A pathological-looking version of a healthy radiograph whose lung mask stays valid.
+
+    Args:
+        image: a radiograph (:class:`MedicalImage` or path).
+        lung_mask: the lung fields (bool array of the image's shape, or a mask file on its grid); default from
+            the anatomy model.
+        seed: shifts the generator's crop window by a few pixels for another variant; None keeps it centred.
+        model: generator name or ``.safetensors`` path (default ``cxr_synthesis``).
+        device, input_check: as for :func:`segment`.
+
+    Returns:
+        ``output`` the synthetic radiograph; masks ``lung``; ``.save()`` writes ``<id>_synthetic.<ext>``, its
+        lung ``.seg.nrrd`` and a side-by-side picture.
+    """
+    from lungx_core.tasks import synthesis
+
+    image = _as_radiograph(image, input_check, device)
+    lung = _lungs(image, lung_mask, device)
+    result = _model(synthesis.Synthesizer, model or synthesis.DEFAULT_MODEL, device).synthesize(image, lung, seed)
+    return Result("cxr-synthesis", image, image.with_array(result.array), {"lung": result.lung}, {}, [],
+                  lambda folder, stem: synthesis.write_outputs(folder, stem, image, result))
+
+
+def remove_opacity(
+    image: ImageLike,
+    *,
+    lung_mask: MaskLike = None,
+    model: str | Path | None = None,
+    device: str = "auto",
+    input_check: bool = True,
+) -> Result:
+    """Remove lung opacity from a radiograph, changing only the pixels inside the adaptive activation mask.
+
+    Args:
+        image: a radiograph (:class:`MedicalImage` or path).
+        lung_mask: as for :func:`synthesize`.
+        model: generator name or ``.safetensors`` path (default ``cxr_opacity_removal``).
+        device, input_check: as for :func:`segment`.
+
+    Returns:
+        ``output`` the processed radiograph; masks ``opacity`` (the only pixels that may differ from the input);
+        measurements ``changed_fraction`` (share of pixels whose value changed); flag ``no_opacity_found`` when
+        nothing changed.
+    """
+    from lungx_core.tasks import opacity_removal
+
+    image = _as_radiograph(image, input_check, device)
+    lung = _lungs(image, lung_mask, device)
+    remover = _model(opacity_removal.OpacityRemover, model or opacity_removal.DEFAULT_MODEL, device)
+    result = remover.remove(image, lung)
+    changed = float(np.mean(result.array != image.array))
+    return Result("cxr-opacity-removal", image, image.with_array(result.array), {"opacity": result.mask},
+                  {"changed_fraction": changed}, [] if changed else ["no_opacity_found"],
+                  lambda folder, stem: opacity_removal.write_outputs(folder, stem, image, result))
+
+
+def suppress_ribs(
+    image: ImageLike,
+    *,
+    rib_mask: MaskLike = None,
+    mode: str = "subtract",
+    steps: int = 25,
+    seed: int = 0,
+    model: str | Path | None = None,
+    device: str = "auto",
+    input_check: bool = True,
+) -> Result:
+    """Suppress the posterior ribs of a radiograph (see ``lungx suppress-ribs --help`` for what is measured).
+
+    Args:
+        image: a radiograph (:class:`MedicalImage` or path).
+        rib_mask: the ribs (bool array of the image's shape, or a mask file on its grid); default the rib model
+            inside the anatomy model's lung fields.
+        mode: ``"subtract"`` (remove the smooth bone signal; vessels under a rib stay) or ``"inpaint"`` (replace
+            the rib pixels by regenerated ones; research).
+        steps, seed: denoising steps and seed of the inpainting model.
+        model: inpainting model name or ``.safetensors`` path (default ``cxr_inpainting``).
+        device, input_check: as for :func:`segment`.
+
+    Returns:
+        ``output`` the suppressed radiograph; masks ``ribs``.
+    """
+    from lungx_core.tasks import rib_suppression
+
+    image = _as_radiograph(image, input_check, device)
+    suppressor = _model(rib_suppression.RibSuppressor, model or rib_suppression.DEFAULT_INPAINTING, device)
+    if rib_mask is None:
+        ribs = suppressor.rib_mask(image, _lungs(image, None, device))
+    else:
+        ribs = _mask(image, rib_mask, "rib")
+    settings = rib_suppression.SuppressionSettings(mode=mode, steps=int(steps), seed=int(seed))
+    result = suppressor.suppress(image, ribs, settings)
+    return Result("cxr-rib-suppression", image, image.with_array(result.array), {"ribs": result.ribs}, {}, [],
+                  lambda folder, stem: rib_suppression.write_outputs(folder, stem, image, result))
+
+
+def classify(
+    image: ImageLike,
+    *,
+    lung_mask: MaskLike = None,
+    model: str | Path | None = None,
+    device: str = "auto",
+    input_check: bool = True,
+) -> Result:
+    """Probability that a radiograph shows lung pathology (the ``cxr_pathology`` judge; a triage score, not a
+    diagnosis).
+
+    Returns:
+        measurements ``pathology_probability`` in [0, 1] and ``pathological`` (1 at or above the model card's
+        operating threshold, else 0); masks ``lung`` (the lung fields it looked at).
+    """
+    from lungx_core.pathology import DEFAULT_MODEL, PathologyClassifier
+    from lungx_core.tasks.synthesis import display_view
+
+    image = _as_radiograph(image, input_check, device)
+    lung = _lungs(image, lung_mask, device)
+    judge = _model(PathologyClassifier, model or DEFAULT_MODEL, device)
+    display, lung_display, _ = display_view(image, lung)
+    p = judge.probability(display, lung_display)
+    return Result("cxr-classify", image, None, {"lung": lung},
+                  {"pathology_probability": p, "pathological": int(p >= judge.threshold)})
+
+
+# --- helpers: inputs, masks and models loaded once per setting ---------------------------------------------------
+
+
+def _as_image(image: ImageLike) -> MedicalImage:
+    if isinstance(image, MedicalImage):
+        return image
+    if isinstance(image, str | Path):
+        return read_image(image)
+    raise TypeError(f"expected a MedicalImage or a path, got {type(image).__name__}")
+
+
+def _as_radiograph(image: ImageLike, input_check: bool, device: str) -> MedicalImage:
+    image = _as_image(image)
+    if image.array.ndim != 2:
+        raise InputError(image.source or "input", f"a radiograph is needed, got a {image.array.ndim}-D volume")
+    _check_input(image, input_check, device)
+    return image
+
+
+def _check_input(image: MedicalImage, input_check: bool, device: str) -> None:
+    if input_check:
+        from lungx_core.gate import FrontalChestGate
+
+        _model(FrontalChestGate, "cxr_gate", device).check(image)
+
+
+def _mask(image: MedicalImage, mask: np.ndarray | str | Path, what: str) -> np.ndarray:
+    if isinstance(mask, str | Path):
+        from lungx_core.tasks.synthesis import read_lung_mask
+
+        return read_lung_mask(Path(mask), image, what=what)
+    mask = np.asarray(mask).astype(bool)
+    if mask.shape != image.array.shape:
+        raise InputError(image.source or "input", f"the {what} mask has shape {mask.shape} but the image has "
+                         f"{image.array.shape}")
+    return mask
+
+
+def _lungs(image: MedicalImage, lung_mask: MaskLike, device: str) -> np.ndarray:
+    from lungx_core.tasks.synthesis import find_lungs
+
+    if lung_mask is not None:
+        return _mask(image, lung_mask, "lung")
+    lung, _ = find_lungs(Path(image.source or "input"), image, None, _cxr_segmenter("cxr_anatomy", device, None))
+    return lung
+
+
+@lru_cache(maxsize=8)
+def _model(cls: type, model: str | Path, device: str) -> Any:
+    return cls(model, device=device)
+
+
+@lru_cache(maxsize=4)
+def _cxr_segmenter(model: str | Path, device: str, threshold: float | None) -> Any:
+    from lungx_core.tasks.cxr_segmentation import CXRSegmenter
+
+    return CXRSegmenter(model, device, threshold)
+
+
+@lru_cache(maxsize=4)
+def _ct_segmenter(method: str, model: str | Path, device: str) -> Any:
+    from lungx_core.tasks.ct_lungs import CTLungSegmenter
+
+    return CTLungSegmenter(method, model, device)

@@ -495,6 +495,35 @@ class Scheduler(str, Enum):
     repaint = "repaint"
 
 
+@app.command()
+def classify(
+    inputs: Annotated[list[Path], typer.Argument(help="Frontal chest radiographs or folders of them.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Output folder.")] = Path("lungx_classify"),
+    lung_mask: LungMaskOption = None,
+    model: Annotated[str, typer.Option(help="Classifier name or a .safetensors path.")] = "cxr_pathology",
+    device: Annotated[Device, typer.Option(help="Where the models run.")] = Device.auto,
+    input_check: InputCheckOption = True,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+):
+    """Triage score: probability of lung pathology on each chest radiograph (research, not a diagnosis).
+
+    Writes results.csv with pathology_probability and pathological (1 at or above the model card's operating
+    threshold). The shipped judge (cxr_pathology) is not style-proof yet: contrast changes such as histogram
+    matching or CLAHE raise the score of healthy films (see its model card). A bad input is reported and
+    skipped; the exit code is 1 when any input failed.
+    """
+    from lungx_core.pathology import PathologyClassifier
+    from lungx_core.tasks import classification
+    from lungx_core.tasks.common import COMMON_COLUMNS, TRAILING_COLUMNS
+
+    classifier = PathologyClassifier(model, device.value)
+    _run_image_task(
+        inputs, output, lung_mask, device, input_check, quiet, f"classifying on {classifier.device}", "classified",
+        lambda case, mask, segmenter, gate: classification.classify_case(case, classifier, mask, segmenter, gate),
+        COMMON_COLUMNS + classification.RESULT_COLUMNS + TRAILING_COLUMNS[1:],
+    )
+
+
 @app.command("suppress-ribs")
 def suppress_ribs(
     inputs: Annotated[list[Path], typer.Argument(help="Frontal chest radiographs or folders of them.")],

@@ -36,7 +36,9 @@ class DiffusionSpec:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> DiffusionSpec:
-        return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
+        from lungx_core.config import strict_config
+
+        return strict_config(cls, d)
 
     def scheduler_config(self) -> dict[str, Any]:
         return {

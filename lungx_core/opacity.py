@@ -36,7 +36,9 @@ class ActivationSpec:
 
     @classmethod
     def from_dict(cls, d: dict) -> ActivationSpec:
-        return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
+        from lungx_core.config import strict_config
+
+        return strict_config(cls, d)
 
 
 def adaptive_threshold(probability: np.ndarray, region: np.ndarray, spec: ActivationSpec) -> float:

@@ -25,7 +25,9 @@ class PreprocessConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> PreprocessConfig:
-        return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
+        from lungx_core.config import strict_config
+
+        return strict_config(cls, d)
 
 
 @dataclass(frozen=True)

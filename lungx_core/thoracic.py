@@ -27,7 +27,9 @@ class CropSpec:
 
     @classmethod
     def from_dict(cls, d: dict) -> CropSpec:
-        return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
+        from lungx_core.config import strict_config
+
+        return strict_config(cls, d)
 
 
 @dataclass

@@ -52,9 +52,11 @@ class TranslationConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> TranslationConfig:
+        from lungx_core.config import strict_config
+
         d = dict(d)
-        d["generator"] = GeneratorConfig(**d.get("generator", {}))
-        return cls(**d)
+        d["generator"] = strict_config(GeneratorConfig, d.get("generator", {}), "generator")
+        return strict_config(cls, d)
 
     def as_dict(self) -> dict:
         return asdict(self)

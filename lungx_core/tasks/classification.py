@@ -1,0 +1,49 @@
+"""CXR triage score: the healthy-vs-pathological judge (``cxr_pathology``) on each radiograph, as one results row.
+
+The score is the judge's probability of lung pathology inside the thoracic crop; ``pathological`` is 1 at or above
+the model card's operating threshold. It is a research triage score, not a diagnosis, and the judge shipped today
+is not style-proof (histogram matching or CLAHE of a healthy film raises the score; see cxr_pathology.md).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from lungx_core.gate import FrontalChestGate
+from lungx_core.io.inputs import Case
+from lungx_core.pathology import PathologyClassifier
+from lungx_core.tasks.common import run_guarded
+from lungx_core.tasks.synthesis import display_view, find_lungs
+
+TASK = "cxr-classify"
+RESULT_COLUMNS = ["pathology_probability", "pathological", "lung_source", "seconds"]
+
+
+def classify_case(
+    case: Case,
+    classifier: PathologyClassifier,
+    lung_mask: Path | None = None,
+    segmenter: Any = None,
+    gate: FrontalChestGate | None = None,
+) -> dict[str, Any]:
+    """Read, check with ``gate`` (when given), find the lungs and score one radiograph. Bad input becomes an
+    error row."""
+    from lungx_core.io.readers import read_radiograph
+
+    def work() -> dict[str, Any]:
+        t0 = time.perf_counter()
+        image = read_radiograph(case.path)
+        if gate is not None:
+            gate.check(image)
+        lung, source = find_lungs(case.path, image, lung_mask, segmenter)
+        display, lung_display, _ = display_view(image, lung)
+        p = classifier.probability(display, lung_display)
+        return {
+            "case_id": case.case_id, "input": str(case.path), "task": TASK, "status": "ok", "error": "",
+            "qc_flags": "", "pathology_probability": round(p, 4), "pathological": int(p >= classifier.threshold),
+            "lung_source": source, "seconds": round(time.perf_counter() - t0, 3),
+        }
+
+    return run_guarded(case, TASK, work)

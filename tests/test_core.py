@@ -8,10 +8,11 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lungx_core import losses, metrics, postprocess, preprocess
+from lungx_core import metrics, postprocess, preprocess
 from lungx_core.anatomy import CXR_CLASSES
 from lungx_core.image import MedicalImage
 from lungx_core.orientation import display_flips
+from training import losses
 
 # --- preprocessing -------------------------------------------------------------------------------------
 
@@ -57,7 +58,9 @@ def test_letterbox_round_trip(rows, cols, size):
 
 def test_preprocess_config_round_trip():
     cfg = preprocess.PreprocessConfig(size=128, tophat_radius=3)
-    assert preprocess.PreprocessConfig.from_dict({**cfg.to_dict(), "unknown": 1}) == cfg
+    assert preprocess.PreprocessConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(ValueError, match="unknown key 'unknown'"):  # a misspelt key must not fall back silently
+        preprocess.PreprocessConfig.from_dict({**cfg.to_dict(), "unknown": 1})
 
 
 # --- losses --------------------------------------------------------------------------------------------

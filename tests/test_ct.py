@@ -194,7 +194,7 @@ def test_classical_pipeline_on_shared_chest4(shared_data):
 
 @pytest.mark.parametrize("kind", ["consolidation", "ground_glass", "dependent", "nodule"])
 def test_synthetic_pathology_changes_only_the_lung(kind):
-    from lungx_core.synthetic_pathology import insert_pathology
+    from training.synthetic_pathology import insert_pathology
 
     hu = chest_phantom((24, 96, 96))[12].astype(np.float32)
     lung = hu == -850

@@ -14,9 +14,9 @@ from PIL import Image
 from test_synthesis import _inputs, assert_bad_mask_inputs_fail_cleanly, phantom_lung
 
 from lungx_core.image import MedicalImage
-from lungx_core.losses import feature_alignment
 from lungx_core.opacity import ActivationSpec, activation_mask, adaptive_threshold, composite
 from lungx_core.thoracic import CropSpec
+from training.losses import feature_alignment
 
 
 def _disc(shape, centre, radius) -> np.ndarray:

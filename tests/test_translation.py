@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from lungx_core.crops import Box, square_around, thoracic_box_ct, thoracic_box_cxr
-from lungx_core.losses import masked_l1, surroundings_l1
 from lungx_core.models.translation import GeneratorConfig, ResnetGenerator, build_discriminator
+from training.losses import masked_l1, surroundings_l1
 from training.translation import CycleGANTrainer, ImagePool, TranslationConfig, linear_decay, sample_grid
 
 TINY = TranslationConfig(size=32, generator=GeneratorConfig(base=8, n_blocks=1), disc_base=8, pool_size=3,

@@ -138,7 +138,7 @@ def model_card(cfg: dict, metrics: dict, agreement: float, commit: str, run: Pat
         f"{cfg['training']['epoch']}).",
         f"- Augmentation: {tr['augment']}. `pathology_prob` is the share of slices that get synthetic",
         "  consolidation, ground glass, dependent (fluid-like) density or juxtapleural nodules painted inside the",
-        "  lung mask (`lungx_core/synthetic_pathology.py`); the label stays lung.",
+        "  lung mask (`training/synthetic_pathology.py`); the label stays lung.",
         "",
         "## Data (../shared/data, research-only licences; nothing of it ships)",
         "Labels are pseudo-labels from the classical pipeline (`lungx_core/ct_classical.py`), except",

@@ -21,12 +21,12 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lungx_core.losses import SegmentationLoss  # noqa: E402
 from lungx_core.models.networks import build_network  # noqa: E402
 from lungx_core.preprocess import ct_window  # noqa: E402
-from lungx_core.synthetic_pathology import insert_pathology  # noqa: E402
 from training.common import append_log, resume, save_checkpoint, start_run  # noqa: E402
 from training.ct_data import build_cache, load_cache  # noqa: E402
+from training.losses import SegmentationLoss  # noqa: E402
+from training.synthetic_pathology import insert_pathology  # noqa: E402
 
 
 def one_hot(labels: np.ndarray) -> np.ndarray:

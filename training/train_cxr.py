@@ -19,11 +19,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lungx_core.anatomy import CXR_CLASSES, CXR_MIRROR_PAIRS  # noqa: E402
-from lungx_core.losses import SegmentationLoss  # noqa: E402
 from lungx_core.models.networks import build_network  # noqa: E402
 from lungx_core.preprocess import PreprocessConfig  # noqa: E402
 from training.common import append_log, resume, save_checkpoint, start_run  # noqa: E402
 from training.cxr_data import Sample, _read_png, build_cache, load_cache, load_targets  # noqa: E402
+from training.losses import SegmentationLoss  # noqa: E402
 from training.synthetic_augment import SyntheticSwap, synthetic_versions  # noqa: E402
 
 

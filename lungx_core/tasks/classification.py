@@ -14,7 +14,7 @@ from typing import Any
 from lungx_core.gate import FrontalChestGate
 from lungx_core.io.inputs import Case
 from lungx_core.pathology import PathologyClassifier
-from lungx_core.tasks.common import run_guarded
+from lungx_core.tasks.common import read_checked_radiograph, run_guarded
 from lungx_core.tasks.synthesis import display_view, find_lungs
 
 TASK = "cxr-classify"
@@ -30,13 +30,9 @@ def classify_case(
 ) -> dict[str, Any]:
     """Read, check with ``gate`` (when given), find the lungs and score one radiograph. Bad input becomes an
     error row."""
-    from lungx_core.io.readers import read_radiograph
-
     def work() -> dict[str, Any]:
         t0 = time.perf_counter()
-        image = read_radiograph(case.path)
-        if gate is not None:
-            gate.check(image)
+        image = read_checked_radiograph(case.path, gate)
         lung, source = find_lungs(case.path, image, lung_mask, segmenter)
         display, lung_display, _ = display_view(image, lung)
         p = classifier.probability(display, lung_display)

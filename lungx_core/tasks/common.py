@@ -4,16 +4,32 @@ error row (one line naming the file and the problem) instead of ending a batch o
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from lungx_core.errors import LungXError
 from lungx_core.io.inputs import Case
+
+if TYPE_CHECKING:
+    from lungx_core.gate import FrontalChestGate
+    from lungx_core.image import MedicalImage
 
 # progress(fraction in [0, 1], message): how far a long step is, for progress bars and the Slicer worker
 Progress = Callable[[float, str], None]
 
 COMMON_COLUMNS = ["case_id", "input", "task", "status", "error", "qc_flags"]
 TRAILING_COLUMNS = ["spacing_mm", "outputs"]
+
+
+def read_checked_radiograph(path: Path, gate: FrontalChestGate | None) -> MedicalImage:
+    """The radiograph at ``path``, refused (InputError) unless ``gate`` is None or takes it for a frontal chest
+    film."""
+    from lungx_core.io.readers import read_radiograph
+
+    image = read_radiograph(path)
+    if gate is not None:
+        gate.check(image)
+    return image
 
 
 def error_row(case: Case, message: str, task: str = "") -> dict[str, Any]:

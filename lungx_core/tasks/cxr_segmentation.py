@@ -20,7 +20,7 @@ from lungx_core.io.inputs import Case
 from lungx_core.orientation import display_flips, flip_display
 from lungx_core.postprocess import Measurements, clean_masks, measure
 from lungx_core.preprocess import PreprocessConfig, preprocess_radiograph, unletterbox
-from lungx_core.tasks.common import Progress, run_guarded
+from lungx_core.tasks.common import Progress, read_checked_radiograph, run_guarded
 
 DEFAULT_MODEL = "cxr_anatomy"
 OUTPUT_FORMATS = ("seg.nrrd", "nii.gz", "nrrd", "png")
@@ -137,12 +137,8 @@ def process_case(
 ) -> dict[str, Any]:
     """Read, check with ``gate`` (when given), segment and write one case. Bad input becomes an error row;
     nothing partial is left behind."""
-    from lungx_core.io.readers import read_radiograph
-
     def work() -> dict[str, Any]:
-        image = read_radiograph(case.path)
-        if gate is not None:
-            gate.check(image)
+        image = read_checked_radiograph(case.path, gate)
         result = segmenter.segment(image)
         return result_row(case, image, result, write_outputs(out_dir, case.case_id, image, result, fmt, overlay))
 

@@ -26,7 +26,7 @@ from lungx_core.gate import FrontalChestGate, optional_gate
 from lungx_core.image import MedicalImage
 from lungx_core.io.inputs import Case
 from lungx_core.opacity import ActivationSpec, OpacityModel, activation_mask, composite
-from lungx_core.tasks.common import Progress, run_guarded
+from lungx_core.tasks.common import Progress, read_checked_radiograph, run_guarded
 from lungx_core.tasks.synthesis import check_lung, display_view, find_lungs
 from lungx_core.thoracic import apply_residual, resize, thoracic_crop
 
@@ -126,13 +126,9 @@ def remove_opacity_case(
 ) -> dict[str, Any]:
     """Read, find the lungs, remove opacity and write one radiograph; ``scorer`` (a PathologyClassifier) adds
     the opacity score before and after. Bad input becomes an error row."""
-    from lungx_core.io.readers import read_radiograph
-
     def work() -> dict[str, Any]:
         t0 = time.perf_counter()
-        image = read_radiograph(case.path)
-        if gate is not None:
-            gate.check(image)
+        image = read_checked_radiograph(case.path, gate)
         lung, source = find_lungs(case.path, image, lung_mask, segmenter)
         result = remover.remove(image, lung)
         outputs = write_outputs(out_dir, case.case_id, image, result)

@@ -22,7 +22,7 @@ from lungx_core.errors import InputError
 from lungx_core.gate import FrontalChestGate, optional_gate
 from lungx_core.image import MedicalImage
 from lungx_core.io.inputs import Case
-from lungx_core.tasks.common import Progress, run_guarded
+from lungx_core.tasks.common import Progress, read_checked_radiograph, run_guarded
 from lungx_core.tasks.synthesis import display_view, find_lungs, read_lung_mask
 
 DEFAULT_INPAINTING = "cxr_inpainting"
@@ -121,13 +121,9 @@ def suppress_ribs_case(
     gate: FrontalChestGate | None = None,
 ) -> dict[str, Any]:
     """Read, mask, suppress and write one radiograph; bad input becomes an error row."""
-    from lungx_core.io.readers import read_radiograph
-
     def work() -> dict[str, Any]:
         t0 = time.perf_counter()
-        image = read_radiograph(case.path)
-        if gate is not None:
-            gate.check(image)
+        image = read_checked_radiograph(case.path, gate)
         ribs, source = find_ribs(case.path, image, suppressor, rib_mask, segmenter)
         result = suppressor.suppress(image, ribs, settings)
         outputs = write_outputs(out_dir, case.case_id, image, result)

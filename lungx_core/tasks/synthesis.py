@@ -23,7 +23,7 @@ from lungx_core.gate import FrontalChestGate, optional_gate
 from lungx_core.image import MedicalImage
 from lungx_core.io.inputs import Case
 from lungx_core.orientation import display_flips, flip_display
-from lungx_core.tasks.common import Progress, run_guarded
+from lungx_core.tasks.common import Progress, read_checked_radiograph, run_guarded
 from lungx_core.thoracic import CropSpec, apply_residual, thoracic_crop
 
 DEFAULT_MODEL = "cxr_synthesis"
@@ -195,13 +195,9 @@ def synthesize_case(
     gate: FrontalChestGate | None = None,
 ) -> dict[str, Any]:
     """Read, find the lungs, synthesise and write one radiograph. Bad input becomes an error row."""
-    from lungx_core.io.readers import read_radiograph
-
     def work() -> dict[str, Any]:
         t0 = time.perf_counter()
-        image = read_radiograph(case.path)
-        if gate is not None:
-            gate.check(image)
+        image = read_checked_radiograph(case.path, gate)
         lung, source = find_lungs(case.path, image, lung_mask, segmenter)
         result = synthesizer.synthesize(image, lung, seed)
         outputs = write_outputs(out_dir, case.case_id, image, result)

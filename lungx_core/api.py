@@ -295,15 +295,12 @@ def classify(
         operating threshold, else 0); masks ``lung`` (the lung fields it looked at).
     """
     from lungx_core.pathology import DEFAULT_MODEL, PathologyClassifier
-    from lungx_core.tasks.synthesis import display_view
+    from lungx_core.tasks.classification import TASK, triage
 
     image = _as_radiograph(image, input_check, device)
     lung = _lungs(image, lung_mask, device)
-    judge = _model(PathologyClassifier, model or DEFAULT_MODEL, device)
-    display, lung_display, _ = display_view(image, lung)
-    p = judge.probability(display, lung_display)
-    return Result("cxr-classify", image, None, {"lung": lung},
-                  {"pathology_probability": p, "pathological": int(p >= judge.threshold)})
+    p, pathological = triage(_model(PathologyClassifier, model or DEFAULT_MODEL, device), image, lung)
+    return Result(TASK, image, None, {"lung": lung}, {"pathology_probability": p, "pathological": pathological})
 
 
 # --- helpers: inputs, masks and models loaded once per setting ---------------------------------------------------

@@ -39,16 +39,15 @@ _LOOKS_LIKE = {
 
 
 def gate_input(array: np.ndarray, size: int = GATE_SIZE) -> np.ndarray:
-    """The gate's view of a 2-D image: windowed to its 0.5-99.5 percentiles, letterboxed onto a black square,
-    resized. (H, W) any dtype -> (size, size) float32 in [0, 1]."""
+    """The gate's view of a 2-D image: windowed to its 0.5-99.5 percentiles (as the segmentation input is),
+    letterboxed onto a black square, resized. (H, W) finite values, any dtype -> (size, size) float32 in [0, 1]."""
     from PIL import Image
 
-    a = np.asarray(array, dtype=np.float32)
-    if a.ndim != 2:
-        raise ValueError(f"the gate takes a 2-D image, got shape {a.shape}")
-    finite = a[np.isfinite(a)]
-    lo, hi = (np.percentile(finite, (0.5, 99.5)) if finite.size else (0.0, 1.0))
-    a = np.clip((np.nan_to_num(a, nan=lo) - lo) / max(hi - lo, 1e-6), 0.0, 1.0)
+    from lungx_core.preprocess import normalise_intensity
+
+    if np.ndim(array) != 2:
+        raise ValueError(f"the gate takes a 2-D image, got shape {np.shape(array)}")
+    a = normalise_intensity(array, 0.5, 99.5)
     rows, cols = a.shape
     scale = size / max(rows, cols)
     r, c = max(1, round(rows * scale)), max(1, round(cols * scale))
@@ -84,12 +83,11 @@ class FrontalChestGate:
         """Raise InputError naming the file and what it looks like unless ``image`` (a 2-D radiograph, shown in
         standard display by its DICOM PatientOrientation) is a frontal chest radiograph; returns the
         probabilities otherwise."""
-        from lungx_core.orientation import display_flips, flip_display
+        from lungx_core.orientation import display_view
 
         if image.array.ndim != 2:
             raise InputError(image.source or "input", f"not a radiograph: a {image.array.ndim}-D image")
-        flip_rows, flip_cols, _ = display_flips(image.metadata)
-        probs = self.probabilities(np.ascontiguousarray(flip_display(image.array, flip_rows, flip_cols)))
+        probs = self.probabilities(display_view(image, None)[0])
         if probs["frontal_chest"] >= self.threshold:
             return probs
         other = max((k for k in probs if k != "frontal_chest"), key=probs.get)

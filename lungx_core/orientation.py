@@ -10,9 +10,12 @@ direction matrices (their axes go to the nearest anatomical axis).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from lungx_core.image import MedicalImage
 
 
 @dataclass(frozen=True)
@@ -78,3 +81,14 @@ def flip_display(array: np.ndarray, flip_rows: bool, flip_cols: bool) -> np.ndar
     if flip_cols:
         array = array[..., ::-1]
     return array
+
+
+def display_view(image: MedicalImage, lung: np.ndarray | None):
+    """(image array, lung) in standard PA display orientation (``lung`` None stays None), and the function that
+    brings an array back to the image's own orientation (the flips are their own inverse)."""
+    flip_rows, flip_cols, _ = display_flips(image.metadata)
+
+    def orient(array: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(flip_display(array, flip_rows, flip_cols))
+
+    return orient(image.array), None if lung is None else orient(lung), orient

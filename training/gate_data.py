@@ -26,6 +26,7 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage as ndi
 
+from lungx_core.drr import hu_to_mu
 from lungx_core.gate import GATE_CLASSES, GATE_SIZE, gate_input
 
 FILM_SETS = (
@@ -75,7 +76,7 @@ def _isotropic(path: Path, mm: float = 2.0) -> np.ndarray:
 
 def _drr(vol: np.ndarray, degrees: float) -> np.ndarray:
     """Line integrals of attenuation through ``vol`` rotated ``degrees`` about the body axis; 0 is AP."""
-    mu = np.clip(0.019 * (1.0 + vol / 1000.0), 0.0, None)
+    mu = hu_to_mu(vol)
     if degrees:
         mu = ndi.rotate(mu, degrees, axes=(1, 2), reshape=True, order=1, mode="constant", cval=0.0)
     return mu.sum(axis=1)  # (rows, cols): columns towards the patient's left at 0 degrees

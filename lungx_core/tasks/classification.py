@@ -11,14 +11,26 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from lungx_core.gate import FrontalChestGate
+from lungx_core.image import MedicalImage
 from lungx_core.io.inputs import Case
+from lungx_core.orientation import display_view
 from lungx_core.pathology import PathologyClassifier
 from lungx_core.tasks.common import read_checked_radiograph, run_guarded
-from lungx_core.tasks.synthesis import display_view, find_lungs
+from lungx_core.tasks.synthesis import find_lungs
 
 TASK = "cxr-classify"
 RESULT_COLUMNS = ["pathology_probability", "pathological", "lung_source", "seconds"]
+
+
+def triage(classifier: PathologyClassifier, image: MedicalImage, lung: np.ndarray) -> tuple[float, int]:
+    """(probability of lung pathology, 1 at or above the classifier's operating threshold else 0) of a radiograph
+    with its lung fields (bool, the image's shape and orientation)."""
+    display, lung_display, _ = display_view(image, lung)
+    p = classifier.probability(display, lung_display)
+    return p, int(p >= classifier.threshold)
 
 
 def classify_case(
@@ -34,11 +46,10 @@ def classify_case(
         t0 = time.perf_counter()
         image = read_checked_radiograph(case.path, gate)
         lung, source = find_lungs(case.path, image, lung_mask, segmenter)
-        display, lung_display, _ = display_view(image, lung)
-        p = classifier.probability(display, lung_display)
+        p, pathological = triage(classifier, image, lung)
         return {
             "case_id": case.case_id, "input": str(case.path), "task": TASK, "status": "ok", "error": "",
-            "qc_flags": "", "pathology_probability": round(p, 4), "pathological": int(p >= classifier.threshold),
+            "qc_flags": "", "pathology_probability": round(p, 4), "pathological": pathological,
             "lung_source": source, "seconds": round(time.perf_counter() - t0, 3),
         }
 

@@ -26,8 +26,9 @@ from lungx_core.gate import FrontalChestGate, optional_gate
 from lungx_core.image import MedicalImage
 from lungx_core.io.inputs import Case
 from lungx_core.opacity import ActivationSpec, OpacityModel, activation_mask, composite
+from lungx_core.orientation import display_view
 from lungx_core.tasks.common import Progress, read_checked_radiograph, run_guarded
-from lungx_core.tasks.synthesis import check_lung, display_view, find_lungs
+from lungx_core.tasks.synthesis import check_lung, find_lungs
 from lungx_core.thoracic import apply_residual, resize, thoracic_crop
 
 DEFAULT_MODEL = "cxr_opacity_removal"

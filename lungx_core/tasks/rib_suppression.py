@@ -22,8 +22,9 @@ from lungx_core.errors import InputError
 from lungx_core.gate import FrontalChestGate, optional_gate
 from lungx_core.image import MedicalImage
 from lungx_core.io.inputs import Case
+from lungx_core.orientation import display_view
 from lungx_core.tasks.common import Progress, read_checked_radiograph, run_guarded
-from lungx_core.tasks.synthesis import display_view, find_lungs, read_lung_mask
+from lungx_core.tasks.synthesis import find_lungs, read_lung_mask
 
 DEFAULT_INPAINTING = "cxr_inpainting"
 DEFAULT_RIBS = "cxr_ribs"

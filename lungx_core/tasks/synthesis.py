@@ -22,7 +22,7 @@ from lungx_core.errors import InputError
 from lungx_core.gate import FrontalChestGate, optional_gate
 from lungx_core.image import MedicalImage
 from lungx_core.io.inputs import Case
-from lungx_core.orientation import display_flips, flip_display
+from lungx_core.orientation import display_view
 from lungx_core.tasks.common import Progress, read_checked_radiograph, run_guarded
 from lungx_core.thoracic import CropSpec, apply_residual, thoracic_crop
 
@@ -79,17 +79,6 @@ class Synthesizer:
         display, lung_display, undo = display_view(image, lung)
         out, box = self.synthesize_display(display, lung_display, seed)
         return SynthesisResult(undo(out), lung.astype(bool), box)
-
-
-def display_view(image: MedicalImage, lung: np.ndarray | None):
-    """(image array, lung) in standard PA display orientation (``lung`` None stays None), and the function that
-    brings an array back to the image's own orientation (the flips are their own inverse)."""
-    flip_rows, flip_cols, _ = display_flips(image.metadata)
-
-    def orient(array: np.ndarray) -> np.ndarray:
-        return np.ascontiguousarray(flip_display(array, flip_rows, flip_cols))
-
-    return orient(image.array), None if lung is None else orient(lung), orient
 
 
 def _seeded_shift(box: Box, shape: tuple[int, int], seed: int) -> tuple[int, int]:

@@ -53,6 +53,8 @@ LUNGS = Structure("lung", 1, (0.50, 0.68, 0.60), "39607008", "Lung")
 # structure ("Lesion" in Slicer's terminology), not anatomy.
 # posterior ribs, the mask rib suppression regenerates (SCT 113197003 "Bone structure of rib")
 RIBS = Structure("ribs", 1, (0.99, 0.98, 0.86), "113197003", "Rib")
+# where the bone-layer model took bone out of the film (strong bone image; SCT 272673000 "Bone structure")
+BONE = Structure("bone", 1, (0.95, 0.93, 0.80), "272673000", "Bone")
 OPACITY = Structure("opacity", 1, (0.95, 0.55, 0.15), "52988006", "Lesion", category_code="49755003",
                     category_meaning="Morphologically Altered Structure", context=LUNGX_TERMINOLOGY_CONTEXT)
 

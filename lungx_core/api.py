@@ -47,6 +47,7 @@ class Result:
         measurements: numbers about the result, e.g. ``ctr``, ``area_cm2_lung_left``, ``volume_ml_lung``,
             ``pathology_probability``.
         qc_flags: what a reader should check, e.g. ``implausible_ctr``, ``spacing_unknown``.
+        bone: bone suppression (bone mode): the subtracted bone image on the input's grid, else None.
     """
 
     task: str
@@ -56,6 +57,7 @@ class Result:
     measurements: dict[str, Any] = field(default_factory=dict)
     qc_flags: list[str] = field(default_factory=list)
     _writer: Callable[[Path, str], list[Path]] | None = field(default=None, repr=False)
+    bone: MedicalImage | None = None
 
     def save(self, folder: str | Path, case_id: str | None = None) -> list[Path]:
         """Write the CLI's files for this result into ``folder`` (created if needed), each atomically.
@@ -243,40 +245,61 @@ def suppress_ribs(
     image: ImageLike,
     *,
     rib_mask: MaskLike = None,
-    mode: str = "subtract",
+    mode: str = "bone",
+    strength: float = 1.0,
     steps: int = 25,
     seed: int = 0,
     model: str | Path | None = None,
+    inpainting_model: str | Path | None = None,
     device: str = "auto",
     input_check: bool = True,
 ) -> Result:
-    """Suppress the posterior ribs of a radiograph (see ``lungx suppress-ribs --help`` for what is measured).
+    """Suppress the bone of a radiograph (see ``lungx suppress-ribs --help`` and the cxr_bone model card for
+    what is measured).
 
     Args:
         image: a radiograph (:class:`MedicalImage` or path).
-        rib_mask: the ribs (bool array of the image's shape, or a mask file on its grid); default the rib model
-            inside the anatomy model's lung fields.
-        mode: ``"subtract"`` (remove the smooth bone signal; vessels under a rib stay) or ``"inpaint"`` (replace
-            the rib pixels by regenerated ones; research).
-        steps, seed: denoising steps and seed of the inpainting model.
-        model: inpainting model name or ``.safetensors`` path (default ``cxr_inpainting``).
+        rib_mask: bool array of the image's shape, or a mask file on its grid. Bone mode: restricts the
+            subtraction to it (default the whole film). Diffusion modes: the mask to inpaint (default the rib
+            model inside the anatomy model's lung fields).
+        mode: ``"bone"`` (subtract the estimated bone image), ``"inpaint"`` or ``"inpaint-subtract"`` (diffusion
+            inpainting under a rib mask; research, ``inpaint`` hallucinates under the mask).
+        strength: bone mode: 1 subtracts the model card's fitted amount, 0 nothing.
+        steps, seed: denoising steps and seed of the diffusion modes.
+        model: bone-layer model name or ``.safetensors`` path (default ``cxr_bone``).
+        inpainting_model: diffusion modes' model (default ``cxr_inpainting``).
         device, input_check: as for :func:`segment`.
 
     Returns:
-        ``output`` the suppressed radiograph; masks ``ribs``.
+        ``output`` the suppressed radiograph; bone mode: ``bone`` (a :class:`MedicalImage`, the subtracted
+        bone image in the film's grey levels), masks ``bone`` (where it is strong), measurements ``alpha``;
+        diffusion modes: masks ``ribs``.
+
+    Example::
+
+        res = lx.suppress_ribs("film.png")
+        res.output.array, res.bone.array
     """
     from lungx_core.tasks import rib_suppression
 
+    settings = rib_suppression.SuppressionSettings(mode=mode, strength=float(strength), steps=int(steps),
+                                                   seed=int(seed))
     image = _as_radiograph(image, input_check, device)
-    suppressor = _model(rib_suppression.RibSuppressor, model or rib_suppression.DEFAULT_INPAINTING, device)
-    if rib_mask is None:
-        ribs = suppressor.rib_mask(image, _lungs(image, None, device))
-    else:
+    suppressor = _model(rib_suppression.RibSuppressor, model or rib_suppression.DEFAULT_BONE, device,
+                        inpainting_model or rib_suppression.DEFAULT_INPAINTING)
+    if rib_mask is not None:
         ribs = _mask(image, rib_mask, "rib")
-    settings = rib_suppression.SuppressionSettings(mode=mode, steps=int(steps), seed=int(seed))
+    elif mode == "bone":
+        ribs = None
+    else:
+        ribs = suppressor.rib_mask(image, _lungs(image, None, device))
     result = suppressor.suppress(image, ribs, settings)
-    return Result("cxr-rib-suppression", image, image.with_array(result.array), {"ribs": result.ribs}, {}, [],
-                  lambda folder, stem: rib_suppression.write_outputs(folder, stem, image, result))
+    writer = lambda folder, stem: rib_suppression.write_outputs(folder, stem, image, result)  # noqa: E731
+    if result.bone is None:
+        return Result("cxr-rib-suppression", image, image.with_array(result.array), {"ribs": result.mask}, {}, [],
+                      writer)
+    return Result("cxr-rib-suppression", image, image.with_array(result.array), {"bone": result.mask},
+                  {"alpha": result.alpha}, [], writer, bone=image.with_array(result.bone))
 
 
 def classify(
@@ -351,8 +374,8 @@ def _lungs(image: MedicalImage, lung_mask: MaskLike, device: str) -> np.ndarray:
 
 
 @lru_cache(maxsize=8)
-def _model(cls: type, model: str | Path, device: str) -> Any:
-    return cls(model, device=device)
+def _model(cls: type, model: str | Path, device: str, *more: Any) -> Any:
+    return cls(model, *more, device=device)
 
 
 @lru_cache(maxsize=4)

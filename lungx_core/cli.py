@@ -356,7 +356,7 @@ def synthesize(
 
 def _run_image_task(
     inputs, output, lung_mask, device, input_check, quiet, description, verb, run_case, columns,
-    mask_option="--lung-mask",
+    mask_option="--lung-mask", needs_lungs=True,
 ) -> None:
     """The loop shared by the radiograph-to-radiograph commands: collect inputs, match the given masks (one
     file, or a folder of <id>.<ext>; ``mask_option`` names the option), find lungs with cxr_anatomy otherwise,
@@ -372,7 +372,7 @@ def _run_image_task(
         raise typer.BadParameter("one mask file fits one input; give a folder of <id> masks", param_hint=mask_option)
     output.mkdir(parents=True, exist_ok=True)
     segmenter = None
-    if lung_mask is None:
+    if lung_mask is None and needs_lungs:
         from lungx_core.tasks.cxr_segmentation import CXRSegmenter
 
         segmenter = CXRSegmenter(device=device.value)
@@ -485,8 +485,9 @@ def remove_opacity(
 
 
 class SuppressionMode(str, Enum):
-    subtract = "subtract"
+    bone = "bone"
     inpaint = "inpaint"
+    inpaint_subtract = "inpaint-subtract"
 
 
 class Scheduler(str, Enum):
@@ -524,6 +525,14 @@ def classify(
     )
 
 
+SUPPRESSION_MODE_HELP = (
+    "bone: subtract the bone image that cxr_bone estimates (nothing regenerated: vessels under a rib are the "
+    "film's own); inpaint: diffusion inpainting replaces the rib pixels (research: it hallucinates under the "
+    "mask and erases what a rib hides); inpaint-subtract: only the inpainting's smooth bone signal is subtracted "
+    "(research)."
+)
+
+
 @app.command("suppress-ribs")
 def suppress_ribs(
     inputs: Annotated[list[Path], typer.Argument(help="Frontal chest radiographs or folders of them.")],
@@ -531,69 +540,87 @@ def suppress_ribs(
     rib_mask: Annotated[
         Path | None,
         typer.Option(help="Rib mask on the input's grid (PNG, NRRD/NIfTI label map or .seg.nrrd, segments named "
-                     "like 'rib'); for several inputs a folder of <id>.<ext> masks. Default: the cxr_ribs model "
-                     "inside the lung fields."),
+                     "like 'rib'); for several inputs a folder of <id>.<ext> masks. Bone mode: restricts the "
+                     "subtraction to it (default: the whole film). Diffusion modes: the mask to inpaint (default: "
+                     "the cxr_ribs model inside the lung fields)."),
     ] = None,
-    steps: Annotated[int, typer.Option(min=1, max=1000, help="Denoising steps (10-50 is the useful range).")] = 25,
-    seed: Annotated[int, typer.Option(help="Seed of the sampling noise: same seed, same pixels.")] = 0,
-    mode: Annotated[
-        SuppressionMode,
-        typer.Option(help="subtract: remove only the smooth bone signal (vessels under a rib stay); inpaint: "
-                     "replace the rib pixels by the regenerated ones."),
-    ] = SuppressionMode.subtract,
-    scheduler: Annotated[Scheduler, typer.Option(help="Sampler: DDIM, DPM-Solver++ or RePaint.")] = Scheduler.ddim,
-    model: Annotated[str, typer.Option(help="Inpainting model name or a .safetensors path.")] = "cxr_inpainting",
+    mode: Annotated[SuppressionMode, typer.Option(help=SUPPRESSION_MODE_HELP)] = SuppressionMode.bone,
+    strength: Annotated[
+        float, typer.Option(min=0.0, max=5.0, help="Bone mode: 1 subtracts the model card's fitted amount, 0 "
+                            "nothing, 2 twice as much.")
+    ] = 1.0,
+    model: Annotated[str, typer.Option(help="Bone-layer model name or a .safetensors path.")] = "cxr_bone",
+    inpainting_model: Annotated[
+        str, typer.Option(help="Diffusion modes: inpainting model name or a .safetensors path.")
+    ] = "cxr_inpainting",
+    steps: Annotated[
+        int, typer.Option(min=1, max=1000, help="Diffusion modes: denoising steps (10-50 is the useful range).")
+    ] = 25,
+    seed: Annotated[int, typer.Option(help="Diffusion modes: seed of the sampling noise.")] = 0,
+    scheduler: Annotated[
+        Scheduler, typer.Option(help="Diffusion modes: DDIM, DPM-Solver++ or RePaint.")
+    ] = Scheduler.ddim,
     device: Annotated[Device, typer.Option(help="Where the models run.")] = Device.auto,
     input_check: InputCheckOption = True,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ):
-    """Suppress the posterior ribs of chest radiographs by diffusion inpainting, changing nothing else.
+    """Suppress the bone (ribs, clavicles, scapulae) of chest radiographs: estimate the bone image, subtract it.
 
-    Writes <id>_ribs_suppressed.<png|nrrd|nii.gz|dcm> (the input's grid and format family; DICOM as a derived
-    image in a new series), <id>_ribs.seg.nrrd (the rib mask; beyond its feathered border every pixel is the
-    input's), <id>_rib_suppression.png (before | ribs | after) and results.csv. A bad input is reported and
-    skipped; the exit code is 1 when any input failed.
+    Measured on the 6 dual-energy pairs of bs_gusarev_des_samples, leave-one-out: see the cxr_bone model card
+    (lungx_core/weights/cxr_bone.md) for PSNR, SSIM and BSR against the soft-tissue images. Writes
+    <id>_ribs_suppressed.<png|nrrd|nii.gz|dcm> (the input's grid and format family; DICOM as a derived image in a
+    new series), <id>_bone.<same> (the subtracted bone image), <id>_bone.seg.nrrd (where it is strong),
+    <id>_rib_suppression.png (before | bone | after) and results.csv; the diffusion modes write
+    <id>_ribs.seg.nrrd (the inpainted mask) instead of the bone files. A bad input is reported and skipped; the
+    exit code is 1 when any input failed.
     """
     from lungx_core.tasks import rib_suppression
     from lungx_core.tasks.common import COMMON_COLUMNS, TRAILING_COLUMNS
 
-    suppressor = rib_suppression.RibSuppressor(model, device=device.value)
-    settings = rib_suppression.SuppressionSettings(mode.value, steps, seed, scheduler.value)
+    suppressor = rib_suppression.RibSuppressor(model, inpainting_model, device=device.value)
+    settings = rib_suppression.SuppressionSettings(mode.value, strength, steps, seed, scheduler.value)
     _run_image_task(
-        inputs, output, rib_mask, device, input_check, quiet, f"suppressing ribs on {suppressor.device}",
+        inputs, output, rib_mask, device, input_check, quiet, f"suppressing bone on {suppressor.device}",
         "suppressed",
         lambda case, mask, segmenter, gate: rib_suppression.suppress_ribs_case(
             case, suppressor, output, settings, mask, segmenter, gate
         ),
         COMMON_COLUMNS + rib_suppression.RESULT_COLUMNS + TRAILING_COLUMNS[1:],
-        mask_option="--rib-mask",
+        mask_option="--rib-mask", needs_lungs=mode != SuppressionMode.bone,
     )
 
 
 @evaluate_app.command("bone-suppression")
 def evaluate_bone_suppression_cmd(
     directory: Annotated[Path, typer.Argument(help="Folder with images/<id> and soft_tissue/<id> pairs.")],
-    steps: Annotated[int, typer.Option(min=1, max=1000, help="Denoising steps.")] = 25,
-    seed: Annotated[int, typer.Option(help="Seed of the sampling noise.")] = 0,
-    mode: Annotated[SuppressionMode, typer.Option(help="Blending mode.")] = SuppressionMode.subtract,
-    scheduler: Annotated[Scheduler, typer.Option(help="Sampler.")] = Scheduler.ddim,
-    model: Annotated[str, typer.Option(help="Inpainting model name or a .safetensors path.")] = "cxr_inpainting",
+    mode: Annotated[SuppressionMode, typer.Option(help=SUPPRESSION_MODE_HELP)] = SuppressionMode.bone,
+    strength: Annotated[float, typer.Option(min=0.0, max=5.0, help="Bone mode: strength (1: fitted).")] = 1.0,
+    model: Annotated[str, typer.Option(help="Bone-layer model name or a .safetensors path.")] = "cxr_bone",
+    inpainting_model: Annotated[
+        str, typer.Option(help="Diffusion modes: inpainting model name or a .safetensors path.")
+    ] = "cxr_inpainting",
+    steps: Annotated[int, typer.Option(min=1, max=1000, help="Diffusion modes: denoising steps.")] = 25,
+    seed: Annotated[int, typer.Option(help="Diffusion modes: seed of the sampling noise.")] = 0,
+    scheduler: Annotated[Scheduler, typer.Option(help="Diffusion modes: sampler.")] = Scheduler.ddim,
     device: Annotated[Device, typer.Option(help="Where the models run.")] = Device.auto,
     per_case: Annotated[Path | None, typer.Option(help="Also write per-case scores to this CSV.")] = None,
 ):
     """{"n", "psnr_input", "psnr_output", "ssim_input", "ssim_output", "bsr", "seconds_per_image"} as one JSON
-    object: the films against their soft-tissue images in the lung field, after a linear intensity match."""
+    object: the films against their soft-tissue images in the lung field, after a linear intensity match.
+    Scores of the shipped model on the films it was fitted on are optimistic: the model card's leave-one-out
+    numbers come from training/eval_bone_loo.py."""
     from lungx_core.evaluate import evaluate_bone_suppression
     from lungx_core.image import MedicalImage
     from lungx_core.tasks.cxr_segmentation import CXRSegmenter
     from lungx_core.tasks.rib_suppression import RibSuppressor, SuppressionSettings
 
-    suppressor = RibSuppressor(model, device=device.value)
-    settings = SuppressionSettings(mode.value, steps, seed, scheduler.value)
+    suppressor = RibSuppressor(model, inpainting_model, device=device.value)
+    settings = SuppressionSettings(mode.value, strength, steps, seed, scheduler.value)
     anatomy = CXRSegmenter(device=device.value)
 
     def suppress(image: MedicalImage, lung):
-        return suppressor.suppress(image, suppressor.rib_mask(image, lung), settings).array
+        ribs = None if mode == SuppressionMode.bone else suppressor.rib_mask(image, lung)
+        return suppressor.suppress(image, ribs, settings).array
 
     scores = _CaseScores()
     summary = evaluate_bone_suppression(

@@ -153,11 +153,11 @@ def test_blending_is_bit_exact_outside_the_feathered_mask():
 def test_suppressor_changes_only_the_mask_and_is_deterministic(phantom, tiny_inpainter):
     from lungx_core.tasks.rib_suppression import RibSuppressor, SuppressionSettings
 
-    suppressor = RibSuppressor(tiny_inpainter, device="cpu")
+    suppressor = RibSuppressor(inpainting_model=tiny_inpainter, device="cpu")
     image = MedicalImage(phantom)
     ribs = np.zeros(phantom.shape, bool)
     ribs[200:215, 60:200] = True
-    for mode in ("inpaint", "subtract"):
+    for mode in ("inpaint", "inpaint-subtract"):
         settings = SuppressionSettings(mode=mode, steps=5, seed=3)
         a = suppressor.suppress(image, ribs, settings)
         b = suppressor.suppress(image, ribs, settings)
@@ -173,12 +173,14 @@ def test_bad_rib_masks_are_clear_errors(phantom, tiny_inpainter):
     from lungx_core.errors import InputError
     from lungx_core.tasks.rib_suppression import RibSuppressor, SuppressionSettings
 
-    suppressor = RibSuppressor(tiny_inpainter, device="cpu")
+    suppressor = RibSuppressor(inpainting_model=tiny_inpainter, device="cpu")
     image = MedicalImage(phantom, source="film.png")
     with pytest.raises(InputError, match="rib mask is 20x10 pixels"):
-        suppressor.suppress(image, np.ones((10, 20), bool), SuppressionSettings())
+        suppressor.suppress(image, np.ones((10, 20), bool), SuppressionSettings(mode="inpaint"))
     with pytest.raises(InputError, match="rib mask is empty"):
-        suppressor.suppress(image, np.zeros(phantom.shape, bool), SuppressionSettings())
+        suppressor.suppress(image, np.zeros(phantom.shape, bool), SuppressionSettings(mode="inpaint"))
+    with pytest.raises(ValueError, match="needs a rib mask"):
+        suppressor.suppress(image, None, SuppressionSettings(mode="inpaint"))
 
 
 # ---- CLI and evaluation -----------------------------------------------------------------------------------------
@@ -204,7 +206,8 @@ def test_cli_round_trip_keeps_format_family_geometry_and_pixels_outside_the_mask
     out = tmp_path / "out"
     proc = run_lungx("suppress-ribs", *map(str, files.values()), "-o", str(out), "--no-input-check",
                      "--rib-mask", str(masks),
-                     "--model", str(tiny_inpainter), "--steps", "4", "--mode", "inpaint", "--device", "cpu", "-q")
+                     "--inpainting-model", str(tiny_inpainter), "--steps", "4", "--mode", "inpaint", "--device",
+                     "cpu", "-q")
     assert proc.returncode == 0, proc.stderr
     png = np.asarray(Image.open(out / "film_png_ribs_suppressed.png"))
     seg = slicerio.read_segmentation(str(out / "film_png_ribs.seg.nrrd"))
@@ -232,7 +235,8 @@ def test_cli_round_trip_keeps_format_family_geometry_and_pixels_outside_the_mask
 @pytest.mark.slow
 def test_cli_bad_inputs_are_one_line_errors_without_partial_outputs(tmp_path, phantom, tiny_inpainter):
     assert_bad_mask_inputs_fail_cleanly(tmp_path, phantom, "suppress-ribs", "--rib-mask", "rib",
-                                        ["--model", str(tiny_inpainter), "--steps", "2"])
+                                        ["--inpainting-model", str(tiny_inpainter), "--steps", "2", "--mode",
+                                         "inpaint"])
 
 
 def test_bone_suppression_scores_reward_removing_the_bone_signal(phantom):
@@ -268,8 +272,9 @@ def test_evaluate_bone_suppression_cli_prints_one_json_object(tmp_path, tiny_inp
         (tmp_path / "ds" / sub).mkdir(parents=True)
         scaled = np.clip((img.array - low) / (high - low), 0, 1) * 65535
         Image.fromarray(scaled.astype(np.uint16)).save(tmp_path / "ds" / sub / "sample.png")
-    proc = run_lungx("evaluate", "bone-suppression", str(tmp_path / "ds"), "--model", str(tiny_inpainter),
-                     "--steps", "3", "--device", "cpu", "--per-case", str(tmp_path / "per_case.csv"))
+    proc = run_lungx("evaluate", "bone-suppression", str(tmp_path / "ds"), "--inpainting-model", str(tiny_inpainter),
+                     "--mode", "inpaint-subtract", "--steps", "3", "--device", "cpu", "--per-case",
+                     str(tmp_path / "per_case.csv"))
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.strip().splitlines()
     assert len(lines) == 1

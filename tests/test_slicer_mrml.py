@@ -274,8 +274,9 @@ def test_panel_options_come_from_the_registry():
     specs = {t["name"]: t["options"] for t in as_json()}
     ribs = [option_field(s) for s in specs["cxr-rib-suppression"]]
     by_name = {f.name: f for f in ribs}
-    assert {"mode", "steps", "seed", "model"} <= set(by_name)
-    assert by_name["mode"].widget == "QComboBox" and by_name["mode"].choices == ("subtract", "inpaint")
+    assert {"mode", "strength", "steps", "seed", "model"} <= set(by_name)
+    assert by_name["strength"].widget == "QDoubleSpinBox" and by_name["strength"].default == 1.0
+    assert by_name["mode"].widget == "QComboBox" and by_name["mode"].choices == ("bone", "inpaint", "inpaint-subtract")
     assert by_name["steps"].widget == "QSpinBox" and (by_name["steps"].low, by_name["steps"].high) == (1, 1000)
     assert by_name["model"].widget == "QLineEdit" and by_name["model"].default == ""
     assert all(f.tooltip for f in ribs)
@@ -338,7 +339,8 @@ def test_every_task_imports_into_real_nodes(mrml, worker_outputs, task):
     _assert_on_input_grid(slicer, seg, node)
     if "lung_left" in info.structures:
         _assert_sides(slicer, seg, node, "lung_left", "lung_right")
-    expected_volumes = 0 if info.output_kind == "segmentation" else 1
+    # rib suppression's bone mode also returns the bone image as its own volume
+    expected_volumes = {"segmentation": 0}.get(info.output_kind, 2 if task == "cxr-rib-suppression" else 1)
     assert len(result.volumes) == expected_volumes
     for volume in result.volumes:
         np.testing.assert_allclose(_ijk_to_ras(slicer, volume), _ijk_to_ras(slicer, node), atol=1e-5)

@@ -213,8 +213,9 @@ def test_options_are_typed_and_checked_by_the_registry():
     from lungx_core.worker import parse_options
 
     ribs = task_info("cxr-rib-suppression")
-    assert parse_options(["steps=10", "mode=inpaint", "seed=3"], ribs) == {"steps": 10, "mode": "inpaint", "seed": 3}
-    with pytest.raises(ValueError, match="option mode: 'blur' is not one of subtract, inpaint"):
+    assert parse_options(["steps=10", "mode=inpaint", "seed=3", "strength=0.5"], ribs) == {
+        "steps": 10, "mode": "inpaint", "seed": 3, "strength": 0.5}
+    with pytest.raises(ValueError, match="option mode: 'blur' is not one of bone, inpaint, inpaint-subtract"):
         parse_options(["mode=blur"], ribs)
     with pytest.raises(ValueError, match="option steps: 'many' is not an integer"):
         parse_options(["steps=many"], ribs)

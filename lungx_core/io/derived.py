@@ -50,10 +50,12 @@ def write_processed_set(
     stem: str,
     segmentation: tuple[str, dict[str, np.ndarray], list],
     picture: tuple[str, np.ndarray],
+    extra_images: tuple[tuple[str, np.ndarray, str], ...] = (),
 ) -> list[Path]:
     """What every radiograph-to-radiograph task writes, all or nothing: ``<stem><derived suffix>`` (``array`` in
     ``image``'s format family), a ``.seg.nrrd`` (``(name, masks, structures)``) on ``image``'s grid and a PNG
-    picture (``(name, RGB array)``). Returns the paths written."""
+    picture (``(name, RGB array)``), and each of ``extra_images`` (``(stem, array, description)``, written like
+    ``array``). Returns the paths written."""
     from lungx_core.io.writers import all_or_nothing, write_seg_nrrd
 
     seg_name, masks, structures = segmentation
@@ -61,6 +63,9 @@ def write_processed_set(
     with all_or_nothing() as written:
         written.append(out_dir / f"{stem}{derived_suffix(image)}")
         write_derived(written[-1], image, array, description)
+        for extra_stem, extra_array, extra_description in extra_images:
+            written.append(out_dir / f"{extra_stem}{derived_suffix(image)}")
+            write_derived(written[-1], image, extra_array, extra_description)
         written.append(out_dir / seg_name)
         write_seg_nrrd(written[-1], image, masks, structures)
         written.append(out_dir / picture_name)

@@ -40,7 +40,7 @@ def build_network(arch: str, in_channels: int, out_channels: int, **options: Any
 
     channels = tuple(options.get("channels", (16, 32, 64, 128, 256)))
     if arch == "unet":
-        return nets.UNet(
+        unet = nets.UNet(
             spatial_dims=2,
             in_channels=in_channels,
             out_channels=out_channels,
@@ -48,7 +48,9 @@ def build_network(arch: str, in_channels: int, out_channels: int, **options: Any
             strides=(2,) * (len(channels) - 1),
             num_res_units=int(options.get("num_res_units", 2)),
             dropout=float(options.get("dropout", 0.0)),
+            norm=options.get("norm", "instance"),
         )
+        return _ZeroStartOutput(unet) if options.get("zero_start") else unet
     if arch == "attention_unet":
         return nets.AttentionUnet(
             spatial_dims=2,
@@ -83,6 +85,20 @@ def build_network(arch: str, in_channels: int, out_channels: int, **options: Any
             raise ValueError("a translation generator maps an image to an image of the same channels")
         return ResnetGenerator(GeneratorConfig(channels=in_channels, **options))
     raise ValueError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHITECTURES)}")
+
+
+class _ZeroStartOutput(torch.nn.Module):
+    """The network's output times a learned gain that starts at 0 (ReZero): a regression whose target is small
+    (a bone image is a few per cent of the film's range) starts from "no change" instead of from the
+    initialisation's noise, which a plain U-Net here never unlearned."""
+
+    def __init__(self, inner: torch.nn.Module):
+        super().__init__()
+        self.inner = inner
+        self.gain = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inner(x) * self.gain
 
 
 class _FirstOutput(torch.nn.Module):

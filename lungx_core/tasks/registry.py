@@ -130,21 +130,26 @@ TASKS: dict[str, TaskInfo] = {
     ),
     "cxr-rib-suppression": TaskInfo(
         name="cxr-rib-suppression",
-        title="Chest X-ray: suppress posterior ribs (diffusion inpainting; rib mask as a segment)",
+        title="Chest X-ray: suppress bone (bone image estimated and subtracted; bone image as a volume)",
         modality="CXR",
         output_kind="volume",
-        model="cxr_inpainting",
-        structures=("ribs",),
+        model="cxr_bone",
+        structures=("bone",),
         runner="lungx_core.tasks.rib_suppression:run_one",
         options=(
-            _model("cxr_inpainting"),
-            TaskOption("mode", "choice", "subtract", "subtract: remove only the smooth bone signal (vessels under a "
-                       "rib stay); inpaint: replace the rib pixels by regenerated ones (research).",
-                       choices=("subtract", "inpaint")),
-            TaskOption("steps", "int", 25, "Denoising steps (10-50 is the useful range; fast mode uses 10).",
-                       low=1, high=1000),
+            _model("cxr_bone"),
+            TaskOption("mode", "choice", "bone", "bone: subtract the estimated bone image (vessels under a rib are "
+                       "the film's own); inpaint / inpaint-subtract: diffusion inpainting under a rib mask "
+                       "(research; inpaint hallucinates under the mask).",
+                       choices=("bone", "inpaint", "inpaint-subtract")),
+            TaskOption("strength", "float", 1.0, "Bone mode: 1 subtracts the model card's fitted amount, 0 nothing, "
+                       "2 twice as much.", low=0.0, high=5.0),
+            TaskOption("inpainting_model", "str", "cxr_inpainting", "Diffusion modes: inpainting model name or a "
+                       ".safetensors path."),
+            TaskOption("steps", "int", 25, "Diffusion modes: denoising steps (10-50 is the useful range; fast mode "
+                       "uses 10).", low=1, high=1000),
             SEED,
-            TaskOption("scheduler", "choice", "ddim", "Sampler: DDIM, DPM-Solver++ or RePaint.",
+            TaskOption("scheduler", "choice", "ddim", "Diffusion modes: DDIM, DPM-Solver++ or RePaint.",
                        choices=("ddim", "dpm", "repaint")),
             INPUT_CHECK,
         ),

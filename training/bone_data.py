@@ -1,0 +1,139 @@
+"""Bone-layer training data: CT-derived (film, bone image) pairs with a randomised film look, and the real
+dual-energy (DES) pairs of ../shared/data/bs_gusarev_des_samples.
+
+CT pairs: the cached DRRs of ``training/rib_data.py`` (every CT, the CT as scanned and 11 small 3-D rotations,
+cut to the body, 256 px): ``drr`` with bone and ``soft`` with every bone voxel (>= 200 HU) given soft-tissue
+attenuation. :func:`render_pair` turns one into what a film looks like, applying *the same* operations to both
+images, so the bone image (film with bone minus film without) stays exactly aligned and noise-free.
+
+DES pairs: each film at 256 px (the whole film, windowed by its 0.5/99.5 percentiles, as at inference) and its
+bone image = film - (soft-tissue image linearly matched to the film over the lung field): dual-energy
+processing sets the soft-tissue image's brightness and contrast arbitrarily, the scores ignore them too.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+DES_ROOT = "bs_gusarev_des_samples"
+BONE_VALIDATION_CT = "lidc-idri-0001"  # full-height chest, never trained on: the CT-derived validation
+
+
+def blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur of (N, 1, H, W), replicate padding."""
+    radius = max(1, int(3 * sigma))
+    k = torch.exp(-0.5 * (torch.arange(-radius, radius + 1, dtype=torch.float32) / sigma) ** 2)
+    k = (k / k.sum()).to(x)
+    x = F.conv2d(F.pad(x, (radius, radius, 0, 0), mode="replicate"), k.view(1, 1, 1, -1))
+    return F.conv2d(F.pad(x, (0, 0, radius, radius), mode="replicate"), k.view(1, 1, -1, 1))
+
+
+def _window(x: torch.Tensor, ref: torch.Tensor, low_p: float, high_p: float) -> tuple[torch.Tensor, float, float]:
+    lo, hi = (float(v) for v in np.percentile(ref.numpy(), [low_p, high_p]))
+    return (x - lo) / max(hi - lo, 1e-6), lo, hi
+
+
+def render_pair(drr: np.ndarray, soft: np.ndarray, rng: np.random.Generator | None) -> tuple[torch.Tensor, ...]:
+    """(film, bone) as (1, H, W) float32 tensors from one DRR pair (line integrals, H x W).
+
+    ``film`` is scaled as the model sees a real film (0.5/99.5 percentiles of the film to [0, 1]); ``bone`` is
+    film minus the same rendering of ``soft``. ``rng`` None gives a fixed mid-range look (validation).
+    Randomised: bone attenuation x0.6-2.5 (a 70-keV DRR shows bone less than most films), a compressive
+    characteristic curve, scatter (a broad blur added), windowing, gamma, two-scale unsharp masking (film
+    processing), local contrast equalisation, detector blur, signal-dependent and flat noise (identical in both
+    images, so the bone image carries none), and inverted polarity for 10 % of films.
+    """
+    d = torch.from_numpy(np.asarray(drr, np.float32))[None, None]
+    s = torch.from_numpy(np.asarray(soft, np.float32))[None, None]
+    if rng is None:
+        k, curve, scatter, gamma = 1.5, 0.0, 0.0, 1.0
+    else:
+        k, curve, scatter = rng.uniform(0.6, 2.5), rng.uniform(0.0, 3.0), rng.uniform(0.0, 0.4)
+        gamma = float(np.exp(rng.uniform(np.log(0.5), np.log(2.0))))
+    d = s + k * (d - s)
+    scale = float(np.percentile(d.numpy(), 99.5)) or 1.0
+    pair = torch.cat([d, s]) / scale  # both on the with-bone film's scale
+    if curve > 0:  # film/detector characteristic: compresses the dense end
+        pair = (1 - torch.exp(-curve * pair)) / (1 - np.exp(-curve))
+    if scatter > 0:  # scatter: a broad haze that follows the film, computed once, added to both
+        pair = pair + scatter * blur(pair[:1], float(rng.uniform(15, 40)))
+    low_p, high_p = (0.5, 99.5) if rng is None else (rng.uniform(0, 3), rng.uniform(97, 100))
+    pair, _, _ = _window(pair, pair[0], low_p, high_p)
+    pair = pair.clamp(0, 1.2) ** gamma
+    if rng is not None:
+        for _ in range(2):  # unsharp masking at two scales (processing), the same kernel and gain for both
+            sigma, gain = rng.uniform(2, 25), rng.uniform(0, 1.2)
+            pair = pair + gain * (pair - blur(pair, sigma))
+        if rng.random() < 0.3:  # local contrast equalisation with the with-bone film's local statistics
+            sigma = rng.uniform(10, 40)
+            mean = blur(pair[:1], sigma)
+            std = blur((pair[:1] - mean) ** 2, sigma).sqrt() + 0.05
+            pair = pair + rng.uniform(0.2, 0.8) * ((pair - mean) / std * float(std.mean()) - (pair - mean))
+        pair = blur(pair, rng.uniform(0.3, 1.2))
+        noise = rng.uniform(0, 0.02) * torch.randn_like(pair[:1]) * pair[:1].clamp(0, None).sqrt()
+        pair = pair + noise + rng.uniform(0, 0.01) * torch.randn_like(pair[:1])
+        if rng.random() < 0.1:
+            pair = -pair
+    pair, _, _ = _window(pair, pair[0], 0.5, 99.5)
+    return pair[0], pair[0] - pair[1]
+
+
+def render_batch(drr: np.ndarray, soft: np.ndarray, rng: np.random.Generator | None):
+    """(films, bones), each (N, 1, H, W), from N cached DRR pairs."""
+    pairs = [render_pair(d, s, rng) for d, s in zip(drr, soft, strict=True)]
+    return torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
+
+
+def random_affine(tensors: list[torch.Tensor], rng: np.random.Generator) -> list[torch.Tensor]:
+    """The same random rotation (+-8 degrees), anisotropic scale (0.85-1.15), shift and left-right flip applied
+    to every (N, C, H, W) tensor in ``tensors`` (bilinear, border padding)."""
+    n = len(tensors[0])
+    theta = np.zeros((n, 2, 3), dtype=np.float32)
+    for i in range(n):
+        a = np.deg2rad(rng.uniform(-8, 8))
+        sx, sy = rng.uniform(0.85, 1.15, 2)
+        flip = -1.0 if rng.random() < 0.5 else 1.0
+        theta[i, :, :2] = [[flip * sx * np.cos(a), -sy * np.sin(a)], [sx * np.sin(a), sy * np.cos(a)]]
+        theta[i, :, 2] = rng.uniform(-0.08, 0.08, 2)
+    grid = F.affine_grid(torch.from_numpy(theta), list(tensors[0].shape), align_corners=False)
+    return [F.grid_sample(t, grid, padding_mode="border", align_corners=False) for t in tensors]
+
+
+def read_des_pairs(data_root: Path) -> list[dict]:
+    """The DES pairs, full resolution: ``id``, ``film`` and ``soft`` (float64, the stored grey levels) and
+    ``lung`` (bool: the anatomy model's lungs on the film, the scoring region of ``lungx evaluate``)."""
+    from lungx_core.evaluate import predicted_class_mask
+    from lungx_core.image import MedicalImage
+    from lungx_core.io.readers import read_radiograph
+    from lungx_core.tasks.cxr_segmentation import CXRSegmenter
+
+    root = data_root / DES_ROOT
+    segmenter = CXRSegmenter()
+    pairs = []
+    for path in sorted((root / "images").glob("*.png")):
+        film = read_radiograph(path).array.astype(np.float64)
+        soft = read_radiograph(root / "soft_tissue" / path.name).array.astype(np.float64)
+        lung = predicted_class_mask(segmenter.segment(MedicalImage(film)).masks, "lung")  # as the evaluation does
+        pairs.append({"id": path.stem, "film": film, "soft": soft, "lung": lung})
+    return pairs
+
+
+def des_training_arrays(pairs: list[dict], size: int) -> dict[str, np.ndarray]:
+    """``film``, ``bone`` (float32) and ``lung`` (float32 0/1), each (N, 1, size, size): every DES film as the
+    model sees it, with its bone image in the same units."""
+    from lungx_core.evaluate import linear_match
+    from lungx_core.thoracic import resize, whole_film
+
+    films, bones, lungs = [], [], []
+    for p in pairs:
+        film, lo, hi = whole_film(p["film"], size)
+        matched = linear_match(p["soft"], p["film"], p["lung"])  # soft tissue on the film's grey scale
+        bone = resize(((p["film"] - matched) / (hi - lo)).astype(np.float32), (size, size))
+        films.append(film)
+        bones.append(bone)
+        lungs.append(resize(p["lung"].astype(np.float32), (size, size)))
+    return {k: np.stack(v)[:, None] for k, v in (("film", films), ("bone", bones), ("lung", lungs))}

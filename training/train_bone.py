@@ -1,0 +1,202 @@
+"""Train the bone-layer model (``cxr_bone``): a film in, its bone image out; suppressed = film - alpha * bone.
+
+Two stages, one script:
+
+1. ``--stage drr``: CT-derived pairs only (``training/bone_data.py``), a new film look every step; every CT but
+   ``BONE_VALIDATION_CT``. The real DES films are never seen, so their scores here are honest for all six.
+2. ``--stage des --fold ID``: fine-tune the stage-1 weights on the DES pairs except ``ID`` (mixed with
+   CT-derived pairs, ``des_fraction`` of each batch DES, so the film look stays varied); ``--fold all`` uses
+   all six (the shipped model). Leave-one-out scores come from ``training/eval_bone_loo.py`` over the folds.
+
+Loss: 1 - BSR over the batch (``bone_loss``).
+
+    python -m training.train_bone --config training/configs/bone_cxr.json --run ../runs/bone --stage drr
+    python -m training.train_bone --config training/configs/bone_cxr.json --run ../runs/bone --stage des --fold all
+    python -m training.train_bone --config training/configs/bone_cxr.json --run ../runs/bone --export
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from lungx_core.models.networks import build_network
+from training.bone_data import (
+    BONE_VALIDATION_CT,
+    des_training_arrays,
+    random_affine,
+    read_des_pairs,
+    render_batch,
+)
+from training.common import append_log, resume, save_checkpoint, seed_everything
+from training.rib_data import build_rib_cache
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", type=Path, required=True)
+    ap.add_argument("--data", type=Path, default=Path("../shared/data"))
+    ap.add_argument("--run", type=Path, required=True, help="run folder (cache, checkpoints, logs; outside git)")
+    ap.add_argument("--stage", choices=["drr", "des"], default="drr")
+    ap.add_argument("--fold", default="all", help="des stage: the DES pair left out, or 'all'")
+    ap.add_argument("--threads", type=int, default=torch.get_num_threads())
+    ap.add_argument("--export", action="store_true", help="ship <run>/des_all/best.pt as cxr_bone with the "
+                    "inference settings eval_bone_loo chose")
+    return ap.parse_args(argv)
+
+
+def bone_loss(bone_hat: torch.Tensor, bone: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """1 - BSR over the batch: the weighted squared error of the bone image over the bone images' energy. What
+    the scores measure (squared error after suppression), on a scale where predicting no bone scores 1.
+    (Gusarev's 0.84 * (1 - SSIM) + 0.16 * L1 on the suppressed film learned to predict almost nothing here:
+    bone is a few per cent of the film's range.)"""
+    return (weight * (bone_hat - bone) ** 2).sum() / ((weight * bone**2).sum() + 1e-6)
+
+
+def psnr_gain(film: np.ndarray, bone_hat: np.ndarray, soft: np.ndarray, region: np.ndarray, alpha: float) -> float:
+    """PSNR(film - alpha * bone_hat) - PSNR(film) against ``soft`` in ``region``, both linearly matched (the
+    ``lungx evaluate bone-suppression`` protocol)."""
+    from lungx_core.evaluate import linear_match
+
+    errs = []
+    for img in (film, film - alpha * bone_hat):
+        m = linear_match(img, soft, region)
+        errs.append(float(np.mean((m[region] - soft[region]) ** 2)))
+    return float(10 * np.log10(errs[0] / errs[1]))
+
+
+def predict(net, films: torch.Tensor, batch: int = 8) -> np.ndarray:
+    net.eval()
+    with torch.inference_mode():
+        return torch.cat([net(films[i:i + batch]) for i in range(0, len(films), batch)]).numpy()
+
+
+def des_scores(net, des: dict, ids: list[str], alpha: float = 1.0) -> dict[str, float]:
+    """PSNR gain per DES film at 256 px (film - alpha * bone_hat against film - bone, the lung field)."""
+    bone_hat = predict(net, torch.from_numpy(des["film"]))
+    out = {}
+    for i, case in enumerate(ids):
+        film = des["film"][i, 0].astype(np.float64)
+        soft = film - des["bone"][i, 0]
+        out[case] = round(psnr_gain(film, bone_hat[i, 0], soft, des["lung"][i, 0] > 0.5, alpha), 3)
+    return out
+
+
+def drr_score(net, val_films: torch.Tensor, val_bones: torch.Tensor) -> float:
+    """Mean PSNR gain (alpha 1) over the held-out CT's projections, the body region."""
+    bone_hat = predict(net, val_films)
+    gains = []
+    for i in range(len(val_films)):
+        film = val_films[i, 0].numpy().astype(np.float64)
+        soft = film - val_bones[i, 0].numpy()
+        body = film > 0.1 if film.mean() > 0 else film < -0.1
+        gains.append(psnr_gain(film, bone_hat[i, 0], soft, body, 1.0))
+    return float(np.mean(gains))
+
+
+def load_des(args, cfg) -> tuple[dict, list[str]]:
+    cache = args.run / "des_cache.npz"
+    if not cache.exists():
+        pairs = read_des_pairs(args.data)
+        arrays = des_training_arrays(pairs, cfg["size"])
+        np.savez_compressed(cache, ids=np.array([p["id"] for p in pairs]), **arrays)
+    z = np.load(cache)
+    return {k: z[k] for k in ("film", "bone", "lung")}, [str(i) for i in z["ids"]]
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    cfg = json.loads(args.config.read_text())
+    torch.set_num_threads(args.threads)
+    seed_everything(cfg["seed"])
+    args.run.mkdir(parents=True, exist_ok=True)
+    cache = np.load(build_rib_cache(args.data, args.run / "rib_cache.npz", cfg["size"]))
+    held = cache["case"] == BONE_VALIDATION_CT
+    train_idx, val_idx = np.where(~held)[0], np.where(held)[0]
+    val_films, val_bones = render_batch(cache["drr"][val_idx], cache["soft"][val_idx], None)
+    des, ids = load_des(args, cfg)
+    net = build_network(cfg["arch"], 1, 1, **cfg["arch_options"])
+    if args.export:
+        return export_model(args, cfg, net, des, ids)
+
+    stage = cfg[args.stage]
+    folder = args.run / ("drr" if args.stage == "drr" else f"des_{args.fold}")
+    folder.mkdir(exist_ok=True)
+    train_des = [i for i, case in enumerate(ids) if case != args.fold]
+    if args.stage == "des":
+        if args.fold != "all" and args.fold not in ids:
+            raise SystemExit(f"--fold {args.fold}: not a DES pair ({', '.join(ids)})")
+        if not (folder / "last.pt").exists():
+            net.load_state_dict(torch.load(args.run / "drr" / "best.pt", weights_only=True))
+    opt = torch.optim.AdamW(net.parameters(), lr=stage["lr"], weight_decay=cfg["weight_decay"])
+    total = stage["epochs"] * stage["steps_per_epoch"]
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, stage["lr"], total_steps=total, pct_start=stage["warmup"])
+    start, best = resume(folder, net, opt, sched)
+    rng = np.random.default_rng(cfg["seed"] + start + (0 if args.fold == "all" else 1000 * ids.index(args.fold)))
+    batch = cfg["batch_size"]
+    for epoch in range(start, stage["epochs"]):
+        net.train()
+        t0, losses = time.perf_counter(), []
+        for _ in range(stage["steps_per_epoch"]):
+            n_des = round(batch * stage.get("des_fraction", 0.5)) if args.stage == "des" else 0
+            idx = rng.choice(train_idx, batch - n_des)
+            films, bones = render_batch(cache["drr"][idx], cache["soft"][idx], rng)
+            weight = torch.ones_like(films)
+            if n_des:
+                j = rng.choice(train_des, n_des)
+                f, b = torch.from_numpy(des["film"][j]), torch.from_numpy(des["bone"][j])
+                w = 0.2 + torch.from_numpy(des["lung"][j])  # the lung field is what is scored and read
+                gamma = torch.from_numpy(np.exp(rng.uniform(-0.3, 0.3, (n_des, 1, 1, 1))).astype(np.float32))
+                soft = (f - b).clamp(0, 1.5) ** gamma
+                f = f.clamp(0, 1.5) ** gamma  # the same grey-level curve for both keeps them a pair
+                films, bones = torch.cat([films, f]), torch.cat([bones, f - soft])
+                weight = torch.cat([weight, w])
+            films, bones, weight = random_affine([films, bones, weight], rng)
+            loss = bone_loss(net(films), bones, weight)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+            losses.append(loss.item())
+        drr_gain = drr_score(net, val_films, val_bones)
+        gains = des_scores(net, des, ids)
+        # stage 1 keeps its best epoch (neither the held-out CT nor the DES films are trained on); stage 2 keeps
+        # the last: its only unseen film is the one it is scored on, never to be selected on
+        score = drr_gain + float(np.mean(list(gains.values())))
+        if args.stage == "des" or score > best:
+            best = max(best, score)
+            torch.save(net.state_dict(), folder / "best.pt")
+        save_checkpoint(folder, net, opt, sched, epoch, best)
+        row = {"epoch": epoch, "loss": round(float(np.mean(losses)), 5), "drr_gain_db": round(drr_gain, 3),
+               **{f"des_{c}": g for c, g in gains.items()}, "seconds": round(time.perf_counter() - t0, 1)}
+        append_log(folder / "log.csv", row)
+        print(row, flush=True)
+
+
+def export_model(args, cfg, net, des, ids) -> None:
+    """Ship ``des_all/best.pt`` as ``lungx_core/weights/cxr_bone`` (fp16 safetensors + JSON) with the alpha
+    fitted on all six DES films (``training/eval_bone_loo.py`` reports the leave-one-out numbers)."""
+    from lungx_core.models.store import WEIGHTS_DIR, save_model
+
+    state = torch.load(args.run / "des_all" / "best.pt", weights_only=True)
+    loo = json.loads((args.run / "loo.json").read_text())
+    chosen = loo["chosen_all"]
+    config = {
+        "arch": cfg["arch"], "arch_options": cfg["arch_options"], "in_channels": 1, "classes": ["bone"],
+        "size": cfg["size"], "low_percentile": 0.5, "high_percentile": 99.5, "alpha": chosen["alpha"],
+        "flip_average": cfg.get("flip_average", False),
+        "guided_radius": chosen["guided"][0] if chosen["guided"] else 0.0,
+        "guided_eps": chosen["guided"][1] if chosen["guided"] else 0.0,
+        "metrics": loo["summary"],
+    }
+    save_model(state, config, WEIGHTS_DIR / cfg["name"])
+    print(f"exported {cfg['name']} ({chosen})")
+
+
+if __name__ == "__main__":
+    main()

@@ -17,19 +17,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+
+from training.common import blur
 
 DES_ROOT = "bs_gusarev_des_samples"
 BONE_VALIDATION_CT = "lidc-idri-0001"  # full-height chest, never trained on: the CT-derived validation
-
-
-def blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Separable Gaussian blur of (N, 1, H, W), replicate padding."""
-    radius = max(1, int(3 * sigma))
-    k = torch.exp(-0.5 * (torch.arange(-radius, radius + 1, dtype=torch.float32) / sigma) ** 2)
-    k = (k / k.sum()).to(x)
-    x = F.conv2d(F.pad(x, (radius, radius, 0, 0), mode="replicate"), k.view(1, 1, 1, -1))
-    return F.conv2d(F.pad(x, (0, 0, radius, radius), mode="replicate"), k.view(1, 1, -1, 1))
 
 
 def _window(x: torch.Tensor, ref: torch.Tensor, low_p: float, high_p: float) -> tuple[torch.Tensor, float, float]:
@@ -86,21 +78,6 @@ def render_batch(drr: np.ndarray, soft: np.ndarray, rng: np.random.Generator | N
     """(films, bones), each (N, 1, H, W), from N cached DRR pairs."""
     pairs = [render_pair(d, s, rng) for d, s in zip(drr, soft, strict=True)]
     return torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
-
-
-def random_affine(tensors: list[torch.Tensor], rng: np.random.Generator) -> list[torch.Tensor]:
-    """The same random rotation (+-8 degrees), anisotropic scale (0.85-1.15), shift and left-right flip applied
-    to every (N, C, H, W) tensor in ``tensors`` (bilinear, border padding)."""
-    n = len(tensors[0])
-    theta = np.zeros((n, 2, 3), dtype=np.float32)
-    for i in range(n):
-        a = np.deg2rad(rng.uniform(-8, 8))
-        sx, sy = rng.uniform(0.85, 1.15, 2)
-        flip = -1.0 if rng.random() < 0.5 else 1.0
-        theta[i, :, :2] = [[flip * sx * np.cos(a), -sy * np.sin(a)], [sx * np.sin(a), sy * np.cos(a)]]
-        theta[i, :, 2] = rng.uniform(-0.08, 0.08, 2)
-    grid = F.affine_grid(torch.from_numpy(theta), list(tensors[0].shape), align_corners=False)
-    return [F.grid_sample(t, grid, padding_mode="border", align_corners=False) for t in tensors]
 
 
 def read_des_pairs(data_root: Path) -> list[dict]:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 
 def seed_everything(seed: int) -> None:
@@ -94,3 +95,34 @@ def fp16_agreement(build_net, state: dict, x: torch.Tensor) -> float:
     with torch.inference_mode():
         a, b = ((n(x) > 0).numpy() for n in nets)
     return float(2 * (a & b).sum() / max(a.sum() + b.sum(), 1))
+
+
+def blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur of (N, 1, H, W), replicate padding."""
+    radius = max(1, int(3 * sigma))
+    k = torch.exp(-0.5 * (torch.arange(-radius, radius + 1, dtype=torch.float32) / sigma) ** 2)
+    k = (k / k.sum()).to(x)
+    x = F.conv2d(F.pad(x, (radius, radius, 0, 0), mode="replicate"), k.view(1, 1, 1, -1))
+    return F.conv2d(F.pad(x, (0, 0, radius, radius), mode="replicate"), k.view(1, 1, -1, 1))
+
+
+def random_affine(
+    tensors: list[torch.Tensor],
+    rng: np.random.Generator,
+    scale: tuple[float, float] = (0.85, 1.15),
+    shift: float = 0.08,
+    padding: list[str] | None = None,
+) -> list[torch.Tensor]:
+    """The same random rotation (+-8 degrees), anisotropic scale, shift (fraction of the half-size) and left-right
+    flip applied to every (N, C, H, W) tensor in ``tensors``: bilinear, ``padding`` per tensor (default border)."""
+    n = len(tensors[0])
+    theta = np.zeros((n, 2, 3), dtype=np.float32)
+    for i in range(n):
+        a = np.deg2rad(rng.uniform(-8, 8))
+        sx, sy = rng.uniform(*scale, 2)
+        flip = -1.0 if rng.random() < 0.5 else 1.0
+        theta[i, :, :2] = [[flip * sx * np.cos(a), -sy * np.sin(a)], [sx * np.sin(a), sy * np.cos(a)]]
+        theta[i, :, 2] = rng.uniform(-shift, shift, 2)
+    grid = F.affine_grid(torch.from_numpy(theta), list(tensors[0].shape), align_corners=False)
+    padding = padding or ["border"] * len(tensors)
+    return [F.grid_sample(t, grid, padding_mode=p, align_corners=False) for t, p in zip(tensors, padding, strict=True)]

@@ -26,14 +26,8 @@ import numpy as np
 import torch
 
 from lungx_core.models.networks import build_network
-from training.bone_data import (
-    BONE_VALIDATION_CT,
-    des_training_arrays,
-    random_affine,
-    read_des_pairs,
-    render_batch,
-)
-from training.common import append_log, resume, save_checkpoint, seed_everything
+from training.bone_data import BONE_VALIDATION_CT, des_training_arrays, read_des_pairs, render_batch
+from training.common import append_log, random_affine, resume, save_checkpoint, seed_everything
 from training.rib_data import build_rib_cache
 
 

@@ -19,16 +19,8 @@ import torch
 import torch.nn.functional as F
 
 from lungx_core.models.networks import build_network
-from training.common import append_log, resume, save_checkpoint, start_run
+from training.common import append_log, blur, random_affine, resume, save_checkpoint, start_run
 from training.rib_data import VALIDATION_CT, build_rib_cache
-
-
-def _blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    radius = max(1, int(3 * sigma))
-    k = torch.exp(-0.5 * (torch.arange(-radius, radius + 1, dtype=torch.float32) / sigma) ** 2)
-    k = (k / k.sum()).to(x)
-    x = F.conv2d(F.pad(x, (radius, radius, 0, 0), mode="replicate"), k.view(1, 1, 1, -1))
-    return F.conv2d(F.pad(x, (0, 0, radius, radius), mode="replicate"), k.view(1, 1, -1, 1))
 
 
 def render_films(drr: np.ndarray, soft: np.ndarray, rng: np.random.Generator | None) -> torch.Tensor:
@@ -42,27 +34,13 @@ def render_films(drr: np.ndarray, soft: np.ndarray, rng: np.random.Generator | N
         x = ((x - float(lo)) / max(float(hi - lo), 1e-6)).clamp(0, 1)
         if rng is not None:
             x = x ** rng.uniform(0.6, 1.8)
-            x = x + rng.uniform(0, 0.4) * _blur(x, rng.uniform(10, 30))
-            x = x + rng.uniform(0, 1.5) * (x - _blur(x, rng.uniform(2, 8)))
-            x = _blur(x, rng.uniform(0.3, 1.2)) + rng.uniform(0, 0.03) * torch.randn_like(x)
+            x = x + rng.uniform(0, 0.4) * blur(x, rng.uniform(10, 30))
+            x = x + rng.uniform(0, 1.5) * (x - blur(x, rng.uniform(2, 8)))
+            x = blur(x, rng.uniform(0.3, 1.2)) + rng.uniform(0, 0.03) * torch.randn_like(x)
             lo, hi = np.percentile(x.numpy(), [0.5, 99.5])
             x = ((x - float(lo)) / max(float(hi - lo), 1e-6)).clamp(0, 1)
         films.append(x[0])
     return torch.stack(films)
-
-
-def random_affine(x: torch.Tensor, y: torch.Tensor, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    n = len(x)
-    theta = np.zeros((n, 2, 3), dtype=np.float32)
-    for i in range(n):
-        a = np.deg2rad(rng.uniform(-8, 8))
-        sx, sy = rng.uniform(0.8, 1.2, 2)
-        flip = -1.0 if rng.random() < 0.5 else 1.0
-        theta[i, :, :2] = [[flip * sx * np.cos(a), -sy * np.sin(a)], [sx * np.sin(a), sy * np.cos(a)]]
-        theta[i, :, 2] = rng.uniform(-0.1, 0.1, 2)
-    grid = F.affine_grid(torch.from_numpy(theta), list(x.shape), align_corners=False)
-    return (F.grid_sample(x, grid, padding_mode="border", align_corners=False),
-            F.grid_sample(y, grid, align_corners=False) > 0.5)
 
 
 def dice(logits: torch.Tensor, target: torch.Tensor) -> float:
@@ -94,7 +72,9 @@ def main(argv=None) -> None:
         for _ in range(cfg["steps_per_epoch"]):
             idx = rng.choice(train_idx, cfg["batch_size"])
             x = render_films(cache["drr"][idx], cache["soft"][idx], rng)
-            x, y = random_affine(x, torch.from_numpy(cache["ribs"][idx][:, None]).float(), rng)
+            x, y = random_affine([x, torch.from_numpy(cache["ribs"][idx][:, None]).float()], rng, scale=(0.8, 1.2),
+                                 shift=0.1, padding=["border", "zeros"])
+            y = y > 0.5
             logits = net(x)
             prob = torch.sigmoid(logits)
             yf = y.float()

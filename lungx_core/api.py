@@ -294,12 +294,11 @@ def suppress_ribs(
     else:
         ribs = suppressor.rib_mask(image, _lungs(image, None, device))
     result = suppressor.suppress(image, ribs, settings)
-    writer = lambda folder, stem: rib_suppression.write_outputs(folder, stem, image, result)  # noqa: E731
-    if result.bone is None:
-        return Result("cxr-rib-suppression", image, image.with_array(result.array), {"ribs": result.mask}, {}, [],
-                      writer)
-    return Result("cxr-rib-suppression", image, image.with_array(result.array), {"bone": result.mask},
-                  {"alpha": result.alpha}, [], writer, bone=image.with_array(result.bone))
+    bone_mode = result.bone is not None
+    return Result("cxr-rib-suppression", image, image.with_array(result.array),
+                  {"bone" if bone_mode else "ribs": result.mask}, {"alpha": result.alpha} if bone_mode else {}, [],
+                  lambda folder, stem: rib_suppression.write_outputs(folder, stem, image, result),
+                  bone=image.with_array(result.bone) if bone_mode else None)
 
 
 def classify(

@@ -61,7 +61,6 @@ def suppress(
         if bone_sigma > 0:
             bone = ndi.gaussian_filter(bone, bone_sigma)
         out = img - weight * resize(bone, img.shape)
-    if np.issubdtype(image.dtype, np.integer):
-        info = np.iinfo(image.dtype)
-        out = np.clip(np.round(out), info.min, info.max)
-    return np.where(changeable, out.astype(image.dtype), image), changeable
+    from lungx_core.image import to_dtype
+
+    return np.where(changeable, to_dtype(out, image.dtype), image), changeable

@@ -1,13 +1,12 @@
 """Bone-layer estimation and subtraction for frontal chest radiographs (the default rib/bone suppression).
 
 The ``cxr_bone`` model (a MONAI U-Net, ``training/train_bone.py``) maps a whole film, resized to ``size``
-square and windowed by its own 0.5/99.5 percentiles, to its bone image in the same units (averaged with the
-bone image of the mirrored film when the config says ``flip_average``), brought back to full resolution with
-the film's own edges (:func:`refine_edges`, when the config gives ``guided_radius``): what the ribs,
-clavicles, scapulae and spine add to the film. The bone image is brought back to the film's grey levels and
-full resolution (bilinear: bone shadows are smooth, the film's own fine detail is never resampled), and the
-suppressed film is ``film - alpha * bone``. Nothing is inpainted or regenerated: the soft tissue under a rib
-(vessels, nodules) is the film's own.
+square and windowed by its own 0.5/99.5 percentiles, to its bone image in the same units: what the ribs,
+clavicles, scapulae and spine add to the film (averaged with the bone image of the mirrored film when the
+config says ``flip_average``). The bone image is brought back to the film's grey levels and full resolution
+(bilinear, then given the film's own edges by :func:`refine_edges` when the config gives ``guided_radius``;
+the film itself is never resampled), and the suppressed film is ``film - alpha * bone``. Nothing is inpainted
+or regenerated: the soft tissue under a rib (vessels, nodules) is the film's own.
 """
 
 from __future__ import annotations
@@ -37,12 +36,10 @@ def subtract_bone(film: np.ndarray, bone: np.ndarray, alpha: float) -> np.ndarra
         raise ValueError(f"alpha must be >= 0, got {alpha}")
     if np.shape(bone) != np.shape(film):
         raise ValueError(f"the bone image is {np.shape(bone)} but the film is {np.shape(film)}")
+    from lungx_core.image import to_dtype
+
     out = np.asarray(film, dtype=np.float64) - float(alpha) * np.asarray(bone, dtype=np.float64)
-    dtype = np.asarray(film).dtype
-    if np.issubdtype(dtype, np.integer):
-        info = np.iinfo(dtype)
-        return np.clip(np.rint(out), info.min, info.max).astype(dtype)
-    return out.astype(dtype)
+    return to_dtype(out, np.asarray(film).dtype)
 
 
 def bone_mask(bone: np.ndarray, fraction: float = BONE_MASK_FRACTION) -> np.ndarray:

@@ -92,3 +92,13 @@ class MedicalImage:
             direction=tuple(float(x) for x in direction),
             **kwargs,
         )
+
+
+def to_dtype(values: np.ndarray, dtype: Any) -> np.ndarray:
+    """``values`` as ``dtype``: integer types rounded (half to even) and clipped to the type's range, never wrapped
+    round; float types cast. How every processed image gets back its input's dtype."""
+    dtype = np.dtype(dtype)
+    if np.issubdtype(dtype, np.integer):
+        info = np.iinfo(dtype)
+        values = np.clip(np.rint(values), info.min, info.max)
+    return np.asarray(values).astype(dtype)

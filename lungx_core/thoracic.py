@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from lungx_core.crops import Box, square_around, thoracic_box_cxr
+from lungx_core.image import to_dtype
 
 
 @dataclass(frozen=True)
@@ -121,8 +122,5 @@ def apply_residual(
         change *= feather_window(box.shape, feather)
     out = np.array(image, copy=True)
     region = image[box.r0 : box.r1, box.c0 : box.c1].astype(np.float32) + change
-    if np.issubdtype(image.dtype, np.integer):
-        info = np.iinfo(image.dtype)
-        region = np.clip(np.rint(region), info.min, info.max)
-    out[box.r0 : box.r1, box.c0 : box.c1] = region.astype(image.dtype)
+    out[box.r0 : box.r1, box.c0 : box.c1] = to_dtype(region, image.dtype)
     return out

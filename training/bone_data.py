@@ -114,3 +114,14 @@ def des_training_arrays(pairs: list[dict], size: int) -> dict[str, np.ndarray]:
         bones.append(bone)
         lungs.append(resize(p["lung"].astype(np.float32), (size, size)))
     return {k: np.stack(v)[:, None] for k, v in (("film", films), ("bone", bones), ("lung", lungs))}
+
+
+def psnr_gain(film: np.ndarray, bone: np.ndarray, soft: np.ndarray, region: np.ndarray, alpha: float) -> float:
+    """PSNR gain (dB) of ``film - alpha * bone`` over the film against ``soft`` in ``region``, each linearly
+    matched to ``soft`` there: the PSNR of ``lungx evaluate bone-suppression``, without its SSIM."""
+    from lungx_core.evaluate import linear_match
+
+    errors = []
+    for image in (film, film - alpha * bone):
+        errors.append(float(np.mean((linear_match(image, soft, region)[region] - soft[region]) ** 2)))
+    return float(10 * np.log10(errors[0] / errors[1]))

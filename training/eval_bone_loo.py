@@ -23,7 +23,7 @@ import torch
 from lungx_core.bone import BoneLayerModel, refine_edges, subtract_bone
 from lungx_core.evaluate import bone_suppression_scores
 from lungx_core.models.networks import build_network
-from training.bone_data import read_des_pairs
+from training.bone_data import psnr_gain, read_des_pairs
 
 ALPHAS = np.round(np.arange(0.0, 2.0001, 0.05), 2)
 GUIDED = (None, (0.004, 1e-2), (0.008, 1e-2), (0.008, 1e-3), (0.016, 1e-3))  # (radius fraction, eps)
@@ -39,18 +39,6 @@ def bone_images(weights: Path, cfg: dict, pairs: list[dict]) -> list[np.ndarray]
     return [model.bone_image(p["film"]) for p in pairs]
 
 
-def psnr_gain(pair: dict, bone: np.ndarray, alpha: float) -> float:
-    """PSNR gain (dB) of ``film - alpha * bone`` over the film, both linearly matched to the soft-tissue image
-    in the lung field (the PSNR of :func:`bone_suppression_scores`, without its SSIM)."""
-    from lungx_core.evaluate import linear_match
-
-    lung, soft = pair["lung"], pair["soft"]
-    errors = []
-    for image in (pair["film"], subtract_bone(pair["film"], bone, alpha)):
-        errors.append(float(np.mean((linear_match(image, soft, lung)[lung] - soft[lung]) ** 2)))
-    return float(10 * np.log10(errors[0] / errors[1]))
-
-
 def fit_alpha(pairs: list[dict], bones: list[np.ndarray]) -> float:
     """The alpha of ``ALPHAS`` with the best mean PSNR gain over ``pairs``."""
     return fit_settings(pairs, [{None: b} for b in bones])[1]
@@ -62,7 +50,8 @@ def fit_settings(pairs: list[dict], refined: list[dict]) -> tuple:
     best = (None, 0.0, -np.inf)
     for setting in refined[0]:
         for alpha in ALPHAS:
-            gain = float(np.mean([psnr_gain(p, r[setting], alpha) for p, r in zip(pairs, refined, strict=True)]))
+            gain = float(np.mean([psnr_gain(p["film"], r[setting], p["soft"], p["lung"], alpha)
+                                  for p, r in zip(pairs, refined, strict=True)]))
             if gain > best[2] + 1e-9:
                 best = (setting, float(alpha), gain)
     return best
@@ -80,7 +69,7 @@ def loo(pairs: list[dict], bones_per_fold: list[list[np.ndarray]]) -> dict:
         others = [i for i in range(len(pairs)) if i != k]
         refined = [refinements(pairs[i], bones_per_fold[k][i]) for i in others]
         setting, alpha, _ = fit_settings([pairs[i] for i in others], refined)
-        bone = refinements(pair, bones_per_fold[k][k])[setting]
+        bone = bones_per_fold[k][k] if setting is None else refine_edges(bones_per_fold[k][k], pair["film"], *setting)
         scores = bone_suppression_scores(pair["film"], subtract_bone(pair["film"], bone, alpha), pair["soft"],
                                          pair["lung"])
         rows[pair["id"]] = {"guided": setting, "alpha": alpha, **{key: round(scores[key], 4) for key in KEYS}}

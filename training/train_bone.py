@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from lungx_core.models.networks import build_network
-from training.bone_data import BONE_VALIDATION_CT, des_training_arrays, read_des_pairs, render_batch
+from training.bone_data import BONE_VALIDATION_CT, des_training_arrays, psnr_gain, read_des_pairs, render_batch
 from training.common import append_log, random_affine, resume, save_checkpoint, seed_everything
 from training.rib_data import build_rib_cache
 
@@ -50,18 +50,6 @@ def bone_loss(bone_hat: torch.Tensor, bone: torch.Tensor, weight: torch.Tensor) 
     (Gusarev's 0.84 * (1 - SSIM) + 0.16 * L1 on the suppressed film learned to predict almost nothing here:
     bone is a few per cent of the film's range.)"""
     return (weight * (bone_hat - bone) ** 2).sum() / ((weight * bone**2).sum() + 1e-6)
-
-
-def psnr_gain(film: np.ndarray, bone_hat: np.ndarray, soft: np.ndarray, region: np.ndarray, alpha: float) -> float:
-    """PSNR(film - alpha * bone_hat) - PSNR(film) against ``soft`` in ``region``, both linearly matched (the
-    ``lungx evaluate bone-suppression`` protocol)."""
-    from lungx_core.evaluate import linear_match
-
-    errs = []
-    for img in (film, film - alpha * bone_hat):
-        m = linear_match(img, soft, region)
-        errs.append(float(np.mean((m[region] - soft[region]) ** 2)))
-    return float(10 * np.log10(errs[0] / errs[1]))
 
 
 def predict(net, films: torch.Tensor, batch: int = 8) -> np.ndarray:
@@ -88,7 +76,7 @@ def drr_score(net, val_films: torch.Tensor, val_bones: torch.Tensor) -> float:
     for i in range(len(val_films)):
         film = val_films[i, 0].numpy().astype(np.float64)
         soft = film - val_bones[i, 0].numpy()
-        body = film > 0.1 if film.mean() > 0 else film < -0.1
+        body = film > 0.1  # the fixed validation look is never inverted
         gains.append(psnr_gain(film, bone_hat[i, 0], soft, body, 1.0))
     return float(np.mean(gains))
 

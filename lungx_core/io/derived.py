@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lungx_core.image import MedicalImage
+from lungx_core.image import MedicalImage, to_dtype
 from lungx_core.io.writers import atomic_path, write_image, write_png
 
 ITK_FORMATS = {"nrrd": ".nrrd", "nhdr": ".nrrd", "nii": ".nii", "nii.gz": ".nii.gz", "mha": ".mha", "mhd": ".mha"}
@@ -74,9 +74,7 @@ def write_processed_set(
 
 
 def _as_bitmap(array: np.ndarray, image: MedicalImage) -> np.ndarray:
-    dtype = np.uint16 if int(image.metadata.get("bits", 8)) > 8 else np.uint8
-    info = np.iinfo(dtype)
-    return np.clip(np.rint(array), info.min, info.max).astype(dtype)
+    return to_dtype(array, np.uint16 if int(image.metadata.get("bits", 8)) > 8 else np.uint8)
 
 
 def write_derived_dicom(path: Path, source: Path, array: np.ndarray, description: str) -> None:

@@ -168,10 +168,9 @@ def bone_for_writing(bone: np.ndarray, image: MedicalImage) -> np.ndarray:
         top = 65535.0 if int(image.metadata.get("bits", 8)) > 8 else 255.0
         low, high = float(bone.min()), float(bone.max())
         return (bone - low) / max(high - low, 1e-6) * top
-    if np.issubdtype(image.array.dtype, np.integer):
-        info = np.iinfo(image.array.dtype)
-        return np.clip(np.rint(bone), info.min, info.max)
-    return bone
+    from lungx_core.image import to_dtype
+
+    return to_dtype(bone, image.array.dtype)
 
 
 def write_outputs(out_dir: Path, case_id: str, image: MedicalImage, result: SuppressionResult) -> list[Path]:

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -372,20 +371,21 @@ def _lungs(image: MedicalImage, lung_mask: MaskLike, device: str) -> np.ndarray:
     return lung
 
 
-@lru_cache(maxsize=8)
 def _model(cls: type, model: str | Path, device: str, *more: Any) -> Any:
-    return cls(model, *more, device=device)
+    from lungx_core.models.store import shared_model
+
+    return shared_model(cls, model, *more, device=device)
 
 
-@lru_cache(maxsize=4)
 def _cxr_segmenter(model: str | Path, device: str, threshold: float | None) -> Any:
+    from lungx_core.models.store import shared_model
     from lungx_core.tasks.cxr_segmentation import CXRSegmenter
 
-    return CXRSegmenter(model, device, threshold)
+    return shared_model(CXRSegmenter, model, device, threshold)
 
 
-@lru_cache(maxsize=4)
 def _ct_segmenter(method: str, model: str | Path, device: str) -> Any:
+    from lungx_core.models.store import shared_model
     from lungx_core.tasks.ct_lungs import CTLungSegmenter
 
-    return CTLungSegmenter(method, model, device)
+    return shared_model(CTLungSegmenter, method, model, device)

@@ -7,6 +7,7 @@ import csv
 import io
 import json
 import sys
+from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 from typing import Annotated
@@ -124,14 +125,18 @@ def segment(
     ] = False,
     input_check: InputCheckOption = True,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    workers: WorkersOption = 1,
+    scheduler: SchedulerOption = None,
+    resume: ResumeOption = False,
 ):
     """Segment chest radiographs (lungs L/R, heart, clavicles L/R) and chest CTs (lungs R/L).
 
     Writes <id>.seg.nrrd (or the chosen format) on each input's exact grid, <id>_overlay.png and
     results.csv with areas or volumes, cardiothoracic ratio and QC flags. A bad input is reported and
-    skipped; the exit code is 1 when any input failed.
+    skipped; the exit code is 1 when any input failed. --workers N spreads the cases over N processes (Dask),
+    --resume continues an interrupted run.
     """
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    from functools import partial
 
     from lungx_core.io.inputs import Case, collect_cases, detect_kind
 
@@ -141,9 +146,11 @@ def segment(
         raise typer.BadParameter("give at least one input, or --sample", param_hint="INPUTS")
     cases = collect_cases(inputs)
     forced = {Task.cxr_anatomy: "cxr", Task.ct_lungs: "ct"}.get(task)
-    kinds = [forced or detect_kind(c) for c in cases]
+    for case in cases:
+        case.kind = forced or detect_kind(case)
     sample_kinds = [k for k in ("cxr", "ct") if sample and forced in (None, k)]
-    _check_segment_options(set(kinds + sample_kinds), model, fmt)
+    kinds = {c.kind for c in cases} | set(sample_kinds)
+    _check_segment_options(kinds, model, fmt)
     output.mkdir(parents=True, exist_ok=True)
     if sample_kinds:
         from lungx_core.io.writers import write_image
@@ -156,47 +163,62 @@ def segment(
         if "ct" in sample_kinds:
             write_image(output / "sample_ct.nrrd", sample_ct())
             samples.append(Case("sample_ct", output / "sample_ct.nrrd", kind="ct"))
-        cases, kinds = samples + cases, sample_kinds + kinds
+        cases = samples + cases
 
-    from lungx_core.gate import optional_gate
+    from lungx_core.batch import by_kind
     from lungx_core.tasks import ct_lungs, cxr_segmentation
 
-    segmenters: dict[str, object] = {}
-    gate = None
+    common = {"out_dir": output, "device": device.value, "fmt": fmt.value, "overlay": overlay}
+    steps = {}
     if "cxr" in kinds:
-        segmenters["cxr"] = cxr_segmentation.CXRSegmenter(model or "cxr_anatomy", device.value, threshold)
-        gate = optional_gate(input_check, device.value)
+        steps["cxr"] = partial(cxr_segmentation.run_one, **common, model=model or cxr_segmentation.DEFAULT_MODEL,
+                               threshold=threshold, input_check="on" if input_check else "off")
     if "ct" in kinds:
-        segmenters["ct"] = ct_lungs.CTLungSegmenter(method.value, model or "ct_lungs", device.value)
-    where = next((str(getattr(s, "device", "cpu")) for s in segmenters.values()), "cpu")
-    rows: list[dict] = []
-    results_path = output / "results.csv"
-    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()]
-    try:
-        with Progress(*columns, console=err, disable=quiet, transient=True) as progress:
-            bar = progress.add_task(f"segmenting on {where}", total=len(cases))
-            for i, (case, kind) in enumerate(zip(cases, kinds, strict=True)):
-                if kind == "ct":
-                    row = ct_lungs.process_case(case, segmenters["ct"], output, fmt.value, overlay, series)
-                else:
-                    row = cxr_segmentation.process_case(case, segmenters["cxr"], output, fmt.value, overlay, gate)
-                rows.append(row)
-                if row["status"] != "ok":
-                    progress.console.print(f"[red]error[/red] {row['error']}", highlight=False, markup=True)
-                progress.advance(bar)
-                if i % 20 == 19:  # keep results on disk during long runs; each rewrite is atomic
-                    _write_results(results_path, rows)
-    finally:  # also on Ctrl-C: every finished case keeps its row next to its outputs
-        _write_results(results_path, rows)
+        steps["ct"] = partial(ct_lungs.run_one, **common, model=model or ct_lungs.DEFAULT_MODEL,
+                              method=method.value, series=series)
+    rows = _run_batch(cases, partial(by_kind, steps=steps), output, workers, scheduler, resume, quiet,
+                      "segmenting", _write_results)
     failed = [r for r in rows if r["status"] != "ok"]
     flagged = [r for r in rows if r["status"] == "ok" and r.get("qc_flags")]
     err.print(
         f"{len(rows) - len(failed)} segmented, {len(failed)} failed, {len(flagged)} with QC flags; "
-        f"results in {results_path}",
+        f"results in {output / 'results.csv'}",
         highlight=False,
     )
     if failed:
         raise typer.Exit(1)
+
+
+def _run_batch(cases, step, output, workers, scheduler, resume, quiet, description, write_results) -> list[dict]:
+    """Every command's batch loop: run ``step`` over ``cases`` (here, or on Dask workers; see lungx_core.batch)
+    with a progress bar over completed cases, errors printed as they come, and results.csv rewritten every 20
+    cases and at the end (also on Ctrl-C: every finished case keeps its row next to its outputs)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from lungx_core.batch import run_cases
+
+    where = scheduler or (f"{workers} Dask workers" if workers > 1 else "")
+    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()]
+    rows: list[dict] = []
+    results_path = output / "results.csv"
+    try:
+        with Progress(*columns, console=_stderr(), disable=quiet, transient=True) as progress:
+            bar = progress.add_task(f"{description} on {where}" if where else description, total=len(cases))
+
+            def on_row(row: dict) -> None:
+                rows.append(row)
+                if row["status"] != "ok":
+                    progress.console.print(f"[red]error[/red] {row['error']}", highlight=False, markup=True)
+                progress.advance(bar)
+                if len(rows) % 20 == 0:  # keep results on disk during long runs; each rewrite is atomic
+                    write_results(results_path, rows)
+
+            ordered = run_cases(cases, step, output, workers=workers, scheduler=scheduler, resume=resume,
+                                on_row=on_row)
+    finally:
+        write_results(results_path, rows)
+    write_results(results_path, ordered)  # the final table in input order, whatever order cases completed in
+    return ordered
 
 
 def _check_segment_options(kinds: set[str], model: str | None, fmt: OutputFormat) -> None:
@@ -299,6 +321,42 @@ class Modality(str, Enum):
     ct = "ct"
 
 
+WorkersOption = Annotated[
+    int,
+    typer.Option(
+        min=1,
+        help="Worker processes: N > 1 runs the cases on an embedded Dask LocalCluster of N processes (the 'batch' "
+        "extra); 1 runs them here.",
+    ),
+]
+SchedulerOption = Annotated[
+    str | None,
+    typer.Option(
+        help="Address of an existing Dask scheduler (tcp://host:8786) to run the cases on; its workers must see "
+        "the inputs and the output folder at the same paths. Overrides --workers.",
+    ),
+]
+ResumeOption = Annotated[
+    bool,
+    typer.Option(
+        "--resume",
+        help="Skip the cases that an earlier run of the same command and options completed (their outputs all "
+        "present, per <output>/.lungx_done); run the rest.",
+    ),
+]
+QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
+
+
+@dataclass(frozen=True)
+class _Batch:
+    """How a command's cases run (see lungx_core.batch)."""
+
+    workers: int = 1
+    scheduler: str | None = None
+    resume: bool = False
+    quiet: bool = False
+
+
 InputCheckOption = Annotated[
     bool,
     typer.Option(
@@ -331,7 +389,10 @@ def synthesize(
     model: Annotated[str, typer.Option(help="Shipped generator name or a .safetensors path.")] = "cxr_synthesis",
     device: Annotated[Device, typer.Option(help="Where the models run.")] = Device.auto,
     input_check: InputCheckOption = True,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    quiet: QuietOption = False,
+    workers: WorkersOption = 1,
+    scheduler: SchedulerOption = None,
+    resume: ResumeOption = False,
 ):
     """Turn healthy chest radiographs into pathological-looking ones whose lung mask stays valid.
 
@@ -339,57 +400,42 @@ def synthesize(
     in a new series), <id>_synthetic.seg.nrrd (its lung mask), <id>_synthesis.png (input | synthetic) and
     results.csv. A bad input is reported and skipped; the exit code is 1 when any input failed.
     """
+    from functools import partial
+
     from lungx_core.tasks import synthesis
     from lungx_core.tasks.common import COMMON_COLUMNS, TRAILING_COLUMNS
 
     if modality == Modality.ct:
         raise typer.BadParameter("no CT synthesis generator ships yet; use radiographs", param_hint="--modality")
-    synthesizer = synthesis.Synthesizer(model, device.value)
+    step = partial(synthesis.run_one, out_dir=output, device=device.value, model=model, seed=seed,
+                   input_check=_on_off(input_check))
     _run_image_task(
-        inputs, output, lung_mask, device, input_check, quiet, f"synthesising on {synthesizer.device}", "synthesised",
-        lambda case, mask, segmenter, gate: synthesis.synthesize_case(
-            case, synthesizer, output, mask, segmenter, seed, gate
-        ),
-        COMMON_COLUMNS + synthesis.RESULT_COLUMNS + TRAILING_COLUMNS[1:],
+        inputs, output, lung_mask, _Batch(workers, scheduler, resume, quiet), "synthesising", "synthesised", step,
+        COMMON_COLUMNS + synthesis.RESULT_COLUMNS + TRAILING_COLUMNS[1:], models=(model,),
     )
 
 
 def _run_image_task(
-    inputs, output, lung_mask, device, input_check, quiet, description, verb, run_case, columns,
-    mask_option="--lung-mask", needs_lungs=True,
+    inputs, output, mask, run: _Batch, description, verb, step, columns, mask_option="--lung-mask", models=(),
 ) -> None:
-    """The loop shared by the radiograph-to-radiograph commands: collect inputs, match the given masks (one
-    file, or a folder of <id>.<ext>; ``mask_option`` names the option), find lungs with cxr_anatomy otherwise,
-    check each input with the frontal-chest gate unless ``input_check`` is off, run each case with a progress
-    bar, write results.csv, and exit 1 when any input failed."""
-    from rich.progress import Progress
-
-    from lungx_core.gate import optional_gate
+    """The radiograph-to-radiograph commands: collect inputs, match the given masks (one file, or a folder of
+    <id>.<ext>; ``mask_option`` names the option) to cases, check that ``models`` exist, run ``step`` (a task's
+    run_one bound to its options) over the cases with _run_batch, and exit 1 when any input failed."""
     from lungx_core.io.inputs import collect_cases
+    from lungx_core.models.store import read_model_config
 
     cases = collect_cases(inputs)
-    if lung_mask is not None and not lung_mask.is_dir() and len(cases) > 1:
+    if mask is not None and not mask.is_dir() and len(cases) > 1:
         raise typer.BadParameter("one mask file fits one input; give a folder of <id> masks", param_hint=mask_option)
+    for name in models:
+        read_model_config(name)  # a wrong --model is one error now, not one per case
+    for case in cases:
+        case.mask = mask
+        if mask is not None and mask.is_dir():
+            case.mask = next(iter(sorted(mask.glob(f"{case.case_id}.*"))), mask / f"{case.case_id}.png")
     output.mkdir(parents=True, exist_ok=True)
-    segmenter = None
-    if lung_mask is None and needs_lungs:
-        from lungx_core.tasks.cxr_segmentation import CXRSegmenter
-
-        segmenter = CXRSegmenter(device=device.value)
-    gate = optional_gate(input_check, device.value)
-    rows = []
-    with Progress(console=_stderr(), transient=True, disable=quiet) as progress:
-        bar = progress.add_task(description, total=len(cases))
-        for case in cases:
-            mask = lung_mask
-            if lung_mask is not None and lung_mask.is_dir():
-                mask = next(iter(sorted(lung_mask.glob(f"{case.case_id}.*"))), lung_mask / f"{case.case_id}.png")
-            row = run_case(case, mask, segmenter, gate)
-            rows.append(row)
-            if row["status"] != "ok":
-                progress.console.print(f"[red]error[/red] {row['error']}", highlight=False, markup=True)
-            progress.advance(bar)
-    _write_table(output / "results.csv", rows, columns)
+    rows = _run_batch(cases, step, output, run.workers, run.scheduler, run.resume, run.quiet, description,
+                      lambda path, rows: _write_table(path, rows, columns))
     failed = sum(r["status"] != "ok" for r in rows)
     _stderr().print(f"{len(rows) - failed} {verb}, {failed} failed; results in {output / 'results.csv'}")
     if failed:
@@ -456,7 +502,10 @@ def remove_opacity(
     ] = True,
     device: Annotated[Device, typer.Option(help="Where the models run.")] = Device.auto,
     input_check: InputCheckOption = True,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    quiet: QuietOption = False,
+    workers: WorkersOption = 1,
+    scheduler: SchedulerOption = None,
+    resume: ResumeOption = False,
 ):
     """Remove lung opacity (consolidation, ground glass) from chest radiographs, changing nothing else.
 
@@ -466,21 +515,16 @@ def remove_opacity(
     written unchanged and flagged no_opacity_found. A bad input is reported and skipped; the exit code is 1
     when any input failed.
     """
+    from functools import partial
+
     from lungx_core.tasks import opacity_removal
     from lungx_core.tasks.common import COMMON_COLUMNS, TRAILING_COLUMNS
 
-    remover = opacity_removal.OpacityRemover(model, device.value)
-    scorer = None
-    if score:
-        from lungx_core.pathology import PathologyClassifier
-
-        scorer = PathologyClassifier(device=device.value)
+    step = partial(opacity_removal.run_one, out_dir=output, device=device.value, model=model,
+                   input_check=_on_off(input_check), score=score)
     _run_image_task(
-        inputs, output, lung_mask, device, input_check, quiet, f"removing opacity on {remover.device}", "processed",
-        lambda case, mask, segmenter, gate: opacity_removal.remove_opacity_case(
-            case, remover, output, mask, segmenter, scorer, gate
-        ),
-        COMMON_COLUMNS + opacity_removal.RESULT_COLUMNS + TRAILING_COLUMNS[1:],
+        inputs, output, lung_mask, _Batch(workers, scheduler, resume, quiet), "removing opacity", "processed", step,
+        COMMON_COLUMNS + opacity_removal.RESULT_COLUMNS + TRAILING_COLUMNS[1:], models=(model,),
     )
 
 
@@ -504,7 +548,10 @@ def classify(
     model: Annotated[str, typer.Option(help="Classifier name or a .safetensors path.")] = "cxr_pathology",
     device: Annotated[Device, typer.Option(help="Where the models run.")] = Device.auto,
     input_check: InputCheckOption = True,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    quiet: QuietOption = False,
+    workers: WorkersOption = 1,
+    scheduler: SchedulerOption = None,
+    resume: ResumeOption = False,
 ):
     """Triage score: probability of lung pathology on each chest radiograph (research, not a diagnosis).
 
@@ -513,15 +560,16 @@ def classify(
     matching or CLAHE raise the score of healthy films (see its model card). A bad input is reported and
     skipped; the exit code is 1 when any input failed.
     """
-    from lungx_core.pathology import PathologyClassifier
+    from functools import partial
+
     from lungx_core.tasks import classification
     from lungx_core.tasks.common import COMMON_COLUMNS, TRAILING_COLUMNS
 
-    classifier = PathologyClassifier(model, device.value)
+    step = partial(classification.run_one, out_dir=output, device=device.value, model=model,
+                   input_check=_on_off(input_check))
     _run_image_task(
-        inputs, output, lung_mask, device, input_check, quiet, f"classifying on {classifier.device}", "classified",
-        lambda case, mask, segmenter, gate: classification.classify_case(case, classifier, mask, segmenter, gate),
-        COMMON_COLUMNS + classification.RESULT_COLUMNS + TRAILING_COLUMNS[1:],
+        inputs, output, lung_mask, _Batch(workers, scheduler, resume, quiet), "classifying", "classified", step,
+        COMMON_COLUMNS + classification.RESULT_COLUMNS + TRAILING_COLUMNS[1:], models=(model,),
     )
 
 
@@ -557,12 +605,21 @@ def suppress_ribs(
         int, typer.Option(min=1, max=1000, help="Diffusion modes: denoising steps (10-50 is the useful range).")
     ] = 25,
     seed: Annotated[int, typer.Option(help="Diffusion modes: seed of the sampling noise.")] = 0,
-    scheduler: Annotated[
-        Scheduler, typer.Option(help="Diffusion modes: DDIM, DPM-Solver++ or RePaint.")
+    sampler: Annotated[
+        Scheduler, typer.Option(help="Diffusion modes: the sampler (a diffusers scheduler): DDIM, DPM-Solver++ or "
+                            "RePaint.")
     ] = Scheduler.ddim,
     device: Annotated[Device, typer.Option(help="Where the models run.")] = Device.auto,
     input_check: InputCheckOption = True,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    quiet: QuietOption = False,
+    workers: WorkersOption = 1,
+    dask_scheduler: Annotated[
+        str | None,
+        typer.Option("--scheduler", help="Address of an existing Dask scheduler (tcp://host:8786) to run the cases "
+                     "on; its workers must see the inputs and the output folder at the same paths. Overrides "
+                     "--workers."),
+    ] = None,
+    resume: ResumeOption = False,
 ):
     """Suppress the bone (ribs, clavicles, scapulae) of chest radiographs: estimate the bone image, subtract it.
 
@@ -574,19 +631,18 @@ def suppress_ribs(
     <id>_ribs.seg.nrrd (the inpainted mask) instead of the bone files. A bad input is reported and skipped; the
     exit code is 1 when any input failed.
     """
+    from functools import partial
+
     from lungx_core.tasks import rib_suppression
     from lungx_core.tasks.common import COMMON_COLUMNS, TRAILING_COLUMNS
 
-    suppressor = rib_suppression.RibSuppressor(model, inpainting_model, device=device.value)
-    settings = rib_suppression.SuppressionSettings(mode.value, strength, steps, seed, scheduler.value)
+    step = partial(rib_suppression.run_one, out_dir=output, device=device.value, model=model, mode=mode.value,
+                   strength=strength, inpainting_model=inpainting_model, steps=steps, seed=seed,
+                   scheduler=sampler.value, input_check=_on_off(input_check))
     _run_image_task(
-        inputs, output, rib_mask, device, input_check, quiet, f"suppressing bone on {suppressor.device}",
-        "suppressed",
-        lambda case, mask, segmenter, gate: rib_suppression.suppress_ribs_case(
-            case, suppressor, output, settings, mask, segmenter, gate
-        ),
-        COMMON_COLUMNS + rib_suppression.RESULT_COLUMNS + TRAILING_COLUMNS[1:],
-        mask_option="--rib-mask", needs_lungs=mode != SuppressionMode.bone,
+        inputs, output, rib_mask, _Batch(workers, dask_scheduler, resume, quiet), "suppressing bone", "suppressed",
+        step, COMMON_COLUMNS + rib_suppression.RESULT_COLUMNS + TRAILING_COLUMNS[1:], mask_option="--rib-mask",
+        models=(model,) if mode == SuppressionMode.bone else (inpainting_model,),
     )
 
 
@@ -601,7 +657,9 @@ def evaluate_bone_suppression_cmd(
     ] = "cxr_inpainting",
     steps: Annotated[int, typer.Option(min=1, max=1000, help="Diffusion modes: denoising steps.")] = 25,
     seed: Annotated[int, typer.Option(help="Diffusion modes: seed of the sampling noise.")] = 0,
-    scheduler: Annotated[Scheduler, typer.Option(help="Diffusion modes: sampler.")] = Scheduler.ddim,
+    sampler: Annotated[
+        Scheduler, typer.Option(help="Diffusion modes: the sampler (a diffusers scheduler).")
+    ] = Scheduler.ddim,
     device: Annotated[Device, typer.Option(help="Where the models run.")] = Device.auto,
     per_case: Annotated[Path | None, typer.Option(help="Also write per-case scores to this CSV.")] = None,
 ):
@@ -615,7 +673,7 @@ def evaluate_bone_suppression_cmd(
     from lungx_core.tasks.rib_suppression import RibSuppressor, SuppressionSettings
 
     suppressor = RibSuppressor(model, inpainting_model, device=device.value)
-    settings = SuppressionSettings(mode.value, strength, steps, seed, scheduler.value)
+    settings = SuppressionSettings(mode.value, strength, steps, seed, sampler.value)
     anatomy = CXRSegmenter(device=device.value)
 
     def suppress(image: MedicalImage, lung):
@@ -763,3 +821,8 @@ def main() -> None:
         print("lungx: interrupted", file=sys.stderr)
         sys.exit(130)
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def _on_off(flag: bool) -> str:
+    """The registry's spelling of a boolean option (input_check=on|off)."""
+    return "on" if flag else "off"

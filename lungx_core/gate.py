@@ -100,4 +100,6 @@ class FrontalChestGate:
 
 def optional_gate(input_check: bool | str, device: str = "cpu") -> FrontalChestGate | None:
     """The gate, or None when ``input_check`` is off (False or "off": phantoms, a film the gate wrongly refuses)."""
-    return FrontalChestGate(device=device) if input_check not in (False, "off") else None
+    from lungx_core.models.store import shared_model
+
+    return shared_model(FrontalChestGate, device=device) if input_check not in (False, "off") else None

@@ -65,13 +65,13 @@ def test_segment_a_radiograph_and_save_the_cli_files(tmp_path, film):
 
 
 def test_models_load_once_per_setting(film):
-    from lungx_core import api
+    from lungx_core.models.store import shared_model
 
     lx.segment(film, device="cpu")
-    before = api._cxr_segmenter.cache_info()
+    before = shared_model.cache_info()
     lx.segment(film, device="cpu")
-    after = api._cxr_segmenter.cache_info()
-    assert after.hits == before.hits + 1 and after.misses == before.misses
+    after = shared_model.cache_info()
+    assert after.misses == before.misses and after.hits == before.hits + 2  # the segmenter and the gate
 
 
 def test_bad_arguments_are_clear(film):

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -185,7 +186,7 @@ def test_interrupted_segment_run_keeps_the_rows_of_finished_cases(tmp_path, monk
         return {"case_id": case.case_id, "input": str(case.path), "task": "cxr-anatomy", "status": "ok"}
 
     monkeypatch.setattr(cxr_segmentation, "process_case", fake_case)
-    monkeypatch.setattr(cxr_segmentation, "CXRSegmenter", lambda *a, **k: object())
+    monkeypatch.setattr(cxr_segmentation, "CXRSegmenter", lambda *a, **k: SimpleNamespace(device="cpu"))
     out = tmp_path / "out"
     result = CliRunner().invoke(cli.app, ["segment", *(str(tmp_path / f"{n}.png") for n in "abc"), "-o", str(out),
                                           "-q"])

@@ -20,6 +20,7 @@ class Case:
     path: Path
     problem: str | None = None
     kind: str | None = None  # "cxr" or "ct" when known from the input; None: decided when read
+    mask: Path | None = None  # a mask given with the input (lungs, ribs), on its grid; None: the task finds one
 
 
 def case_id_of(path: Path) -> str:

@@ -4,6 +4,7 @@ preprocessing, metrics) + ``<name>.md`` (model card), all inside ``lungx_core/we
 from __future__ import annotations
 
 import json
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -69,3 +70,17 @@ def save_model(state_dict: dict, config: dict[str, Any], name_or_path: str | Pat
         save_file(tensors, str(tmp), metadata={"format": "pt"})
     write_text_atomic(cfg, json.dumps(config, indent=2) + "\n")
     return weights
+
+
+@lru_cache(maxsize=16)
+def shared_model(cls: type, *args: Any, **kwargs: Any) -> Any:
+    """``cls(*args, **kwargs)`` made once per process and kept: a batch loads each model once, in the main
+    process and in every Dask worker alike (arguments must be hashable: names, paths, numbers).
+
+    Example:
+        >>> from lungx_core.tasks.cxr_segmentation import CXRSegmenter
+        >>> a = shared_model(CXRSegmenter, "cxr_anatomy", "cpu", None)
+        >>> a is shared_model(CXRSegmenter, "cxr_anatomy", "cpu", None)
+        True
+    """
+    return cls(*args, **kwargs)

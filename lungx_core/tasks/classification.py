@@ -17,7 +17,7 @@ from lungx_core.gate import FrontalChestGate
 from lungx_core.image import MedicalImage
 from lungx_core.io.inputs import Case
 from lungx_core.orientation import display_view
-from lungx_core.pathology import PathologyClassifier
+from lungx_core.pathology import DEFAULT_MODEL, PathologyClassifier
 from lungx_core.tasks.common import read_checked_radiograph, run_guarded
 from lungx_core.tasks.synthesis import find_lungs
 
@@ -54,3 +54,24 @@ def classify_case(
         }
 
     return run_guarded(case, TASK, work)
+
+
+def run_one(
+    case: Case,
+    out_dir: Path | None = None,
+    device: str = "auto",
+    fast: bool = False,
+    progress: Any = None,
+    model: str = DEFAULT_MODEL,
+    input_check: str = "on",
+) -> dict[str, Any]:
+    """One radiograph, as batch runs (lungx_core.batch) run it: lungs from ``case.mask`` or else the anatomy
+    model; nothing is written (``out_dir`` is unused: the score is the row). Models are loaded once per
+    process."""
+    from lungx_core.gate import optional_gate
+    from lungx_core.models.store import shared_model
+    from lungx_core.tasks.cxr_segmentation import lung_segmenter
+
+    classifier = shared_model(PathologyClassifier, model or DEFAULT_MODEL, device=device)
+    segmenter = None if case.mask else lung_segmenter(device)
+    return classify_case(case, classifier, case.mask, segmenter, optional_gate(input_check, device))

@@ -333,14 +333,21 @@ def run_one(
     model: str = DEFAULT_MODEL,
     method: str = "net",
     series: str | None = None,
+    *,
+    fmt: str = "seg.nrrd",
+    overlay: bool | None = None,
 ) -> dict[str, Any]:
-    """One CT, as the worker process runs it: ``.seg.nrrd`` (plus the QC picture unless ``fast``)."""
+    """One CT, as the worker process and batch runs (lungx_core.batch) run it: masks in ``fmt`` plus the QC
+    picture unless ``overlay`` is False (default: not ``fast``). The model is loaded once per process."""
+    from lungx_core.models.store import shared_model
+
     report = progress or (lambda fraction, message: None)
     report(0.0, "loading the model" if method == "net" else "classical pipeline")
-    segmenter = CTLungSegmenter(method, model, device)
+    segmenter = shared_model(CTLungSegmenter, method, model or DEFAULT_MODEL, device)
     report(0.1, f"reading the CT; segmenting on {segmenter.device}")
 
     def network_progress(fraction: float, message: str) -> None:  # the network is most of the time
         report(0.1 + 0.7 * fraction, f"segmenting {message}")
 
-    return process_case(case, segmenter, out_dir, "seg.nrrd", not fast, series, network_progress)
+    overlay = not fast if overlay is None else overlay
+    return process_case(case, segmenter, out_dir, fmt, overlay, series, network_progress)

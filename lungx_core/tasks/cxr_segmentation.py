@@ -17,6 +17,7 @@ from lungx_core.anatomy import CXR_STRUCTURES
 from lungx_core.gate import FrontalChestGate, optional_gate
 from lungx_core.image import MedicalImage
 from lungx_core.io.inputs import Case
+from lungx_core.models.store import shared_model
 from lungx_core.orientation import display_flips, flip_display
 from lungx_core.postprocess import Measurements, clean_masks, measure
 from lungx_core.preprocess import PreprocessConfig, preprocess_radiograph, unletterbox
@@ -154,11 +155,20 @@ def run_one(
     model: str = DEFAULT_MODEL,
     threshold: float | None = None,
     input_check: str = "on",
+    *,
+    fmt: str = "seg.nrrd",
+    overlay: bool | None = None,
 ) -> dict[str, Any]:
-    """One radiograph, as the worker process runs it: ``.seg.nrrd`` (plus the QC picture unless ``fast``)."""
+    """One radiograph, as the worker process and batch runs (lungx_core.batch) run it: masks in ``fmt`` plus the
+    QC picture unless ``overlay`` is False (default: not ``fast``). Models are loaded once per process."""
     report = progress or (lambda fraction, message: None)
     report(0.0, "loading the model")
-    segmenter = CXRSegmenter(model, device, threshold)
+    segmenter = shared_model(CXRSegmenter, model or DEFAULT_MODEL, device, threshold)
     gate = optional_gate(input_check, device)
     report(0.3, f"segmenting on {segmenter.device}")
-    return process_case(case, segmenter, out_dir, "seg.nrrd", overlay=not fast, gate=gate)
+    return process_case(case, segmenter, out_dir, fmt, overlay=not fast if overlay is None else overlay, gate=gate)
+
+
+def lung_segmenter(device: str = "auto") -> CXRSegmenter:
+    """The shipped anatomy model that finds the lung fields for the other radiograph tasks (one per process)."""
+    return shared_model(CXRSegmenter, DEFAULT_MODEL, device, None)

@@ -157,13 +157,24 @@ def run_one(
     progress: Progress | None = None,
     model: str = DEFAULT_MODEL,
     input_check: str = "on",
+    *,
+    score: bool = False,
 ) -> dict[str, Any]:
-    """One radiograph, as the worker process runs it; lungs from the anatomy model."""
-    from lungx_core.tasks.cxr_segmentation import CXRSegmenter
+    """One radiograph, as the worker process and batch runs (lungx_core.batch) run it: lungs from ``case.mask``
+    or else the anatomy model; ``score`` adds the pathology classifier's opacity score before and after. Models
+    are loaded once per process."""
+    from lungx_core.models.store import shared_model
+    from lungx_core.tasks.cxr_segmentation import lung_segmenter
 
     report = progress or (lambda fraction, message: None)
     report(0.0, "loading the models")
-    remover = OpacityRemover(model, device)
-    segmenter = CXRSegmenter(device=device)
+    remover = shared_model(OpacityRemover, model or DEFAULT_MODEL, device)
+    segmenter = None if case.mask else lung_segmenter(device)
+    scorer = None
+    if score:
+        from lungx_core.pathology import DEFAULT_MODEL as JUDGE
+        from lungx_core.pathology import PathologyClassifier
+
+        scorer = shared_model(PathologyClassifier, JUDGE, device=device)
     report(0.3, f"removing opacity on {remover.device}")
-    return remove_opacity_case(case, remover, out_dir, segmenter=segmenter, gate=optional_gate(input_check, device))
+    return remove_opacity_case(case, remover, out_dir, case.mask, segmenter, scorer, optional_gate(input_check, device))

@@ -63,8 +63,9 @@ class TaskInfo:
     output_kind: str  # segmentation or volume
     model: str  # shipped model name
     structures: tuple[str, ...] = ()
-    # "module:function" that runs one input file for the worker process (lungx_core.worker); its keyword
-    # options beyond (case, out_dir, device, fast, progress) are the task's own, described in ``options``
+    # "module:function" that runs one input file for the worker process (lungx_core.worker) and for batch runs
+    # (lungx_core.batch); its options beyond (case, out_dir, device, fast, progress) are the task's own,
+    # described in ``options``; keyword-only ones after them are the command line's (output format, pictures)
     runner: str = ""
     options: tuple[TaskOption, ...] = ()
 

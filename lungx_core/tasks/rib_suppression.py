@@ -263,21 +263,25 @@ def run_one(
     scheduler: str = "ddim",
     input_check: str = "on",
 ) -> dict[str, Any]:
-    """One radiograph, as the worker process runs it (the registry's options); the diffusion modes find the
-    ribs with the rib model inside the anatomy model's lungs, ``steps`` 25 by default or 10 with ``fast``."""
+    """One radiograph, as the worker process and batch runs (lungx_core.batch) run it (the registry's options):
+    ``case.mask`` restricts bone mode or is the mask to inpaint; without it the diffusion modes find the ribs
+    with the rib model inside the anatomy model's lungs. ``steps`` is 25 by default or 10 with ``fast``. Models
+    are loaded once per process."""
+    from lungx_core.models.store import shared_model
+
     report = progress or (lambda fraction, message: None)
     report(0.0, "loading the models")
-    suppressor = RibSuppressor(model or DEFAULT_BONE, inpainting_model or DEFAULT_INPAINTING, device=device)
+    suppressor = shared_model(RibSuppressor, model or DEFAULT_BONE, inpainting_model or DEFAULT_INPAINTING,
+                              device=device)
     segmenter = None
-    if mode != "bone":
-        from lungx_core.tasks.cxr_segmentation import CXRSegmenter
+    if mode != "bone" and not case.mask:
+        from lungx_core.tasks.cxr_segmentation import lung_segmenter
 
-        segmenter = CXRSegmenter(device=device)
+        segmenter = lung_segmenter(device)
     report(0.3, f"suppressing bone on {suppressor.device}")
     steps = int(steps) if steps is not None else (10 if fast else 25)
     settings = SuppressionSettings(mode=mode, strength=float(strength), steps=steps, seed=int(seed),
                                    scheduler=scheduler)
     return suppress_ribs_case(
-        case, suppressor, out_dir, settings, segmenter=segmenter,
-        gate=optional_gate(input_check, device),
+        case, suppressor, out_dir, settings, case.mask, segmenter, optional_gate(input_check, device),
     )

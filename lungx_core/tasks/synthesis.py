@@ -209,15 +209,17 @@ def run_one(
     seed: int | None = None,
     input_check: str = "on",
 ) -> dict[str, Any]:
-    """One radiograph, as the worker process runs it; lungs from the anatomy model."""
-    from lungx_core.tasks.cxr_segmentation import CXRSegmenter
+    """One radiograph, as the worker process and batch runs (lungx_core.batch) run it: lungs from ``case.mask``
+    or else the anatomy model. Models are loaded once per process."""
+    from lungx_core.models.store import shared_model
+    from lungx_core.tasks.cxr_segmentation import lung_segmenter
 
     report = progress or (lambda fraction, message: None)
     report(0.0, "loading the models")
-    synthesizer = Synthesizer(model, device)
-    segmenter = CXRSegmenter(device=device)
+    synthesizer = shared_model(Synthesizer, model or DEFAULT_MODEL, device)
+    segmenter = None if case.mask else lung_segmenter(device)
     report(0.3, f"synthesising on {synthesizer.device}")
     return synthesize_case(
-        case, synthesizer, out_dir, segmenter=segmenter, seed=None if seed is None else int(seed),
+        case, synthesizer, out_dir, case.mask, segmenter, seed=None if seed is None else int(seed),
         gate=optional_gate(input_check, device),
     )

@@ -381,11 +381,11 @@ def _cxr_segmenter(model: str | Path, device: str, threshold: float | None) -> A
     from lungx_core.models.store import shared_model
     from lungx_core.tasks.cxr_segmentation import CXRSegmenter
 
-    return shared_model(CXRSegmenter, model, device, threshold)
+    return shared_model(CXRSegmenter, model, device, threshold, "torch")
 
 
 def _ct_segmenter(method: str, model: str | Path, device: str) -> Any:
     from lungx_core.models.store import shared_model
     from lungx_core.tasks.ct_lungs import CTLungSegmenter
 
-    return shared_model(CTLungSegmenter, method, model, device)
+    return shared_model(CTLungSegmenter, method, model, device, backend="torch")

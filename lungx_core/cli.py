@@ -47,6 +47,11 @@ class CTMethod(str, Enum):
     classical = "classical"
 
 
+class Backend(str, Enum):
+    torch = "torch"
+    onnx = "onnx"
+
+
 class OutputFormat(str, Enum):
     seg_nrrd = "seg.nrrd"
     nii_gz = "nii.gz"
@@ -114,6 +119,11 @@ def segment(
         str | None, typer.Option(help="CT DICOM: series to read (UID, UID prefix or series number).")
     ] = None,
     threshold: Annotated[float | None, typer.Option(help="CXR probability threshold (default: the model's).")] = None,
+    backend: Annotated[
+        Backend,
+        typer.Option(help="What runs the network: torch, or ONNX Runtime (the 'fast' extra; exported once per "
+                     "model to ~/.cache/lungx/onnx, or $LUNGX_CACHE_DIR)."),
+    ] = Backend.torch,
     overlay: Annotated[bool, typer.Option(help="Write <id>_overlay.png QC pictures.")] = True,
     sample: Annotated[
         bool,
@@ -168,7 +178,8 @@ def segment(
     from lungx_core.batch import by_kind
     from lungx_core.tasks import ct_lungs, cxr_segmentation
 
-    common = {"out_dir": output, "device": device.value, "fmt": fmt.value, "overlay": overlay}
+    common = {"out_dir": output, "device": device.value, "fmt": fmt.value, "overlay": overlay,
+              "backend": backend.value}
     steps = {}
     if "cxr" in kinds:
         steps["cxr"] = partial(cxr_segmentation.run_one, **common, model=model or cxr_segmentation.DEFAULT_MODEL,

@@ -41,8 +41,13 @@ def resolve_device(device: str = "auto"):
     return torch.device(device)
 
 
-def load_model(name_or_path: str | Path, device: str = "auto"):
-    """(network in eval mode on the device, config dict). Weights are cast to float32 on CPU."""
+def load_model(name_or_path: str | Path, device: str = "auto", backend: str = "torch"):
+    """(network in eval mode on the device, config dict). Weights are cast to float32 on CPU.
+
+    ``backend="onnx"`` returns the network's ONNX Runtime twin (lungx_core.models.onnx), exported on first use
+    and cached by the weights' hash; it is called like the torch module."""
+    if backend not in ("torch", "onnx"):
+        raise ValueError(f"unknown backend {backend!r}; choose torch or onnx")
     from safetensors.torch import load_file
 
     from lungx_core.models.networks import build_network
@@ -54,7 +59,16 @@ def load_model(name_or_path: str | Path, device: str = "auto"):
     state = {k: v.float() for k, v in load_file(str(weights)).items()}
     net.load_state_dict(state)
     net.eval().to(dev)
+    if backend == "onnx":
+        from lungx_core.models.onnx import onnx_network
+
+        return onnx_network(net, config, weights, weights.name[: -len(".safetensors")], device), config
     return net, config
+
+
+def network_device(net: Any) -> Any:
+    """Where a network's inputs go: a torch module's parameter device, or an ONNX network's host."""
+    return getattr(net, "device", None) or next(net.parameters()).device
 
 
 def save_model(state_dict: dict, config: dict[str, Any], name_or_path: str | Path, fp16: bool = True) -> Path:

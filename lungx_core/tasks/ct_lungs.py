@@ -146,6 +146,7 @@ class CTLungSegmenter:
         model: str | Path = DEFAULT_MODEL,
         device: str = "auto",
         batch_slices: int = 16,
+        backend: str = "torch",
     ):
         if method not in METHODS:
             raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
@@ -154,10 +155,10 @@ class CTLungSegmenter:
         self.net = None
         self.device = "cpu"
         if method == "net":
-            from lungx_core.models.store import load_model
+            from lungx_core.models.store import load_model, network_device
 
-            self.net, self.config = load_model(model, device)
-            self.device = next(self.net.parameters()).device
+            self.net, self.config = load_model(model, device, backend)
+            self.device = network_device(self.net)
             self.size = int(self.config["size"])
             self.threshold = float(self.config.get("threshold", 0.5))
 
@@ -336,14 +337,16 @@ def run_one(
     *,
     fmt: str = "seg.nrrd",
     overlay: bool | None = None,
+    backend: str = "torch",
 ) -> dict[str, Any]:
     """One CT, as the worker process and batch runs (lungx_core.batch) run it: masks in ``fmt`` plus the QC
-    picture unless ``overlay`` is False (default: not ``fast``). The model is loaded once per process."""
+    picture unless ``overlay`` is False (default: not ``fast``), the network run by ``backend`` (torch or
+    onnx). The model is loaded once per process."""
     from lungx_core.models.store import shared_model
 
     report = progress or (lambda fraction, message: None)
     report(0.0, "loading the model" if method == "net" else "classical pipeline")
-    segmenter = shared_model(CTLungSegmenter, method, model or DEFAULT_MODEL, device)
+    segmenter = shared_model(CTLungSegmenter, method, model or DEFAULT_MODEL, device, backend=backend)
     report(0.1, f"reading the CT; segmenting on {segmenter.device}")
 
     def network_progress(fraction: float, message: str) -> None:  # the network is most of the time

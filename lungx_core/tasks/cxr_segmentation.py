@@ -37,11 +37,17 @@ class CXRResult:
 class CXRSegmenter:
     """Holds the network; call :meth:`segment` for each radiograph."""
 
-    def __init__(self, model: str | Path = DEFAULT_MODEL, device: str = "auto", threshold: float | None = None):
-        from lungx_core.models.store import load_model
+    def __init__(
+        self,
+        model: str | Path = DEFAULT_MODEL,
+        device: str = "auto",
+        threshold: float | None = None,
+        backend: str = "torch",
+    ):
+        from lungx_core.models.store import load_model, network_device
 
-        self.net, self.config = load_model(model, device)
-        self.device = next(self.net.parameters()).device
+        self.net, self.config = load_model(model, device, backend)
+        self.device = network_device(self.net)
         self.preprocess = PreprocessConfig.from_dict(self.config["preprocess"])
         self.threshold = float(threshold if threshold is not None else self.config.get("threshold", 0.5))
 
@@ -158,12 +164,14 @@ def run_one(
     *,
     fmt: str = "seg.nrrd",
     overlay: bool | None = None,
+    backend: str = "torch",
 ) -> dict[str, Any]:
     """One radiograph, as the worker process and batch runs (lungx_core.batch) run it: masks in ``fmt`` plus the
-    QC picture unless ``overlay`` is False (default: not ``fast``). Models are loaded once per process."""
+    QC picture unless ``overlay`` is False (default: not ``fast``), the network run by ``backend`` (torch or
+    onnx). Models are loaded once per process."""
     report = progress or (lambda fraction, message: None)
     report(0.0, "loading the model")
-    segmenter = shared_model(CXRSegmenter, model or DEFAULT_MODEL, device, threshold)
+    segmenter = shared_model(CXRSegmenter, model or DEFAULT_MODEL, device, threshold, backend)
     gate = optional_gate(input_check, device)
     report(0.3, f"segmenting on {segmenter.device}")
     return process_case(case, segmenter, out_dir, fmt, overlay=not fast if overlay is None else overlay, gate=gate)
@@ -171,4 +179,4 @@ def run_one(
 
 def lung_segmenter(device: str = "auto") -> CXRSegmenter:
     """The shipped anatomy model that finds the lung fields for the other radiograph tasks (one per process)."""
-    return shared_model(CXRSegmenter, DEFAULT_MODEL, device, None)
+    return shared_model(CXRSegmenter, DEFAULT_MODEL, device, None, "torch")

@@ -1,0 +1,73 @@
+"""The ONNX Runtime backend gives the torch backend's masks, exports once per weights file, and the CLI takes it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytest.importorskip("onnxruntime")
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("LUNGX_CACHE_DIR", str(tmp_path / "cache"))
+    return tmp_path / "cache" / "onnx"
+
+
+def _dice(a: np.ndarray, b: np.ndarray) -> float:
+    return 1.0 if not (a.any() or b.any()) else 2.0 * (a & b).sum() / (a.sum() + b.sum())
+
+
+def test_cxr_onnx_masks_equal_torch_masks(cache):
+    from lungx_core.sample import sample_radiograph
+    from lungx_core.tasks.cxr_segmentation import CXRSegmenter
+
+    image = sample_radiograph()
+    torch_masks = CXRSegmenter("cxr_anatomy", "cpu", None, "torch").segment(image).masks
+    onnx_segmenter = CXRSegmenter("cxr_anatomy", "cpu", None, "onnx")
+    onnx_masks = onnx_segmenter.segment(image).masks
+    assert [p.name for p in cache.iterdir()] == [onnx_segmenter.net.path.name]  # cached by the weights' hash
+    assert onnx_segmenter.net.path.name.startswith("cxr_anatomy-")
+    assert torch_masks["lung_left"].any() and torch_masks["lung_right"].any()
+    for name, mask in torch_masks.items():
+        assert _dice(mask, onnx_masks[name]) >= 0.999, name
+    mtime = onnx_segmenter.net.path.stat().st_mtime_ns
+    CXRSegmenter("cxr_anatomy", "cpu", None, "onnx")  # a second load reuses the export
+    assert onnx_segmenter.net.path.stat().st_mtime_ns == mtime
+
+
+def test_ct_onnx_labels_equal_torch_labels(cache):
+    from lungx_core.sample import sample_ct
+    from lungx_core.tasks.ct_lungs import CTLungSegmenter
+
+    image = sample_ct()
+    a = CTLungSegmenter("net", "ct_lungs", "cpu", backend="torch").segment(image).labels
+    b = CTLungSegmenter("net", "ct_lungs", "cpu", backend="onnx").segment(image).labels
+    for label in (1, 2):
+        assert (a == label).any() and _dice(a == label, b == label) >= 0.999
+
+
+def test_unknown_backend_is_refused():
+    from lungx_core.models.store import load_model
+
+    with pytest.raises(ValueError, match="unknown backend 'tensorrt'"):
+        load_model("cxr_anatomy", "cpu", backend="tensorrt")
+
+
+def test_cli_segment_with_onnx_backend_writes_the_torch_results(cache, tmp_path):
+    import csv
+
+    from typer.testing import CliRunner
+
+    from lungx_core import cli
+
+    tables = {}
+    for backend in ("torch", "onnx"):
+        out = tmp_path / backend
+        result = CliRunner().invoke(cli.app, ["segment", "--sample", "--task", "cxr-anatomy", "-o", str(out), "-q",
+                                              "--backend", backend])
+        assert result.exit_code == 0, result.output
+        with open(out / "results.csv", newline="") as f:
+            tables[backend] = [{k: v for k, v in r.items() if k != "input" and not k.startswith("confidence")}
+                               for r in csv.DictReader(f)]
+    assert tables["onnx"] == tables["torch"] and tables["torch"][0]["status"] == "ok"

@@ -82,6 +82,15 @@ def _completed(case: Case, out_dir: Path, fingerprint: str) -> dict[str, Any] | 
     return row if all((out_dir / n).is_file() for n in outputs) else None
 
 
+def _remove_partials(out_dir: Path) -> None:
+    """Delete the temporary files (``.<name>.<random>.part<suffix>``, io.writers.atomic_path) that a killed run
+    left mid-write: they were never outputs, and the cases they belonged to run again."""
+    for folder in (out_dir, out_dir / RECORDS_DIR):
+        for path in folder.glob(".*.part*"):
+            if path.is_file():
+                path.unlink(missing_ok=True)
+
+
 def _record(case: Case, out_dir: Path, fingerprint: str, row: dict[str, Any]) -> None:
     from lungx_core.io.writers import write_text_atomic
 
@@ -124,6 +133,8 @@ def run_cases(
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     fingerprint = fingerprint or step_fingerprint(step)
+    if resume:
+        _remove_partials(out_dir)
     rows: list[dict[str, Any] | None] = [None] * len(cases)
     todo: list[int] = []
     for i, case in enumerate(cases):

@@ -57,6 +57,7 @@ class OutputFormat(str, Enum):
     nii_gz = "nii.gz"
     nrrd = "nrrd"
     png = "png"
+    dicom_seg = "dicom-seg"
 
 
 def _stderr():
@@ -107,7 +108,11 @@ def segment(
     task: Annotated[
         Task, typer.Option(help="auto: CT volumes and CT DICOM series go to ct-lungs, images to cxr-anatomy.")
     ] = Task.auto,
-    fmt: Annotated[OutputFormat, typer.Option("--format", "-f", help="Mask file format.")] = OutputFormat.seg_nrrd,
+    fmt: Annotated[
+        OutputFormat,
+        typer.Option("--format", "-f", help="Mask file format. dicom-seg (DICOM inputs, the 'dicom' extra): a DICOM "
+                     "Segmentation <id>_seg.dcm in the source's study that references the source instances."),
+    ] = OutputFormat.seg_nrrd,
     device: Annotated[Device, typer.Option(help="Where the model runs.")] = Device.auto,
     model: Annotated[
         str | None, typer.Option(help="Shipped model name or a .safetensors path (default: the task's).")
@@ -236,7 +241,7 @@ def _check_segment_options(kinds: set[str], model: str | None, fmt: OutputFormat
     """Options that do not fit the inputs' tasks are refused before any work (one line, naming the option)."""
     if "ct" in kinds and fmt == OutputFormat.png:
         raise typer.BadParameter(
-            "PNG masks are for radiographs; CT writes seg.nrrd, nii.gz or nrrd", param_hint="--format"
+            "PNG masks are for radiographs; CT writes seg.nrrd, nii.gz, nrrd or dicom-seg", param_hint="--format"
         )
     if model is None:
         return

@@ -150,7 +150,7 @@ def write_ct_series(
 
     folder.mkdir(parents=True, exist_ok=True)
     series_uid = series_uid or generate_uid()
-    study_uid = generate_uid()
+    study_uid, frame_of_reference = generate_uid(), generate_uid()
     row, col = np.asarray(row_cosines, float), np.asarray(col_cosines, float)
     normal = np.cross(row, col)
     slope, intercept = slope_intercept
@@ -166,6 +166,7 @@ def write_ct_series(
         ds.file_meta = meta
         ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
         ds.StudyInstanceUID, ds.SeriesInstanceUID = study_uid, series_uid
+        ds.FrameOfReferenceUID = frame_of_reference
         ds.SeriesNumber, ds.InstanceNumber = series_number, int(k) + 1
         ds.Modality, ds.PatientName, ds.PatientID = "CT", "Phantom^CT", "PHANTOM"
         ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]

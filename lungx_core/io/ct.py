@@ -189,6 +189,7 @@ def read_dicom_ct(path: Path, series_uid: str | None = None) -> MedicalImage:
         other_series=describe_series([s for s in series if s is not chosen]),
         unreadable_files=len(unreadable),
         gantry_tilt_deg=round(tilt, 2),
+        source_files=[str(f) for f in ordered],  # image.array[z] is ordered[z]: DICOM SEG frames reference them
     )
     return image
 

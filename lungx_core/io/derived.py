@@ -5,12 +5,15 @@ format with the same geometry; DICOM in -> a derived DICOM image in a new series
 The DICOM output copies the patient, study and equipment attributes of its source, gets new Series and SOP
 Instance UIDs, ImageType DERIVED\\SECONDARY, a DerivationDescription and a SourceImageSequence pointing at the
 original. Its pixels are what lungx_core computed on (modality and VOI LUTs applied, display polarity) stored as
-MONOCHROME2 with a linear rescale, so any viewer shows what our PNGs show.
+MONOCHROME2 with a linear rescale, so any viewer shows what our PNGs show. A DX source (for processing or for
+presentation) gives a DX *for presentation* image (display-ready pixels, a window, rescale 1/0 as the DX Image
+module requires), so the output passes dciodvfy with no error that its source does not already have.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -77,6 +80,20 @@ def _as_bitmap(array: np.ndarray, image: MedicalImage) -> np.ndarray:
     return to_dtype(array, np.uint16 if int(image.metadata.get("bits", 8)) > 8 else np.uint8)
 
 
+DX_FOR_PRESENTATION = "1.2.840.10008.5.1.4.1.1.1.1"
+DX_FOR_PROCESSING = "1.2.840.10008.5.1.4.1.1.1.1.1"
+# Patient and General Study attributes of type 2 (present, possibly empty) in every image and SEG we write
+TYPE2_STUDY = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
+               "ReferringPhysicianName", "StudyID", "AccessionNumber")
+
+
+def fill_type2(ds: Any, keywords: tuple[str, ...] = TYPE2_STUDY) -> None:
+    """Add each of ``keywords`` that ``ds`` lacks, empty: a type 2 attribute must be present, empty is valid."""
+    for keyword in keywords:
+        if keyword not in ds:
+            setattr(ds, keyword, "")
+
+
 def write_derived_dicom(path: Path, source: Path, array: np.ndarray, description: str) -> None:
     import pydicom
     from pydicom.dataset import Dataset
@@ -87,6 +104,7 @@ def write_derived_dicom(path: Path, source: Path, array: np.ndarray, description
     low, high = float(values.min()), float(values.max())
     slope = max(high - low, 1e-6) / 65535.0
     stored = np.clip(np.rint((values - low) / slope), 0, 65535).astype(np.uint16)
+    is_dx = ds.SOPClassUID in (DX_FOR_PRESENTATION, DX_FOR_PROCESSING)
 
     source_ref = Dataset()
     source_ref.ReferencedSOPClassUID = ds.SOPClassUID
@@ -109,13 +127,26 @@ def write_derived_dicom(path: Path, source: Path, array: np.ndarray, description
     ds.SamplesPerPixel = 1
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
     ds.Rows, ds.Columns = stored.shape
-    ds.RescaleSlope, ds.RescaleIntercept = f"{slope:.10g}"[:16], f"{low:.10g}"[:16]
-    ds.RescaleType = ds.get("RescaleType", "US")
-    ds.WindowCenter, ds.WindowWidth = f"{(low + high) / 2:.6g}", f"{max(high - low, 1):.6g}"
+    if is_dx:
+        # DX Image module: rescale slope 1 and intercept 0 (enumerated), so the stored values are the output
+        # values; a window belongs in a for-presentation image, which display-ready pixels are
+        ds.SOPClassUID = DX_FOR_PRESENTATION
+        ds.PresentationIntentType = "FOR PRESENTATION"
+        ds.RescaleSlope, ds.RescaleIntercept, ds.RescaleType = "1", "0", "US"
+        ds.PresentationLUTShape = "IDENTITY"
+        ds.WindowCenter, ds.WindowWidth = "32767.5", "65536"
+        if "ContentDate" in ds or "ContentTime" in ds:
+            fill_type2(ds, ("ContentDate", "ContentTime"))
+    else:
+        ds.RescaleSlope, ds.RescaleIntercept = f"{slope:.10g}"[:16], f"{low:.10g}"[:16]
+        ds.RescaleType = ds.get("RescaleType", "US")
+        ds.WindowCenter, ds.WindowWidth = f"{(low + high) / 2:.6g}", f"{max(high - low, 1):.6g}"
+    fill_type2(ds)
     ds.PixelData = stored.tobytes()
     ds["PixelData"].VR = "OW"
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
     with atomic_path(path) as tmp:
         try:  # pydicom >= 3
             ds.save_as(tmp, enforce_file_format=True)

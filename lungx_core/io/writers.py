@@ -55,10 +55,17 @@ def write_masks(
     masks: dict[str, np.ndarray],
     structures: Sequence[Structure],
     fmt: str,
+    algorithm: str = "lungx",
 ) -> None:
-    """Masks as ``<id>.seg.nrrd``, a label map ``<id>_labels.nii.gz|nrrd``, or one ``<id>_<structure>.png`` each;
-    each path is appended to ``written`` before its file is written."""
-    if fmt == "seg.nrrd":
+    """Masks as ``<id>.seg.nrrd``, a label map ``<id>_labels.nii.gz|nrrd``, one ``<id>_<structure>.png`` each, or
+    a DICOM SEG ``<id>_seg.dcm`` (DICOM inputs; ``algorithm`` names the model in it); each path is appended to
+    ``written`` before its file is written."""
+    if fmt == "dicom-seg":
+        from lungx_core.io.dicom_seg import write_dicom_seg
+
+        written.append(out_dir / f"{case_id}_seg.dcm")
+        write_dicom_seg(written[-1], image, masks, structures, algorithm)
+    elif fmt == "seg.nrrd":
         written.append(out_dir / f"{case_id}.seg.nrrd")
         write_seg_nrrd(written[-1], image, masks, structures)
     elif fmt in ("nii.gz", "nrrd"):

@@ -33,7 +33,7 @@ from lungx_core.tasks.common import Progress, run_guarded
 
 DEFAULT_MODEL = "ct_lungs"
 METHODS = ("net", "classical")
-OUTPUT_FORMATS = ("seg.nrrd", "nii.gz", "nrrd")
+OUTPUT_FORMATS = ("seg.nrrd", "nii.gz", "nrrd", "dicom-seg")
 MIN_TOTAL_LUNG_ML = 50.0  # below this no lungs were found: not a chest CT (or not a CT at all)
 LUNG_ML_RANGE = (250.0, 5000.0)  # one adult lung, full coverage
 LR_RATIO_RANGE = (0.5, 2.0)  # right / left volume; the right lung is normally ~10% larger
@@ -154,11 +154,13 @@ class CTLungSegmenter:
         self.batch_slices = batch_slices
         self.net = None
         self.device = "cpu"
+        self.name = "ct_lungs_classical"
         if method == "net":
             from lungx_core.models.store import load_model, network_device
 
             self.net, self.config = load_model(model, device, backend)
             self.device = network_device(self.net)
+            self.name = str(self.config.get("name", model))
             self.size = int(self.config["size"])
             self.threshold = float(self.config.get("threshold", 0.5))
 
@@ -266,15 +268,23 @@ def qc_flags(labels: np.ndarray, volumes: dict[str, float], metadata: dict[str, 
 
 
 def write_outputs(
-    out_dir: Path, case_id: str, image: MedicalImage, result: CTResult, fmt: str = "seg.nrrd", overlay: bool = True
+    out_dir: Path,
+    case_id: str,
+    image: MedicalImage,
+    result: CTResult,
+    fmt: str = "seg.nrrd",
+    overlay: bool = True,
+    algorithm: str = DEFAULT_MODEL,
 ) -> list[Path]:
-    """The segmentation in ``fmt`` (label map: 1 right, 2 left) and the QC overlay; all or nothing."""
+    """The segmentation in ``fmt`` (label map: 1 right, 2 left; or a DICOM SEG naming ``algorithm``) and the QC
+    overlay; all or nothing."""
     from lungx_core.io.writers import all_or_nothing, render_ct_overlay, write_masks, write_png
 
     if fmt not in OUTPUT_FORMATS:
-        raise InputError(image.source, f"output format {fmt!r} is for radiographs; for CT use seg.nrrd, nii.gz or nrrd")
+        raise InputError(image.source, f"output format {fmt!r} is for radiographs; for CT use seg.nrrd, nii.gz, nrrd "
+                         "or dicom-seg")
     with all_or_nothing() as written:
-        write_masks(written, out_dir, case_id, image, result.masks, CT_STRUCTURES, fmt)
+        write_masks(written, out_dir, case_id, image, result.masks, CT_STRUCTURES, fmt, algorithm)
         if overlay:
             hu, labels, spacing = result.canonical
             canon = {s.name: labels == s.label for s in CT_STRUCTURES}
@@ -320,7 +330,8 @@ def process_case(
     def work() -> dict[str, Any]:
         image = read_ct(case.path, series_uid)
         result = segmenter.segment(image, progress)
-        return result_row(case, image, result, write_outputs(out_dir, case.case_id, image, result, fmt, overlay))
+        outputs = write_outputs(out_dir, case.case_id, image, result, fmt, overlay, segmenter.name)
+        return result_row(case, image, result, outputs)
 
     return run_guarded(case, "ct-lungs", work)
 

@@ -24,7 +24,7 @@ from lungx_core.preprocess import PreprocessConfig, preprocess_radiograph, unlet
 from lungx_core.tasks.common import Progress, read_checked_radiograph, run_guarded
 
 DEFAULT_MODEL = "cxr_anatomy"
-OUTPUT_FORMATS = ("seg.nrrd", "nii.gz", "nrrd", "png")
+OUTPUT_FORMATS = ("seg.nrrd", "nii.gz", "nrrd", "png", "dicom-seg")
 
 
 @dataclass
@@ -48,6 +48,7 @@ class CXRSegmenter:
 
         self.net, self.config = load_model(model, device, backend)
         self.device = network_device(self.net)
+        self.name = str(self.config.get("name", model))
         self.preprocess = PreprocessConfig.from_dict(self.config["preprocess"])
         self.threshold = float(threshold if threshold is not None else self.config.get("threshold", 0.5))
 
@@ -92,14 +93,16 @@ def write_outputs(
     result: CXRResult,
     fmt: str = "seg.nrrd",
     overlay: bool = True,
+    algorithm: str = DEFAULT_MODEL,
 ) -> list[Path]:
-    """Write the masks in ``fmt`` and a QC overlay; every file atomically. Returns the written paths."""
+    """Write the masks in ``fmt`` and a QC overlay; every file atomically. Returns the written paths.
+    ``algorithm`` names the model in a DICOM SEG."""
     from lungx_core.io.writers import all_or_nothing, render_overlay, write_masks, write_png
 
     if fmt not in OUTPUT_FORMATS:
         raise ValueError(f"unknown output format {fmt!r}; choose one of {', '.join(OUTPUT_FORMATS)}")
     with all_or_nothing() as written:
-        write_masks(written, out_dir, case_id, image, result.masks, CXR_STRUCTURES, fmt)
+        write_masks(written, out_dir, case_id, image, result.masks, CXR_STRUCTURES, fmt, algorithm)
         if overlay:
             written.append(out_dir / f"{case_id}_overlay.png")
             write_png(written[-1], render_overlay(image, result.masks, CXR_STRUCTURES))
@@ -147,7 +150,8 @@ def process_case(
     def work() -> dict[str, Any]:
         image = read_checked_radiograph(case.path, gate)
         result = segmenter.segment(image)
-        return result_row(case, image, result, write_outputs(out_dir, case.case_id, image, result, fmt, overlay))
+        outputs = write_outputs(out_dir, case.case_id, image, result, fmt, overlay, segmenter.name)
+        return result_row(case, image, result, outputs)
 
     return run_guarded(case, "cxr-anatomy", work)
 

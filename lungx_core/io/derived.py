@@ -102,9 +102,16 @@ def write_derived_dicom(path: Path, source: Path, array: np.ndarray, description
     ds = pydicom.dcmread(source)
     values = np.asarray(array, dtype=np.float64)
     low, high = float(values.min()), float(values.max())
-    slope = max(high - low, 1e-6) / 65535.0
-    stored = np.clip(np.rint((values - low) / slope), 0, 65535).astype(np.uint16)
     is_dx = ds.SOPClassUID in (DX_FOR_PRESENTATION, DX_FOR_PROCESSING)
+    if is_dx:
+        # no rescale allowed: store the values themselves (film values are unsigned and fit 16 bits); only a
+        # negative or over-range result is shifted or scaled into 0..65535
+        low_dx = min(low, 0.0)
+        slope = max(1.0, (high - low_dx) / 65535.0)
+        stored = np.clip(np.rint((values - low_dx) / slope), 0, 65535).astype(np.uint16)
+    else:
+        slope = max(high - low, 1e-6) / 65535.0
+        stored = np.clip(np.rint((values - low) / slope), 0, 65535).astype(np.uint16)
 
     source_ref = Dataset()
     source_ref.ReferencedSOPClassUID = ds.SOPClassUID
@@ -134,7 +141,8 @@ def write_derived_dicom(path: Path, source: Path, array: np.ndarray, description
         ds.PresentationIntentType = "FOR PRESENTATION"
         ds.RescaleSlope, ds.RescaleIntercept, ds.RescaleType = "1", "0", "US"
         ds.PresentationLUTShape = "IDENTITY"
-        ds.WindowCenter, ds.WindowWidth = "32767.5", "65536"
+        s_low, s_high = float(stored.min()), float(stored.max())
+        ds.WindowCenter, ds.WindowWidth = f"{(s_low + s_high) / 2:.6g}", f"{max(s_high - s_low, 1):.6g}"
         if "ContentDate" in ds or "ContentTime" in ds:
             fill_type2(ds, ("ContentDate", "ContentTime"))
     else:

@@ -188,7 +188,7 @@ def segment(
     steps = {}
     if "cxr" in kinds:
         steps["cxr"] = partial(cxr_segmentation.run_one, **common, model=model or cxr_segmentation.DEFAULT_MODEL,
-                               threshold=threshold, input_check="on" if input_check else "off")
+                               threshold=threshold, input_check=_on_off(input_check))
     if "ct" in kinds:
         steps["ct"] = partial(ct_lungs.run_one, **common, model=model or ct_lungs.DEFAULT_MODEL,
                               method=method.value, series=series)

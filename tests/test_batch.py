@@ -162,3 +162,18 @@ def test_cli_run_killed_midway_resumes_to_the_uninterrupted_outputs(tmp_path):
 
     assert table(out) == table(whole)
     assert _files(out) == _files(whole)
+
+
+@pytest.mark.slow
+def test_run_on_an_existing_dask_scheduler(tmp_path):
+    """--scheduler: the cases go to a cluster that someone else started (here a LocalCluster with its own
+    scheduler address), and the client leaves that cluster running."""
+    distributed = pytest.importorskip("distributed")
+    films = _films(tmp_path / "in", n=2)
+    single = tmp_path / "single"
+    expected = run_cases(collect_cases([films]), _step(single), single)
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        out = tmp_path / "remote"
+        rows = run_cases(collect_cases([films]), _step(out), out, scheduler=cluster.scheduler_address)
+        assert _rows(rows) == _rows(expected) and _files(out) == _files(single)
+        assert len(cluster.scheduler_info["workers"]) == 1  # still up for its owner

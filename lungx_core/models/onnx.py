@@ -92,9 +92,6 @@ class OnnxNetwork:
         array = np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)
         return torch.from_numpy(self.session.run(None, {"image": array})[0])
 
-    def eval(self) -> OnnxNetwork:  # the torch module's interface, for callers that set eval mode
-        return self
-
 
 def _threads() -> int | None:
     """The thread count torch would use here (OMP_NUM_THREADS, e.g. 1 in each Dask worker), else None

@@ -3,6 +3,7 @@ preprocessing, metrics) + ``<name>.md`` (model card), all inside ``lungx_core/we
 
 from __future__ import annotations
 
+import inspect
 import json
 from functools import lru_cache
 from pathlib import Path
@@ -86,15 +87,28 @@ def save_model(state_dict: dict, config: dict[str, Any], name_or_path: str | Pat
     return weights
 
 
-@lru_cache(maxsize=16)
 def shared_model(cls: type, *args: Any, **kwargs: Any) -> Any:
     """``cls(*args, **kwargs)`` made once per process and kept: a batch loads each model once, in the main
-    process and in every Dask worker alike (arguments must be hashable: names, paths, numbers).
+    process and in every Dask worker alike (arguments must be hashable: names, paths, numbers). The arguments
+    are bound to ``cls``'s signature with its defaults first, so ``(m, "cpu")``, ``(m, device="cpu")`` and
+    ``(device="cpu")`` for a default ``m`` share one instance.
 
     Example:
         >>> from lungx_core.tasks.cxr_segmentation import CXRSegmenter
-        >>> a = shared_model(CXRSegmenter, "cxr_anatomy", "cpu", None)
-        >>> a is shared_model(CXRSegmenter, "cxr_anatomy", "cpu", None)
+        >>> a = shared_model(CXRSegmenter, "cxr_anatomy", "cpu")
+        >>> a is shared_model(CXRSegmenter, device="cpu")
         True
     """
-    return cls(*args, **kwargs)
+    bound = inspect.signature(cls).bind(*args, **kwargs)
+    bound.apply_defaults()  # bound.args/kwargs: the normal form of this call
+    return _made_once(cls, bound.args, tuple(sorted(bound.kwargs.items())))
+
+
+@lru_cache(maxsize=16)
+def _made_once(cls: type, args: tuple[Any, ...], kwargs: tuple[tuple[str, Any], ...]) -> Any:
+    return cls(*args, **dict(kwargs))
+
+
+# the cache's counters, for tests and for callers that want to free the models
+shared_model.cache_info = _made_once.cache_info  # type: ignore[attr-defined]
+shared_model.cache_clear = _made_once.cache_clear  # type: ignore[attr-defined]

@@ -172,9 +172,8 @@ def run_one(
     segmenter = None if case.mask else lung_segmenter(device)
     scorer = None
     if score:
-        from lungx_core.pathology import DEFAULT_MODEL as JUDGE
         from lungx_core.pathology import PathologyClassifier
 
-        scorer = shared_model(PathologyClassifier, JUDGE, device=device)
+        scorer = shared_model(PathologyClassifier, device=device)
     report(0.3, f"removing opacity on {remover.device}")
     return remove_opacity_case(case, remover, out_dir, case.mask, segmenter, scorer, optional_gate(input_check, device))

@@ -180,6 +180,10 @@ def synthesize(
     *,
     lung_mask: MaskLike = None,
     seed: int | None = None,
+    method: str = "insert",
+    area: float | None = None,
+    side: str = "any",
+    kind: str = "mixed",
     model: str | Path | None = None,
     device: str = "auto",
     input_check: bool = True,
@@ -190,20 +194,34 @@ def synthesize(
         image: a radiograph (:class:`MedicalImage` or path).
         lung_mask: the lung fields (bool array of the image's shape, or a mask file on its grid); default from
             the anatomy model.
-        seed: shifts the generator's crop window by a few pixels for another variant; None keeps it centred.
-        model: generator name or ``.safetensors`` path (default ``cxr_synthesis``).
+        seed: ``insert``: seeds the lesion draw (None as 0); ``cyclegan``: shifts the generator's crop window by a
+            few pixels for another variant (None keeps it centred).
+        method: ``insert`` (lesions of the lesion model drawn into the lung field; nothing else changes) or
+            ``cyclegan`` (the shape-aware CycleGAN generator on the thoracic crop).
+        area, side, kind: ``insert`` only: share of the lung field covered (None: drawn, 5-60 %), the patient's
+            ``left``/``right``/``both``/``any`` side, ``ggo``/``consolidation``/``mixed``.
+        model: ``cyclegan``: generator name or ``.safetensors`` path (default ``cxr_synthesis``).
         device, input_check: as for :func:`segment`.
 
     Returns:
-        ``output`` the synthetic radiograph; masks ``lung``; ``.save()`` writes ``<id>_synthetic.<ext>``, its
-        lung ``.seg.nrrd`` and a side-by-side picture.
+        ``output`` the synthetic radiograph; masks ``lung`` (and ``opacity``, the inserted lesion, for
+        ``insert``); ``.save()`` writes ``<id>_synthetic.<ext>``, its ``.seg.nrrd`` and a side-by-side picture.
+
+    Example::
+
+        result = lx.synthesize("film.png", area=0.3, side="right", kind="consolidation", seed=2)
+        result.masks["opacity"].mean()
     """
+    from lungx_core.models.store import shared_model
     from lungx_core.tasks import synthesis
 
     image = _as_radiograph(image, input_check, device)
     lung = _lungs(image, lung_mask, device)
-    result = _model(synthesis.Synthesizer, model or synthesis.DEFAULT_MODEL, device).synthesize(image, lung, seed)
-    return Result("cxr-synthesis", image, image.with_array(result.array), {"lung": result.lung}, {}, [],
+    synthesizer = shared_model(synthesis.make_synthesizer, method, model or synthesis.DEFAULT_MODEL, device, area,
+                               side, kind)
+    result = synthesizer.synthesize(image, lung, seed)
+    masks = {"lung": result.lung} if result.lesion is None else {"lung": result.lung, "opacity": result.lesion}
+    return Result("cxr-synthesis", image, image.with_array(result.array), masks, {}, [],
                   lambda folder, stem: synthesis.write_outputs(folder, stem, image, result))
 
 
@@ -226,7 +244,7 @@ def remove_opacity(
     Returns:
         ``output`` the processed radiograph; masks ``opacity`` (the only pixels that may differ from the input);
         measurements ``changed_fraction`` (share of pixels whose value changed); flag ``no_opacity_found`` when
-        nothing changed.
+        the activation mask is empty, ``unchanged`` when it is not but no pixel changed.
     """
     from lungx_core.tasks import opacity_removal
 
@@ -234,9 +252,10 @@ def remove_opacity(
     lung = _lungs(image, lung_mask, device)
     remover = _model(opacity_removal.OpacityRemover, model or opacity_removal.DEFAULT_MODEL, device)
     result = remover.remove(image, lung)
-    changed = float(np.mean(result.array != image.array))
+    changed = opacity_removal.changed_fraction(image.array, result.array)
+    flags = ["no_opacity_found"] if not result.mask.any() else ["unchanged"] if changed == 0 else []
     return Result("cxr-opacity-removal", image, image.with_array(result.array), {"opacity": result.mask},
-                  {"changed_fraction": changed}, [] if changed else ["no_opacity_found"],
+                  {"changed_fraction": changed}, flags,
                   lambda folder, stem: opacity_removal.write_outputs(folder, stem, image, result))
 
 

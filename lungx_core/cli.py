@@ -337,6 +337,24 @@ class Modality(str, Enum):
     ct = "ct"
 
 
+class SynthesisMethod(str, Enum):
+    insert = "insert"
+    cyclegan = "cyclegan"
+
+
+class LesionSide(str, Enum):
+    any = "any"
+    both = "both"
+    left = "left"
+    right = "right"
+
+
+class LesionKind(str, Enum):
+    mixed = "mixed"
+    ggo = "ggo"
+    consolidation = "consolidation"
+
+
 WorkersOption = Annotated[
     int,
     typer.Option(
@@ -399,10 +417,23 @@ def synthesize(
     modality: Annotated[Modality, typer.Option(help="Input modality (a CT generator is not shipped yet).")] = (
         Modality.cxr
     ),
+    method: Annotated[SynthesisMethod, typer.Option(
+        help="insert: lesions of the lesion model (measured on real opacity masks) drawn into the lung field, "
+        "nothing else changes; cyclegan: the shape-aware CycleGAN generator (--model) on the thoracic crop.")
+    ] = SynthesisMethod.insert,
+    area: Annotated[float | None, typer.Option(
+        min=0.01, max=0.9, help="insert: share of the lung field to cover (default: drawn from the lesion model, "
+        "5-60 %).")] = None,
+    side: Annotated[LesionSide, typer.Option(help="insert: the patient's side(s); any = drawn.")] = LesionSide.any,
+    kind: Annotated[LesionKind, typer.Option(help="insert: ground glass, consolidation, or consolidated cores in "
+                                             "ground glass.")] = LesionKind.mixed,
     seed: Annotated[
-        int | None, typer.Option(help="Shift the crop window by a seeded few pixels for a different variant.")
+        int | None, typer.Option(help="insert: seeds the lesion draw (default 0); cyclegan: shifts the crop window "
+                                 "by a seeded few pixels for a different variant.")
     ] = None,
-    model: Annotated[str, typer.Option(help="Shipped generator name or a .safetensors path.")] = "cxr_synthesis",
+    model: Annotated[str, typer.Option(help="cyclegan: shipped generator name or a .safetensors path.")] = (
+        "cxr_synthesis"
+    ),
     device: Annotated[Device, typer.Option(help="Where the models run.")] = Device.auto,
     input_check: InputCheckOption = True,
     quiet: QuietOption = False,
@@ -413,8 +444,9 @@ def synthesize(
     """Turn healthy chest radiographs into pathological-looking ones whose lung mask stays valid.
 
     Writes <id>_synthetic.<png|nrrd|nii.gz|dcm> (the input's grid and format family; DICOM as a derived image
-    in a new series), <id>_synthetic.seg.nrrd (its lung mask), <id>_synthesis.png (input | synthetic) and
-    results.csv. A bad input is reported and skipped; the exit code is 1 when any input failed.
+    in a new series), <id>_synthetic.seg.nrrd (its lung mask; with --method insert also the inserted lesion as
+    segment 'opacity'), <id>_synthesis.png (input | synthetic) and results.csv. A bad input is reported and
+    skipped; the exit code is 1 when any input failed.
     """
     from functools import partial
 
@@ -424,10 +456,12 @@ def synthesize(
     if modality == Modality.ct:
         raise typer.BadParameter("no CT synthesis generator ships yet; use radiographs", param_hint="--modality")
     step = partial(synthesis.run_one, out_dir=output, device=device.value, model=model, seed=seed,
-                   input_check=_on_off(input_check))
+                   input_check=_on_off(input_check), method=method.value, area=area or 0.0, side=side.value,
+                   kind=kind.value)
     _run_image_task(
         inputs, output, lung_mask, _Batch(workers, scheduler, resume, quiet), "synthesising", "synthesised", step,
-        COMMON_COLUMNS + synthesis.RESULT_COLUMNS + TRAILING_COLUMNS[1:], models=(model,),
+        COMMON_COLUMNS + synthesis.RESULT_COLUMNS + TRAILING_COLUMNS[1:],
+        models=(model,) if method == SynthesisMethod.cyclegan else (),
     )
 
 
@@ -462,18 +496,24 @@ def _run_image_task(
 def evaluate_synthesis_cmd(
     directory: Annotated[Path, typer.Argument(help="Folder with images/ and masks/lung/ (healthy films).")],
     ids: Annotated[Path | None, typer.Option(help="Text file of image IDs to score (one per line).")] = None,
-    model: Annotated[str, typer.Option(help="Shipped generator name or a .safetensors path.")] = "cxr_synthesis",
+    method: Annotated[SynthesisMethod, typer.Option(help="Synthesis method, as for lungx synthesize.")] = (
+        SynthesisMethod.insert
+    ),
+    kind: Annotated[LesionKind, typer.Option(help="insert: lesion kind.")] = LesionKind.mixed,
+    model: Annotated[str, typer.Option(help="cyclegan: generator name or a .safetensors path.")] = "cxr_synthesis",
     device: Annotated[Device, typer.Option(help="Where the models run.")] = Device.auto,
     per_case: Annotated[Path | None, typer.Option(help="Also write per-case scores to this CSV.")] = None,
 ):
-    """{"n", "mae_surroundings", "lung_dice_preserved", "pathological_rate"} as one JSON object."""
+    """{"n", "mae_surroundings", "lung_dice_preserved", "pathological_rate"} as one JSON object (insert: lesion
+    area drawn from the lesion model, seeded by the film's position in the list)."""
     from lungx_core.evaluate import evaluate_synthesis
     from lungx_core.io.readers import read_radiograph
     from lungx_core.pathology import PathologyClassifier
     from lungx_core.tasks.cxr_segmentation import CXRSegmenter
-    from lungx_core.tasks.synthesis import Synthesizer
+    from lungx_core.tasks.synthesis import make_synthesizer
 
-    synthesizer = Synthesizer(model, device.value)
+    synthesizer = make_synthesizer(method.value, model, device.value, kind=kind.value)
+    drawn = iter(range(1_000_000))
     segmenter = CXRSegmenter(device=device.value)
     classifier = PathologyClassifier(device=device.value)
 
@@ -484,7 +524,8 @@ def evaluate_synthesis_cmd(
         if lung.shape != image.array.shape:
             raise ValueError(f"{path}: lung mask shape {lung.shape} differs from the image's {image.array.shape}")
         display = image.array  # evaluation folders hold display-oriented bitmaps
-        synthetic, box = synthesizer.synthesize_display(display, lung)
+        seed = next(drawn) if method == SynthesisMethod.insert else None  # cyclegan: the centred window
+        synthetic, box = synthesizer.synthesize_display(display, lung, seed)
         region = np.zeros(display.shape, dtype=bool)
         region[box.r0 : box.r1, box.c0 : box.c1] = True
         return display, synthetic, region

@@ -1,11 +1,16 @@
-"""Healthy -> pathological CXR synthesis with a shape-aware CycleGAN generator (``cxr_synthesis``).
+"""Healthy -> pathological CXR synthesis, two methods.
+
+- ``insert``: :class:`LesionInserter` draws lesions of the lesion model (``lungx_core/lesions.py``: gains, areas
+  and zones measured on real radiologist opacity masks) into the lung field, with the requested area, side and
+  kind. Only lung pixels change, so the lung mask stays valid by construction and the surroundings are the
+  input's, bit for bit; the lesion mask comes with it.
+- ``cyclegan``: :class:`Synthesizer`, the seed's shape-aware CycleGAN generator (``cxr_synthesis``) on the
+  thoracic crop, its change added back as a residual (trained to leave the lung surroundings alone).
 
 A healthy radiograph and its lung-field mask in; a pathological-looking radiograph out, on the input's exact
-grid, whose lung mask is still the input's (the generator was trained to leave the lung surroundings alone).
-The pair (synthetic image, known mask) is what segmentation training uses as augmentation.
-
-:class:`Synthesizer` works on arrays; :func:`process_case` is the file-level step of ``lungx synthesize``:
-read, find the lungs (given mask or our anatomy model), synthesise, write everything atomically, one row back.
+grid. The pair (synthetic image, known mask) is what segmentation training uses as augmentation.
+:func:`synthesize_case` is the file-level step of ``lungx synthesize``: read, find the lungs (given mask or our
+anatomy model), synthesise, write everything atomically, one row back.
 """
 
 from __future__ import annotations
@@ -22,13 +27,16 @@ from lungx_core.errors import InputError
 from lungx_core.gate import FrontalChestGate, optional_gate
 from lungx_core.image import MedicalImage
 from lungx_core.io.inputs import Case
+from lungx_core.lesions import LesionRequest
 from lungx_core.orientation import display_view
 from lungx_core.tasks.common import Progress, read_checked_radiograph, run_guarded
 from lungx_core.thoracic import CropSpec, apply_residual, thoracic_crop
 
 DEFAULT_MODEL = "cxr_synthesis"
+METHODS = ("insert", "cyclegan")
+DEFAULT_METHOD = "insert"
 MIN_LUNG_FRACTION = 0.02  # of the image: less is no frontal chest film (or a wrong mask)
-RESULT_COLUMNS = ["lung_source", "lung_fraction", "seconds"]
+RESULT_COLUMNS = ["method", "lung_source", "lung_fraction", "lesion_fraction", "seconds"]
 
 
 @dataclass
@@ -36,10 +44,13 @@ class SynthesisResult:
     array: np.ndarray  # the synthetic radiograph: input's shape, orientation and dtype
     lung: np.ndarray  # bool: the lung mask that stays valid for it (input's orientation)
     box: Box  # thoracic crop that the generator changed, in display orientation
+    lesion: np.ndarray | None = None  # bool, input's orientation: the inserted lesion (method insert)
 
 
 class Synthesizer:
-    """Holds the generator; :meth:`synthesize` for each radiograph."""
+    """The CycleGAN method: holds the generator; :meth:`synthesize` for each radiograph."""
+
+    method = "cyclegan"
 
     def __init__(self, model: str | Path = DEFAULT_MODEL, device: str = "auto"):
         from lungx_core.models.store import load_model
@@ -79,6 +90,71 @@ class Synthesizer:
         display, lung_display, undo = display_view(image, lung)
         out, box = self.synthesize_display(display, lung_display, seed)
         return SynthesisResult(undo(out), lung.astype(bool), box)
+
+
+class LesionInserter:
+    """The insertion method: lesions of the lesion model drawn into the lung field (``lungx_core.lesions``).
+
+    Example::
+
+        inserter = LesionInserter(LesionRequest(area=0.3, side="right", kind="consolidation"))
+        result = inserter.synthesize(image, lung, seed=1)  # result.lesion: where the lesion is
+    """
+
+    method = "insert"
+    device = "cpu"  # no network
+
+    def __init__(self, request: LesionRequest | None = None):
+        from lungx_core.lesions import LesionRequest
+
+        self.request = request or LesionRequest()
+
+    def insert_display(self, image: np.ndarray, lung: np.ndarray, seed: int | None = None):
+        """A display-oriented film and its lung mask -> :class:`lungx_core.lesions.InsertionResult`; seed None
+        draws as seed 0 (the same film gives the same lesion unless asked otherwise)."""
+        from lungx_core.lesions import insert_lesions
+
+        return insert_lesions(image, lung, self.request, 0 if seed is None else seed)
+
+    def synthesize_display(
+        self, image: np.ndarray, lung: np.ndarray, seed: int | None = None
+    ) -> tuple[np.ndarray, Box]:
+        """As :meth:`Synthesizer.synthesize_display`; the box is the thoracic box of the lungs."""
+        from lungx_core.crops import square_around, thoracic_box_cxr
+
+        box = square_around(thoracic_box_cxr({"lung": lung}), image.shape)
+        return self.insert_display(image, lung, seed).array, box
+
+    def synthesize(self, image: MedicalImage, lung: np.ndarray, seed: int | None = None) -> SynthesisResult:
+        """``lung`` (bool, the image's shape and orientation) -> result in the image's orientation."""
+        from lungx_core.crops import square_around, thoracic_box_cxr
+
+        if lung.shape != image.array.shape:
+            raise InputError(image.source, f"the lung mask is {lung.shape[1]}x{lung.shape[0]} pixels but the "
+                             f"image is {image.array.shape[1]}x{image.array.shape[0]}")
+        check_lung(image.source, lung)
+        display, lung_display, undo = display_view(image, lung)
+        inserted = self.insert_display(display, lung_display, seed)
+        box = square_around(thoracic_box_cxr({"lung": lung_display}), display.shape)
+        return SynthesisResult(undo(inserted.array), lung.astype(bool), box, undo(inserted.lesion.hard))
+
+
+def make_synthesizer(
+    method: str = DEFAULT_METHOD,
+    model: str | Path = DEFAULT_MODEL,
+    device: str = "auto",
+    area: float | None = None,
+    side: str = "any",
+    kind: str = "mixed",
+) -> Synthesizer | LesionInserter:
+    """The synthesizer of ``method`` (``insert``: ``area``/``side``/``kind`` apply; ``cyclegan``: ``model``)."""
+    from lungx_core.lesions import LesionRequest
+
+    if method == "insert":
+        return LesionInserter(LesionRequest(area=area, side=side, kind=kind))
+    if method == "cyclegan":
+        return Synthesizer(model, device)
+    raise ValueError(f"unknown synthesis method {method!r}; choose one of {', '.join(METHODS)}")
 
 
 def _seeded_shift(box: Box, shape: tuple[int, int], seed: int) -> tuple[int, int]:
@@ -149,14 +225,19 @@ def find_lungs(path: Path, image: MedicalImage, lung_mask: Path | None, segmente
 
 
 def write_outputs(out_dir: Path, case_id: str, image: MedicalImage, result: SynthesisResult) -> list[Path]:
-    """``<id>_synthetic.<input's family>``, its lung mask ``<id>_synthetic.seg.nrrd`` and ``<id>_synthesis.png``
-    (input | synthetic, lung outline on both); all or nothing."""
-    from lungx_core.anatomy import LUNGS
+    """``<id>_synthetic.<input's family>``, its masks ``<id>_synthetic.seg.nrrd`` (lung; and opacity, the
+    inserted lesion, for the insertion method) and ``<id>_synthesis.png`` (input | synthetic, lung outline on
+    both); all or nothing."""
+    from lungx_core.anatomy import LUNGS, OPACITY
     from lungx_core.io.derived import write_processed_set
 
+    masks, structures = {"lung": result.lung}, [LUNGS]
+    if result.lesion is not None:
+        masks["opacity"] = result.lesion
+        structures.append(OPACITY)
     return write_processed_set(
         out_dir, image, result.array, "Synthetic pathological chest radiograph", f"{case_id}_synthetic",
-        (f"{case_id}_synthetic.seg.nrrd", {"lung": result.lung}, [LUNGS]),
+        (f"{case_id}_synthetic.seg.nrrd", masks, structures),
         (f"{case_id}_synthesis.png", side_by_side(image.array, result.array, result.lung)),
     )
 
@@ -176,7 +257,7 @@ def side_by_side(before: np.ndarray, after: np.ndarray, lung: np.ndarray) -> np.
 
 def synthesize_case(
     case: Case,
-    synthesizer: Synthesizer,
+    synthesizer: Synthesizer | LesionInserter,
     out_dir: Path,
     lung_mask: Path | None = None,
     segmenter: Any = None,
@@ -192,7 +273,9 @@ def synthesize_case(
         outputs = write_outputs(out_dir, case.case_id, image, result)
         return {
             "case_id": case.case_id, "input": str(case.path), "task": "cxr-synthesis", "status": "ok", "error": "",
-            "qc_flags": "", "lung_source": source, "lung_fraction": round(float(lung.mean()), 4),
+            "qc_flags": "", "method": synthesizer.method, "lung_source": source,
+            "lung_fraction": round(float(lung.mean()), 4),
+            "lesion_fraction": "" if result.lesion is None else round(float(result.lesion.sum() / lung.sum()), 4),
             "seconds": round(time.perf_counter() - t0, 3), "outputs": ";".join(p.name for p in outputs),
         }
 
@@ -208,15 +291,21 @@ def run_one(
     model: str = DEFAULT_MODEL,
     seed: int | None = None,
     input_check: str = "on",
+    method: str = DEFAULT_METHOD,
+    area: float = 0.0,
+    side: str = "any",
+    kind: str = "mixed",
 ) -> dict[str, Any]:
     """One radiograph, as the worker process and batch runs (lungx_core.batch) run it: lungs from ``case.mask``
-    or else the anatomy model. Models are loaded once per process."""
+    or else the anatomy model. Models are loaded once per process. ``area`` 0 draws the lesion area from the
+    lesion model."""
     from lungx_core.models.store import shared_model
     from lungx_core.tasks.cxr_segmentation import lung_segmenter
 
     report = progress or (lambda fraction, message: None)
     report(0.0, "loading the models")
-    synthesizer = shared_model(Synthesizer, model or DEFAULT_MODEL, device)
+    synthesizer = shared_model(make_synthesizer, method, model or DEFAULT_MODEL, device, float(area) or None, side,
+                               kind)
     segmenter = None if case.mask else lung_segmenter(device)
     report(0.3, f"synthesising on {synthesizer.device}")
     return synthesize_case(

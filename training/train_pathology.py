@@ -7,6 +7,12 @@ It judges synthetic images (``lungx evaluate synthesis``: the share called patho
 Domains, splits and crops are those of the translation models (``training/synthesis_data.py``). Sampling is
 balanced between the classes; the epoch with the best validation AUC is exported to lungx_core/weights with its
 metrics (overall and per source, to show how much it leans on dataset style rather than pathology).
+
+With ``"style_augment": true`` (v2, ``pathology_cxr_v2.json``) it is trained to be style-proof: sources are
+balanced within each class and every training film is restyled (``training/style.py``: histogram matching to a
+film of the other class, gamma, CLAHE, blur, noise); the epoch kept is the one with the best AUC of pathological
+validation films against healthy ones pooled with their placebos, the threshold is that pool's Youden cut, and
+the placebo table (share called pathological per placebo) goes into the exported config.
 """
 
 from __future__ import annotations
@@ -25,8 +31,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from lungx_core.models.networks import build_network  # noqa: E402
 from lungx_core.models.store import save_model  # noqa: E402
 from training.common import append_log, seed_everything  # noqa: E402
+from training.style import PLACEBOS, augment  # noqa: E402
 from training.synthesis_data import domain_data  # noqa: E402
-from training.train_synthesis import random_crops  # noqa: E402
+from training.train_synthesis import random_crops, random_windows  # noqa: E402
 
 MODEL_NAME = "cxr_pathology"
 
@@ -73,6 +80,56 @@ def report(probs: np.ndarray, labels: np.ndarray, datasets: np.ndarray, threshol
     return out
 
 
+def centre(images: np.ndarray, size: int) -> np.ndarray:
+    o = (images.shape[-1] - size) // 2
+    return images[:, o : o + size, o : o + size].astype(np.float32)
+
+
+def placebo_sets(images: np.ndarray, labels: np.ndarray, size: int) -> dict[str, np.ndarray]:
+    """The validation films' centre crops: 'healthy' and 'pathological' as they are, and every placebo of
+    ``style.PLACEBOS`` applied to the healthy ones (histogram matching to a pathological film of the set, drawn
+    with a fixed seed)."""
+    crops = centre(images, size)
+    healthy, sick = crops[labels == 0], crops[labels == 1]
+    rng = np.random.default_rng(7)
+    refs = sick[rng.integers(0, len(sick), len(healthy))]
+    out = {"healthy": healthy, "pathological": sick}
+    for name, fn in PLACEBOS.items():
+        out[name] = np.stack([fn(x, r) for x, r in zip(healthy, refs, strict=True)])
+    return out
+
+
+def score_sets(net, sets: dict[str, np.ndarray], size: int) -> dict[str, np.ndarray]:
+    return {k: predict(net, v, size) for k, v in sets.items()}
+
+
+def style_auc(scores: dict[str, np.ndarray]) -> tuple[float, float]:
+    """(AUC, Youden cut) of pathological films against healthy films pooled with all their placebos: what the
+    judge must separate when style varies."""
+    neg = np.concatenate([scores["healthy"]] + [scores[k] for k in PLACEBOS])
+    probs = np.concatenate([neg, scores["pathological"]])
+    labels = np.concatenate([np.zeros(len(neg)), np.ones(len(scores["pathological"]))])
+    return auc(probs, labels), youden_threshold(probs, labels)
+
+
+def placebo_table(scores: dict[str, np.ndarray], threshold: float) -> dict[str, float]:
+    """Share called pathological at ``threshold``: healthy films, each placebo of them, pathological films."""
+    return {k: float((v >= threshold).mean()) for k, v in scores.items()}
+
+
+def style_batch(data, idx, partners, size, rng) -> torch.Tensor:
+    """(B, 1, size, size) random windows in [0, 1], each restyled (``style.augment``) with a film of the other
+    class as its histogram partner."""
+    windows = random_windows([data["images"]], np.concatenate([idx, partners]), size, rng)[0].astype(np.float32)
+    out = np.stack([augment(a, b, rng) for a, b in zip(windows[: len(idx)], windows[len(idx) :], strict=True)])
+    return torch.from_numpy(out[:, None])
+
+
+def balanced_draw(pools: list[np.ndarray], n: int, rng: np.random.Generator) -> np.ndarray:
+    """``n`` indices: a source drawn uniformly, then a film of it, so no source dominates its class."""
+    return np.array([rng.choice(pools[rng.integers(len(pools))]) for _ in range(n)])
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--config", type=Path, required=True)
@@ -91,7 +148,11 @@ def main(argv=None) -> None:
     train = np.nonzero(data["split"] == "train")[0]
     val = np.nonzero(data["split"] == "val")[0]
     by_class = [train[labels[train] == c] for c in (0, 1)]
+    sources = [[by_class[c][data["dataset"][by_class[c]] == ds] for ds in sorted(set(data["dataset"][by_class[c]]))]
+               for c in (0, 1)]
     size = cfg["arch_options"]["size"]
+    style_proof = cfg.get("style_augment", False)
+    sets = placebo_sets(data["images"][val], labels[val], size) if style_proof else None
 
     net = build_network("classifier", 1, 1, **cfg["arch_options"])
     opt = torch.optim.AdamW(net.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
@@ -103,11 +164,16 @@ def main(argv=None) -> None:
     for epoch in range(cfg["epochs"]):
         t0, losses = time.time(), []
         for _ in range(steps):
-            idx = np.concatenate([rng.choice(by_class[0], half), rng.choice(by_class[1], half)])
-            x, _ = random_crops(data["images"], data["lungs"], idx, size, rng)
-            x = (x + 1) / 2  # the classifier sees [0, 1], as at inference
-            gamma = torch.from_numpy(rng.uniform(*cfg["gamma"], size=(len(idx), 1, 1, 1)).astype(np.float32))
-            x = x.clamp(0, 1) ** gamma  # exposure variation, so brightness alone does not decide
+            if style_proof:  # sources balanced within each class; every film restyled against the other class
+                idx = np.concatenate([balanced_draw(sources[0], half, rng), balanced_draw(sources[1], half, rng)])
+                partners = np.concatenate([rng.choice(by_class[1], half), rng.choice(by_class[0], half)])
+                x = style_batch(data, idx, partners, size, rng)
+            else:
+                idx = np.concatenate([rng.choice(by_class[0], half), rng.choice(by_class[1], half)])
+                x, _ = random_crops(data["images"], data["lungs"], idx, size, rng)
+                x = (x + 1) / 2  # the classifier sees [0, 1], as at inference
+                gamma = torch.from_numpy(rng.uniform(*cfg["gamma"], size=(len(idx), 1, 1, 1)).astype(np.float32))
+                x = x.clamp(0, 1) ** gamma  # exposure variation, so brightness alone does not decide
             loss = torch.nn.functional.binary_cross_entropy_with_logits(
                 net(x)[:, 0], torch.from_numpy(labels[idx])
             )
@@ -118,10 +184,18 @@ def main(argv=None) -> None:
             losses.append(loss.item())
         probs = predict(net, data["images"][val], size)
         metrics = report(probs, labels[val], data["dataset"][val])
-        if metrics["auc"] > best:
-            threshold = youden_threshold(probs, labels[val])
-            best, best_metrics = metrics["auc"], report(probs, labels[val], data["dataset"][val], threshold)
+        if style_proof:  # kept: the epoch that best separates disease from healthy films under any style
+            scores = score_sets(net, sets, size)
+            metrics["style_auc"], threshold = style_auc(scores)
+            selection = metrics["style_auc"]
+        else:
+            threshold, selection = youden_threshold(probs, labels[val]), metrics["auc"]
+        if selection > best:
+            best, best_metrics = selection, report(probs, labels[val], data["dataset"][val], threshold)
             best_metrics["threshold"] = threshold
+            if style_proof:
+                best_metrics["style_auc"] = metrics["style_auc"]
+                best_metrics.update({f"placebo/{k}": v for k, v in placebo_table(scores, threshold).items()})
             best_state = {k: v.clone() for k, v in net.state_dict().items()}
         append_log(args.run / "log.csv", {"epoch": epoch, "loss": float(np.mean(losses)),
                                           "seconds": round(time.time() - t0, 1), **metrics})

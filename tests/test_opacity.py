@@ -177,6 +177,61 @@ def test_remover_changes_only_the_activation_mask(phantom, tiny_models):
     assert not changeable.any() and np.array_equal(out, phantom)
 
 
+@pytest.fixture(scope="module")
+def tiny_deopacifier(tiny_models) -> Path:
+    """An untrained mask-conditioned de-opacifier (crop and mask in, a change out) saved like the shipped one,
+    with the same permissive activation as ``tiny_models``."""
+    from lungx_core.models.networks import build_network
+    from lungx_core.models.store import read_model_config, save_model
+
+    torch.manual_seed(1)
+    unet = {"channels": [4, 8, 16], "num_res_units": 1}
+    config = {**read_model_config(str(tiny_models)), "arch": "unet", "in_channels": 2, "arch_options": unet,
+              "conditioning": "mask"}
+    return save_model(build_network("unet", 2, 1, **unet).state_dict(), config,
+                      tiny_models.parent / "deopacifier.safetensors")
+
+
+def test_deopacifier_changes_only_the_activation_mask(phantom, tiny_deopacifier):
+    from lungx_core.tasks.opacity_removal import OpacityRemover, changed_fraction
+
+    remover = OpacityRemover(str(tiny_deopacifier), "cpu")
+    lung = phantom_lung(phantom.shape)
+    out, changeable, _ = remover.remove_display(phantom, lung)
+    assert changeable.any() and np.array_equal(out[~changeable], phantom[~changeable])
+    assert not np.array_equal(out, phantom)
+    assert 0 < changed_fraction(phantom, out) <= changeable.mean() + 1e-4
+    crops = np.random.default_rng(0).random((2, 64, 64)).astype(np.float32)
+    masks = np.zeros_like(crops)
+    masks[:, 20:40, 20:40] = 1.0
+    restored = remover.translate_crops(crops, masks)
+    assert np.array_equal(restored[masks == 0], crops[masks == 0])  # bit for bit outside the mask
+
+
+def test_changed_fraction_is_honest():
+    from lungx_core.tasks.opacity_removal import changed_fraction
+
+    film = np.arange(10000, dtype=np.uint16).reshape(100, 100)
+    assert changed_fraction(film, film.copy()) == 0.0
+    one = film.copy()
+    one[3, 4] += 1
+    assert changed_fraction(film, one) == pytest.approx(0.0001)  # a single pixel shows
+
+
+def test_unchanged_film_is_flagged_and_reports_zero(tmp_path, phantom, tiny_models, monkeypatch):
+    from lungx_core.io.inputs import Case
+    from lungx_core.tasks.opacity_removal import OpacityRemover, remove_opacity_case
+
+    Image.fromarray(phantom).save(tmp_path / "film.png")
+    Image.fromarray(phantom_lung(phantom.shape).astype(np.uint8) * 255).save(tmp_path / "lung.png")
+    remover = OpacityRemover(str(tiny_models), "cpu")
+    # a generator that gives back its input: the mask is not empty, yet nothing changes
+    monkeypatch.setattr(OpacityRemover, "translate_crops", lambda self, crops, masks: crops)
+    row = remove_opacity_case(Case("film", tmp_path / "film.png"), remover, tmp_path, tmp_path / "lung.png")
+    assert row["status"] == "ok" and row["changed_fraction"] == 0.0 and row["qc_flags"] == "unchanged"
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "film_opacity_removed.png")), phantom)
+
+
 @pytest.mark.slow
 def test_cli_round_trip_keeps_format_family_geometry_and_pixels_outside_the_mask(tmp_path, phantom, tiny_models):
     import pydicom
@@ -287,5 +342,5 @@ def test_shipped_opacity_models_load_and_are_small():
         assert weights.stat().st_size < 5_000_000
         assert weights.with_suffix(".md").exists(), f"{name} has no model card"
     config = read_model_config("cxr_opacity_removal")
-    assert config["training"]["direction"] == "ba" and config["region_aware"]["opacity_model"] == "cxr_opacity"
+    assert config["conditioning"] == "mask" and config["region_aware"]["opacity_model"] == "cxr_opacity"
     assert read_model_config("cxr_lung_probe")["training"]["config"]["train_datasets"] == ["jsrt_scr"]

@@ -1,8 +1,9 @@
 """CXR triage score: the healthy-vs-pathological judge (``cxr_pathology``) on each radiograph, as one results row.
 
 The score is the judge's probability of lung pathology inside the thoracic crop; ``pathological`` is 1 at or above
-the model card's operating threshold. It is a research triage score, not a diagnosis, and the judge shipped today
-is not style-proof (histogram matching or CLAHE of a healthy film raises the score; see cxr_pathology.md).
+the model card's operating threshold. It is a research triage score, not a diagnosis. The shipped judge (v2) was
+trained against style changes (gamma, CLAHE, histogram matching move few healthy films over the threshold) but
+misses some real disease and is weak within a single source; see cxr_pathology.md.
 """
 
 from __future__ import annotations

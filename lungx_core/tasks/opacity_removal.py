@@ -1,14 +1,17 @@
 """Lung-opacity removal: an opaque radiograph in, a clear-looking one out, changed only where the opacity is.
 
-Region-aware unpaired translation with adaptive activation masks (after ARMUT-LOR): the ``cxr_opacity`` model
-maps opacity on the thoracic crop, :func:`lungx_core.opacity.activation_mask` turns that into a per-image soft
-mask, and the generator ``cxr_opacity_removal`` (the opaque -> clear direction of a CycleGAN trained with that
-compositing and a frozen-encoder alignment loss, ``training/train_synthesis.py``) is composited as
-``mask * G(x) + (1 - mask) * x``. The change goes back onto the full-resolution film as a residual, so the
-film's own detail stays, and every pixel outside the mask is the input's, bit for bit.
+Region-aware with adaptive activation masks (after ARMUT-LOR): the ``cxr_opacity`` model maps opacity on the
+thoracic crop and :func:`lungx_core.opacity.activation_mask` turns that into a per-image soft mask. The shipped
+``cxr_opacity_removal`` is a de-opacifier: a compact U-Net given the crop and that mask, trained on exact
+(opaque, clear, mask) triples of the lesion model (``lungx_core/lesions.py``, ``training/train_deopacifier.py``).
+Its result is composited as ``x + mask * change``. (A ``cxr_opacity_removal``-style CycleGAN generator, whose
+config has no ``conditioning``, still loads: ``mask * G(x) + (1 - mask) * x``.) The change goes back onto the
+full-resolution film as a residual, so the film's own detail stays, and every pixel outside the mask is the
+input's, bit for bit.
 
 :class:`OpacityRemover` works on arrays; :func:`remove_opacity_case` is the file-level step of
-``lungx remove-opacity``: read, find the lungs, remove, write everything atomically, one row back.
+``lungx remove-opacity``: read, find the lungs, remove, write everything atomically, one row back. Its
+``changed_fraction`` is the share of the film's pixels whose value changed.
 """
 
 from __future__ import annotations
@@ -61,9 +64,14 @@ class OpacityRemover:
         """(N, size, size) thoracic crops in [0, 1] and activation masks -> composited clear versions in [0, 1]."""
         import torch
 
-        x = torch.from_numpy(np.ascontiguousarray(crops, dtype=np.float32))[:, None].to(self.device) * 2 - 1
+        x = torch.from_numpy(np.ascontiguousarray(crops, dtype=np.float32))[:, None].to(self.device)
+        if self.config.get("conditioning") == "mask":  # the de-opacifier: crop and mask in, a change out
+            m = torch.from_numpy(np.ascontiguousarray(masks, dtype=np.float32))[:, None].to(self.device)
+            with torch.inference_mode():
+                change = self.net(torch.cat([x, m], dim=1))[:, 0].float().cpu().numpy()
+            return np.clip(crops + masks * change, 0.0, 1.0) * (masks > 0) + crops * (masks <= 0)
         with torch.inference_mode():
-            y = self.net(x)[:, 0].float().cpu().numpy()
+            y = self.net(x * 2 - 1)[:, 0].float().cpu().numpy()
         return composite(crops, np.clip((y + 1) / 2, 0.0, 1.0), masks)
 
     def remove_display(self, image: np.ndarray, lung: np.ndarray) -> tuple[np.ndarray, np.ndarray, Box]:
@@ -116,6 +124,13 @@ def before_mask_after(before: np.ndarray, after: np.ndarray, mask: np.ndarray) -
     return rgb.round().astype(np.uint8)
 
 
+def changed_fraction(before: np.ndarray, after: np.ndarray) -> float:
+    """Share of pixels whose value differs between ``before`` and ``after`` (0 for an unchanged film), rounded
+    up at the fourth decimal so that any change shows."""
+    changed = np.count_nonzero(np.asarray(before) != np.asarray(after))
+    return float(np.ceil(changed / max(before.size, 1) * 1e4) / 1e4)
+
+
 def remove_opacity_case(
     case: Case,
     remover: OpacityRemover,
@@ -133,10 +148,11 @@ def remove_opacity_case(
         lung, source = find_lungs(case.path, image, lung_mask, segmenter)
         result = remover.remove(image, lung)
         outputs = write_outputs(out_dir, case.case_id, image, result)
+        changed = changed_fraction(image.array, result.array)
         row = {
             "case_id": case.case_id, "input": str(case.path), "task": TASK, "status": "ok", "error": "",
-            "qc_flags": "" if result.mask.any() else "no_opacity_found", "lung_source": source,
-            "changed_fraction": round(float(result.mask.mean()), 4),
+            "qc_flags": "no_opacity_found" if not result.mask.any() else "unchanged" if changed == 0 else "",
+            "lung_source": source, "changed_fraction": changed,
             "outputs": ";".join(p.name for p in outputs),
         }
         if scorer is not None:

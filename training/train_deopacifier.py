@@ -1,0 +1,150 @@
+"""Train the de-opacifier (``cxr_opacity_removal`` v2): an opaque thoracic crop and its activation mask in, the
+clear crop out, supervised on exact triples from the lesion model (``training/opacity_pairs.py``).
+
+    python -m training.train_deopacifier --config training/configs/deopacifier_cxr.json --run /work/runs/deopac \
+        [--cache /work/runs/synth_data/domains_144.npz]
+    python -m training.train_deopacifier --config ... --run /work/runs/deopac --export
+
+The network predicts a change that is applied only inside the mask, ``clear = x + mask * net([x, mask])``, as
+at inference. Loss: L1 (inside the lesion weighted up) + (1 - SSIM) of the composited crop against the clear
+crop. Resumable (``last.pt``); the epoch with the best validation PSNR inside the lesions is kept (``best.pt``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from lungx_core.models.networks import build_network
+from lungx_core.models.store import save_model
+from training.common import append_log, resume, save_checkpoint, seed_everything
+from training.opacity_pairs import batch, real_residuals
+from training.synthesis_data import domain_data
+
+MODEL_NAME = "cxr_opacity_removal"
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", type=Path, required=True)
+    ap.add_argument("--data", type=Path, default=Path("../shared/data"))
+    ap.add_argument("--run", type=Path, required=True)
+    ap.add_argument("--cache", type=Path, help="domain cache of training/synthesis_data.py (built when missing)")
+    ap.add_argument("--threads", type=int, default=torch.get_num_threads())
+    ap.add_argument("--export", action="store_true", help="ship <run>/best.pt as cxr_opacity_removal")
+    return ap.parse_args(argv)
+
+
+def make_net(cfg: dict):
+    return build_network("unet", 2, 1, **cfg["arch_options"])
+
+
+def restore(net, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(B, 1, S, S) crops in [0, 1] and masks -> composited clear crops: changed only where the mask is > 0."""
+    return x + mask * net(torch.cat([x, mask], dim=1))
+
+
+def psnr(a: np.ndarray, b: np.ndarray, where: np.ndarray) -> float:
+    mse = float(((a - b) ** 2)[where].mean()) if where.any() else 0.0
+    return float(10 * np.log10(1.0 / max(mse, 1e-10)))
+
+
+def validation_set(data: dict, val: np.ndarray, size: int) -> tuple[np.ndarray, ...]:
+    """Fixed triples (seed 1234) on the healthy validation crops, centre ``size`` windows."""
+    rng = np.random.default_rng(1234)
+    o = (data["images"].shape[-1] - size) // 2
+    images = data["images"][:, o : o + size, o : o + size]
+    lungs = data["lungs"][:, o : o + size, o : o + size]
+    return batch(images, lungs, val, size, rng, [])
+
+
+def evaluate(net, triples: tuple[np.ndarray, ...]) -> dict[str, float]:
+    opaque, clear, mask, lesion = triples
+    net.eval()
+    with torch.inference_mode():
+        out = restore(net, torch.from_numpy(opaque)[:, None], torch.from_numpy(mask)[:, None])[:, 0].numpy()
+    net.train()
+    out = np.clip(out, 0, 1)
+    where = lesion.astype(bool)
+    return {"psnr_lesion_before": psnr(opaque, clear, where), "psnr_lesion_after": psnr(out, clear, where),
+            "mae_lesion_before": float(np.abs(opaque - clear)[where].mean()),
+            "mae_lesion_after": float(np.abs(out - clear)[where].mean())}
+
+
+def export(args, cfg: dict) -> None:
+    ck = torch.load(args.run / "best.pt", weights_only=False)  # our own run folder
+    config = {
+        "arch": "unet",
+        "in_channels": 2,
+        "classes": ["image"],
+        "arch_options": cfg["arch_options"],
+        "crop": cfg["crop"],
+        "conditioning": "mask",
+        "region_aware": {"opacity_model": "cxr_opacity", "activation": cfg.get("activation", {})},
+        "training": {"run_config": cfg["name"], "epochs_done": ck["epoch"] + 1, "steps_per_epoch": cfg["steps"],
+                     "batch_size": cfg["batch_size"], "lr": cfg["lr"]},
+        "validation_synthetic": {k: round(v, 4) for k, v in ck["metrics"].items()},
+    }
+    save_model(ck["model"], config, MODEL_NAME)
+    print(json.dumps(config["validation_synthetic"]))
+
+
+def main(argv=None) -> None:
+    from monai.losses import SSIMLoss
+
+    args = parse_args(argv)
+    cfg = json.loads(args.config.read_text())
+    torch.set_num_threads(args.threads)
+    args.run.mkdir(parents=True, exist_ok=True)
+    if args.export:
+        export(args, cfg)
+        return
+    seed_everything(cfg["seed"])
+    data = domain_data(args.data, args.cache, args.run, cfg["crop"], cfg["load_size"])
+    healthy = data["domain"] == "healthy"
+    train = np.nonzero(healthy & (data["split"] == "train"))[0]
+    val = np.nonzero(healthy & (data["split"] == "val"))[0]
+    bank = real_residuals(data)
+    size = cfg["crop"]["size"]
+    triples = validation_set(data, val, size)
+    print(f"{len(train)} clear training crops, {len(val)} validation, {len(bank)} real residuals", flush=True)
+
+    net = make_net(cfg)
+    opt = torch.optim.AdamW(net.parameters(), lr=cfg["lr"], weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg["lr"], total_steps=cfg["epochs"] * cfg["steps"])
+    start, best = resume(args.run, net, opt, sched)
+    ssim = SSIMLoss(spatial_dims=2, data_range=1.0)
+    rng = np.random.default_rng(cfg["seed"] + start)  # a resumed run draws new triples, not the first epoch's
+    for epoch in range(start, cfg["epochs"]):
+        t0, losses = time.time(), []
+        for _ in range(cfg["steps"]):
+            idx = rng.choice(train, cfg["batch_size"])
+            opaque, clear, mask, lesion = (torch.from_numpy(a)[:, None] for a in batch(
+                data["images"], data["lungs"], idx, size, rng, bank))
+            out = restore(net, opaque, mask)
+            weight = 1 + cfg["lesion_weight"] * lesion
+            loss = (weight * (out - clear).abs()).mean() + cfg["ssim_weight"] * ssim(out.clamp(0, 1), clear)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+            losses.append(loss.item())
+        metrics = evaluate(net, triples)
+        score = metrics["psnr_lesion_after"]
+        if score > best:
+            best = score
+            torch.save({"model": net.state_dict(), "epoch": epoch, "metrics": metrics}, args.run / "best.pt")
+        save_checkpoint(args.run, net, opt, sched, epoch, best)
+        append_log(args.run / "log.csv", {"epoch": epoch, "loss": float(np.mean(losses)),
+                                          "seconds": round(time.time() - t0, 1), **metrics})
+        print(f"epoch {epoch} loss {np.mean(losses):.4f} " + " ".join(f"{k}={v:.3f}" for k, v in metrics.items()),
+              flush=True)
+
+
+if __name__ == "__main__":
+    main()

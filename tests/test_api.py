@@ -101,7 +101,7 @@ def test_image_tasks_return_an_image_on_the_input_grid(tmp_path, film):
     cleared = lx.remove_opacity(film, lung_mask=lung, device="cpu")
     changed = cleared.output.array != film.array
     assert not changed[~cleared.masks["opacity"]].any()  # nothing changes outside the activation mask
-    assert cleared.measurements["changed_fraction"] == pytest.approx(changed.mean())
+    assert cleared.measurements["changed_fraction"] == pytest.approx(changed.mean(), abs=1e-4)
     names = [p.name for p in synthetic.save(tmp_path, "s")]
     assert names[0].startswith("s_synthetic") and "s_synthetic.seg.nrrd" in names
 

@@ -262,12 +262,17 @@ def test_evaluate_synthesis_cli_prints_one_json_object(tmp_path, phantom, tiny_g
     Image.fromarray(phantom).save(tmp_path / "ds" / "images" / "p1.png")
     lung = phantom_lung(phantom.shape).astype(np.uint8) * 255
     Image.fromarray(lung).save(tmp_path / "ds" / "masks" / "lung" / "p1.png")
-    proc = run_lungx("evaluate", "synthesis", str(tmp_path / "ds"), "--model", str(tiny_generator), "--device", "cpu")
+    proc = run_lungx("evaluate", "synthesis", str(tmp_path / "ds"), "--method", "cyclegan", "--model",
+                     str(tiny_generator), "--device", "cpu")
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.count("\n") == 1
     result = json.loads(proc.stdout)
     assert set(result) == {"n", "mae_surroundings", "lung_dice_preserved", "pathological_rate"} and result["n"] == 1
     assert 0 < result["mae_surroundings"] < 1 and 0 <= result["lung_dice_preserved"] <= 1
+    # insertion changes lung pixels only: the surroundings are exact
+    proc = run_lungx("evaluate", "synthesis", str(tmp_path / "ds"), "--device", "cpu")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["mae_surroundings"] == 0.0
 
 
 def test_augmentation_keeps_masks_aligned(phantom, tiny_generator, monkeypatch):

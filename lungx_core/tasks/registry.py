@@ -115,7 +115,7 @@ TASKS: dict[str, TaskInfo] = {
         modality="CXR",
         output_kind="volume",
         model="cxr_synthesis",
-        structures=("lung",),
+        structures=("lung", "opacity"),  # opacity: the inserted lesion (method insert)
         runner="lungx_core.tasks.synthesis:run_one",
         options=(
             _model("cxr_synthesis"), SEED, INPUT_CHECK,

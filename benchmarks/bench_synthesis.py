@@ -1,11 +1,12 @@
 """Speed of healthy -> pathological synthesis on this machine, for a 512-px radiograph (the embedded sample
 radiograph, rendered from slicerio's CT, resized to 512 px on its long side):
 
-- generator only (crop, translate, put back) with a known lung mask;
+- synthesizer only with a known lung mask (insert: plan and draw the lesion; cyclegan: crop, translate, put
+  back);
 - the whole ``lungx synthesize`` step without a mask: read, segment the lungs, synthesise, write PNG + seg.nrrd
   + side-by-side picture.
 
-    python benchmarks/bench_synthesis.py [--n 20] [--device cpu] [--threads 2] [--model cxr_synthesis]
+    python benchmarks/bench_synthesis.py [--n 20] [--device cpu] [--threads 2] [--method insert|cyclegan]
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--model", default="cxr_synthesis")
+    ap.add_argument("--method", default="insert", choices=["insert", "cyclegan"])
     args = ap.parse_args()
 
     import torch
@@ -36,12 +38,12 @@ def main() -> None:
     from lungx_core.io.writers import to_uint8_display
     from lungx_core.sample import sample_radiograph
     from lungx_core.tasks.cxr_segmentation import CXRSegmenter
-    from lungx_core.tasks.synthesis import Synthesizer, synthesize_case
+    from lungx_core.tasks.synthesis import make_synthesizer, synthesize_case
 
     if args.threads:
         torch.set_num_threads(args.threads)
     image = resize(to_uint8_display(sample_radiograph().array), (452, 512), preserve_range=True).astype(np.uint8)
-    synthesizer = Synthesizer(args.model, args.device)
+    synthesizer = make_synthesizer(args.method, args.model, args.device)
     segmenter = CXRSegmenter(device=args.device)
     probs = segmenter.predict_probabilities(image)
     lung = (probs[0] > 0.5) | (probs[1] > 0.5)
@@ -63,8 +65,8 @@ def main() -> None:
             full.append(time.perf_counter() - t0)
             assert row["status"] == "ok", row["error"]
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"device {synthesizer.device}, threads {torch.get_num_threads()}, image {image.shape[1]}x{image.shape[0]}")
-    print(f"generator only: {1000 * statistics.median(times):.0f} ms per image (median of {args.n})")
+    print(f"method {args.method}, device {synthesizer.device}, threads {torch.get_num_threads()}, image {image.shape[1]}x{image.shape[0]}")
+    print(f"synthesizer only: {1000 * statistics.median(times):.0f} ms per image (median of {args.n})")
     print(f"lungx synthesize step (segment lungs + synthesise + write): {1000 * statistics.median(full):.0f} ms")
     print(f"peak resident memory: {peak_mb:.0f} MB")
 

@@ -65,7 +65,8 @@ def main() -> None:
             full.append(time.perf_counter() - t0)
             assert row["status"] == "ok", row["error"]
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"method {args.method}, device {synthesizer.device}, threads {torch.get_num_threads()}, image {image.shape[1]}x{image.shape[0]}")
+    print(f"method {args.method}, device {synthesizer.device}, threads {torch.get_num_threads()}, "
+          f"image {image.shape[1]}x{image.shape[0]}")
     print(f"synthesizer only: {1000 * statistics.median(times):.0f} ms per image (median of {args.n})")
     print(f"lungx synthesize step (segment lungs + synthesise + write): {1000 * statistics.median(full):.0f} ms")
     print(f"peak resident memory: {peak_mb:.0f} MB")

@@ -428,8 +428,8 @@ def synthesize(
     kind: Annotated[LesionKind, typer.Option(help="insert: ground glass, consolidation, or consolidated cores in "
                                              "ground glass.")] = LesionKind.mixed,
     seed: Annotated[
-        int | None, typer.Option(help="insert: seeds the lesion draw (default 0); cyclegan: shifts the crop window "
-                                 "by a seeded few pixels for a different variant.")
+        int | None, typer.Option(help="insert: seeds the lesion draw, mixed with each file's id (default 0); "
+                                 "cyclegan: shifts the crop window by a seeded few pixels for a different variant.")
     ] = None,
     model: Annotated[str, typer.Option(help="cyclegan: shipped generator name or a .safetensors path.")] = (
         "cxr_synthesis"

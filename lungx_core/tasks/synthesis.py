@@ -255,6 +255,17 @@ def side_by_side(before: np.ndarray, after: np.ndarray, lung: np.ndarray) -> np.
     return rgb
 
 
+def case_seed(synthesizer: Synthesizer | LesionInserter, case_id: str, seed: int | None) -> int | None:
+    """The seed one file of a batch draws with. Insertion mixes the file's id into it, so the films of a batch
+    get different lesions (area, kind, shape) while a rerun gives the same pixels; the CycleGAN's seed shifts
+    its crop window and is used as given."""
+    if synthesizer.method != "insert":
+        return seed
+    import zlib
+
+    return zlib.crc32(f"{case_id}/{seed or 0}".encode())
+
+
 def synthesize_case(
     case: Case,
     synthesizer: Synthesizer | LesionInserter,
@@ -269,7 +280,7 @@ def synthesize_case(
         t0 = time.perf_counter()
         image = read_checked_radiograph(case.path, gate)
         lung, source = find_lungs(case.path, image, lung_mask, segmenter)
-        result = synthesizer.synthesize(image, lung, seed)
+        result = synthesizer.synthesize(image, lung, case_seed(synthesizer, case.case_id, seed))
         outputs = write_outputs(out_dir, case.case_id, image, result)
         return {
             "case_id": case.case_id, "input": str(case.path), "task": "cxr-synthesis", "status": "ok", "error": "",

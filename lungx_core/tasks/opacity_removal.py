@@ -24,14 +24,13 @@ from typing import Any
 import numpy as np
 
 from lungx_core.crops import Box
-from lungx_core.errors import InputError
 from lungx_core.gate import FrontalChestGate, optional_gate
 from lungx_core.image import MedicalImage
 from lungx_core.io.inputs import Case
 from lungx_core.opacity import ActivationSpec, OpacityModel, activation_mask, composite
 from lungx_core.orientation import display_view
 from lungx_core.tasks.common import Progress, read_checked_radiograph, run_guarded
-from lungx_core.tasks.synthesis import check_lung, find_lungs
+from lungx_core.tasks.synthesis import checked_display_view, find_lungs
 from lungx_core.thoracic import apply_residual, resize, thoracic_crop
 
 DEFAULT_MODEL = "cxr_opacity_removal"
@@ -90,11 +89,7 @@ class OpacityRemover:
 
     def remove(self, image: MedicalImage, lung: np.ndarray) -> RemovalResult:
         """``lung`` (bool, the image's shape and orientation) -> result in the image's orientation."""
-        if lung.shape != image.array.shape:
-            raise InputError(image.source, f"the lung mask is {lung.shape[1]}x{lung.shape[0]} pixels but the "
-                             f"image is {image.array.shape[1]}x{image.array.shape[0]}")
-        check_lung(image.source, lung)
-        display, lung_display, undo = display_view(image, lung)
+        display, lung_display, undo = checked_display_view(image, lung)
         out, changeable, box = self.remove_display(display, lung_display)
         return RemovalResult(undo(out), undo(changeable), box)
 

@@ -83,11 +83,7 @@ class Synthesizer:
 
     def synthesize(self, image: MedicalImage, lung: np.ndarray, seed: int | None = None) -> SynthesisResult:
         """``lung`` (bool, the image's shape and orientation) -> result in the image's orientation."""
-        if lung.shape != image.array.shape:
-            raise InputError(image.source, f"the lung mask is {lung.shape[1]}x{lung.shape[0]} pixels but the "
-                             f"image is {image.array.shape[1]}x{image.array.shape[0]}")
-        check_lung(image.source, lung)
-        display, lung_display, undo = display_view(image, lung)
+        display, lung_display, undo = checked_display_view(image, lung)
         out, box = self.synthesize_display(display, lung_display, seed)
         return SynthesisResult(undo(out), lung.astype(bool), box)
 
@@ -129,11 +125,7 @@ class LesionInserter:
         """``lung`` (bool, the image's shape and orientation) -> result in the image's orientation."""
         from lungx_core.crops import square_around, thoracic_box_cxr
 
-        if lung.shape != image.array.shape:
-            raise InputError(image.source, f"the lung mask is {lung.shape[1]}x{lung.shape[0]} pixels but the "
-                             f"image is {image.array.shape[1]}x{image.array.shape[0]}")
-        check_lung(image.source, lung)
-        display, lung_display, undo = display_view(image, lung)
+        display, lung_display, undo = checked_display_view(image, lung)
         inserted = self.insert_display(display, lung_display, seed)
         box = square_around(thoracic_box_cxr({"lung": lung_display}), display.shape)
         return SynthesisResult(undo(inserted.array), lung.astype(bool), box, undo(inserted.lesion.hard))
@@ -160,6 +152,16 @@ def make_synthesizer(
 def _seeded_shift(box: Box, shape: tuple[int, int], seed: int) -> tuple[int, int]:
     limit = max(1, box.shape[0] // 18)  # 8 px of 144, the training jitter
     return tuple(int(v) for v in np.random.default_rng(seed).integers(-limit, limit + 1, 2))
+
+
+def checked_display_view(image: MedicalImage, lung: np.ndarray):
+    """(display-oriented image, lung, undo) after checking that ``lung`` fits ``image`` and holds lung fields;
+    ``undo`` brings a display-oriented array back to the image's orientation."""
+    if lung.shape != image.array.shape:
+        raise InputError(image.source, f"the lung mask is {lung.shape[1]}x{lung.shape[0]} pixels but the "
+                         f"image is {image.array.shape[1]}x{image.array.shape[0]}")
+    check_lung(image.source, lung)
+    return display_view(image, lung)
 
 
 def check_lung(source: str | Path, lung: np.ndarray) -> None:

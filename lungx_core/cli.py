@@ -506,6 +506,8 @@ def evaluate_synthesis_cmd(
 ):
     """{"n", "mae_surroundings", "lung_dice_preserved", "pathological_rate"} as one JSON object (insert: lesion
     area drawn from the lesion model, seeded by the film's position in the list)."""
+    import itertools
+
     from lungx_core.evaluate import evaluate_synthesis
     from lungx_core.io.readers import read_radiograph
     from lungx_core.pathology import PathologyClassifier
@@ -513,7 +515,7 @@ def evaluate_synthesis_cmd(
     from lungx_core.tasks.synthesis import make_synthesizer
 
     synthesizer = make_synthesizer(method.value, model, device.value, kind=kind.value)
-    drawn = iter(range(1_000_000))
+    drawn = itertools.count()  # insert: each film its own seed, the same on a rerun
     segmenter = CXRSegmenter(device=device.value)
     classifier = PathologyClassifier(device=device.value)
 

@@ -73,9 +73,17 @@ def activation_mask(probability: np.ndarray, lung: np.ndarray, spec: ActivationS
         hard = np.isin(labels, keep)
     if not hard.any():
         return np.zeros(probability.shape, dtype=np.float32)
-    if spec.grow:
-        hard = ndi.binary_dilation(hard, iterations=spec.grow)
-    soft = ndi.gaussian_filter(hard.astype(np.float32), spec.soften) if spec.soften > 0 else hard.astype(np.float32)
+    return soften_mask(hard, spec.grow, spec.soften)
+
+
+def soften_mask(hard: np.ndarray, grow: int, soften: float) -> np.ndarray:
+    """A hard mask grown by ``grow`` px and given a Gaussian edge of sigma ``soften`` px -> float32 in [0, 1],
+    exactly 0 far from it. How the activation mask gets its soft edge (and what de-opacifier training imitates)."""
+    from scipy import ndimage as ndi
+
+    if grow and hard.any():
+        hard = ndi.binary_dilation(hard, iterations=grow)
+    soft = ndi.gaussian_filter(hard.astype(np.float32), soften) if soften > 0 else hard.astype(np.float32)
     soft = np.maximum(soft, hard * 0.5)  # the hard core never fades below one half
     soft[soft < 1e-2] = 0.0  # a bounded support: the far Gaussian tail would touch every pixel
     return np.clip(soft, 0.0, 1.0).astype(np.float32)

@@ -23,6 +23,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from lungx_core.lesions import LesionRequest, apply_lesion, plan_lesion
+from lungx_core.opacity import soften_mask
 
 
 @dataclass
@@ -53,9 +54,8 @@ def real_residuals(data: dict[str, np.ndarray], sigma: float = 8.0, detail: floa
 
 
 def activation_like(lesion: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    grown = ndi.binary_dilation(lesion, iterations=int(rng.integers(1, 5))) if lesion.any() else lesion
-    soft = ndi.gaussian_filter(grown.astype(np.float32), 1.5)
-    return np.clip(np.maximum(soft, grown * 0.5), 0, 1).astype(np.float32)
+    """The lesion softened as inference softens an activation mask, grown by a random 1-4 px."""
+    return soften_mask(lesion, int(rng.integers(1, 5)), 1.5)
 
 
 def make_triple(clear: np.ndarray, lung: np.ndarray, rng: np.random.Generator, bank: list[tuple]) -> Triple:

@@ -116,19 +116,21 @@ class LesionInserter:
         self, image: np.ndarray, lung: np.ndarray, seed: int | None = None
     ) -> tuple[np.ndarray, Box]:
         """As :meth:`Synthesizer.synthesize_display`; the box is the thoracic box of the lungs."""
-        from lungx_core.crops import square_around, thoracic_box_cxr
-
-        box = square_around(thoracic_box_cxr({"lung": lung}), image.shape)
-        return self.insert_display(image, lung, seed).array, box
+        return self.insert_display(image, lung, seed).array, _thoracic_square(lung)
 
     def synthesize(self, image: MedicalImage, lung: np.ndarray, seed: int | None = None) -> SynthesisResult:
         """``lung`` (bool, the image's shape and orientation) -> result in the image's orientation."""
-        from lungx_core.crops import square_around, thoracic_box_cxr
-
         display, lung_display, undo = checked_display_view(image, lung)
         inserted = self.insert_display(display, lung_display, seed)
-        box = square_around(thoracic_box_cxr({"lung": lung_display}), display.shape)
-        return SynthesisResult(undo(inserted.array), lung.astype(bool), box, undo(inserted.lesion.hard))
+        return SynthesisResult(undo(inserted.array), lung.astype(bool), _thoracic_square(lung_display),
+                               undo(inserted.lesion.hard))
+
+
+def _thoracic_square(lung: np.ndarray) -> Box:
+    """The rib-cage square of a display-oriented lung mask: the region the CycleGAN would have worked on."""
+    from lungx_core.crops import square_around, thoracic_box_cxr
+
+    return square_around(thoracic_box_cxr({"lung": lung}), lung.shape)
 
 
 def make_synthesizer(

@@ -715,7 +715,7 @@ class LungXSlicerTest(ScriptedLoadableModuleTest):
     def test_cxr_anatomy(self):
         from LungXSlicerLib.geometry import ijk_to_ras
 
-        from lungx_core.sample import sample_radiograph
+        from lungx_core.io.sample import sample_radiograph
 
         self.delayDisplay("One-slice CXR: cxr-anatomy")
         image = sample_radiograph()
@@ -740,7 +740,7 @@ class LungXSlicerTest(ScriptedLoadableModuleTest):
         import numpy as np
         from LungXSlicerLib.geometry import ijk_to_ras
 
-        from lungx_core.sample import sample_ct
+        from lungx_core.io.sample import sample_ct
 
         self.delayDisplay("Oblique CT: ct-lungs")
         ct = sample_ct()
@@ -768,7 +768,7 @@ class LungXSlicerTest(ScriptedLoadableModuleTest):
         import psutil
         from LungXSlicerLib.geometry import ijk_to_ras
 
-        from lungx_core.sample import sample_ct
+        from lungx_core.io.sample import sample_ct
 
         self.delayDisplay("Cancel kills the worker tree")
         ct = sample_ct()

@@ -41,7 +41,7 @@ def main() -> None:
     args = ap.parse_args()
     ct = args.ct or DEFAULT_CT / "lidc-idri-0001" / "ct.nii.gz"
     if not ct.exists():
-        from lungx_core.sample import sample_ct_path
+        from lungx_core.io.sample import sample_ct_path
 
         ct = sample_ct_path()
     with tempfile.TemporaryDirectory() as tmp:

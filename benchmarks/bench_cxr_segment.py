@@ -30,8 +30,8 @@ def _inputs(folder: Path | None, n: int, tmp: Path) -> list[Path]:
     from PIL import Image
     from skimage.transform import resize
 
+    from lungx_core.io.sample import sample_radiograph
     from lungx_core.io.writers import to_uint8_display
-    from lungx_core.sample import sample_radiograph
 
     drr = to_uint8_display(sample_radiograph().array)
     img = (resize(drr, (452, 512), preserve_range=True)).astype(np.uint8)

@@ -34,12 +34,12 @@ def main() -> None:
     from scipy import ndimage as ndi
     from skimage.transform import resize
 
-    from lungx_core.evaluate import predicted_class_mask
+    from lungx_core.anatomy import class_mask
+    from lungx_core.cxr.pathology import PathologyClassifier
     from lungx_core.image import MedicalImage
     from lungx_core.io.inputs import Case
+    from lungx_core.io.sample import sample_radiograph
     from lungx_core.io.writers import to_uint8_display
-    from lungx_core.pathology import PathologyClassifier
-    from lungx_core.sample import sample_radiograph
     from lungx_core.tasks.cxr_segmentation import CXRSegmenter
     from lungx_core.tasks.opacity_removal import OpacityRemover, remove_opacity_case
 
@@ -47,7 +47,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     film = resize(to_uint8_display(sample_radiograph().array), (452, 512), preserve_range=True)
     segmenter = CXRSegmenter(device=args.device)
-    lung = predicted_class_mask(segmenter.segment(MedicalImage(film.astype(np.uint8))).masks, "lung")
+    lung = class_mask(segmenter.segment(MedicalImage(film.astype(np.uint8))).masks, "lung")
     rows, cols = np.nonzero(lung)
     centre = np.zeros(lung.shape)
     centre[int(np.percentile(rows, 75)), int(np.percentile(cols, 20))] = 1

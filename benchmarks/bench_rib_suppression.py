@@ -30,15 +30,15 @@ def main() -> None:
     ap.add_argument("--diffusion-steps", type=int, nargs="*", default=[])
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    from lungx_core.gate import FrontalChestGate
+    from lungx_core.cxr.gate import FrontalChestGate
     from lungx_core.io.inputs import Case
     from lungx_core.io.writers import write_png
 
     with tempfile.TemporaryDirectory() as tmp:
         files = list(args.files)
         if not files:
-            from lungx_core.sample import sample_radiograph
-            from lungx_core.thoracic import resize
+            from lungx_core.cxr.thoracic import resize
+            from lungx_core.io.sample import sample_radiograph
 
             drr = sample_radiograph().array
             scale = args.size / max(drr.shape)

@@ -35,8 +35,8 @@ def main() -> None:
     from skimage.transform import resize
 
     from lungx_core.io.inputs import Case
+    from lungx_core.io.sample import sample_radiograph
     from lungx_core.io.writers import to_uint8_display
-    from lungx_core.sample import sample_radiograph
     from lungx_core.tasks.cxr_segmentation import CXRSegmenter
     from lungx_core.tasks.synthesis import make_synthesizer, synthesize_case
 

@@ -33,7 +33,7 @@ _EXPORTS = {
     "LungXError": "lungx_core.errors",
     "CXRSegmenter": "lungx_core.tasks.cxr_segmentation",
     "CTLungSegmenter": "lungx_core.tasks.ct_lungs",
-    "FrontalChestGate": "lungx_core.gate",
+    "FrontalChestGate": "lungx_core.cxr.gate",
     "TASKS": "lungx_core.tasks.registry",
 }
 __all__ = ["__version__", *_EXPORTS]
@@ -49,8 +49,8 @@ if TYPE_CHECKING:  # for editors and type checkers; at run time the names load l
         suppress_ribs,
         synthesize,
     )
+    from lungx_core.cxr.gate import FrontalChestGate  # noqa: F401
     from lungx_core.errors import InputError, LungXError  # noqa: F401
-    from lungx_core.gate import FrontalChestGate  # noqa: F401
     from lungx_core.image import MedicalImage  # noqa: F401
     from lungx_core.tasks.ct_lungs import CTLungSegmenter  # noqa: F401
     from lungx_core.tasks.cxr_segmentation import CXRSegmenter  # noqa: F401

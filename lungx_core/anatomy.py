@@ -6,7 +6,12 @@ image's right.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import numpy as np
 
 TERMINOLOGY_CONTEXT = "Segmentation category and type - 3D Slicer General Anatomy list"
 # Our own list (LungXSlicer/Resources/Terminology/*.term.json, loaded by the Slicer module): concepts that Slicer's
@@ -74,3 +79,22 @@ def structure_by_name(name: str) -> Structure:
         if s.name == name:
             return s
     raise KeyError(name)
+
+
+def class_mask(masks: Mapping[str, np.ndarray], cls: str) -> np.ndarray:
+    """One reference class from per-side masks: ``"lung"`` is both lungs, ``"clavicles"`` both clavicles; any
+    other name is looked up as is.
+
+    Args:
+        masks: structure name -> (H, W) bool mask, as ``lx.segment(...).masks``.
+        cls: ``"lung"``, ``"clavicles"`` or a structure name such as ``"heart"``.
+
+    Example::
+
+        lung = class_mask(lx.segment("film.png").masks, "lung")
+    """
+    if cls == "lung":
+        return masks["lung_left"] | masks["lung_right"]
+    if cls == "clavicles":
+        return masks["clavicle_left"] | masks["clavicle_right"]
+    return masks[cls]

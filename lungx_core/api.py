@@ -334,7 +334,7 @@ def classify(
         measurements ``pathology_probability`` in [0, 1] and ``pathological`` (1 at or above the model card's
         operating threshold, else 0); masks ``lung`` (the lung fields it looked at).
     """
-    from lungx_core.pathology import DEFAULT_MODEL, PathologyClassifier
+    from lungx_core.cxr.pathology import DEFAULT_MODEL, PathologyClassifier
     from lungx_core.tasks.classification import TASK, triage
 
     image = _as_radiograph(image, input_check, device)
@@ -364,7 +364,7 @@ def _as_radiograph(image: ImageLike, input_check: bool, device: str) -> MedicalI
 
 def _check_input(image: MedicalImage, input_check: bool, device: str) -> None:
     if input_check:
-        from lungx_core.gate import FrontalChestGate
+        from lungx_core.cxr.gate import FrontalChestGate
 
         _model(FrontalChestGate, "cxr_gate", device).check(image)
 

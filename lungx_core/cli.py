@@ -168,8 +168,8 @@ def segment(
     _check_segment_options(kinds, model, fmt)
     output.mkdir(parents=True, exist_ok=True)
     if sample_kinds:
+        from lungx_core.io.sample import sample_ct, sample_radiograph
         from lungx_core.io.writers import write_image
-        from lungx_core.sample import sample_ct, sample_radiograph
 
         samples = []
         if "cxr" in sample_kinds:
@@ -271,29 +271,21 @@ def evaluate_cxr_cmd(
     """Mean Dice, IoU and HD95 (px) per class: {"n", "dice", "iou", "hd95_px"} as one JSON object."""
     from rich.progress import Progress
 
-    from lungx_core.evaluate import discover_cases, evaluate_cxr
-    from lungx_core.io.readers import read_radiograph
-    from lungx_core.tasks.cxr_segmentation import CXRSegmenter
+    from lungx_core.eval.evaluate import discover_cases
+    from lungx_core.eval.runners import score_cxr
 
     id_list = _id_list(ids)
-    segmenter = CXRSegmenter(model, device.value)
     scores = _CaseScores("dice_", digits=4)
-    total = len(discover_cases(directory, id_list))
+    skipped: list[str] = []
     with Progress(console=_stderr(), transient=True) as progress:
-        task = progress.add_task("evaluating", total=total)
+        bar = progress.add_task("evaluating", total=len(discover_cases(directory, id_list)))
 
         def on_case(case_id: str, case_scores: dict[str, float]) -> None:
             scores(case_id, case_scores)
-            progress.advance(task)
+            progress.advance(bar)
 
-        skipped: list[str] = []
-        summary = evaluate_cxr(
-            directory,
-            lambda p: segmenter.segment(read_radiograph(p)).masks,
-            id_list,
-            on_case,
-            on_skip=lambda case_id, cls: skipped.append(f"{case_id}/{cls}"),
-        )
+        summary = score_cxr(directory, id_list, model, device.value, on_case,
+                            on_skip=lambda case_id, cls: skipped.append(f"{case_id}/{cls}"))
     if skipped:
         _stderr().print(
             f"skipped {len(skipped)} empty (unannotated) reference masks: {', '.join(skipped)}", highlight=False
@@ -313,23 +305,10 @@ def evaluate_ct_cmd(
 ):
     """Dice, volume error (%) and HD95 (mm) per lung: {"n", "dice", "volume_error_pct", "hd95_mm",
     "seconds_per_case"} as one JSON object."""
-    from lungx_core.evaluate import evaluate_ct
-    from lungx_core.io.ct import read_ct
-    from lungx_core.tasks.ct_lungs import CTLungSegmenter
+    from lungx_core.eval.runners import score_ct
 
-    segmenter = CTLungSegmenter(method.value, model, device.value)
     scores = _CaseScores("dice_", digits=4)
-
-    def segment_one(path: Path):
-        image = read_ct(path)
-        return segmenter.segment(image).labels, image.spacing[::-1]
-
-    summary = evaluate_ct(
-        directory,
-        segment_one,
-        on_case=scores,
-    )
-    scores.report(summary, per_case)
+    scores.report(score_ct(directory, model, method.value, device.value, on_case=scores), per_case)
 
 
 class Modality(str, Enum):
@@ -506,45 +485,11 @@ def evaluate_synthesis_cmd(
 ):
     """{"n", "mae_surroundings", "lung_dice_preserved", "pathological_rate"} as one JSON object (insert: lesion
     area drawn from the lesion model, seeded by the film's position in the list)."""
-    import itertools
-
-    from lungx_core.evaluate import evaluate_synthesis
-    from lungx_core.io.readers import read_radiograph
-    from lungx_core.pathology import PathologyClassifier
-    from lungx_core.tasks.cxr_segmentation import CXRSegmenter
-    from lungx_core.tasks.synthesis import make_synthesizer
-
-    synthesizer = make_synthesizer(method.value, model, device.value, kind=kind.value)
-    drawn = itertools.count()  # insert: each film its own seed, the same on a rerun
-    segmenter = CXRSegmenter(device=device.value)
-    classifier = PathologyClassifier(device=device.value)
-
-    def synthesize_one(path: Path, lung):
-        import numpy as np
-
-        image = read_radiograph(path)
-        if lung.shape != image.array.shape:
-            raise ValueError(f"{path}: lung mask shape {lung.shape} differs from the image's {image.array.shape}")
-        display = image.array  # evaluation folders hold display-oriented bitmaps
-        seed = next(drawn) if method == SynthesisMethod.insert else None  # cyclegan: the centred window
-        synthetic, box = synthesizer.synthesize_display(display, lung, seed)
-        region = np.zeros(display.shape, dtype=bool)
-        region[box.r0 : box.r1, box.c0 : box.c1] = True
-        return display, synthetic, region
-
-    segment_lungs = _lung_finder(segmenter)
+    from lungx_core.eval.runners import score_synthesis
 
     scores = _CaseScores()
-    id_list = _id_list(ids)
-    summary = evaluate_synthesis(
-        directory,
-        synthesize_one,
-        segment_lungs,
-        classifier.probability,
-        classifier.threshold,
-        id_list,
-        on_case=scores,
-    )
+    summary = score_synthesis(directory, _id_list(ids), method.value, kind.value, model, device.value,
+                              on_case=scores)
     scores.report(summary, per_case)
 
 
@@ -727,26 +672,11 @@ def evaluate_bone_suppression_cmd(
     object: the films against their soft-tissue images in the lung field, after a linear intensity match.
     Scores of the shipped model on the films it was fitted on are optimistic: the model card's leave-one-out
     numbers come from training/eval_bone_loo.py."""
-    from lungx_core.evaluate import evaluate_bone_suppression
-    from lungx_core.image import MedicalImage
-    from lungx_core.tasks.cxr_segmentation import CXRSegmenter
-    from lungx_core.tasks.rib_suppression import RibSuppressor, SuppressionSettings
-
-    suppressor = RibSuppressor(model, inpainting_model, device=device.value)
-    settings = SuppressionSettings(mode.value, strength, steps, seed, sampler.value)
-    anatomy = CXRSegmenter(device=device.value)
-
-    def suppress(image: MedicalImage, lung):
-        ribs = None if mode == SuppressionMode.bone else suppressor.rib_mask(image, lung)
-        return suppressor.suppress(image, ribs, settings).array
+    from lungx_core.eval.runners import score_bone_suppression
 
     scores = _CaseScores()
-    summary = evaluate_bone_suppression(
-        directory,
-        suppress,
-        _lung_finder(anatomy),
-        on_case=scores,
-    )
+    summary = score_bone_suppression(directory, mode.value, strength, model, inpainting_model, steps, seed,
+                                     sampler.value, device.value, on_case=scores)
     scores.report(summary, per_case)
 
 
@@ -767,32 +697,10 @@ def evaluate_opacity_removal_cmd(
 ):
     """{"n", "lung_dice_before", "lung_dice_after", "change_outside_mask", "opacity_score_before",
     "opacity_score_after"} as one JSON object."""
-    from lungx_core.evaluate import evaluate_opacity_removal
-    from lungx_core.pathology import PathologyClassifier
-    from lungx_core.tasks.cxr_segmentation import CXRSegmenter
-    from lungx_core.tasks.opacity_removal import OpacityRemover
-
-    remover = OpacityRemover(model, device.value)
-    anatomy = CXRSegmenter(device=device.value)
-    probe_model = CXRSegmenter(probe, device.value)
-    classifier = PathologyClassifier(device=device.value)
-
-    find_lungs = _lung_finder(anatomy)
-
-    def remove(array):
-        # evaluation folders hold display-oriented bitmaps; the remover finds the lungs itself, as in use
-        return remover.remove_display(array, find_lungs(array))[0]
+    from lungx_core.eval.runners import score_opacity_removal
 
     scores = _CaseScores()
-    id_list = _id_list(ids)
-    summary = evaluate_opacity_removal(
-        directory,
-        remove,
-        _lung_finder(probe_model),
-        classifier.probability,
-        id_list,
-        on_case=scores,
-    )
+    summary = score_opacity_removal(directory, _id_list(ids), model, probe, device.value, on_case=scores)
     scores.report(summary, per_case)
 
 
@@ -816,14 +724,6 @@ class _CaseScores:
 
 def _id_list(ids: Path | None) -> list[str] | None:
     return None if ids is None else [x.strip() for x in ids.read_text().split() if x.strip()]
-
-
-def _lung_finder(segmenter):
-    """array -> the lung field (both lungs) that ``segmenter`` finds on a display-oriented bitmap."""
-    from lungx_core.evaluate import predicted_class_mask
-    from lungx_core.image import MedicalImage
-
-    return lambda array: predicted_class_mask(segmenter.segment(MedicalImage(array)).masks, "lung")
 
 
 def _write_table(path: Path, rows: list[dict], columns: list[str]) -> None:

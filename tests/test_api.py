@@ -15,7 +15,7 @@ import lungx_core as lx
 
 @pytest.fixture(scope="module")
 def film():
-    from lungx_core.sample import sample_radiograph
+    from lungx_core.io.sample import sample_radiograph
 
     return sample_radiograph()
 
@@ -39,8 +39,8 @@ def test_public_names_resolve():
 
 
 def test_read_image_picks_radiograph_or_ct(tmp_path, film):
+    from lungx_core.io.sample import sample_ct
     from lungx_core.io.writers import write_image
-    from lungx_core.sample import sample_ct
 
     Image.fromarray((np.arange(80 * 70).reshape(80, 70) // 30).astype(np.uint8)).save(tmp_path / "film.png")
     assert lx.read_image(tmp_path / "film.png").array.shape == (80, 70)
@@ -108,7 +108,7 @@ def test_image_tasks_return_an_image_on_the_input_grid(tmp_path, film):
 
 @pytest.mark.slow
 def test_segment_a_ct():
-    from lungx_core.sample import sample_ct
+    from lungx_core.io.sample import sample_ct
 
     ct = sample_ct()
     seg = lx.segment(ct, device="cpu")

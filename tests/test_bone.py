@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 from test_synthesis import _inputs, assert_bad_mask_inputs_fail_cleanly
 
-from lungx_core.bone import bone_mask, subtract_bone
+from lungx_core.cxr.bone import bone_mask, subtract_bone
 from lungx_core.image import MedicalImage
 
 
@@ -190,9 +190,9 @@ def test_api_bone_mode_returns_the_bone_image(phantom, tiny_bone, tmp_path):
 def test_shipped_bone_model_is_small_and_lowers_the_error_on_a_ct_phantom_film():
     from test_ribs import chest_ct_phantom
 
-    from lungx_core.bone import BoneLayerModel
-    from lungx_core.drr import bone_by_hu, render_bone_pair
-    from lungx_core.evaluate import bone_suppression_scores
+    from lungx_core.ct.drr import bone_by_hu, render_bone_pair
+    from lungx_core.cxr.bone import BoneLayerModel
+    from lungx_core.eval.evaluate import bone_suppression_scores
     from lungx_core.models.store import WEIGHTS_DIR, read_model_config
 
     assert (WEIGHTS_DIR / "cxr_bone.safetensors").stat().st_size < 6_000_000

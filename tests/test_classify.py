@@ -62,9 +62,9 @@ def test_style_transforms_keep_the_anatomy_and_change_the_look():
 @pytest.mark.slow
 def test_shipped_judge_placebo_table_on_validation_films(shared_data):
     """The model card's placebo table: healthy validation films restyled stay healthy (<= 0.2 each)."""
+    from lungx_core.cxr.pathology import PathologyClassifier
+    from lungx_core.cxr.thoracic import thoracic_crop
     from lungx_core.models.store import read_model_config
-    from lungx_core.pathology import PathologyClassifier
-    from lungx_core.thoracic import thoracic_crop
     from training.style import PLACEBOS
 
     root = shared_data / "jsrt_scr"

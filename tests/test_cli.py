@@ -187,8 +187,8 @@ def test_evaluate_prints_exactly_one_json_object(tmp_path, phantom, segmenter):
 
 def test_real_radiograph_from_shared_data(shared_data, segmenter):
     """One real JSRT validation film: the shipped model must agree with the SCR masks."""
+    from lungx_core.eval.metrics import dice
     from lungx_core.io.readers import read_radiograph
-    from lungx_core.metrics import dice
 
     repo = Path(__file__).resolve().parents[1]
     case = (repo / "training" / "splits" / "jsrt_scr_val.txt").read_text().split()[0]
@@ -248,7 +248,7 @@ def test_ct_sample_with_the_shipped_network(tmp_path):
     row = next(csv.DictReader((out / "results.csv").read_text().splitlines()))
     assert row["case_id"] == "sample_ct" and row["status"] == "ok", row
     assert 2000 < float(row["volume_ml_lung_right"]) < 4500 and 2000 < float(row["volume_ml_lung_left"]) < 4500
-    from lungx_core.sample import sample_ct_path
+    from lungx_core.io.sample import sample_ct_path
 
     seg = sitk.ReadImage(str(out / "sample_ct.seg.nrrd"))
     ref = sitk.ReadImage(str(sample_ct_path()))
@@ -256,7 +256,7 @@ def test_ct_sample_with_the_shipped_network(tmp_path):
 
 
 def test_evaluate_ct_prints_exactly_one_json_object(tmp_path):
-    from lungx_core.sample import sample_ct_path
+    from lungx_core.io.sample import sample_ct_path
 
     case = tmp_path / "cases" / "chest4"
     case.mkdir(parents=True)

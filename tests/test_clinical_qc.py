@@ -49,7 +49,7 @@ def test_no_lung_below_the_diaphragm_on_an_abdominal_field_of_view():
     """The sample CT cut to its lower part (lung bases and upper abdomen) with synthetic bowel gas ~50 mm below the
     lung bases: no voxel below the bases is labelled lung."""
     from lungx_core.image import MedicalImage
-    from lungx_core.sample import sample_ct
+    from lungx_core.io.sample import sample_ct
     from lungx_core.tasks.ct_lungs import CTLungSegmenter
 
     ct = sample_ct()  # 10-mm slices, superior with increasing k; the lung bases are at k = 7

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 
 from lungx_core.config import strict_config
-from lungx_core.inpainting import DiffusionSpec
-from lungx_core.opacity import ActivationSpec
+from lungx_core.cxr.thoracic import CropSpec
+from lungx_core.generative.inpainting import DiffusionSpec
+from lungx_core.generative.opacity import ActivationSpec
 from lungx_core.preprocess import PreprocessConfig
-from lungx_core.thoracic import CropSpec
 
 WEIGHTS = Path(__file__).resolve().parents[1] / "lungx_core" / "weights"
 

@@ -8,8 +8,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lungx_core import metrics, postprocess, preprocess
+from lungx_core import postprocess, preprocess
 from lungx_core.anatomy import CXR_CLASSES
+from lungx_core.eval import metrics
 from lungx_core.image import MedicalImage
 from lungx_core.orientation import display_flips
 from training import losses
@@ -219,7 +220,7 @@ def _ct_phantom(direction=(1.0, 0, 0, 0, 1.0, 0, 0, 0, 1.0)) -> MedicalImage:
 
 
 def test_drr_geometry_and_monotonic_in_hu():
-    from lungx_core.drr import hu_to_mu, render_drr
+    from lungx_core.ct.drr import hu_to_mu, render_drr
 
     assert np.all(np.diff(hu_to_mu(np.arange(-1100, 2000, 10))) >= 0)
     ct = _ct_phantom()
@@ -234,7 +235,7 @@ def test_drr_geometry_and_monotonic_in_hu():
 
 
 def test_drr_independent_of_direction_matrix():
-    from lungx_core.drr import render_drr
+    from lungx_core.ct.drr import render_drr
 
     ct = _ct_phantom()
     flipped = MedicalImage(

@@ -139,7 +139,7 @@ def test_oblique_direction_maps_to_nearest_axes():
 
 
 def test_classical_pipeline_on_phantom_finds_right_and_left():
-    from lungx_core.ct_classical import segment_lungs_classical
+    from lungx_core.ct.classical import segment_lungs_classical
 
     hu = chest_phantom((24, 96, 96))
     res = segment_lungs_classical(hu, (5.0, 3.0, 3.0))
@@ -159,9 +159,9 @@ def test_classical_pipeline_matches_slicerio_reference_labels():
     """The CT that slicerio ships has its lung segmentation beside it: always available, no ../shared needed."""
     import slicerio
 
-    from lungx_core.ct_classical import segment_lungs_classical
-    from lungx_core.metrics import dice
-    from lungx_core.sample import sample_ct, sample_ct_path
+    from lungx_core.ct.classical import segment_lungs_classical
+    from lungx_core.eval.metrics import dice
+    from lungx_core.io.sample import sample_ct, sample_ct_path
 
     image = sample_ct()
     seg = slicerio.read_segmentation(str(sample_ct_path().parent / "Segmentation.seg.nrrd"))
@@ -177,8 +177,8 @@ def test_classical_pipeline_matches_slicerio_reference_labels():
 
 @pytest.mark.shared_data
 def test_classical_pipeline_on_shared_chest4(shared_data):
-    from lungx_core.ct_classical import segment_lungs_classical
-    from lungx_core.metrics import dice
+    from lungx_core.ct.classical import segment_lungs_classical
+    from lungx_core.eval.metrics import dice
 
     folder = shared_data / "ct_slicerio_chest4"
     image = _chest4(folder / "ct.nii.gz")
@@ -254,7 +254,7 @@ def test_no_lungs_is_a_clear_error():
 
 
 def test_evaluate_ct_reports_expected_keys(tmp_path):
-    from lungx_core.evaluate import evaluate_ct
+    from lungx_core.eval.evaluate import evaluate_ct
 
     labels = np.zeros((10, 20, 20), np.uint8)
     labels[2:8, 5:15, 2:9] = 1

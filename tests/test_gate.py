@@ -10,8 +10,8 @@ import pytest
 from conftest import SHARED_DATA, phantom_radiograph
 from PIL import Image
 
+from lungx_core.cxr.gate import GATE_SIZE, FrontalChestGate, gate_input, optional_gate
 from lungx_core.errors import InputError
-from lungx_core.gate import GATE_SIZE, FrontalChestGate, gate_input, optional_gate
 from lungx_core.image import MedicalImage
 
 
@@ -26,7 +26,7 @@ def _image(array: np.ndarray, name: str = "x.png", **metadata) -> MedicalImage:
 
 def _ct_slice() -> np.ndarray:
     """An axial slice through the lungs of the CT that slicerio ships, in a lung window, as a PNG would hold it."""
-    from lungx_core.sample import sample_ct
+    from lungx_core.io.sample import sample_ct
 
     hu = sample_ct().array[17]
     return np.round((np.clip(hu, -1000, 400) + 1000) / 1400 * 255).astype(np.uint8)
@@ -34,8 +34,8 @@ def _ct_slice() -> np.ndarray:
 
 def _lateral_drr() -> np.ndarray:
     """The sample CT projected from the side (left-right), scaled to 8 bits like an exported film."""
-    from lungx_core.drr import hu_to_mu
-    from lungx_core.sample import sample_ct
+    from lungx_core.ct.drr import hu_to_mu
+    from lungx_core.io.sample import sample_ct
 
     ct = sample_ct()
     side = hu_to_mu(ct.array).sum(axis=2) * ct.spacing[0]  # array (k, j, i): i runs left-right, so sum along it
@@ -58,7 +58,7 @@ def test_input_check_off_means_no_gate():
 
 
 def test_the_embedded_sample_film_passes(gate):
-    from lungx_core.sample import sample_radiograph
+    from lungx_core.io.sample import sample_radiograph
 
     probabilities = gate.check(sample_radiograph())
     assert probabilities["frontal_chest"] >= gate.threshold
@@ -84,7 +84,7 @@ def test_what_is_not_a_frontal_chest_film_is_refused_with_a_reason(gate, make, l
 
 
 def _sample_film_uint8() -> np.ndarray:
-    from lungx_core.sample import sample_radiograph
+    from lungx_core.io.sample import sample_radiograph
 
     a = sample_radiograph().array
     return np.round((a - a.min()) / np.ptp(a) * 255).astype(np.uint8)

@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from lungx_core.lesions import (
+from lungx_core.generative.lesions import (
     MODEL_FILE,
     LesionModel,
     LesionRequest,

@@ -19,7 +19,7 @@ def _dice(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def test_cxr_onnx_masks_equal_torch_masks(cache):
-    from lungx_core.sample import sample_radiograph
+    from lungx_core.io.sample import sample_radiograph
     from lungx_core.tasks.cxr_segmentation import CXRSegmenter
 
     image = sample_radiograph()
@@ -37,7 +37,7 @@ def test_cxr_onnx_masks_equal_torch_masks(cache):
 
 
 def test_ct_onnx_labels_equal_torch_labels(cache):
-    from lungx_core.sample import sample_ct
+    from lungx_core.io.sample import sample_ct
     from lungx_core.tasks.ct_lungs import CTLungSegmenter
 
     image = sample_ct()

@@ -13,9 +13,9 @@ import torch
 from PIL import Image
 from test_synthesis import _inputs, assert_bad_mask_inputs_fail_cleanly, phantom_lung
 
+from lungx_core.cxr.thoracic import CropSpec
+from lungx_core.generative.opacity import ActivationSpec, activation_mask, adaptive_threshold, composite
 from lungx_core.image import MedicalImage
-from lungx_core.opacity import ActivationSpec, activation_mask, adaptive_threshold, composite
-from lungx_core.thoracic import CropSpec
 from training.losses import feature_alignment
 
 
@@ -289,7 +289,7 @@ def _gb_fixture(root: Path, phantom: np.ndarray) -> np.ndarray:
 
 
 def test_evaluate_opacity_removal_scores(tmp_path, phantom):
-    from lungx_core.evaluate import evaluate_opacity_removal
+    from lungx_core.eval.evaluate import evaluate_opacity_removal
 
     opacity = _gb_fixture(tmp_path, phantom)
     lung = phantom_lung(phantom.shape)

@@ -97,7 +97,7 @@ def test_case_ids_never_collide(tmp_path):
 def test_bone_suppression_time_excludes_scoring(tmp_path, monkeypatch):
     import time
 
-    from lungx_core import evaluate
+    from lungx_core.eval import evaluate
 
     for sub in ("images", "soft_tissue"):
         (tmp_path / sub).mkdir()

@@ -45,7 +45,7 @@ def chest_ct_phantom(size: int = 96, slices: int = 80, spacing: float = 3.0) -> 
 
 
 def test_bone_pair_geometry_matches_the_drr_and_removal_lowers_only_bone_rays():
-    from lungx_core.drr import bone_by_hu, render_bone_pair, render_drr
+    from lungx_core.ct.drr import bone_by_hu, render_bone_pair, render_drr
 
     ct, _ = chest_ct_phantom()
     bone = bone_by_hu(ct)
@@ -65,7 +65,7 @@ def test_bone_pair_geometry_matches_the_drr_and_removal_lowers_only_bone_rays():
 
 
 def test_drr_is_monotonic_in_hu():
-    from lungx_core.drr import render_drr
+    from lungx_core.ct.drr import render_drr
 
     ct, _ = chest_ct_phantom(size=48, slices=30)
     denser = ct.array.copy()
@@ -76,7 +76,7 @@ def test_drr_is_monotonic_in_hu():
 
 
 def test_bone_pair_rejects_a_mask_of_another_shape():
-    from lungx_core.drr import render_bone_pair
+    from lungx_core.ct.drr import render_bone_pair
 
     ct, _ = chest_ct_phantom(size=32, slices=10)
     with pytest.raises(ValueError, match="bone mask"):
@@ -114,7 +114,7 @@ class _CountingNet(torch.nn.Module):
 @pytest.mark.parametrize("scheduler", ["ddim", "dpm", "repaint"])
 @pytest.mark.parametrize("steps", [10, 25])
 def test_sampler_runs_the_network_once_per_step(tiny_inpainter, scheduler, steps):
-    from lungx_core.inpainting import DiffusionInpainter, inpaint, network_calls
+    from lungx_core.generative.inpainting import DiffusionInpainter, inpaint, network_calls
 
     model = DiffusionInpainter(tiny_inpainter, "cpu")
     net = _CountingNet(model.net)
@@ -129,7 +129,7 @@ def test_sampler_runs_the_network_once_per_step(tiny_inpainter, scheduler, steps
 
 
 def test_blending_is_bit_exact_outside_the_feathered_mask():
-    from lungx_core.blending import blend_weight, suppress
+    from lungx_core.generative.blending import blend_weight, suppress
 
     rng = np.random.default_rng(0)
     image = rng.integers(0, 4096, (120, 100)).astype(np.uint16)
@@ -240,7 +240,7 @@ def test_cli_bad_inputs_are_one_line_errors_without_partial_outputs(tmp_path, ph
 
 
 def test_bone_suppression_scores_reward_removing_the_bone_signal(phantom):
-    from lungx_core.evaluate import bone_suppression_scores
+    from lungx_core.eval.evaluate import bone_suppression_scores
 
     soft = phantom.astype(np.float64)
     lung = phantom_lung(phantom.shape)
@@ -262,8 +262,8 @@ def test_evaluate_bone_suppression_cli_prints_one_json_object(tmp_path, tiny_inp
 
     from test_cli import run_lungx
 
-    from lungx_core.drr import bone_by_hu, render_bone_pair
-    from lungx_core.sample import sample_ct
+    from lungx_core.ct.drr import bone_by_hu, render_bone_pair
+    from lungx_core.io.sample import sample_ct
 
     ct = sample_ct()
     pair = render_bone_pair(ct, bone_by_hu(ct), pixel_spacing=1.5)
@@ -290,8 +290,8 @@ def test_evaluate_bone_suppression_cli_prints_one_json_object(tmp_path, tiny_inp
 
 
 def test_shipped_rib_model_finds_the_ribs_of_a_ct_phantom_radiograph():
-    from lungx_core.drr import bone_by_hu, project_ap, render_bone_pair
-    from lungx_core.ribs import RibMasker
+    from lungx_core.ct.drr import bone_by_hu, project_ap, render_bone_pair
+    from lungx_core.cxr.ribs import RibMasker
 
     ct, ribs = chest_ct_phantom()
     pair = render_bone_pair(ct, bone_by_hu(ct))

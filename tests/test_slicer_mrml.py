@@ -292,7 +292,7 @@ def test_panel_options_come_from_the_registry():
 @pytest.fixture(scope="module")
 def worker_outputs(tmp_path_factory):
     """{task: (manifest path, input image)} from the real worker on the embedded samples (one run per task)."""
-    from lungx_core.sample import sample_ct, sample_radiograph
+    from lungx_core.io.sample import sample_ct, sample_radiograph
 
     root = tmp_path_factory.mktemp("worker")
     film, ct = sample_radiograph(), _oblique(sample_ct())

@@ -12,11 +12,11 @@ import SimpleITK as sitk
 from conftest import write_dicom
 from PIL import Image
 
+from lungx_core.cxr.thoracic import CropSpec, apply_residual, feather_window, thoracic_crop
 from lungx_core.errors import InputError
 from lungx_core.image import MedicalImage
 from lungx_core.io.readers import read_radiograph
 from lungx_core.io.writers import write_image
-from lungx_core.thoracic import CropSpec, apply_residual, feather_window, thoracic_crop
 
 
 def phantom_lung(shape: tuple[int, int]) -> np.ndarray:
@@ -229,7 +229,7 @@ def test_cli_bad_inputs_are_one_line_errors_without_partial_outputs(tmp_path, ph
 
 
 def test_evaluate_synthesis_scores(tmp_path, phantom):
-    from lungx_core.evaluate import evaluate_synthesis
+    from lungx_core.eval.evaluate import evaluate_synthesis
 
     lung = phantom_lung(phantom.shape)
     (tmp_path / "images").mkdir()

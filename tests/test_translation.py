@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from lungx_core.crops import Box, square_around, thoracic_box_ct, thoracic_box_cxr
+from lungx_core.cxr.crops import Box, square_around, thoracic_box_ct, thoracic_box_cxr
 from lungx_core.models.translation import GeneratorConfig, ResnetGenerator, build_discriminator
 from training.losses import masked_l1, surroundings_l1
 from training.translation import CycleGANTrainer, ImagePool, TranslationConfig, linear_decay, sample_grid

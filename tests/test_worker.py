@@ -159,7 +159,7 @@ def test_cancel_kills_the_whole_tree(tmp_path: Path):
 
 @pytest.mark.slow
 def test_cancelled_ct_worker_leaves_no_outputs_and_a_full_run_reports_progress(tmp_path: Path):
-    from lungx_core.sample import sample_ct_path
+    from lungx_core.io.sample import sample_ct_path
 
     out = tmp_path / "cancelled"
     proc = WorkerProcess(worker_command("ct-lungs", sample_ct_path(), out, "cpu", python=sys.executable))

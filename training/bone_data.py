@@ -83,7 +83,7 @@ def render_batch(drr: np.ndarray, soft: np.ndarray, rng: np.random.Generator | N
 def read_des_pairs(data_root: Path) -> list[dict]:
     """The DES pairs, full resolution: ``id``, ``film`` and ``soft`` (float64, the stored grey levels) and
     ``lung`` (bool: the anatomy model's lungs on the film, the scoring region of ``lungx evaluate``)."""
-    from lungx_core.evaluate import predicted_class_mask
+    from lungx_core.anatomy import class_mask
     from lungx_core.image import MedicalImage
     from lungx_core.io.readers import read_radiograph
     from lungx_core.tasks.cxr_segmentation import CXRSegmenter
@@ -94,7 +94,7 @@ def read_des_pairs(data_root: Path) -> list[dict]:
     for path in sorted((root / "images").glob("*.png")):
         film = read_radiograph(path).array.astype(np.float64)
         soft = read_radiograph(root / "soft_tissue" / path.name).array.astype(np.float64)
-        lung = predicted_class_mask(segmenter.segment(MedicalImage(film)).masks, "lung")  # as the evaluation does
+        lung = class_mask(segmenter.segment(MedicalImage(film)).masks, "lung")  # as the evaluation does
         pairs.append({"id": path.stem, "film": film, "soft": soft, "lung": lung})
     return pairs
 
@@ -102,8 +102,8 @@ def read_des_pairs(data_root: Path) -> list[dict]:
 def des_training_arrays(pairs: list[dict], size: int) -> dict[str, np.ndarray]:
     """``film``, ``bone`` (float32) and ``lung`` (float32 0/1), each (N, 1, size, size): every DES film as the
     model sees it, with its bone image in the same units."""
-    from lungx_core.evaluate import linear_match
-    from lungx_core.thoracic import resize, whole_film
+    from lungx_core.cxr.thoracic import resize, whole_film
+    from lungx_core.eval.evaluate import linear_match
 
     films, bones, lungs = [], [], []
     for p in pairs:
@@ -119,7 +119,7 @@ def des_training_arrays(pairs: list[dict], size: int) -> dict[str, np.ndarray]:
 def psnr_gain(film: np.ndarray, bone: np.ndarray, soft: np.ndarray, region: np.ndarray, alpha: float) -> float:
     """PSNR gain (dB) of ``film - alpha * bone`` over the film against ``soft`` in ``region``, each linearly
     matched to ``soft`` there: the PSNR of ``lungx evaluate bone-suppression``, without its SSIM."""
-    from lungx_core.evaluate import linear_match
+    from lungx_core.eval.evaluate import linear_match
 
     errors = []
     for image in (film, film - alpha * bone):

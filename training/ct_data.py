@@ -32,7 +32,7 @@ def case_labels(data: Path, case: str, pseudo_dir: Path | None = None):
     case has one, else the classical pipeline's pseudo-label (also saved to ``pseudo_dir`` for review)."""
     import SimpleITK as sitk
 
-    from lungx_core.ct_classical import segment_lungs_classical
+    from lungx_core.ct.classical import segment_lungs_classical
     from lungx_core.image import MedicalImage
     from lungx_core.orientation import reorientation
 

@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lungx_core.bone import BoneLayerModel, refine_edges, subtract_bone
-from lungx_core.evaluate import bone_suppression_scores
+from lungx_core.cxr.bone import BoneLayerModel, refine_edges, subtract_bone
+from lungx_core.eval.evaluate import bone_suppression_scores
 from lungx_core.models.networks import build_network
 from training.bone_data import psnr_gain, read_des_pairs
 

@@ -22,9 +22,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lungx_core.anatomy import CT_STRUCTURES  # noqa: E402
+from lungx_core.eval.metrics import dice, hd95  # noqa: E402
 from lungx_core.io.ct import read_ct  # noqa: E402
 from lungx_core.io.writers import render_ct_overlay, write_png, write_text_atomic  # noqa: E402
-from lungx_core.metrics import dice, hd95  # noqa: E402
 from lungx_core.models.store import WEIGHTS_DIR, save_model  # noqa: E402
 from lungx_core.tasks.ct_lungs import CTLungSegmenter  # noqa: E402
 from training.common import fp16_agreement  # noqa: E402
@@ -141,7 +141,7 @@ def model_card(cfg: dict, metrics: dict, agreement: float, commit: str, run: Pat
         "  lung mask (`training/synthetic_pathology.py`); the label stays lung.",
         "",
         "## Data (../shared/data, research-only licences; nothing of it ships)",
-        "Labels are pseudo-labels from the classical pipeline (`lungx_core/ct_classical.py`), except",
+        "Labels are pseudo-labels from the classical pipeline (`lungx_core/ct/classical.py`), except",
         "ct_slicerio_chest4, which has its own reference masks. Split by CT (each CT is one patient):",
         f"- train: {', '.join(Path(c).name for c, m in metrics.items() if m['split'] == 'train')};",
         f"- val (epoch selection): {', '.join(Path(c).name for c, m in metrics.items() if m['split'] == 'val')};",

@@ -24,7 +24,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lungx_core.anatomy import CXR_CLASSES  # noqa: E402
-from lungx_core.evaluate import evaluate_cxr  # noqa: E402
+from lungx_core.eval.evaluate import evaluate_cxr  # noqa: E402
 from lungx_core.io.readers import read_radiograph  # noqa: E402
 from lungx_core.io.writers import write_text_atomic  # noqa: E402
 from lungx_core.models.store import WEIGHTS_DIR, save_model  # noqa: E402

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lungx_core.inpainting import DiffusionSpec, inpaint
+from lungx_core.generative.inpainting import DiffusionSpec, inpaint
 from lungx_core.models.networks import build_network
 from lungx_core.models.store import WEIGHTS_DIR, save_model
 from training.inpainting_data import rib_holes

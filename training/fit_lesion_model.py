@@ -31,7 +31,7 @@ from scipy import ndimage as ndi
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lungx_core.lesions import MODEL_FILE, LesionModel, LesionRequest, plan_lesion, soft_tissue_level  # noqa: E402
+from lungx_core.generative.lesions import MODEL_FILE, LesionModel, LesionRequest, plan_lesion, soft_tissue_level  # noqa: E402
 
 DATASET = "covid_cxr_gb_seg"
 SPLITS = Path(__file__).parent / "splits"
@@ -112,7 +112,7 @@ def upper_gains(values: list[float], floor: float = 0.08) -> tuple[float, float]
 
 def drawn_shares(model: LesionModel, lungs: list[np.ndarray], areas: list[float], seed: int = 0) -> tuple[float, float]:
     """Mean (lower-half share, outer-half share) of lesions drawn with ``model`` on the real lungs."""
-    from lungx_core.lesions import split_lungs
+    from lungx_core.generative.lesions import split_lungs
 
     rng = np.random.default_rng(seed)
     lo, ou = [], []

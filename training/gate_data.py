@@ -1,4 +1,4 @@
-"""Training data of the frontal-chest gate (``lungx_core/gate.py``), built once into a cache of 128-px thumbnails.
+"""Training data of the frontal-chest gate (``lungx_core/cxr/gate.py``), built once into a cache of 128-px thumbnails.
 
 Classes (``GATE_CLASSES``) and where each comes from (../shared/data only, and what we generate from it):
 - frontal_chest: every frontal film of jsrt_scr, covid_cxr_gb_seg, covid_cxr_v7labs, cxr_nih_nofinding_pneumonia and
@@ -26,8 +26,8 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage as ndi
 
-from lungx_core.drr import hu_to_mu
-from lungx_core.gate import GATE_CLASSES, GATE_SIZE, gate_input
+from lungx_core.ct.drr import hu_to_mu
+from lungx_core.cxr.gate import GATE_CLASSES, GATE_SIZE, gate_input
 
 FILM_SETS = (
     "jsrt_scr", "covid_cxr_gb_seg", "covid_cxr_v7labs", "cxr_nih_nofinding_pneumonia", "bs_gusarev_des_samples"

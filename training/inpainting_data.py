@@ -41,7 +41,7 @@ def build_film_cache(data_root: Path, out: Path, size: int = 256) -> Path:
     """``out`` (.npz): ``films`` uint8 (N, size, size) and ``ids``; built once, reused after."""
     if out.exists():
         return out
-    from lungx_core.thoracic import resize
+    from lungx_core.cxr.thoracic import resize
 
     films, ids = [], []
     for key, path in film_paths(data_root):

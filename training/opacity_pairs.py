@@ -3,7 +3,7 @@
 Clear crops: the healthy domain of ``training/synthesis_data.py`` (JSRT/SCR, NIH "No Finding" adult PA), 144 px,
 lung masks known. Each sample gets, with equal chance:
 
-- a procedural lesion of ``lungx_core.lesions`` (random area 5-60 % of the lung, kind, side, strokes), or
+- a procedural lesion of ``lungx_core.generative.lesions`` (random area 5-60 % of the lung, kind, side, strokes), or
 - a real opacity of a covid_cxr_gb_seg *training* film (split by patientid): its residual over a smooth estimate
   of the clear lung behind it (normalised convolution of the lung outside the opacity), low-passed so the
   donor's own vessels stay behind, placed where it was in the donor's crop (crops are aligned on the lung
@@ -22,8 +22,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage as ndi
 
-from lungx_core.lesions import LesionRequest, apply_lesion, plan_lesion
-from lungx_core.opacity import soften_mask
+from lungx_core.generative.lesions import LesionRequest, apply_lesion, plan_lesion
+from lungx_core.generative.opacity import soften_mask
 
 
 @dataclass

@@ -2,7 +2,7 @@
 geometry, and the with-bone / bone-replaced pairs that validate suppression.
 
 For each CT: ``variants`` small random 3-D rotations (tilt, rotation, obliquity up to ``max_angle`` degrees;
-the first is the CT as scanned), each projected AP (``lungx_core.drr.render_bone_pair``). Bone:
+the first is the CT as scanned), each projected AP (``lungx_core.ct.drr.render_bone_pair``). Bone:
 - ct_slicerio_chest4: its rib label (``labels_all`` == 1) is the rib target; every voxel >= 200 HU or rib is bone;
 - the other CTs: bone by HU, and the rib target is that bone.
 Either way the target keeps only rays off the midline (spine and sternum are not ribs) whose path through rib
@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lungx_core.drr import bone_by_hu, project_ap, render_bone_pair
+from lungx_core.ct.drr import bone_by_hu, project_ap, render_bone_pair
 from lungx_core.image import MedicalImage
 
 CT_CASES = {
@@ -117,7 +117,7 @@ def build_rib_cache(data_root: Path, out: Path, size: int = 256, variants: int =
     """``out`` (.npz): ``drr``/``soft`` float16 and ``ribs`` bool at ``size`` square, ``case`` names."""
     if out.exists():
         return out
-    from lungx_core.thoracic import resize
+    from lungx_core.cxr.thoracic import resize
 
     drr, soft, ribs, case = [], [], [], []
     for i, name in enumerate(CT_CASES):

@@ -8,7 +8,7 @@ classifier): thoracic crops cached once.
 
 Splits: JSRT and the COVID sets reuse the anatomy model's patient-level splits (training/splits); the NIH set
 is split here by ``patient_id`` (20 % validation, seed 0) and its lists written beside them. Every crop is the
-rib-cage square (the lung fields widened by a margin) with a linear intensity map (``lungx_core.thoracic``), the
+rib-cage square (the lung fields widened by a margin) with a linear intensity map (``lungx_core.cxr.thoracic``), the
 same code that runs at inference, stored a little larger than the training size for random-crop jitter.
 
 Opacity (issue 7): every crop also carries an opacity mask and whether it is known. covid_cxr_gb_seg has
@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from lungx_core.thoracic import CropSpec, resize, thoracic_crop
+from lungx_core.cxr.thoracic import CropSpec, resize, thoracic_crop
 
 SPLITS_DIR = Path(__file__).parent / "splits"
 NIH = "cxr_nih_nofinding_pneumonia"

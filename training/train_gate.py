@@ -21,7 +21,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lungx_core.gate import GATE_CLASSES  # noqa: E402
+from lungx_core.cxr.gate import GATE_CLASSES  # noqa: E402
 from lungx_core.models.networks import build_network  # noqa: E402
 from training.common import append_log, resume, save_checkpoint, start_run  # noqa: E402
 from training.gate_data import build_cache  # noqa: E402
@@ -145,9 +145,9 @@ def export_gate(args, cfg: dict, net, images: np.ndarray, labels: np.ndarray, sp
     """fp16 weights and the model card's JSON. The operating threshold is the config's, lowered where needed so
     that every real frontal film in ../shared/data and the embedded sample pass with a 2x margin (a refused real
     film costs more than a passed odd picture); the validation table is measured at that threshold."""
-    from lungx_core.gate import gate_input
+    from lungx_core.cxr.gate import gate_input
+    from lungx_core.io.sample import sample_radiograph
     from lungx_core.models.store import save_model
-    from lungx_core.sample import sample_radiograph
 
     state = torch.load(args.run / "best.pt", weights_only=True)
     net.load_state_dict({k: v.half().float() for k, v in state["model"].items()})  # measure what ships (fp16)

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from scipy import ndimage as ndi
 
-from lungx_core.inpainting import DiffusionSpec, inpaint, network_input, training_scheduler
+from lungx_core.generative.inpainting import DiffusionSpec, inpaint, network_input, training_scheduler
 from lungx_core.models.networks import build_network
 from training.common import append_log, resume, save_checkpoint, start_run
 from training.inpainting_data import build_film_cache, rib_holes

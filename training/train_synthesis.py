@@ -13,7 +13,7 @@ from ``last.pt`` in the run folder (outside git) at the exact next step; losses 
 grid of validation crops to ``samples/epoch_NNN.png`` after every epoch.
 
 A ``region_aware`` block (opacity removal) composites every translation with a mask: opaque films (B) with
-their activation mask from the ``cxr_opacity`` model (``lungx_core.opacity``, the same code as at inference),
+their activation mask from the ``cxr_opacity`` model (``lungx_core.generative.opacity``, the same code as at inference),
 clear films (A) with their lung field. An ``encoder`` block adds the frozen-encoder alignment loss.
 """
 
@@ -63,7 +63,7 @@ def centre_crops(images: np.ndarray, idx: np.ndarray, size: int, scale: bool = T
 
 def activation_masks(data: dict[str, np.ndarray], cfg: dict, device: str = "cpu") -> np.ndarray:
     """(N, load, load) float32 activation masks of every cached crop, from the opacity model."""
-    from lungx_core.opacity import ActivationSpec, OpacityModel, activation_mask
+    from lungx_core.generative.opacity import ActivationSpec, OpacityModel, activation_mask
 
     model = OpacityModel(cfg["opacity_model"], device)
     spec = ActivationSpec.from_dict(cfg.get("activation", {}))

@@ -26,8 +26,8 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
+from lungx_core.generative.opacity import composite
 from lungx_core.models.translation import GeneratorConfig, ResnetGenerator, build_discriminator, init_weights
-from lungx_core.opacity import composite
 from training.losses import feature_alignment, region_clearing, surroundings_l1
 
 

@@ -27,7 +27,7 @@ def _logic():
 def _sample_cxr_node(name: str = "test CXR"):
     from LungXSlicerLib.geometry import as_slicer_array, ijk_to_ras
 
-    from lungx_core.sample import sample_radiograph
+    from lungx_core.io.sample import sample_radiograph
 
     image = sample_radiograph()
     ras = ijk_to_ras(image.spacing, image.origin, image.direction)
@@ -77,7 +77,7 @@ class LungXSlicerSelfTests(unittest.TestCase):
     def test_wrong_modality_is_a_clear_error(self):
         from LungXSlicerLib.geometry import as_slicer_array, ijk_to_ras
 
-        from lungx_core.sample import sample_ct
+        from lungx_core.io.sample import sample_ct
 
         ct = sample_ct()
         node = slicer.util.addVolumeFromArray(

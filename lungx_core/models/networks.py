@@ -28,7 +28,7 @@ def build_network(arch: str, in_channels: int, out_channels: int, **options: Any
     - ``classifier``: MONAI Classifier (strided residual convolutions, one logit per class) on square
       ``size``-pixel inputs.
     - ``diffusion_unet``: a diffusers ``UNet2DModel`` (timestep-conditioned; the inpainting denoiser of
-      ``lungx_core/inpainting.py``), ``options`` are its keyword arguments.
+      ``lungx_core/generative/inpainting.py``), ``options`` are its keyword arguments.
     - ``resnet_generator``: the CycleGAN generator (``models/translation.py``); ``out_channels`` must equal
       ``in_channels``.
     """

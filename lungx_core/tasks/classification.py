@@ -14,11 +14,11 @@ from typing import Any
 
 import numpy as np
 
-from lungx_core.gate import FrontalChestGate
+from lungx_core.cxr.gate import FrontalChestGate
+from lungx_core.cxr.pathology import DEFAULT_MODEL, PathologyClassifier
 from lungx_core.image import MedicalImage
 from lungx_core.io.inputs import Case
 from lungx_core.orientation import display_view
-from lungx_core.pathology import DEFAULT_MODEL, PathologyClassifier
 from lungx_core.tasks.common import read_checked_radiograph, run_guarded
 from lungx_core.tasks.synthesis import find_lungs
 
@@ -69,7 +69,7 @@ def run_one(
     """One radiograph, as batch runs (lungx_core.batch) run it: lungs from ``case.mask`` or else the anatomy
     model; nothing is written (``out_dir`` is unused: the score is the row). Models are loaded once per
     process."""
-    from lungx_core.gate import optional_gate
+    from lungx_core.cxr.gate import optional_gate
     from lungx_core.models.store import shared_model
     from lungx_core.tasks.cxr_segmentation import lung_segmenter
 

@@ -11,7 +11,7 @@ from lungx_core.errors import LungXError
 from lungx_core.io.inputs import Case
 
 if TYPE_CHECKING:
-    from lungx_core.gate import FrontalChestGate
+    from lungx_core.cxr.gate import FrontalChestGate
     from lungx_core.image import MedicalImage
 
 # progress(fraction in [0, 1], message): how far a long step is, for progress bars and the Slicer worker

@@ -4,7 +4,7 @@ Two methods share the same pre- and post-processing:
 
 - ``net`` (default): the shipped 2-D slice network, trained on classical pseudo-labels with synthetic
   pathology painted inside the lungs, so consolidation, ground glass and dependent density stay lung;
-- ``classical``: :mod:`lungx_core.ct_classical` (no model), on a working grid of about 1.4 mm in-plane.
+- ``classical``: :mod:`lungx_core.ct.classical` (no model), on a working grid of about 1.4 mm in-plane.
 
 Volumes are processed in canonical (S, P, L) order (:mod:`lungx_core.orientation`), so left and right are the
 patient's whatever the direction matrix, and in batches of slices, so memory grows with one label byte per
@@ -21,7 +21,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from lungx_core.anatomy import CT_STRUCTURES
-from lungx_core.ct_classical import LEFT, RIGHT
+from lungx_core.ct.classical import LEFT, RIGHT
 from lungx_core.errors import InputError
 from lungx_core.image import MedicalImage
 from lungx_core.io.ct import TILT_TOLERANCE_DEG
@@ -104,7 +104,7 @@ BODY_LEVEL = (-500.0 - CT_HU_WINDOW[0]) / (CT_HU_WINDOW[1] - CT_HU_WINDOW[0])
 def remove_airway(labels: np.ndarray, hu: np.ndarray, spacing: tuple[float, float, float]) -> np.ndarray:
     """Trachea and main bronchi out of the lung labels (canonical order), grown from the trachea as in the
     classical pipeline; airways enclosed by lung in their slice are refilled later with the holes."""
-    from lungx_core.ct_classical import find_trachea_seed, grow_airway
+    from lungx_core.ct.classical import find_trachea_seed, grow_airway
 
     lung = labels > 0
     if not lung.any():
@@ -190,7 +190,7 @@ class CTLungSegmenter:
         return labels
 
     def _labels_classical(self, hu: np.ndarray, spacing: tuple[float, float, float]) -> tuple[np.ndarray, list[str]]:
-        from lungx_core.ct_classical import segment_lungs_classical
+        from lungx_core.ct.classical import segment_lungs_classical
 
         factor = max(1, int(WORKING_SPACING_MM / max(spacing[1], spacing[2]) + 0.25))
         if factor == 1:

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from lungx_core.anatomy import CXR_STRUCTURES
-from lungx_core.gate import FrontalChestGate, optional_gate
+from lungx_core.cxr.gate import FrontalChestGate, optional_gate
 from lungx_core.image import MedicalImage
 from lungx_core.io.inputs import Case
 from lungx_core.models.store import shared_model

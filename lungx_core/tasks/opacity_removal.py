@@ -1,9 +1,10 @@
 """Lung-opacity removal: an opaque radiograph in, a clear-looking one out, changed only where the opacity is.
 
 Region-aware with adaptive activation masks (after ARMUT-LOR): the ``cxr_opacity`` model maps opacity on the
-thoracic crop and :func:`lungx_core.opacity.activation_mask` turns that into a per-image soft mask. The shipped
-``cxr_opacity_removal`` is a de-opacifier: a compact U-Net given the crop and that mask, trained on exact
-(opaque, clear, mask) triples of the lesion model (``lungx_core/lesions.py``, ``training/train_deopacifier.py``).
+thoracic crop and :func:`lungx_core.generative.opacity.activation_mask` turns that into a per-image soft mask.
+The shipped ``cxr_opacity_removal`` is a de-opacifier: a compact U-Net given the crop and that mask, trained on
+exact (opaque, clear, mask) triples of the lesion model (``lungx_core/generative/lesions.py``,
+``training/train_deopacifier.py``).
 Its result is composited as ``x + mask * change``. (A ``cxr_opacity_removal``-style CycleGAN generator, whose
 config has no ``conditioning``, still loads: ``mask * G(x) + (1 - mask) * x``.) The change goes back onto the
 full-resolution film as a residual, so the film's own detail stays, and every pixel outside the mask is the
@@ -23,15 +24,15 @@ from typing import Any
 
 import numpy as np
 
-from lungx_core.crops import Box
-from lungx_core.gate import FrontalChestGate, optional_gate
+from lungx_core.cxr.crops import Box
+from lungx_core.cxr.gate import FrontalChestGate, optional_gate
+from lungx_core.cxr.thoracic import apply_residual, resize, thoracic_crop
+from lungx_core.generative.opacity import ActivationSpec, OpacityModel, activation_mask, composite
 from lungx_core.image import MedicalImage
 from lungx_core.io.inputs import Case
-from lungx_core.opacity import ActivationSpec, OpacityModel, activation_mask, composite
 from lungx_core.orientation import display_view
 from lungx_core.tasks.common import Progress, read_checked_radiograph, run_guarded
 from lungx_core.tasks.synthesis import checked_display_view, find_lungs
-from lungx_core.thoracic import apply_residual, resize, thoracic_crop
 
 DEFAULT_MODEL = "cxr_opacity_removal"
 TASK = "cxr-opacity-removal"
@@ -49,8 +50,8 @@ class OpacityRemover:
     """Holds the generator and the opacity model; :meth:`remove` for each radiograph."""
 
     def __init__(self, model: str | Path = DEFAULT_MODEL, device: str = "auto", opacity_model: str | None = None):
+        from lungx_core.cxr.thoracic import CropSpec
         from lungx_core.models.store import load_model
-        from lungx_core.thoracic import CropSpec
 
         self.net, self.config = load_model(model, device)
         self.device = next(self.net.parameters()).device
@@ -183,7 +184,7 @@ def run_one(
     segmenter = None if case.mask else lung_segmenter(device)
     scorer = None
     if score:
-        from lungx_core.pathology import PathologyClassifier
+        from lungx_core.cxr.pathology import PathologyClassifier
 
         scorer = shared_model(PathologyClassifier, device=device)
     report(0.3, f"removing opacity on {remover.device}")

@@ -1,13 +1,13 @@
 """Bone (rib) suppression: a frontal radiograph in, the same film with its bone shadows taken out.
 
 Default mode ``bone``: the ``cxr_bone`` model estimates the film's bone image (ribs, clavicles, scapulae, spine;
-``lungx_core/bone.py``) and the film minus ``alpha`` times it is the result, as dual-energy soft-tissue
+``lungx_core/cxr/bone.py``) and the film minus ``alpha`` times it is the result, as dual-energy soft-tissue
 images and every published suppressor that beats the input on them do. Nothing is regenerated: the soft
 tissue under a rib (vessels, nodules) is the film's own. A rib mask is not needed; ``--rib-mask`` restricts
 the subtraction to a mask (feathered).
 
-Research modes (the seed's method, ``lungx_core/inpainting.py``): a rib mask (the ``cxr_ribs`` model inside
-the lung field, or the user's), diffusion inpainting under it and blending back (``lungx_core/blending.py``):
+Research modes (the seed's method, ``lungx_core/generative/inpainting.py``): a rib mask (the ``cxr_ribs`` model inside
+the lung field, or the user's), diffusion inpainting under it and blending back (``lungx_core/generative/blending.py``):
 ``inpaint`` replaces the rib pixels by regenerated ones, which erases what lies under a rib (it hallucinates
 under the mask); ``inpaint-subtract`` removes only the inpainting's smooth bone signal. Beyond the feathered
 border of their mask every pixel is the input's, bit for bit.
@@ -25,8 +25,8 @@ from typing import Any
 
 import numpy as np
 
+from lungx_core.cxr.gate import FrontalChestGate, optional_gate
 from lungx_core.errors import InputError
-from lungx_core.gate import FrontalChestGate, optional_gate
 from lungx_core.image import MedicalImage
 from lungx_core.io.inputs import Case
 from lungx_core.orientation import display_view
@@ -89,11 +89,11 @@ class RibSuppressor:
         if kind not in self._loaded:
             name = self._names[kind]
             if kind == "bone":
-                from lungx_core.bone import BoneLayerModel as cls
+                from lungx_core.cxr.bone import BoneLayerModel as cls
             elif kind == "ribs":
-                from lungx_core.ribs import RibMasker as cls
+                from lungx_core.cxr.ribs import RibMasker as cls
             else:
-                from lungx_core.inpainting import DiffusionInpainter as cls
+                from lungx_core.generative.inpainting import DiffusionInpainter as cls
             self._loaded[kind] = cls(name, self._device_name)
         return self._loaded[kind]
 
@@ -120,14 +120,14 @@ class RibSuppressor:
     ) -> SuppressionResult:
         """Suppress the bone of ``image``. ``ribs`` (bool, the image's shape): the diffusion modes' mask
         (required); in bone mode an optional restriction (None: the whole film)."""
-        from lungx_core.blending import blend_weight
+        from lungx_core.generative.blending import blend_weight
 
         feather_px = settings.feather * max(image.array.shape)
         if settings.mode != "bone":
             if ribs is None:
                 raise ValueError(f"mode {settings.mode!r} needs a rib mask")
             return self._inpaint(image, ribs, settings, feather_px)
-        from lungx_core.bone import bone_mask, subtract_bone
+        from lungx_core.cxr.bone import bone_mask, subtract_bone
 
         alpha = settings.strength * self.bone_model.alpha
         bone = alpha * self.bone_image(image)
@@ -142,7 +142,7 @@ class RibSuppressor:
 
     def _inpaint(self, image: MedicalImage, ribs: np.ndarray, settings: SuppressionSettings,
                  feather_px: float) -> SuppressionResult:
-        from lungx_core.blending import suppress
+        from lungx_core.generative.blending import suppress
 
         check_rib_mask(image, ribs)
         known, filled = self.inpainter.fill(image.array, ribs, settings.steps, settings.seed, settings.scheduler)

@@ -1,9 +1,9 @@
 """Healthy -> pathological CXR synthesis, two methods.
 
-- ``insert``: :class:`LesionInserter` draws lesions of the lesion model (``lungx_core/lesions.py``: gains, areas
-  and zones measured on real radiologist opacity masks) into the lung field, with the requested area, side and
-  kind. Only lung pixels change, so the lung mask stays valid by construction and the surroundings are the
-  input's, bit for bit; the lesion mask comes with it.
+- ``insert``: :class:`LesionInserter` draws lesions of the lesion model (``lungx_core/generative/lesions.py``:
+  gains, areas and zones measured on real radiologist opacity masks) into the lung field, with the requested
+  area, side and kind. Only lung pixels change, so the lung mask stays valid by construction and the
+  surroundings are the input's, bit for bit; the lesion mask comes with it.
 - ``cyclegan``: :class:`Synthesizer`, the seed's shape-aware CycleGAN generator (``cxr_synthesis``) on the
   thoracic crop, its change added back as a residual (trained to leave the lung surroundings alone).
 
@@ -22,15 +22,15 @@ from typing import Any
 
 import numpy as np
 
-from lungx_core.crops import Box
+from lungx_core.cxr.crops import Box
+from lungx_core.cxr.gate import FrontalChestGate, optional_gate
+from lungx_core.cxr.thoracic import CropSpec, apply_residual, thoracic_crop
 from lungx_core.errors import InputError
-from lungx_core.gate import FrontalChestGate, optional_gate
+from lungx_core.generative.lesions import LesionRequest
 from lungx_core.image import MedicalImage
 from lungx_core.io.inputs import Case
-from lungx_core.lesions import LesionRequest
 from lungx_core.orientation import display_view
 from lungx_core.tasks.common import Progress, read_checked_radiograph, run_guarded
-from lungx_core.thoracic import CropSpec, apply_residual, thoracic_crop
 
 DEFAULT_MODEL = "cxr_synthesis"
 METHODS = ("insert", "cyclegan")
@@ -89,7 +89,7 @@ class Synthesizer:
 
 
 class LesionInserter:
-    """The insertion method: lesions of the lesion model drawn into the lung field (``lungx_core.lesions``).
+    """The insertion method: lesions of the lesion model drawn into the lung field (``lungx_core.generative.lesions``).
 
     Example::
 
@@ -101,14 +101,14 @@ class LesionInserter:
     device = "cpu"  # no network
 
     def __init__(self, request: LesionRequest | None = None):
-        from lungx_core.lesions import LesionRequest
+        from lungx_core.generative.lesions import LesionRequest
 
         self.request = request or LesionRequest()
 
     def insert_display(self, image: np.ndarray, lung: np.ndarray, seed: int | None = None):
-        """A display-oriented film and its lung mask -> :class:`lungx_core.lesions.InsertionResult`; seed None
-        draws as seed 0 (the same film gives the same lesion unless asked otherwise)."""
-        from lungx_core.lesions import insert_lesions
+        """A display-oriented film and its lung mask -> :class:`lungx_core.generative.lesions.InsertionResult`;
+        seed None draws as seed 0 (the same film gives the same lesion unless asked otherwise)."""
+        from lungx_core.generative.lesions import insert_lesions
 
         return insert_lesions(image, lung, self.request, 0 if seed is None else seed)
 
@@ -128,7 +128,7 @@ class LesionInserter:
 
 def _thoracic_square(lung: np.ndarray) -> Box:
     """The rib-cage square of a display-oriented lung mask: the region the CycleGAN would have worked on."""
-    from lungx_core.crops import square_around, thoracic_box_cxr
+    from lungx_core.cxr.crops import square_around, thoracic_box_cxr
 
     return square_around(thoracic_box_cxr({"lung": lung}), lung.shape)
 
@@ -142,7 +142,7 @@ def make_synthesizer(
     kind: str = "mixed",
 ) -> Synthesizer | LesionInserter:
     """The synthesizer of ``method`` (``insert``: ``area``/``side``/``kind`` apply; ``cyclegan``: ``model``)."""
-    from lungx_core.lesions import LesionRequest
+    from lungx_core.generative.lesions import LesionRequest
 
     if method == "insert":
         return LesionInserter(LesionRequest(area=area, side=side, kind=kind))
@@ -218,11 +218,11 @@ def _segmentation_mask(path: Path, what: str) -> tuple[np.ndarray, np.ndarray]:
 
 def find_lungs(path: Path, image: MedicalImage, lung_mask: Path | None, segmenter: Any) -> tuple[np.ndarray, str]:
     """(lung-field mask, where it came from): the given mask file, else the anatomy model's lungs."""
-    from lungx_core.evaluate import predicted_class_mask
+    from lungx_core.anatomy import class_mask
 
     if lung_mask is not None:
         return read_lung_mask(lung_mask, image), "given"
-    lung = predicted_class_mask(segmenter.segment(image).masks, "lung")
+    lung = class_mask(segmenter.segment(image).masks, "lung")
     if lung.mean() < MIN_LUNG_FRACTION:
         raise InputError(path, "no lung fields found: not a frontal chest radiograph?")
     return lung, "cxr_anatomy"

@@ -99,8 +99,8 @@ class OpacityModel:
     """Holds ``cxr_opacity``; :meth:`probability_of_crops` maps thoracic crops to opacity probabilities."""
 
     def __init__(self, model: str | Path = DEFAULT_MODEL, device: str = "auto"):
+        from lungx_core.cxr.thoracic import CropSpec
         from lungx_core.models.store import load_model
-        from lungx_core.thoracic import CropSpec
 
         self.net, self.config = load_model(model, device)
         self.device = next(self.net.parameters()).device

@@ -21,7 +21,7 @@ pixels or masks of those films ship). Pure functions on arrays; everything is re
 
 Example::
 
-    from lungx_core.lesions import LesionRequest, insert_lesions
+    from lungx_core.generative.lesions import LesionRequest, insert_lesions
     result = insert_lesions(film, lung, LesionRequest(area=0.3, side="both", kind="mixed"), seed=0)
     result.array   # the film with lesions; identical to ``film`` wherever ``result.support`` is False
 """
@@ -38,7 +38,7 @@ from scipy import ndimage as ndi
 
 KINDS = ("ggo", "consolidation", "mixed")
 SIDES = ("any", "both", "left", "right")  # the patient's sides
-MODEL_FILE = Path(__file__).parent / "weights" / "cxr_lesions.json"
+MODEL_FILE = Path(__file__).parents[1] / "weights" / "cxr_lesions.json"
 WORK_SIZE = 256  # shapes are drawn on a grid of about this many pixels across, then enlarged: resolution-free
 
 

@@ -46,7 +46,7 @@ def suppress(
     """
     from scipy import ndimage as ndi
 
-    from lungx_core.thoracic import resize
+    from lungx_core.cxr.thoracic import resize
 
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")

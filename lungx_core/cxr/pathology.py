@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lungx_core.thoracic import CropSpec, thoracic_crop
+from lungx_core.cxr.thoracic import CropSpec, thoracic_crop
 
 DEFAULT_MODEL = "cxr_pathology"
 

@@ -26,6 +26,6 @@ def sample_ct() -> MedicalImage:
 
 def sample_radiograph() -> MedicalImage:
     """A 1-mm frontal DRR of the sample CT, with coronal-plane LPS geometry."""
-    from lungx_core.drr import render_drr
+    from lungx_core.ct.drr import render_drr
 
     return render_drr(sample_ct(), pixel_spacing=1.0)

@@ -5,7 +5,7 @@ radiographs with rib-shaped holes. Its input is three channels: the noisy image,
 given a smooth (normalised-convolution) fill, and the hole mask; it predicts the clean image
 (``prediction_type`` in the model config). A whole film is worked
 on at ``size`` x ``size`` (the model is fully convolutional; training used crops of that scale) and the result
-is brought back to the film's resolution by the caller (``lungx_core/blending.py``).
+is brought back to the film's resolution by the caller (``lungx_core/generative/blending.py``).
 
 Sampling is DDIM or DPM-Solver++ at 10-50 steps, or RePaint (diffusers' ``RePaintScheduler``, resampling
 jumps), all seeded: the same seed gives the same pixels.
@@ -186,7 +186,7 @@ class DiffusionInpainter:
         """
         import torch
 
-        from lungx_core.thoracic import resize, whole_film
+        from lungx_core.cxr.thoracic import resize, whole_film
 
         size = self.spec.size
         scaled, low, high = whole_film(image, size, self.spec.low_percentile, self.spec.high_percentile)

@@ -25,7 +25,7 @@ class RibMasker:
         """Rib probability (float32, ``image``'s shape) for a display-oriented 2-D film."""
         import torch
 
-        from lungx_core.thoracic import resize, whole_film
+        from lungx_core.cxr.thoracic import resize, whole_film
 
         cfg = self.config
         small, _, _ = whole_film(image, int(cfg["size"]), cfg["low_percentile"], cfg["high_percentile"])

@@ -27,7 +27,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from lungx_core.metrics import dice, hd95, iou
+from lungx_core.anatomy import class_mask
+from lungx_core.eval.metrics import dice, hd95, iou
 
 if TYPE_CHECKING:
     from lungx_core.image import MedicalImage
@@ -79,14 +80,6 @@ def discover_cases(root: Path, ids: Iterable[str] | None = None) -> list[EvalCas
     return [c for c in cases if c.masks]
 
 
-def predicted_class_mask(masks: dict[str, np.ndarray], cls: str) -> np.ndarray:
-    if cls == "lung":
-        return masks["lung_left"] | masks["lung_right"]
-    if cls == "clavicles":
-        return masks["clavicle_left"] | masks["clavicle_right"]
-    return masks[cls]
-
-
 def evaluate_cxr(
     root: Path,
     segment: Callable[[Path], dict[str, np.ndarray]],
@@ -106,7 +99,7 @@ def evaluate_cxr(
                 if on_skip:
                     on_skip(case.case_id, cls)
                 continue
-            p = predicted_class_mask(pred, cls)
+            p = class_mask(pred, cls)
             if p.shape != truth.shape:
                 raise ValueError(f"{files[0]}: mask shape {truth.shape} differs from image shape {p.shape}")
             values = {"dice": dice(p, truth), "iou": iou(p, truth), "hd95_px": hd95(p, truth)}

@@ -76,7 +76,7 @@ class BoneLayerModel:
         """The bone image (float32, ``film``'s shape, the film's grey levels) of a display-oriented 2-D film."""
         import torch
 
-        from lungx_core.thoracic import resize, whole_film
+        from lungx_core.cxr.thoracic import resize, whole_film
 
         cfg = self.config
         small, low, high = whole_film(film, int(cfg["size"]), cfg["low_percentile"], cfg["high_percentile"])

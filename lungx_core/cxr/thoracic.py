@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from lungx_core.crops import Box, square_around, thoracic_box_cxr
+from lungx_core.cxr.crops import Box, square_around, thoracic_box_cxr
 from lungx_core.image import to_dtype
 
 

@@ -187,6 +187,38 @@ def test_api_bone_mode_returns_the_bone_image(phantom, tiny_bone, tmp_path):
 # ---- the shipped model -------------------------------------------------------------------------------------------
 
 
+def test_bone_spec_is_strict_and_tta_views_are_averaged_in_register():
+    from lungx_core.cxr.bone import BoneLayerModel, BoneSpec
+    from lungx_core.models.networks import build_network
+
+    base = {"arch": "unet", "classes": ["bone"], "size": 64, "alpha": 1.0}
+    assert BoneSpec.from_config(base).tta_sizes == ()
+    with pytest.raises(ValueError, match="unknown key 'tta_size'"):
+        BoneSpec.from_config({**base, "tta_size": [64]})
+    with pytest.raises(ValueError, match="multiples of 16"):
+        BoneSpec.from_config({**base, "tta_sizes": [64, 70]})
+
+    class Identity(torch.nn.Module):  # a "bone image" that is the input itself: every view must map back onto it
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.ones(1))
+
+        def forward(self, x):
+            return x * self.w
+
+    film = np.zeros((128, 128), np.float32)
+    film[40:90, 30:100] = 1.0
+    plain = BoneLayerModel.from_network(Identity(), {**base, "flip_average": True}).bone_image(film)
+    tta = BoneLayerModel.from_network(Identity(), {**base, "flip_average": True, "tta_sizes": [64, 96],
+                                                   "tta_shifts": [[0, 0], [2, 2], [-2, 2]]}).bone_image(film)
+    # a view that were not shifted back would smear the block's edges by 2 model pixels (4 film pixels)
+    assert np.abs(tta - plain)[50:80, 45:85].max() < 1e-5
+    assert np.abs(tta - plain).mean() < 0.02
+    net = build_network("unet", 1, 1, channels=[4, 8], num_res_units=1, norm="batch").eval()
+    one = BoneLayerModel.from_network(net, {**base, "tta_shifts": [[0, 0]]}).bone_image(film)
+    assert np.array_equal(one, BoneLayerModel.from_network(net, base).bone_image(film))
+
+
 def test_shipped_bone_model_is_small_and_lowers_the_error_on_a_ct_phantom_film():
     from test_ribs import chest_ct_phantom
 

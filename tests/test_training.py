@@ -46,3 +46,33 @@ def test_splits_keep_patients_together():
         by_group.setdefault(s.group, set()).add(splits[f"{s.dataset}/{s.id}"])
     assert all(len(v) == 1 for v in by_group.values())
     assert 0.1 < sum(v == "val" for v in splits.values()) / len(splits) < 0.3
+
+
+def test_every_training_config_fits_its_schema_and_misspelt_keys_are_refused(tmp_path):
+    import json
+    from pathlib import Path
+
+    import pytest
+
+    from training import schemas
+
+    by_prefix = (("bone", schemas.BoneRun), ("ct_unet", schemas.CTSegmentationRun), ("cxr_unet",
+                 schemas.CXRSegmentationRun), ("deopacifier", schemas.DeopacifierRun), ("gate", schemas.GateRun),
+                 ("inpainting", schemas.InpaintingRun), ("opacity_removal", schemas.TranslationRun),
+                 ("opacity", schemas.OpacityRun), ("pathology", schemas.PathologyRun), ("ribs", schemas.RibsRun),
+                 ("synthesis", schemas.TranslationRun))
+    folder = Path(__file__).parents[1] / "training" / "configs"
+    configs = sorted(folder.glob("*.json"))
+    assert len(configs) >= 16
+    for path in configs:
+        schema = next(s for prefix, s in by_prefix if path.stem.startswith(prefix))
+        assert schemas.read_config(path, schema)["name"]
+    bone = json.loads((folder / "bone_cxr.json").read_text())
+    bone["des"]["epoch"] = bone["des"].pop("epochs")
+    (tmp_path / "bad.json").write_text(json.dumps(bone))
+    with pytest.raises(ValueError, match=r"bad.json: BoneRun des: unknown key 'epoch'"):
+        schemas.read_config(tmp_path / "bad.json", schemas.BoneRun)
+    del bone["des"]
+    (tmp_path / "bad.json").write_text(json.dumps(bone))
+    with pytest.raises(ValueError, match="missing key 'des'"):
+        schemas.read_config(tmp_path / "bad.json", schemas.BoneRun)

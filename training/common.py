@@ -64,9 +64,12 @@ def append_log(path: Path, row: dict) -> None:
         writer.writerow(row)
 
 
-def start_run(doc: str, argv=None) -> tuple[argparse.Namespace, dict]:
+def start_run(doc: str, schema: type, argv=None) -> tuple[argparse.Namespace, dict]:
     """The training scripts' shared command line (--config --data --run --epochs --threads) and run set-up:
-    threads set, run folder created with the effective config.json, everything seeded. Returns (args, config)."""
+    the config checked against ``schema`` (training/schemas.py), threads set, run folder created with the
+    effective config.json, everything seeded. Returns (args, config)."""
+    from training.schemas import read_config
+
     ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", type=Path, required=True)
     ap.add_argument("--data", type=Path, default=Path("../shared/data"))
@@ -74,7 +77,7 @@ def start_run(doc: str, argv=None) -> tuple[argparse.Namespace, dict]:
     ap.add_argument("--epochs", type=int, help="override the config's epoch count")
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     args = ap.parse_args(argv)
-    cfg = json.loads(args.config.read_text())
+    cfg = read_config(args.config, schema)
     if args.epochs:
         cfg["epochs"] = args.epochs
     torch.set_num_threads(args.threads)

@@ -24,6 +24,7 @@ from lungx_core.cxr.bone import BoneLayerModel, refine_edges, subtract_bone
 from lungx_core.eval.evaluate import bone_suppression_scores
 from lungx_core.models.networks import build_network
 from training.bone_data import psnr_gain, read_des_pairs
+from training.schemas import BoneRun, read_config
 
 ALPHAS = np.round(np.arange(0.0, 2.0001, 0.05), 2)
 GUIDED = (None, (0.004, 1e-2), (0.008, 1e-2), (0.008, 1e-3), (0.016, 1e-3))  # (radius fraction, eps)
@@ -34,7 +35,8 @@ def bone_images(weights: Path, cfg: dict, pairs: list[dict]) -> list[np.ndarray]
     net = build_network(cfg["arch"], 1, 1, **cfg["arch_options"])
     net.load_state_dict(torch.load(weights, weights_only=True))
     config = {"size": cfg["size"], "low_percentile": 0.5, "high_percentile": 99.5,
-              "flip_average": cfg.get("flip_average", False)}
+              "flip_average": cfg.get("flip_average", False), "tta_sizes": cfg.get("tta_sizes", []),
+              "tta_shifts": cfg.get("tta_shifts", [])}
     model = BoneLayerModel.from_network(net, config)
     return [model.bone_image(p["film"]) for p in pairs]
 
@@ -85,7 +87,7 @@ def main(argv=None) -> None:
     ap.add_argument("--data", type=Path, default=Path("../shared/data"))
     ap.add_argument("--run", type=Path, required=True)
     args = ap.parse_args(argv)
-    cfg = json.loads(args.config.read_text())
+    cfg = read_config(args.config, BoneRun)
     pairs = read_des_pairs(args.data)
     report = {}
     stage1 = bone_images(args.run / "drr" / "best.pt", cfg, pairs)

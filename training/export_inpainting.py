@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +19,7 @@ from lungx_core.generative.inpainting import DiffusionSpec, inpaint
 from lungx_core.models.networks import build_network
 from lungx_core.models.store import WEIGHTS_DIR, save_model
 from training.inpainting_data import rib_holes
+from training.schemas import InpaintingRun, read_config
 
 
 def main(argv=None) -> None:
@@ -28,7 +28,7 @@ def main(argv=None) -> None:
     ap.add_argument("--config", type=Path, required=True)
     ap.add_argument("--out", type=Path, help="default: lungx_core/weights/<config name>")
     args = ap.parse_args(argv)
-    cfg = json.loads(args.config.read_text())
+    cfg = read_config(args.config, InpaintingRun)
     spec = DiffusionSpec.from_dict(cfg["diffusion"])
     state = torch.load(args.run / "best.pt", weights_only=True)
     with open(args.run / "log.csv", newline="") as f:

@@ -29,6 +29,7 @@ from lungx_core.models.networks import build_network
 from training.bone_data import BONE_VALIDATION_CT, des_training_arrays, psnr_gain, read_des_pairs, render_batch
 from training.common import append_log, random_affine, resume, save_checkpoint, seed_everything
 from training.rib_data import build_rib_cache
+from training.schemas import BoneRun, read_config
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -93,7 +94,7 @@ def load_des(args, cfg) -> tuple[dict, list[str]]:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    cfg = json.loads(args.config.read_text())
+    cfg = read_config(args.config, BoneRun)
     torch.set_num_threads(args.threads)
     seed_everything(cfg["seed"])
     args.run.mkdir(parents=True, exist_ok=True)
@@ -171,7 +172,8 @@ def export_model(args, cfg, net, des, ids) -> None:
     config = {
         "arch": cfg["arch"], "arch_options": cfg["arch_options"], "in_channels": 1, "classes": ["bone"],
         "size": cfg["size"], "low_percentile": 0.5, "high_percentile": 99.5, "alpha": chosen["alpha"],
-        "flip_average": cfg.get("flip_average", False),
+        "flip_average": cfg.get("flip_average", False), "tta_sizes": cfg.get("tta_sizes", []),
+        "tta_shifts": cfg.get("tta_shifts", []),
         "guided_radius": chosen["guided"][0] if chosen["guided"] else 0.0,
         "guided_eps": chosen["guided"][1] if chosen["guided"] else 0.0,
         "metrics": loo["summary"],

@@ -26,6 +26,7 @@ from lungx_core.preprocess import ct_window  # noqa: E402
 from training.common import append_log, resume, save_checkpoint, start_run  # noqa: E402
 from training.ct_data import build_cache, load_cache  # noqa: E402
 from training.losses import SegmentationLoss  # noqa: E402
+from training.schemas import CTSegmentationRun  # noqa: E402
 from training.synthetic_pathology import insert_pathology  # noqa: E402
 
 
@@ -100,7 +101,7 @@ def validate(net, data: dict, split: str, batch: int = 32) -> dict[str, float]:
 
 
 def main(argv=None) -> None:
-    args, cfg = start_run(__doc__, argv)
+    args, cfg = start_run(__doc__, CTSegmentationRun, argv)
     cache = args.run / "cache.npz"
     if not cache.exists():
         t0 = time.time()

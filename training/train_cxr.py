@@ -24,6 +24,7 @@ from lungx_core.preprocess import PreprocessConfig  # noqa: E402
 from training.common import append_log, resume, save_checkpoint, start_run  # noqa: E402
 from training.cxr_data import Sample, _read_png, build_cache, load_cache, load_targets  # noqa: E402
 from training.losses import SegmentationLoss  # noqa: E402
+from training.schemas import CXRSegmentationRun  # noqa: E402
 from training.synthetic_augment import SyntheticSwap, synthetic_versions  # noqa: E402
 
 
@@ -134,7 +135,7 @@ def synthetic_swap(
 
 
 def main(argv=None) -> None:
-    args, cfg = start_run(__doc__, argv)
+    args, cfg = start_run(__doc__, CXRSegmentationRun, argv)
 
     pre = PreprocessConfig.from_dict(cfg["preprocess"])
     cache = args.run / "cache.npz"

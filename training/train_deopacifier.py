@@ -24,6 +24,7 @@ from lungx_core.models.networks import build_network
 from lungx_core.models.store import save_model
 from training.common import append_log, resume, save_checkpoint, seed_everything
 from training.opacity_pairs import batch, real_residuals
+from training.schemas import DeopacifierRun, read_config
 from training.synthesis_data import domain_data
 
 MODEL_NAME = "cxr_opacity_removal"
@@ -98,7 +99,7 @@ def main(argv=None) -> None:
     from monai.losses import SSIMLoss
 
     args = parse_args(argv)
-    cfg = json.loads(args.config.read_text())
+    cfg = read_config(args.config, DeopacifierRun)
     torch.set_num_threads(args.threads)
     args.run.mkdir(parents=True, exist_ok=True)
     if args.export:

@@ -25,6 +25,7 @@ from lungx_core.cxr.gate import GATE_CLASSES  # noqa: E402
 from lungx_core.models.networks import build_network  # noqa: E402
 from training.common import append_log, resume, save_checkpoint, start_run  # noqa: E402
 from training.gate_data import build_cache  # noqa: E402
+from training.schemas import GateRun  # noqa: E402
 
 
 def padded_scan_field(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -91,7 +92,7 @@ def main(argv=None) -> None:
     export = "--export" in argv
     if export:
         argv.remove("--export")
-    args, cfg = start_run(__doc__, argv)
+    args, cfg = start_run(__doc__, GateRun, argv)
     cache = args.run / "cache.npz"
     if not cache.exists():
         t0 = time.time()

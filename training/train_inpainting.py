@@ -23,6 +23,7 @@ from lungx_core.generative.inpainting import DiffusionSpec, inpaint, network_inp
 from lungx_core.models.networks import build_network
 from training.common import append_log, resume, save_checkpoint, start_run
 from training.inpainting_data import build_film_cache, rib_holes
+from training.schemas import InpaintingRun  # noqa: E402
 
 
 def batch(films: np.ndarray, n: int, crop: int, rng: np.random.Generator, augment: bool = True):
@@ -57,7 +58,7 @@ def hole_psnr(truth: np.ndarray, test: np.ndarray, hole: np.ndarray) -> float:
 
 
 def main(argv=None) -> None:
-    args, cfg = start_run(__doc__, argv)
+    args, cfg = start_run(__doc__, InpaintingRun, argv)
     spec = DiffusionSpec.from_dict(cfg["diffusion"])
     cache = np.load(build_film_cache(args.data, args.run / f"films_{spec.size}.npz", spec.size))
     films, ids = cache["films"], cache["ids"]

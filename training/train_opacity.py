@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from lungx_core.models.networks import build_network  # noqa: E402
 from lungx_core.models.store import save_model  # noqa: E402
 from training.common import append_log, seed_everything  # noqa: E402
+from training.schemas import OpacityRun, read_config
 from training.synthesis_data import domain_data  # noqa: E402
 from training.train_pathology import auc  # noqa: E402
 from training.train_synthesis import random_windows  # noqa: E402
@@ -85,7 +86,7 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    cfg = json.loads(args.config.read_text())
+    cfg = read_config(args.config, OpacityRun)
     seed_everything(cfg["seed"])
     args.run.mkdir(parents=True, exist_ok=True)
     (args.run / "config.json").write_text(json.dumps(cfg, indent=2))

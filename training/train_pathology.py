@@ -31,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from lungx_core.models.networks import build_network  # noqa: E402
 from lungx_core.models.store import save_model  # noqa: E402
 from training.common import append_log, seed_everything  # noqa: E402
+from training.schemas import PathologyRun, read_config
 from training.style import PLACEBOS, augment  # noqa: E402
 from training.synthesis_data import domain_data  # noqa: E402
 from training.train_synthesis import random_crops, random_windows  # noqa: E402
@@ -140,7 +141,7 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    cfg = json.loads(args.config.read_text())
+    cfg = read_config(args.config, PathologyRun)
     seed_everything(cfg["seed"])
     args.run.mkdir(parents=True, exist_ok=True)
     data = domain_data(args.data, args.cache, args.run, cfg["crop"], cfg["load_size"])

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from lungx_core.models.networks import build_network
 from training.common import append_log, blur, random_affine, resume, save_checkpoint, start_run
 from training.rib_data import VALIDATION_CT, build_rib_cache
+from training.schemas import RibsRun
 
 
 def render_films(drr: np.ndarray, soft: np.ndarray, rng: np.random.Generator | None) -> torch.Tensor:
@@ -53,7 +54,7 @@ def main(argv=None) -> None:
 
     argv = sys.argv[1:] if argv is None else list(argv)
     export = "--export" in argv  # ship best.pt instead of training (start_run's parser does not know the flag)
-    args, cfg = start_run(__doc__, [a for a in argv if a != "--export"])
+    args, cfg = start_run(__doc__, RibsRun, [a for a in argv if a != "--export"])
     cache = np.load(build_rib_cache(args.data, args.run / "rib_cache.npz", cfg["size"]))
     val = cache["case"] == VALIDATION_CT
     train_idx, val_idx = np.where(~val)[0], np.where(val)[0]

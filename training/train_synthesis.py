@@ -32,6 +32,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from training.common import append_log  # noqa: E402
+from training.schemas import TranslationRun, read_config
 from training.synthesis_data import domain_data  # noqa: E402
 from training.translation import CycleGANTrainer, TranslationConfig, sample_grid  # noqa: E402
 
@@ -95,7 +96,7 @@ def main(argv=None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    raw = json.loads(args.config.read_text())
+    raw = read_config(args.config, TranslationRun)
     load_size, steps_per_epoch, batch = raw["load_size"], raw["steps_per_epoch"], raw.get("batch_size", 1)
     config = TranslationConfig.from_dict(raw["translation"])
     args.run.mkdir(parents=True, exist_ok=True)

@@ -3,14 +3,16 @@
 The ``cxr_bone`` model (a MONAI U-Net, ``training/train_bone.py``) maps a whole film, resized to ``size``
 square and windowed by its own 0.5/99.5 percentiles, to its bone image in the same units: what the ribs,
 clavicles, scapulae and spine add to the film (averaged with the bone image of the mirrored film when the
-config says ``flip_average``). The bone image is brought back to the film's grey levels and full resolution
-(bilinear, then given the film's own edges by :func:`refine_edges` when the config gives ``guided_radius``;
-the film itself is never resampled), and the suppressed film is ``film - alpha * bone``. Nothing is inpainted
-or regenerated: the soft tissue under a rib (vessels, nodules) is the film's own.
+config says ``flip_average``, and over the config's test-time sizes and shifts). The bone image is brought
+back to the film's grey levels and full resolution (bilinear, then given the film's own edges by
+:func:`refine_edges` when the config gives ``guided_radius``; the film itself is never resampled), and the
+suppressed film is ``film - alpha * bone``. Nothing is inpainted or regenerated: the soft tissue under a rib
+(vessels, nodules) is the film's own.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +20,46 @@ import numpy as np
 
 DEFAULT_MODEL = "cxr_bone"
 BONE_MASK_FRACTION = 0.3  # of the film's strong bone signal (99th percentile of the bone image)
+# keys of a model config that the model store reads (network, provenance), not the bone image's settings
+_STORE_KEYS = ("arch", "arch_options", "in_channels", "classes", "metrics")
+
+
+@dataclass(frozen=True)
+class BoneSpec:
+    """How the bone image is computed (the ``cxr_bone`` config, strict: a misspelt key is an error).
+
+    Args:
+        size: side of the square network input (px).
+        low_percentile, high_percentile: the film's window (percentiles of its grey levels).
+        alpha: strength fitted on the DES pairs; the suppressed film is ``film - alpha * bone``.
+        flip_average: average with the bone image of the mirrored film.
+        guided_radius, guided_eps: edge refinement (:func:`refine_edges`); radius 0 skips it.
+        tta_sizes: input sides to average over (test-time augmentation); empty means ``[size]``.
+        tta_shifts: (rows, cols) pixel shifts of the network input to average over; empty means no shift.
+    """
+
+    size: int
+    low_percentile: float = 0.5
+    high_percentile: float = 99.5
+    alpha: float = 1.0
+    flip_average: bool = False
+    guided_radius: float = 0.0
+    guided_eps: float = 0.0
+    tta_sizes: tuple[int, ...] = ()
+    tta_shifts: tuple[tuple[int, int], ...] = ()
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> BoneSpec:
+        from lungx_core.config import strict_config
+
+        values = {k: v for k, v in config.items() if k not in _STORE_KEYS}
+        values["tta_sizes"] = tuple(int(v) for v in values.get("tta_sizes", ()))
+        values["tta_shifts"] = tuple((int(a), int(b)) for a, b in values.get("tta_shifts", ()))
+        spec = strict_config(cls, values, "cxr_bone config")
+        if any(size % 16 for size in (spec.size, *spec.tta_sizes)):
+            raise ValueError(f"cxr_bone config: input sizes must be multiples of 16, got {spec.size}, "
+                             f"{list(spec.tta_sizes)}")
+        return spec
 
 
 def subtract_bone(film: np.ndarray, bone: np.ndarray, alpha: float) -> np.ndarray:
@@ -69,27 +111,39 @@ class BoneLayerModel:
 
     def _use(self, net: Any, config: dict[str, Any]) -> None:
         self.net, self.config = net, config
+        self.spec = BoneSpec.from_config(config)
         self.device = next(net.parameters()).device
-        self.alpha = float(config.get("alpha", 1.0))
+        self.alpha = self.spec.alpha
 
     def bone_image(self, film: np.ndarray) -> np.ndarray:
-        """The bone image (float32, ``film``'s shape, the film's grey levels) of a display-oriented 2-D film."""
+        """The bone image (float32, ``film``'s shape, the film's grey levels) of a display-oriented 2-D film.
+
+        The mean over the spec's input sizes and shifts (and the mirrored film): each view's bone image is
+        shifted back and brought to the film's size before averaging, so the views agree on where bone is
+        and their independent errors partly cancel."""
         import torch
 
         from lungx_core.cxr.thoracic import resize, whole_film
 
-        cfg = self.config
-        small, low, high = whole_film(film, int(cfg["size"]), cfg["low_percentile"], cfg["high_percentile"])
-        x = torch.from_numpy(small[None, None]).to(self.device)
-        with torch.inference_mode():
-            if cfg.get("flip_average"):  # the film and its mirror image in one batch, the mirror's bone mirrored back
-                both = self.net(torch.cat([x, x.flip(-1)]))
-                b = (0.5 * (both[0, 0] + both[1, 0].flip(-1))).float().cpu().numpy()
-            else:
-                b = self.net(x)[0, 0].float().cpu().numpy()
-        bone = resize(b * (high - low), np.shape(film))
-        if cfg.get("guided_radius"):
-            bone = refine_edges(bone, film, float(cfg["guided_radius"]), float(cfg["guided_eps"]))
+        spec = self.spec
+        shifts = spec.tta_shifts or ((0, 0),)
+        total = np.zeros(np.shape(film), np.float64)
+        for size in spec.tta_sizes or (spec.size,):
+            small, low, high = whole_film(film, size, spec.low_percentile, spec.high_percentile)
+            x = torch.from_numpy(small[None, None]).to(self.device)
+            views = [torch.roll(x, shift, (-2, -1)) for shift in shifts]
+            if spec.flip_average:  # each view and its mirror image, the mirror's bone mirrored back
+                views += [v.flip(-1) for v in views]
+            with torch.inference_mode():
+                out = self.net(torch.cat(views))[:, 0].float().cpu()
+            k = len(shifts)
+            if spec.flip_average:
+                out = 0.5 * (out[:k] + out[k:].flip(-1))
+            b = torch.stack([torch.roll(o, (-dy, -dx), (-2, -1)) for o, (dy, dx) in zip(out, shifts, strict=True)])
+            total += resize(b.mean(0).numpy() * (high - low), np.shape(film))
+        bone = (total / len(spec.tta_sizes or (spec.size,))).astype(np.float32)
+        if spec.guided_radius:
+            bone = refine_edges(bone, film, spec.guided_radius, spec.guided_eps)
         return bone.astype(np.float32)
 
 

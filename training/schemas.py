@@ -1,0 +1,232 @@
+"""One validated config type per training run: ``read_config`` refuses a JSON config whose keys are unknown or
+missing (a misspelt ``"lr"`` must not fall back to a default) and names the file, the section and the key.
+
+Sections that a library type already validates strictly (``preprocess``: ``PreprocessConfig``, ``translation``:
+``TranslationConfig``, ``diffusion``: ``DiffusionSpec``, ``crop``: ``CropSpec``) are checked there; here they
+are plain objects. The config itself stays the dict the scripts index, so a valid config trains exactly as
+before.
+
+Example::
+
+    cfg = read_config(Path("training/configs/bone_cxr.json"), BoneRun)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lungx_core.config import strict_config
+
+
+@dataclass
+class CXRSegmentationRun:
+    """``train_cxr.py`` (cxr_unet*.json)."""
+
+    name: str
+    arch: str
+    arch_options: dict
+    preprocess: dict
+    augment: dict
+    loss: dict
+    optimizer: str
+    lr: float
+    batch_size: int
+    epochs: int
+    seed: int
+    weight_decay: float = 0.0
+    init: str | None = None  # a shipped model to start from
+    train_datasets: list | None = None  # train on these datasets only
+    synthesis: dict | None = None  # swap in synthetic pathological films
+
+
+@dataclass
+class CTSegmentationRun:
+    """``train_ct.py`` (ct_unet.json)."""
+
+    name: str
+    arch: str
+    arch_options: dict
+    augment: dict
+    loss: dict
+    lr: float
+    batch_size: int
+    epochs: int
+    seed: int
+    size: int
+    weight_decay: float = 0.0
+
+
+@dataclass
+class GateRun:
+    """``train_gate.py`` (gate.json)."""
+
+    name: str
+    arch: str
+    arch_options: dict
+    batch_size: int
+    epochs: int
+    frontal_weight: float
+    lr: float
+    seed: int
+    threshold: float
+    weight_decay: float
+
+
+@dataclass
+class InpaintingRun:
+    """``train_inpainting.py`` and ``export_inpainting.py`` (inpainting_cxr.json)."""
+
+    name: str
+    arch_options: dict
+    batch_size: int
+    crop: int
+    diffusion: dict
+    epochs: int
+    lr: float
+    outside_weight: float
+    seed: int
+    steps_per_epoch: int
+    val_crops: int
+    val_fraction: float
+    weight_decay: float
+
+
+@dataclass
+class RibsRun:
+    """``train_ribs.py`` (ribs_cxr.json)."""
+
+    name: str
+    arch: str
+    arch_options: dict
+    batch_size: int
+    epochs: int
+    lr: float
+    seed: int
+    size: int
+    steps_per_epoch: int
+    weight_decay: float
+
+
+@dataclass
+class BoneStage:
+    """One stage of ``train_bone.py``: ``drr`` (CT-derived pairs) or ``des`` (real dual-energy pairs)."""
+
+    lr: float
+    epochs: int
+    steps_per_epoch: int
+    warmup: float
+    des_fraction: float = 0.5  # des stage: share of each batch that is DES
+
+
+@dataclass
+class BoneRun:
+    """``train_bone.py`` and ``eval_bone_loo.py`` (bone_cxr.json)."""
+
+    name: str
+    arch: str
+    arch_options: dict
+    size: int
+    weight_decay: float
+    batch_size: int
+    seed: int
+    drr: BoneStage
+    des: BoneStage
+    flip_average: bool = False
+    tta_sizes: list = field(default_factory=list)
+    tta_shifts: list = field(default_factory=list)
+
+
+@dataclass
+class DeopacifierRun:
+    """``train_deopacifier.py`` (deopacifier_cxr.json)."""
+
+    name: str
+    arch_options: dict
+    batch_size: int
+    crop: dict
+    epochs: int
+    lesion_weight: float
+    load_size: int
+    lr: float
+    seed: int
+    ssim_weight: float
+    steps: int
+    activation: dict = field(default_factory=dict)
+
+
+@dataclass
+class OpacityRun:
+    """``train_opacity.py`` (opacity_cxr.json)."""
+
+    name: str
+    arch_options: dict
+    batch_size: int
+    crop: dict
+    epochs: int
+    gamma: list  # [low, high] of the random gamma
+    lambda_mil: float
+    load_size: int
+    lr: float
+    mil_top: float
+    seed: int
+    size: int
+    steps_per_epoch: int
+    weight_decay: float
+
+
+@dataclass
+class PathologyRun:
+    """``train_pathology.py`` (pathology_cxr*.json)."""
+
+    name: str
+    arch_options: dict
+    batch_size: int
+    crop: dict
+    epochs: int
+    gamma: list  # [low, high] of the random gamma
+    load_size: int
+    lr: float
+    seed: int
+    steps_per_epoch: int
+    weight_decay: float
+    style_augment: bool = False
+
+
+@dataclass
+class TranslationRun:
+    """``train_synthesis.py`` (synthesis_cxr_*.json, opacity_removal_cxr.json)."""
+
+    name: str
+    translation: dict
+    load_size: int
+    steps_per_epoch: int
+    batch_size: int = 1
+    crop: dict = field(default_factory=dict)
+    encoder: dict | None = None  # opacity removal: the frozen encoder of the alignment loss
+    region_aware: dict | None = None  # opacity removal: activation masks and in-mask losses
+
+
+def validate(schema: type, values: Any, where: str) -> None:
+    """Raise ``ValueError`` naming ``where`` and the key when ``values`` does not fit ``schema``; sections typed
+    with another schema dataclass are checked the same way."""
+    strict_config(schema, values, where)
+    hints = typing.get_type_hints(schema)
+    for f in dataclasses.fields(schema):
+        if dataclasses.is_dataclass(hints[f.name]) and f.name in values:
+            validate(hints[f.name], values[f.name], f"{where} {f.name}")
+
+
+def read_config(path: Path, schema: type) -> dict:
+    """The JSON config at ``path`` as a dict, after checking it against ``schema``.
+
+    Raises:
+        ValueError: e.g. ``training/configs/bone_cxr.json: BoneRun des: unknown key 'epoch' (known: ...)``.
+    """
+    cfg = json.loads(Path(path).read_text())
+    validate(schema, cfg, f"{path}: {schema.__name__}")
+    return cfg

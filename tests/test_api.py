@@ -116,3 +116,14 @@ def test_segment_a_ct():
     assert list(seg.masks) == ["lung_right", "lung_left"]
     assert seg.masks["lung_right"].shape == ct.array.shape
     assert 1000 < seg.measurements["volume_ml_lung"] < 8000
+
+
+@pytest.mark.slow
+def test_the_embedded_samples_save_under_their_own_names(tmp_path):
+    """The DRR is rendered from the sample CT; saving both into one folder must not overwrite either."""
+    from lungx_core.io.sample import sample_ct, sample_radiograph
+
+    written = [p.name for image in (sample_radiograph(), sample_ct())
+               for p in lx.segment(image, device="cpu").save(tmp_path)]
+    assert "sample_drr.seg.nrrd" in written and "CTChest4.seg.nrrd" in written
+    assert len(set(written)) == len(written)

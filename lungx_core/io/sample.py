@@ -25,7 +25,10 @@ def sample_ct() -> MedicalImage:
 
 
 def sample_radiograph() -> MedicalImage:
-    """A 1-mm frontal DRR of the sample CT, with coronal-plane LPS geometry."""
+    """A 1-mm frontal DRR of the sample CT, with coronal-plane LPS geometry. Its source is ``sample_drr`` (the
+    name ``lungx segment --sample`` gives it), so its results are not saved over the CT's (``CTChest4``)."""
+    from dataclasses import replace
+
     from lungx_core.ct.drr import render_drr
 
-    return render_drr(sample_ct(), pixel_spacing=1.0)
+    return replace(render_drr(sample_ct(), pixel_spacing=1.0), source="sample_drr")

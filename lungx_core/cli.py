@@ -316,22 +316,16 @@ class Modality(str, Enum):
     ct = "ct"
 
 
-class SynthesisMethod(str, Enum):
-    insert = "insert"
-    cyclegan = "cyclegan"
+def _choices(task: str, option: str) -> dict[str, str]:
+    """A registry option's choices as Enum members: the CLI offers what the Slicer panel and worker offer."""
+    from lungx_core.tasks.registry import TASKS
+
+    return {c: c for c in TASKS[task].option(option).choices}
 
 
-class LesionSide(str, Enum):
-    any = "any"
-    both = "both"
-    left = "left"
-    right = "right"
-
-
-class LesionKind(str, Enum):
-    mixed = "mixed"
-    ggo = "ggo"
-    consolidation = "consolidation"
+SynthesisMethod = Enum("SynthesisMethod", _choices("cxr-synthesis", "method"), type=str)
+LesionSide = Enum("LesionSide", _choices("cxr-synthesis", "side"), type=str)
+LesionKind = Enum("LesionKind", _choices("cxr-synthesis", "kind"), type=str)
 
 
 WorkersOption = Annotated[

@@ -179,3 +179,13 @@ def test_batch_films_draw_different_lesions_reproducibly():
     assert case_seed(inserter, "a", 0) != case_seed(inserter, "a", 1)
     cyclegan = Synthesizer.__new__(Synthesizer)  # no weights needed: only its method name is read
     assert case_seed(cyclegan, "a", 5) == 5 and case_seed(cyclegan, "a", None) is None
+
+
+def test_the_front_ends_offer_exactly_the_lesion_models_sides_and_kinds():
+    from lungx_core import cli
+    from lungx_core.generative.lesions import KINDS, SIDES
+    from lungx_core.tasks.registry import TASKS
+
+    synthesis = TASKS["cxr-synthesis"]
+    assert set(synthesis.option("side").choices) == set(SIDES) == {m.value for m in cli.LesionSide}
+    assert set(synthesis.option("kind").choices) == set(KINDS) == {m.value for m in cli.LesionKind}

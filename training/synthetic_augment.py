@@ -6,6 +6,10 @@ its reference lung mask, then pass through the segmentation model's own preproce
 the grid of the cached masks. Enabled by a ``"synthesis"`` block in a train_cxr config::
 
     "synthesis": {"model": "cxr_synthesis", "share": 0.5, "datasets": ["jsrt_scr"]}
+
+``"method": "insert"`` (with an optional ``"kind"``) draws lesions of the lesion model instead of running the
+CycleGAN: film i gets seed i, so a rerun makes the same films; the lesion lies inside the lung, whose mask
+stays the label.
 """
 
 from __future__ import annotations
@@ -23,14 +27,17 @@ def synthetic_versions(
     preprocess: PreprocessConfig,
     model: str | Path = "cxr_synthesis",
     device: str = "cpu",
+    method: str = "cyclegan",
+    kind: str = "mixed",
 ) -> np.ndarray:
-    """(N, size, size) float16: each film's synthetic pathological version, preprocessed like the originals."""
-    from lungx_core.tasks.synthesis import Synthesizer
+    """(N, size, size) float16: each film's synthetic pathological version, preprocessed like the originals
+    (``method`` and ``kind`` as for ``lungx synthesize``)."""
+    from lungx_core.tasks.synthesis import make_synthesizer
 
-    synthesizer = Synthesizer(model, device)
+    synthesizer = make_synthesizer(method, model, device, kind=kind)
     out = []
-    for image, lung in zip(images, lungs, strict=True):
-        synthetic, _ = synthesizer.synthesize_display(image, lung)
+    for i, (image, lung) in enumerate(zip(images, lungs, strict=True)):
+        synthetic, _ = synthesizer.synthesize_display(image, lung, i if method == "insert" else None)
         out.append(preprocess_radiograph(synthetic, preprocess)[0].astype(np.float16))
     return np.stack(out)
 

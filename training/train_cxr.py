@@ -127,8 +127,9 @@ def synthetic_swap(
             images.append(_read_png(args.data / ds / "images" / f"{cid}.png"))
             masks = load_targets(args.data, Sample(ds, cid, ""))[0]
             lungs.append(masks[0] | masks[1])
-        synthetic = synthetic_versions(images, lungs, pre, syn["model"])
-        np.savez_compressed(path, synthetic=synthetic, has_synthetic=has, model=np.array(str(syn["model"])))
+        synthetic = synthetic_versions(images, lungs, pre, syn.get("model", "cxr_synthesis"),
+                                       method=syn.get("method", "cyclegan"), kind=syn.get("kind", "mixed"))
+        np.savez_compressed(path, synthetic=synthetic, has_synthetic=has, model=np.array(str(syn.get("model", syn.get("method")))))
         print(f"{len(images)} synthetic films made in {time.time() - t0:.0f}s", flush=True)
     z = np.load(path)
     return SyntheticSwap(z["synthetic"], z["has_synthetic"], syn["share"], seed)

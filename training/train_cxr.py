@@ -129,7 +129,8 @@ def synthetic_swap(
             lungs.append(masks[0] | masks[1])
         synthetic = synthetic_versions(images, lungs, pre, syn.get("model", "cxr_synthesis"),
                                        method=syn.get("method", "cyclegan"), kind=syn.get("kind", "mixed"))
-        np.savez_compressed(path, synthetic=synthetic, has_synthetic=has, model=np.array(str(syn.get("model", syn.get("method")))))
+        made_by = str(syn.get("model", syn.get("method")))
+        np.savez_compressed(path, synthetic=synthetic, has_synthetic=has, model=np.array(made_by))
         print(f"{len(images)} synthetic films made in {time.time() - t0:.0f}s", flush=True)
     z = np.load(path)
     return SyntheticSwap(z["synthetic"], z["has_synthetic"], syn["share"], seed)

@@ -42,9 +42,14 @@ class Task(str, Enum):
     ct_lungs = "ct-lungs"
 
 
-class CTMethod(str, Enum):
-    net = "net"
-    classical = "classical"
+def _choices(task: str, option: str) -> dict[str, str]:
+    """A registry option's choices as Enum members: the CLI offers what the Slicer panel and worker offer."""
+    from lungx_core.tasks.registry import TASKS
+
+    return {c: c for c in TASKS[task].option(option).choices}
+
+
+CTMethod = Enum("CTMethod", _choices("ct-lungs", "method"), type=str)
 
 
 class Backend(str, Enum):
@@ -139,7 +144,7 @@ def segment(
         ),
     ] = False,
     input_check: InputCheckOption = True,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    quiet: QuietOption = False,
     workers: WorkersOption = 1,
     scheduler: SchedulerOption = None,
     resume: ResumeOption = False,
@@ -316,13 +321,6 @@ class Modality(str, Enum):
     ct = "ct"
 
 
-def _choices(task: str, option: str) -> dict[str, str]:
-    """A registry option's choices as Enum members: the CLI offers what the Slicer panel and worker offer."""
-    from lungx_core.tasks.registry import TASKS
-
-    return {c: c for c in TASKS[task].option(option).choices}
-
-
 SynthesisMethod = Enum("SynthesisMethod", _choices("cxr-synthesis", "method"), type=str)
 LesionSide = Enum("LesionSide", _choices("cxr-synthesis", "side"), type=str)
 LesionKind = Enum("LesionKind", _choices("cxr-synthesis", "kind"), type=str)
@@ -339,6 +337,7 @@ WorkersOption = Annotated[
 SchedulerOption = Annotated[
     str | None,
     typer.Option(
+        "--scheduler",
         help="Address of an existing Dask scheduler (tcp://host:8786) to run the cases on; its workers must see "
         "the inputs and the output folder at the same paths. Overrides --workers.",
     ),
@@ -526,16 +525,8 @@ def remove_opacity(
     )
 
 
-class SuppressionMode(str, Enum):
-    bone = "bone"
-    inpaint = "inpaint"
-    inpaint_subtract = "inpaint-subtract"
-
-
-class Scheduler(str, Enum):
-    ddim = "ddim"
-    dpm = "dpm"
-    repaint = "repaint"
+SuppressionMode = Enum("SuppressionMode", _choices("cxr-rib-suppression", "mode"), type=str)
+Scheduler = Enum("Scheduler", _choices("cxr-rib-suppression", "scheduler"), type=str)
 
 
 @app.command()
@@ -612,12 +603,7 @@ def suppress_ribs(
     input_check: InputCheckOption = True,
     quiet: QuietOption = False,
     workers: WorkersOption = 1,
-    dask_scheduler: Annotated[
-        str | None,
-        typer.Option("--scheduler", help="Address of an existing Dask scheduler (tcp://host:8786) to run the cases "
-                     "on; its workers must see the inputs and the output folder at the same paths. Overrides "
-                     "--workers."),
-    ] = None,
+    scheduler: SchedulerOption = None,
     resume: ResumeOption = False,
 ):
     """Suppress the bone (ribs, clavicles, scapulae) of chest radiographs: estimate the bone image, subtract it.
@@ -639,7 +625,7 @@ def suppress_ribs(
                    strength=strength, inpainting_model=inpainting_model, steps=steps, seed=seed,
                    scheduler=sampler.value, input_check=_on_off(input_check))
     _run_image_task(
-        inputs, output, rib_mask, _Batch(workers, dask_scheduler, resume, quiet), "suppressing bone", "suppressed",
+        inputs, output, rib_mask, _Batch(workers, scheduler, resume, quiet), "suppressing bone", "suppressed",
         step, COMMON_COLUMNS + rib_suppression.RESULT_COLUMNS + TRAILING_COLUMNS[1:], mask_option="--rib-mask",
         models=(model,) if mode == SuppressionMode.bone else (inpainting_model,),
     )

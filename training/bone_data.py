@@ -125,3 +125,11 @@ def psnr_gain(film: np.ndarray, bone: np.ndarray, soft: np.ndarray, region: np.n
     for image in (film, film - alpha * bone):
         errors.append(float(np.mean((linear_match(image, soft, region)[region] - soft[region]) ** 2)))
     return float(10 * np.log10(errors[0] / errors[1]))
+
+
+def bone_inference_config(cfg: dict) -> dict:
+    """The ``cxr_bone`` settings that come from a training config (``BoneSpec`` keys; the film window is the
+    0.5/99.5 percentiles the training films were windowed with), for cross-validation and for the export."""
+    return {"size": cfg["size"], "low_percentile": 0.5, "high_percentile": 99.5,
+            "flip_average": cfg.get("flip_average", False), "tta_sizes": cfg.get("tta_sizes", []),
+            "tta_shifts": cfg.get("tta_shifts", [])}

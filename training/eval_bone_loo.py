@@ -23,7 +23,7 @@ import torch
 from lungx_core.cxr.bone import BoneLayerModel, refine_edges, subtract_bone
 from lungx_core.eval.evaluate import bone_suppression_scores
 from lungx_core.models.networks import build_network
-from training.bone_data import psnr_gain, read_des_pairs
+from training.bone_data import bone_inference_config, psnr_gain, read_des_pairs
 from training.schemas import BoneRun, read_config
 
 ALPHAS = np.round(np.arange(0.0, 2.0001, 0.05), 2)
@@ -34,10 +34,7 @@ KEYS = ("psnr_input", "psnr_output", "ssim_input", "ssim_output", "bsr")
 def bone_images(weights: Path, cfg: dict, pairs: list[dict]) -> list[np.ndarray]:
     net = build_network(cfg["arch"], 1, 1, **cfg["arch_options"])
     net.load_state_dict(torch.load(weights, weights_only=True))
-    config = {"size": cfg["size"], "low_percentile": 0.5, "high_percentile": 99.5,
-              "flip_average": cfg.get("flip_average", False), "tta_sizes": cfg.get("tta_sizes", []),
-              "tta_shifts": cfg.get("tta_shifts", [])}
-    model = BoneLayerModel.from_network(net, config)
+    model = BoneLayerModel.from_network(net, bone_inference_config(cfg))
     return [model.bone_image(p["film"]) for p in pairs]
 
 

@@ -26,7 +26,14 @@ import numpy as np
 import torch
 
 from lungx_core.models.networks import build_network
-from training.bone_data import BONE_VALIDATION_CT, des_training_arrays, psnr_gain, read_des_pairs, render_batch
+from training.bone_data import (
+    BONE_VALIDATION_CT,
+    bone_inference_config,
+    des_training_arrays,
+    psnr_gain,
+    read_des_pairs,
+    render_batch,
+)
 from training.common import append_log, random_affine, resume, save_checkpoint, seed_everything
 from training.rib_data import build_rib_cache
 from training.schemas import BoneRun, read_config
@@ -171,9 +178,7 @@ def export_model(args, cfg, net, des, ids) -> None:
     chosen = loo["chosen_all"]
     config = {
         "arch": cfg["arch"], "arch_options": cfg["arch_options"], "in_channels": 1, "classes": ["bone"],
-        "size": cfg["size"], "low_percentile": 0.5, "high_percentile": 99.5, "alpha": chosen["alpha"],
-        "flip_average": cfg.get("flip_average", False), "tta_sizes": cfg.get("tta_sizes", []),
-        "tta_shifts": cfg.get("tta_shifts", []),
+        **bone_inference_config(cfg), "alpha": chosen["alpha"],
         "guided_radius": chosen["guided"][0] if chosen["guided"] else 0.0,
         "guided_eps": chosen["guided"][1] if chosen["guided"] else 0.0,
         "metrics": loo["summary"],

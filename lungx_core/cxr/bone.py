@@ -126,9 +126,9 @@ class BoneLayerModel:
         from lungx_core.cxr.thoracic import resize, whole_film
 
         spec = self.spec
-        shifts = spec.tta_shifts or ((0, 0),)
+        sizes, shifts = spec.tta_sizes or (spec.size,), spec.tta_shifts or ((0, 0),)
         total = np.zeros(np.shape(film), np.float64)
-        for size in spec.tta_sizes or (spec.size,):
+        for size in sizes:
             small, low, high = whole_film(film, size, spec.low_percentile, spec.high_percentile)
             x = torch.from_numpy(small[None, None]).to(self.device)
             views = [torch.roll(x, shift, (-2, -1)) for shift in shifts]
@@ -141,10 +141,10 @@ class BoneLayerModel:
                 out = 0.5 * (out[:k] + out[k:].flip(-1))
             b = torch.stack([torch.roll(o, (-dy, -dx), (-2, -1)) for o, (dy, dx) in zip(out, shifts, strict=True)])
             total += resize(b.mean(0).numpy() * (high - low), np.shape(film))
-        bone = (total / len(spec.tta_sizes or (spec.size,))).astype(np.float32)
+        bone = (total / len(sizes)).astype(np.float32)
         if spec.guided_radius:
-            bone = refine_edges(bone, film, spec.guided_radius, spec.guided_eps)
-        return bone.astype(np.float32)
+            bone = refine_edges(bone, film, spec.guided_radius, spec.guided_eps)  # float32 in, float32 out
+        return bone
 
 
 def refine_edges(bone: np.ndarray, film: np.ndarray, radius: float, eps: float) -> np.ndarray:

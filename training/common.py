@@ -129,3 +129,10 @@ def random_affine(
     grid = F.affine_grid(torch.from_numpy(theta), list(tensors[0].shape), align_corners=False)
     padding = padding or ["border"] * len(tensors)
     return [F.grid_sample(t, grid, padding_mode=p, align_corners=False) for t, p in zip(tensors, padding, strict=True)]
+
+
+def centre_window(images: np.ndarray, size: int) -> np.ndarray:
+    """The centre ``size`` x ``size`` window of square images (..., H, W), as a view: the fixed crop that
+    validation sees where training draws random windows."""
+    o = (images.shape[-1] - size) // 2
+    return images[..., o : o + size, o : o + size]

@@ -22,7 +22,7 @@ import torch
 
 from lungx_core.models.networks import build_network
 from lungx_core.models.store import save_model
-from training.common import append_log, resume, save_checkpoint, seed_everything
+from training.common import append_log, centre_window, resume, save_checkpoint, seed_everything
 from training.opacity_pairs import batch, real_residuals
 from training.schemas import DeopacifierRun, read_config
 from training.synthesis_data import domain_data
@@ -58,9 +58,7 @@ def psnr(a: np.ndarray, b: np.ndarray, where: np.ndarray) -> float:
 def validation_set(data: dict, val: np.ndarray, size: int) -> tuple[np.ndarray, ...]:
     """Fixed triples (seed 1234) on the healthy validation crops, centre ``size`` windows."""
     rng = np.random.default_rng(1234)
-    o = (data["images"].shape[-1] - size) // 2
-    images = data["images"][:, o : o + size, o : o + size]
-    lungs = data["lungs"][:, o : o + size, o : o + size]
+    images, lungs = centre_window(data["images"], size), centre_window(data["lungs"], size)
     return batch(images, lungs, val, size, rng, [])
 
 

@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lungx_core.models.networks import build_network  # noqa: E402
 from lungx_core.models.store import save_model  # noqa: E402
-from training.common import append_log, seed_everything  # noqa: E402
+from training.common import append_log, centre_window, seed_everything  # noqa: E402
 from training.schemas import OpacityRun, read_config
 from training.synthesis_data import domain_data  # noqa: E402
 from training.train_pathology import auc  # noqa: E402
@@ -55,20 +55,18 @@ def pixel_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def validate(net, data: dict, val: np.ndarray, size: int, fraction: float) -> dict[str, float]:
     net.eval()
-    o = (data["images"].shape[-1] - size) // 2
-    window = (slice(None), slice(o, o + size), slice(o, o + size))
     inter = total = 0.0
     scores = []
     for s in range(0, len(val), 32):
         idx = val[s : s + 32]
-        x = torch.from_numpy(data["images"][idx][window].astype(np.float32)[:, None])
+        x = torch.from_numpy(centre_window(data["images"][idx], size).astype(np.float32)[:, None])
         logits = net(x)
-        lung = torch.from_numpy(data["lungs"][idx][window][:, None].astype(np.float32))
+        lung = torch.from_numpy(centre_window(data["lungs"][idx], size)[:, None].astype(np.float32))
         scores.append(torch.sigmoid(top_fraction_mean(logits, lung, fraction)).numpy())
         gb = data["dataset"][idx] == "covid_cxr_gb_seg"
         if gb.any():
             pred = (torch.sigmoid(logits[gb][:, 0]) > 0.5).numpy()
-            ref = data["opacity"][idx[gb]][window]
+            ref = centre_window(data["opacity"][idx[gb]], size)
             inter += float((pred & ref).sum())
             total += float(pred.sum() + ref.sum())
     net.train()

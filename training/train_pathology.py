@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lungx_core.models.networks import build_network  # noqa: E402
 from lungx_core.models.store import save_model  # noqa: E402
-from training.common import append_log, seed_everything  # noqa: E402
+from training.common import append_log, centre_window, seed_everything  # noqa: E402
 from training.schemas import PathologyRun, read_config
 from training.style import PLACEBOS, augment  # noqa: E402
 from training.synthesis_data import domain_data  # noqa: E402
@@ -52,10 +52,10 @@ def auc(scores: np.ndarray, labels: np.ndarray) -> float:
 @torch.no_grad()
 def predict(net, images: np.ndarray, size: int, batch: int = 32) -> np.ndarray:
     net.eval()
-    o = (images.shape[-1] - size) // 2
+    images = centre_window(images, size)
     out = []
     for s in range(0, len(images), batch):
-        x = torch.from_numpy(images[s : s + batch, o : o + size, o : o + size].astype(np.float32)[:, None])
+        x = torch.from_numpy(images[s : s + batch].astype(np.float32)[:, None])
         out.append(torch.sigmoid(net(x)[:, 0]).numpy())
     net.train()
     return np.concatenate(out)
@@ -81,16 +81,11 @@ def report(probs: np.ndarray, labels: np.ndarray, datasets: np.ndarray, threshol
     return out
 
 
-def centre(images: np.ndarray, size: int) -> np.ndarray:
-    o = (images.shape[-1] - size) // 2
-    return images[:, o : o + size, o : o + size].astype(np.float32)
-
-
 def placebo_sets(images: np.ndarray, labels: np.ndarray, size: int) -> dict[str, np.ndarray]:
     """The validation films' centre crops: 'healthy' and 'pathological' as they are, and every placebo of
     ``style.PLACEBOS`` applied to the healthy ones (histogram matching to a pathological film of the set, drawn
     with a fixed seed)."""
-    crops = centre(images, size)
+    crops = centre_window(images, size).astype(np.float32)
     healthy, sick = crops[labels == 0], crops[labels == 1]
     rng = np.random.default_rng(7)
     refs = sick[rng.integers(0, len(sick), len(healthy))]

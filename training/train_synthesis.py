@@ -31,7 +31,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from training.common import append_log  # noqa: E402
+from training.common import append_log, centre_window  # noqa: E402
 from training.schemas import TranslationRun, read_config
 from training.synthesis_data import domain_data  # noqa: E402
 from training.translation import CycleGANTrainer, TranslationConfig, sample_grid  # noqa: E402
@@ -57,8 +57,7 @@ def random_crops(images: np.ndarray, lungs: np.ndarray, idx: np.ndarray, size: i
 
 def centre_crops(images: np.ndarray, idx: np.ndarray, size: int, scale: bool = True) -> torch.Tensor:
     """(B, 1, size, size) centre windows; images scaled to [-1, 1] unless ``scale`` is False (masks)."""
-    o = (images.shape[-1] - size) // 2
-    x = torch.from_numpy(images[idx, o : o + size, o : o + size].astype(np.float32)[:, None])
+    x = torch.from_numpy(centre_window(images, size)[idx].astype(np.float32)[:, None])
     return x * 2 - 1 if scale else x
 
 

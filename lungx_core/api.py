@@ -194,18 +194,21 @@ def synthesize(
         image: a radiograph (:class:`MedicalImage` or path).
         lung_mask: the lung fields (bool array of the image's shape, or a mask file on its grid); default from
             the anatomy model.
-        seed: ``insert``: seeds the lesion draw (None as 0); ``cyclegan``: shifts the generator's crop window by a
-            few pixels for another variant (None keeps it centred).
+        seed: ``insert`` and lesion-guided ``cyclegan`` models: seeds the lesion draw (None as 0); other
+            ``cyclegan`` models: shifts the generator's crop window by a few pixels for another variant (None
+            keeps it centred).
         method: ``insert`` (lesions of the lesion model drawn into the lung field; nothing else changes) or
-            ``cyclegan`` (the shape-aware CycleGAN generator on the thoracic crop).
-        area, side, kind: ``insert`` only: share of the lung field covered (None: drawn, 5-60 %), the patient's
-            ``left``/``right``/``both``/``any`` side, ``ggo``/``consolidation``/``mixed``.
+            ``cyclegan`` (a CycleGAN generator on the thoracic crop; a lesion-guided one lets its change in only
+            through a lesion drawn as ``insert`` draws it).
+        area, side, kind: ``insert`` and lesion-guided ``cyclegan``: share of the lung field covered (None:
+            drawn, 5-60 %), the patient's ``left``/``right``/``both``/``any`` side, ``ggo``/``consolidation``/
+            ``mixed``.
         model: ``cyclegan``: generator name or ``.safetensors`` path (default ``cxr_synthesis``).
         device, input_check: as for :func:`segment`.
 
     Returns:
-        ``output`` the synthetic radiograph; masks ``lung`` (and ``opacity``, the inserted lesion, for
-        ``insert``); ``.save()`` writes ``<id>_synthetic.<ext>``, its ``.seg.nrrd`` and a side-by-side picture.
+        ``output`` the synthetic radiograph; masks ``lung`` (and ``opacity``, the drawn lesion, for
+        ``insert`` and lesion-guided ``cyclegan``); ``.save()`` writes ``<id>_synthetic.<ext>``, its ``.seg.nrrd`` and a side-by-side picture.
 
     Example::
 

@@ -391,17 +391,20 @@ def synthesize(
     ),
     method: Annotated[SynthesisMethod, typer.Option(
         help="insert: lesions of the lesion model (measured on real opacity masks) drawn into the lung field, "
-        "nothing else changes; cyclegan: the shape-aware CycleGAN generator (--model) on the thoracic crop.")
+        "nothing else changes; cyclegan: a CycleGAN generator (--model) on the thoracic crop; a lesion-guided "
+        "model (research preview) lets its change in only through a lesion drawn as insert draws it.")
     ] = SynthesisMethod.insert,
     area: Annotated[float | None, typer.Option(
-        min=0.01, max=0.9, help="insert: share of the lung field to cover (default: drawn from the lesion model, "
-        "5-60 %).")] = None,
-    side: Annotated[LesionSide, typer.Option(help="insert: the patient's side(s); any = drawn.")] = LesionSide.any,
-    kind: Annotated[LesionKind, typer.Option(help="insert: ground glass, consolidation, or consolidated cores in "
-                                             "ground glass.")] = LesionKind.mixed,
+        min=0.01, max=0.9, help="insert and lesion-guided cyclegan: share of the lung field to cover (default: "
+        "drawn from the lesion model, 5-60 %).")] = None,
+    side: Annotated[LesionSide, typer.Option(help="insert and lesion-guided cyclegan: the patient's side(s); "
+                                                  "any = drawn.")] = LesionSide.any,
+    kind: Annotated[LesionKind, typer.Option(help="insert and lesion-guided cyclegan: ground glass, consolidation, "
+                                             "or consolidated cores in ground glass.")] = LesionKind.mixed,
     seed: Annotated[
-        int | None, typer.Option(help="insert: seeds the lesion draw, mixed with each file's id (default 0); "
-                                 "cyclegan: shifts the crop window by a seeded few pixels for a different variant.")
+        int | None, typer.Option(help="insert and lesion-guided cyclegan: seeds the lesion draw, mixed with each "
+                                 "file's id (default 0); other cyclegan models: shifts the crop window by a seeded "
+                                 "few pixels for a different variant.")
     ] = None,
     model: Annotated[str, typer.Option(help="cyclegan: shipped generator name or a .safetensors path.")] = (
         "cxr_synthesis"
@@ -471,7 +474,8 @@ def evaluate_synthesis_cmd(
     method: Annotated[SynthesisMethod, typer.Option(help="Synthesis method, as for lungx synthesize.")] = (
         SynthesisMethod.insert
     ),
-    kind: Annotated[LesionKind, typer.Option(help="insert: lesion kind.")] = LesionKind.mixed,
+    kind: Annotated[LesionKind, typer.Option(help="insert and lesion-guided cyclegan: lesion kind.")] = (
+        LesionKind.mixed),
     model: Annotated[str, typer.Option(help="cyclegan: generator name or a .safetensors path.")] = "cxr_synthesis",
     device: Annotated[Device, typer.Option(help="Where the models run.")] = Device.auto,
     per_case: Annotated[Path | None, typer.Option(help="Also write per-case scores to this CSV.")] = None,

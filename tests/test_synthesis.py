@@ -97,6 +97,36 @@ def test_synthesizer_is_deterministic_and_seed_gives_a_variant(phantom, tiny_gen
         s.synthesize(image, np.zeros_like(lung))
 
 
+def test_lesion_guided_cyclegan_changes_only_its_lesion(phantom, tiny_generator, tmp_path):
+    """A lesion-guided model (issue 18) lets the generator's change in through a lesion of the lesion model only:
+    the same lesion insert would draw for that seed, every other pixel bit-exact, area and side respected."""
+    import json
+
+    from lungx_core.generative.lesions import LesionRequest, plan_lesion
+    from lungx_core.tasks.synthesis import make_synthesizer
+
+    guided = tmp_path / "guided.safetensors"
+    guided.write_bytes(tiny_generator.read_bytes())
+    config = json.loads(tiny_generator.with_suffix(".json").read_text())
+    guided.with_suffix(".json").write_text(json.dumps({**config, "region": "lesion"}))
+    s = make_synthesizer("cyclegan", guided, "cpu", area=0.3, side="right", kind="consolidation")
+    assert s.lesion_guided and s.request == LesionRequest(area=0.3, side="right", kind="consolidation")
+    image = MedicalImage(phantom, metadata={"format": "png", "bits": 8})
+    lung = phantom_lung(phantom.shape)
+    result = s.synthesize(image, lung, seed=5)
+    lesion = plan_lesion(lung, s.request, 5)  # display orientation is the array's own for this phantom
+    assert np.array_equal(result.lesion, lesion.hard)
+    changed = result.array != phantom
+    assert changed.any() and not changed[lesion.region == 0].any()
+    half = phantom.shape[1] // 2  # display orientation: the patient's right lung is in the image's left half
+    assert not changed[:, half:].any()
+    assert abs(lesion.hard.sum() / lung.sum() - 0.3) < 0.05  # area: share of the whole lung field
+    assert np.array_equal(s.synthesize(image, lung, seed=5).array, result.array)
+    assert not np.array_equal(s.synthesize(image, lung, seed=6).lesion, result.lesion)
+    unguided = make_synthesizer("cyclegan", tiny_generator, "cpu")
+    assert not unguided.lesion_guided and unguided.synthesize(image, lung).lesion is None
+
+
 def test_lung_mask_files_png_nrrd_and_segmentation(tmp_path, phantom):
     from lungx_core.anatomy import LUNGS
     from lungx_core.io.writers import write_seg_nrrd

@@ -76,3 +76,22 @@ def test_every_training_config_fits_its_schema_and_misspelt_keys_are_refused(tmp
     (tmp_path / "bad.json").write_text(json.dumps(bone))
     with pytest.raises(ValueError, match="missing key 'des'"):
         schemas.read_config(tmp_path / "bad.json", schemas.BoneRun)
+
+
+def test_insertion_pairs_differ_only_inside_the_lesion_region():
+    """The paired pre-training's pairs (issue 18): the lesion model's insertion, nothing outside its region."""
+    import numpy as np
+
+    from training.synthesis_data import insertion_pairs
+
+    yy, xx = np.mgrid[0:48, 0:48]
+    lungs = np.stack([(((yy - 22) / 14) ** 2 + ((xx - 24 - s * 10) / 6) ** 2 < 1) | (
+        ((yy - 22) / 14) ** 2 + ((xx - 24 + s * 10) / 6) ** 2 < 1) for s in (1, 1)])
+    images = np.where(lungs, 0.3, 0.7).astype(np.float16) + np.random.default_rng(0).normal(0, 0.01, lungs.shape)
+    pairs = insertion_pairs(images, lungs, np.array([0, 1]), 40, np.random.default_rng(1), (0.2, 0.4))
+    clear, opaque, region = pairs
+    assert clear.shape == opaque.shape == region.shape == (2, 40, 40)
+    assert (opaque != clear).any() and not (opaque != clear)[region == 0].any()
+    assert (opaque[region > 0.5] >= clear[region > 0.5] - 1e-6).mean() > 0.9  # lesions are denser than lung
+    again = insertion_pairs(images, lungs, np.array([0, 1]), 40, np.random.default_rng(1), (0.2, 0.4))
+    assert all(np.array_equal(x, y) for x, y in zip(pairs, again, strict=True))

@@ -12,7 +12,14 @@ import torch
 from lungx_core.cxr.crops import Box, square_around, thoracic_box_ct, thoracic_box_cxr
 from lungx_core.models.translation import GeneratorConfig, ResnetGenerator, build_discriminator
 from training.losses import masked_l1, surroundings_l1
-from training.translation import CycleGANTrainer, ImagePool, TranslationConfig, linear_decay, sample_grid
+from training.translation import (
+    CycleGANTrainer,
+    ImagePool,
+    PairedPretrainer,
+    TranslationConfig,
+    linear_decay,
+    sample_grid,
+)
 
 TINY = TranslationConfig(size=32, generator=GeneratorConfig(base=8, n_blocks=1), disc_base=8, pool_size=3,
                          epochs=2, decay_epochs=2, lambda_surround=5.0)
@@ -107,6 +114,60 @@ def test_shape_aware_term_needs_masks_and_plain_config_skips_it():
     assert plain.step(a, b)["surround"] == 0.0
     losses = CycleGANTrainer(TINY).step(a, b, lung)
     assert losses["surround"] > 0 and all(np.isfinite(v) for v in losses.values())
+
+
+def test_cyclegan_warm_start_loads_the_paired_weights():
+    """Issue 18: the CycleGAN starts from the paired pre-training's generators, not from random ones."""
+    a, b, lung = _batch(0)
+    pre = PairedPretrainer(TINY, lr=1e-2)
+    region = lung.clone()
+    first = pre.step(a, b, region)
+    for _ in range(20):
+        last = pre.step(a, b, region)
+    assert last["paired_ab"] < first["paired_ab"] and last["paired_ba"] < first["paired_ba"]
+    trainer = CycleGANTrainer(TINY)
+    fresh = {k: v.clone() for k, v in trainer.g_ab.state_dict().items()}
+    trainer.warm_start(pre.generators())
+    for name in ("g_ab", "g_ba"):
+        paired = getattr(pre, name).state_dict()
+        for k, v in getattr(trainer, name).state_dict().items():
+            assert torch.equal(v, paired[k]), (name, k)
+    assert any(not torch.equal(fresh[k], v) for k, v in trainer.g_ab.state_dict().items())
+    # the paired generators change nothing outside the region they are composited through
+    from lungx_core.generative.opacity import composite
+
+    out = composite(a, pre.g_ab(a), region)
+    assert torch.equal(out[region == 0], a[region == 0])
+
+
+def test_paired_pretraining_resumes_at_the_same_step():
+    a, b, lung = _batch(0)
+    pre = PairedPretrainer(TINY)
+    pre.step(a, b, lung)
+    buf = io.BytesIO()
+    torch.save(pre.state_dict(), buf)
+    expected = pre.step(*_batch(3))
+    buf.seek(0)
+    resumed = PairedPretrainer(TINY)
+    resumed.load_state_dict(torch.load(buf, weights_only=False))
+    assert resumed.step(*_batch(3)) == expected and resumed.steps == 2
+
+
+def test_lung_only_discriminator_does_not_see_outside_the_lungs():
+    """disc_region "lung": dataset style outside the lung fields cannot reach the critic (issue 18)."""
+    config = TranslationConfig.from_dict({**TINY.as_dict(), "disc_region": "lung", "lambda_surround": 0.0})
+    a, b, lung = _batch(0)
+    other_b = b.clone()
+    other_b[lung == 0] = -b[lung == 0]  # a different film style outside B's lungs only
+    losses = []
+    for real_b in (b, other_b):
+        trainer = CycleGANTrainer(config)
+        losses.append(trainer.step(a, real_b, lung, lung_b=lung)["d_b"])
+    assert losses[0] == pytest.approx(losses[1], abs=1e-6)
+    with pytest.raises(ValueError, match="lung_a and lung_b"):
+        CycleGANTrainer(config).step(a, b, lung)
+    with pytest.raises(ValueError, match="disc_region"):
+        TranslationConfig.from_dict({**TINY.as_dict(), "disc_region": "lungs"})
 
 
 def test_sample_grid():

@@ -198,6 +198,17 @@ class PathologyRun:
 
 
 @dataclass
+class PairedStart:
+    """``warm_start`` of a TranslationRun: the paired pre-training on insertion pairs before the CycleGAN."""
+
+    steps: int
+    lr: float
+    batch_size: int
+    area: list  # [low, high] share of the lung field a drawn lesion covers
+    log_every: int = 100
+
+
+@dataclass
 class TranslationRun:
     """``train_synthesis.py`` (synthesis_cxr_*.json, opacity_removal_cxr.json)."""
 
@@ -208,7 +219,8 @@ class TranslationRun:
     batch_size: int = 1
     crop: dict = field(default_factory=dict)
     encoder: dict | None = None  # opacity removal: the frozen encoder of the alignment loss
-    region_aware: dict | None = None  # opacity removal: activation masks and in-mask losses
+    region_aware: dict | None = None  # activation masks of B (and lesions of A) and in-mask losses
+    warm_start: PairedStart | None = None  # lesion-guided synthesis: paired pre-training first
 
 
 def validate(schema: type, values: Any, where: str) -> None:
@@ -217,8 +229,10 @@ def validate(schema: type, values: Any, where: str) -> None:
     strict_config(schema, values, where)
     hints = typing.get_type_hints(schema)
     for f in dataclasses.fields(schema):
-        if dataclasses.is_dataclass(hints[f.name]) and f.name in values:
-            validate(hints[f.name], values[f.name], f"{where} {f.name}")
+        # a section typed ``Schema`` or ``Schema | None`` is checked against Schema when present
+        section = [t for t in typing.get_args(hints[f.name]) or (hints[f.name],) if dataclasses.is_dataclass(t)]
+        if section and values.get(f.name) is not None:
+            validate(section[0], values[f.name], f"{where} {f.name}")
 
 
 def read_config(path: Path, schema: type) -> dict:

@@ -153,3 +153,38 @@ def domain_data(data_root: Path, cache: Path | None, run: Path, crop: dict, load
 def load_domain_cache(path: Path) -> dict[str, np.ndarray]:
     z = np.load(path)
     return {k: z[k] for k in z.files}
+
+
+def lesion_region(lung: np.ndarray, rng: np.random.Generator, area: tuple[float, float]):
+    """A lesion of the lesion model planned in ``lung`` (bool, a crop), with a drawn area in ``area``, kind and
+    side: the :class:`lungx_core.generative.lesions.Lesion`."""
+    from lungx_core.generative.lesions import KINDS, LesionRequest, plan_lesion
+
+    request = LesionRequest(area=float(rng.uniform(*area)), kind=KINDS[int(rng.integers(len(KINDS)))])
+    return plan_lesion(lung, request, rng)
+
+
+def lesion_regions(lungs: np.ndarray, rng: np.random.Generator, area: tuple[float, float]) -> np.ndarray:
+    """(B, S, S) float32 regions (:attr:`Lesion.region`) of a lesion drawn in each lung mask (B, S, S)."""
+    return np.stack([lesion_region(lung, rng, area).region for lung in lungs])
+
+
+def insertion_pairs(
+    images: np.ndarray, lungs: np.ndarray, idx: np.ndarray, size: int, rng: np.random.Generator,
+    area: tuple[float, float],
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(clear, with lesion, region) float32 (B, size, size), images in [0, 1]: a random ``size`` window of each
+    cached healthy crop in ``idx`` and the same window with a lesion drawn in by the lesion model, exactly as
+    ``lungx synthesize --method insert`` draws it. No flips: they would move the heart."""
+    from lungx_core.generative.lesions import apply_lesion
+
+    out: list[list[np.ndarray]] = [[], [], []]
+    load = images.shape[-1]
+    for i in idx:
+        r, c = rng.integers(0, load - size + 1, 2)
+        clear = images[i, r : r + size, c : c + size].astype(np.float32)
+        lung = lungs[i, r : r + size, c : c + size]
+        lesion = lesion_region(lung, rng, area)
+        for k, a in enumerate((clear, np.clip(apply_lesion(clear, lung, lesion), 0, 1), lesion.region)):
+            out[k].append(a)
+    return tuple(np.stack(o).astype(np.float32) for o in out)

@@ -12,9 +12,18 @@ one random healthy and one random pathological training crop. Resumable: re-runn
 from ``last.pt`` in the run folder (outside git) at the exact next step; losses go to ``log.csv`` and a sample
 grid of validation crops to ``samples/epoch_NNN.png`` after every epoch.
 
-A ``region_aware`` block (opacity removal) composites every translation with a mask: opaque films (B) with
-their activation mask from the ``cxr_opacity`` model (``lungx_core.generative.opacity``, the same code as at inference),
-clear films (A) with their lung field. An ``encoder`` block adds the frozen-encoder alignment loss.
+A ``region_aware`` block composites every translation with a mask: opaque films (B) with their activation
+mask from the ``cxr_opacity`` model (``lungx_core.generative.opacity``, the same code as at inference), clear
+films (A) with their lung field (opacity removal) or, with ``"mask_a": "lesion"`` (lesion-guided synthesis), with
+the region of a lesion freshly drawn by the lesion model at every step. An ``encoder`` block adds the
+frozen-encoder alignment loss.
+
+A ``warm_start`` block (lesion-guided synthesis, issue 18) first pre-trains both generators on insertion pairs
+(``training.translation.PairedPretrainer``: healthy crop -> the same crop with a drawn lesion, and back), saves
+them as ``paired.pt`` (resumable through ``paired_last.pt``) and starts the CycleGAN from them:
+
+    python training/train_synthesis.py --config training/configs/synthesis_cxr_lesion.json \
+        --data ../shared/data --run /work/runs/synth_lesion --cache /work/runs/synth_data/domains_144.npz
 """
 
 from __future__ import annotations
@@ -33,8 +42,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from training.common import append_log, centre_window  # noqa: E402
 from training.schemas import TranslationRun, read_config
-from training.synthesis_data import domain_data  # noqa: E402
-from training.translation import CycleGANTrainer, TranslationConfig, sample_grid  # noqa: E402
+from training.synthesis_data import domain_data, insertion_pairs, lesion_regions  # noqa: E402
+from training.translation import (  # noqa: E402
+    CycleGANTrainer,
+    PairedPretrainer,
+    TranslationConfig,
+    sample_grid,
+)
+
+MASK_A = ("lung", "lesion")  # what region_aware composites the healthy films' translation with
 
 
 def random_windows(arrays: list[np.ndarray], idx: np.ndarray, size: int, rng: np.random.Generator) -> list[np.ndarray]:
@@ -83,6 +99,52 @@ def frozen_encoder(cfg: dict, device: str = "cpu"):
     return FrozenEncoder(net, cfg["layers"])
 
 
+def to_tensor(x: np.ndarray, scale: bool = True) -> torch.Tensor:
+    """(B, S, S) array -> (B, 1, S, S) float tensor, scaled from [0, 1] to [-1, 1] unless ``scale`` is False."""
+    t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)[:, None])
+    return t * 2 - 1 if scale else t
+
+
+def paired_pretraining(
+    warm: dict, config: TranslationConfig, data: dict[str, np.ndarray], idx_a: np.ndarray, run: Path, device: str
+) -> dict[str, dict]:
+    """The generators after ``warm["steps"]`` paired steps on insertion pairs of the healthy training crops
+    ``idx_a``; resumable (``paired_last.pt``), finished runs are read back from ``paired.pt``."""
+    done = run / "paired.pt"
+    if done.exists():
+        return torch.load(done, weights_only=False)
+    pre = PairedPretrainer(config, warm["lr"], device)
+    rng = np.random.default_rng(config.seed + 100)
+    last = run / "paired_last.pt"
+    if last.exists():
+        state = torch.load(last, weights_only=False)
+        pre.load_state_dict(state["pretrainer"])
+        rng.bit_generator.state = state["data_rng"]
+        print(f"paired pre-training resumed at step {pre.steps}", flush=True)
+    sums: dict[str, float] = {}
+    t0 = time.time()
+    while pre.steps < warm["steps"]:
+        clear, opaque, region = insertion_pairs(data["images"], data["lungs"], rng.choice(idx_a, warm["batch_size"]),
+                                                config.size, rng, tuple(warm["area"]))
+        for k, v in pre.step(to_tensor(clear), to_tensor(opaque), to_tensor(region, scale=False)).items():
+            sums[k] = sums.get(k, 0.0) + v
+        if pre.steps % warm.get("log_every", 100) == 0 or pre.steps == warm["steps"]:
+            n = warm.get("log_every", 100)
+            row = {"paired_step": pre.steps, "seconds": round(time.time() - t0, 1),
+                   **{k: v / n for k, v in sums.items()}}
+            append_log(run / "paired_log.csv", row)
+            print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()),
+                  flush=True)
+            sums, t0 = {}, time.time()
+            tmp = run / "paired_last.tmp"
+            torch.save({"pretrainer": pre.state_dict(), "data_rng": rng.bit_generator.state}, tmp)
+            tmp.replace(last)
+    tmp = run / "paired.tmp"
+    torch.save(pre.generators(), tmp)
+    tmp.replace(done)
+    return pre.generators()
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--config", type=Path, required=True)
@@ -108,8 +170,11 @@ def main(argv=None) -> None:
     val_b = np.nonzero(~train & (data["domain"] == "pathological"))[0][:4]
     print(f"healthy {len(idx_a)}  pathological {len(idx_b)}  (training crops)", flush=True)
 
-    activation = None
-    if "region_aware" in raw:
+    activation, mask_a_kind = None, "lung"
+    if raw.get("region_aware"):
+        mask_a_kind = raw["region_aware"].get("mask_a", "lung")
+        if mask_a_kind not in MASK_A:
+            raise ValueError(f"{args.config}: region_aware mask_a must be one of {MASK_A}, not {mask_a_kind!r}")
         activation = activation_masks(data, raw["region_aware"], args.device)
         on = activation.reshape(len(activation), -1).max(1) > 0
         for dom in ("healthy", "pathological"):
@@ -120,6 +185,10 @@ def main(argv=None) -> None:
     trainer = CycleGANTrainer(config, args.device, encoder)
     last = args.run / "last.pt"
     rng = np.random.default_rng(config.seed)
+    area = tuple(raw["warm_start"]["area"]) if raw.get("warm_start") else (0.05, 0.6)
+    if raw.get("warm_start") and not last.exists():
+        trainer.warm_start(paired_pretraining(raw["warm_start"], config, data, idx_a, args.run, args.device))
+        print("CycleGAN warm-started from the paired generators (paired.pt)", flush=True)
     if last.exists():
         state = torch.load(last, weights_only=False)
         trainer.load_state_dict(state["trainer"])
@@ -132,20 +201,24 @@ def main(argv=None) -> None:
         for _ in range(steps_per_epoch):
             a, lung_a = random_crops(data["images"], data["lungs"], rng.choice(idx_a, batch), config.size, rng)
             if activation is None:
-                b, _ = random_crops(data["images"], data["lungs"], rng.choice(idx_b, batch), config.size, rng)
-                losses = trainer.step(a, b, lung_a)
+                b, lung_b = random_crops(data["images"], data["lungs"], rng.choice(idx_b, batch), config.size, rng)
+                losses = trainer.step(a, b, lung_a, lung_b=lung_b)
             else:
                 b, mask_b, lung_b = random_windows([data["images"], activation, data["lungs"]],
                                                    rng.choice(idx_b, batch), config.size, rng)
-                b = torch.from_numpy(b.astype(np.float32)[:, None] * 2 - 1)
-                losses = trainer.step(a, b, lung_a, mask_a=lung_a, mask_b=torch.from_numpy(mask_b[:, None]),
-                                      lung_b=torch.from_numpy(lung_b[:, None].astype(np.float32)))
+                mask_a = lung_a if mask_a_kind == "lung" else to_tensor(
+                    lesion_regions(lung_a[:, 0].numpy() > 0.5, rng, area), scale=False)
+                losses = trainer.step(a, to_tensor(b), lung_a, mask_a=mask_a, mask_b=to_tensor(mask_b, scale=False),
+                                      lung_b=to_tensor(lung_b, scale=False))
             for k, v in losses.items():
                 sums[k] = sums.get(k, 0.0) + v
         trainer.end_epoch()
+        val_lungs = centre_crops(data["lungs"], val_a, config.size, scale=False)
+        if mask_a_kind == "lesion":  # the same drawn lesions every epoch, so the pictures compare
+            val_lungs = to_tensor(lesion_regions(val_lungs[:, 0].numpy() > 0.5, np.random.default_rng(0), area),
+                                  scale=False)
         masks = (None, None) if activation is None else (
-            centre_crops(data["lungs"], val_a, config.size, scale=False),
-            centre_crops(activation, val_b, config.size, scale=False))
+            val_lungs, centre_crops(activation, val_b, config.size, scale=False))
         grid = sample_grid(trainer, centre_crops(data["images"], val_a, config.size),
                            centre_crops(data["images"], val_b, config.size), *masks)
         Image.fromarray(grid).save(args.run / "samples" / f"epoch_{epoch:03d}.png")

@@ -28,7 +28,7 @@ import torch
 
 from lungx_core.generative.opacity import composite
 from lungx_core.models.translation import GeneratorConfig, ResnetGenerator, build_discriminator, init_weights
-from training.losses import feature_alignment, region_clearing, surroundings_l1
+from training.losses import feature_alignment, masked_l1, region_clearing, surroundings_l1
 
 
 @dataclass
@@ -45,6 +45,7 @@ class TranslationConfig:
     lambda_align: float = 0.0  # cross-domain feature alignment (needs an encoder)
     align_inside: float = 0.1  # its weight inside the activation mask, relative to outside
     lambda_region: float = 0.0  # region-aware clearing inside B's mask (needs lung_b)
+    disc_region: str = "image"  # "lung": the discriminators see the lung fields only (needs lung_a and lung_b)
     pool_size: int = 50
     epochs: int = 100  # constant learning rate ...
     decay_epochs: int = 100  # ... then linear decay to 0 over these
@@ -56,7 +57,10 @@ class TranslationConfig:
 
         d = dict(d)
         d["generator"] = strict_config(GeneratorConfig, d.get("generator", {}), "generator")
-        return strict_config(cls, d)
+        config = strict_config(cls, d)
+        if config.disc_region not in ("image", "lung"):
+            raise ValueError(f"disc_region must be 'image' or 'lung', not {config.disc_region!r}")
+        return config
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -167,10 +171,25 @@ class CycleGANTrainer:
         def ba(x, mask):
             return _through(self.g_ba, x, mask)
 
+        if cfg.disc_region == "lung":
+            if lung_a is None or lung_b is None:
+                raise ValueError("a lung-only discriminator needs lung_a and lung_b")
+            lung_a_seen, lung_b_seen = lung_a.to(self.device), lung_b.to(self.device)
+
+            def seen(x, lung):  # outside the lung fields: mid-grey, so no dataset style reaches the critic
+                return x * lung
+        else:
+            lung_a_seen = lung_b_seen = None
+
+            def seen(x, lung):
+                return x
+
         for d in (self.d_a, self.d_b):
             d.requires_grad_(False)
         fake_b, fake_a = ab(real_a, mask_a), ba(real_b, mask_b)
-        loss_gan = self._gan(self.d_b(fake_b), True, False) + self._gan(self.d_a(fake_a), True, False)
+        # a translation keeps its source's lung fields: fake_b is seen through A's lungs, fake_a through B's
+        loss_gan = (self._gan(self.d_b(seen(fake_b, lung_a_seen)), True, False)
+                    + self._gan(self.d_a(seen(fake_a, lung_b_seen)), True, False))
         # the way back changes the same region the way there did
         loss_cycle = (ba(fake_b, mask_a) - real_a).abs().mean() + (ab(fake_a, mask_b) - real_b).abs().mean()
         loss_identity = torch.zeros((), device=self.device)
@@ -209,9 +228,12 @@ class CycleGANTrainer:
 
         for d in (self.d_a, self.d_b):
             d.requires_grad_(True)
-        pooled_b, pooled_a = self.pool_b.query(fake_b), self.pool_a.query(fake_a)
-        loss_d_b = 0.5 * (self._gan(self.d_b(real_b), True, True) + self._gan(self.d_b(pooled_b), False, True))
-        loss_d_a = 0.5 * (self._gan(self.d_a(real_a), True, True) + self._gan(self.d_a(pooled_a), False, True))
+        pooled_b = self.pool_b.query(seen(fake_b, lung_a_seen))
+        pooled_a = self.pool_a.query(seen(fake_a, lung_b_seen))
+        loss_d_b = 0.5 * (self._gan(self.d_b(seen(real_b, lung_b_seen)), True, True)
+                          + self._gan(self.d_b(pooled_b), False, True))
+        loss_d_a = 0.5 * (self._gan(self.d_a(seen(real_a, lung_a_seen)), True, True)
+                          + self._gan(self.d_a(pooled_a), False, True))
         self.opt_d.zero_grad(set_to_none=True)
         (loss_d_a + loss_d_b).backward()
         self.opt_d.step()
@@ -219,6 +241,12 @@ class CycleGANTrainer:
         losses = {"g_gan": loss_gan, "cycle": loss_cycle, "identity": loss_identity, "surround": loss_surround,
                   "align": loss_align, "region": loss_region, "d_a": loss_d_a, "d_b": loss_d_b}
         return {k: float(v.detach()) for k, v in losses.items()}
+
+    def warm_start(self, generators: dict[str, dict]) -> None:
+        """Start from pre-trained generators (``{"g_ab": state_dict, "g_ba": state_dict}``, e.g. the paired
+        pre-training's ``paired.pt``) instead of random ones; discriminators and optimisers start fresh."""
+        for name in ("g_ab", "g_ba"):
+            getattr(self, name).load_state_dict(generators[name])
 
     def end_epoch(self) -> None:
         self.sched_g.step()
@@ -256,6 +284,54 @@ class CycleGANTrainer:
         torch.set_rng_state(state["rng"]["torch"])
         np.random.set_state(state["rng"]["np"])
         random.setstate(state["rng"]["py"])
+
+
+class PairedPretrainer:
+    """The supervised start of lesion-guided synthesis (issue 18): on insertion pairs (a healthy crop, the same
+    crop with a lesion of the lesion model drawn in, and that lesion's region), ``g_ab`` learns healthy -> with
+    lesion and ``g_ba`` the way back, each composited through the region (as the CycleGAN will be), with L1 to
+    the known other film inside it. Same generator architecture and initialisation as
+    :class:`CycleGANTrainer`, so :meth:`CycleGANTrainer.warm_start` takes :meth:`generators` as they are.
+
+    Example::
+
+        pre = PairedPretrainer(config, lr=1e-3)
+        losses = pre.step(clear, opaque, region)  # (B, 1, H, W) each; images in [-1, 1], region in [0, 1]
+        trainer.warm_start(pre.generators())
+    """
+
+    def __init__(self, config: TranslationConfig, lr: float = 1e-3, device: str | torch.device = "cpu"):
+        self.device = torch.device(device)
+        torch.manual_seed(config.seed)
+        self.g_ab = init_weights(ResnetGenerator(config.generator)).to(self.device)
+        self.g_ba = init_weights(ResnetGenerator(config.generator)).to(self.device)
+        self.opt = torch.optim.Adam([*self.g_ab.parameters(), *self.g_ba.parameters()], lr,
+                                    betas=(config.beta1, 0.999))
+        self.steps = 0
+
+    def step(self, clear: torch.Tensor, opaque: torch.Tensor, region: torch.Tensor) -> dict[str, float]:
+        clear, opaque, region = clear.to(self.device), opaque.to(self.device), region.to(self.device)
+        loss_ab = masked_l1(composite(clear, self.g_ab(clear), region), opaque, region)
+        loss_ba = masked_l1(composite(opaque, self.g_ba(opaque), region), clear, region)
+        self.opt.zero_grad(set_to_none=True)
+        (loss_ab + loss_ba).backward()
+        self.opt.step()
+        self.steps += 1
+        return {"paired_ab": float(loss_ab.detach()), "paired_ba": float(loss_ba.detach())}
+
+    def generators(self) -> dict[str, dict]:
+        return {"g_ab": self.g_ab.state_dict(), "g_ba": self.g_ba.state_dict()}
+
+    def state_dict(self) -> dict:
+        return {"nets": self.generators(), "opt": self.opt.state_dict(), "steps": self.steps,
+                "rng": torch.get_rng_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        for name, weights in state["nets"].items():
+            getattr(self, name).load_state_dict(weights)
+        self.opt.load_state_dict(state["opt"])
+        self.steps = state["steps"]
+        torch.set_rng_state(state["rng"])
 
 
 def sample_grid(

@@ -110,17 +110,30 @@ def feather_window(shape: tuple[int, int], fraction: float) -> np.ndarray:
 
 
 def apply_residual(
-    image: np.ndarray, crop: ThoracicCrop, translated: np.ndarray, feather: float = 0.04
+    image: np.ndarray,
+    crop: ThoracicCrop,
+    translated: np.ndarray,
+    feather: float = 0.04,
+    weight: np.ndarray | None = None,
 ) -> np.ndarray:
     """The full-resolution result: ``image`` plus the network's change (``translated - crop.image``, both in the
     crop's [0, 1] scale) upsampled to the crop box, faded out over its outer ``feather`` fraction and mapped back
     to the image's intensities. Same dtype as the input (rounded and clipped for integer types); pixels outside
-    the box are the input's, bit for bit."""
+    the box are the input's, bit for bit.
+
+    ``weight`` (float, ``image``'s shape, in [0, 1]) instead lets the change in only where it is above 0 (a
+    lesion's region): every pixel where it is 0 is the input's, bit for bit."""
     box = crop.box
     change = resize(translated.astype(np.float32) - crop.image, box.shape) * (crop.high - crop.low)
+    out = np.array(image, copy=True)
+    window = (slice(box.r0, box.r1), slice(box.c0, box.c1))
+    if weight is not None:
+        change *= weight[window]
+        inside = weight[window] > 0
+        region = image[window].astype(np.float32) + change
+        out[window][inside] = to_dtype(region[inside], image.dtype)
+        return out
     if feather > 0:
         change *= feather_window(box.shape, feather)
-    out = np.array(image, copy=True)
-    region = image[box.r0 : box.r1, box.c0 : box.c1].astype(np.float32) + change
-    out[box.r0 : box.r1, box.c0 : box.c1] = to_dtype(region, image.dtype)
+    out[window] = to_dtype(image[window].astype(np.float32) + change, image.dtype)
     return out

@@ -113,14 +113,16 @@ def score_synthesis(
         directory: ``images/`` with ``masks/lung/`` (healthy films).
         ids: image IDs to score; None scores all.
         method: ``insert`` (lesion model) or ``cyclegan``.
-        kind: insert's lesion kind, ``mixed``, ``ggo`` or ``consolidation``.
+        kind: the lesion kind of insert and lesion-guided cyclegan models, ``mixed``, ``ggo`` or
+            ``consolidation``.
         model: cyclegan's generator name or a ``.safetensors`` path.
         device: ``auto``, ``cpu`` or ``cuda``.
         on_case: called with (case_id, scores) after each film.
 
     Returns:
-        ``{"n", "mae_surroundings", "lung_dice_preserved", "pathological_rate"}``. Insert draws each film's
-        lesion with the film's position in the list as its seed (the same numbers on a rerun).
+        ``{"n", "mae_surroundings", "lung_dice_preserved", "pathological_rate"}``. Insert and lesion-guided
+        models draw each film's lesion with the film's position in the list as its seed (the same numbers on a
+        rerun, the same lesions for both methods).
     """
     import numpy as np
 
@@ -139,7 +141,9 @@ def score_synthesis(
         if lung.shape != image.array.shape:
             raise ValueError(f"{path}: lung mask shape {lung.shape} differs from the image's {image.array.shape}")
         display = image.array  # evaluation folders hold display-oriented bitmaps
-        seed = next(drawn) if method == "insert" else None  # cyclegan: the centred window
+        # lesion-guided methods draw each film's lesion with its position as seed (the same lesions for insert
+        # and a lesion-guided cyclegan); the older cyclegan keeps the centred window
+        seed = next(drawn) if synthesizer.lesion_guided else None
         synthetic, box = synthesizer.synthesize_display(display, lung, seed)
         region = np.zeros(display.shape, dtype=bool)
         region[box.r0 : box.r1, box.c0 : box.c1] = True

@@ -107,6 +107,13 @@ class Lesion:
         """bool: the only pixels insertion may change."""
         return self.alpha > 0
 
+    @property
+    def region(self) -> np.ndarray:
+        """float32 in [0, 1]: the lesion's feathered shape (alpha scaled to peak 1), the mask through which the
+        lesion-guided CycleGAN's change is let in; 0 wherever insertion changes nothing."""
+        peak = float(self.alpha.max()) if self.alpha.size else 0.0
+        return (self.alpha / peak).astype(np.float32) if peak > 0 else np.zeros_like(self.alpha, np.float32)
+
 
 @dataclass
 class InsertionResult:

@@ -4,8 +4,11 @@
   gains, areas and zones measured on real radiologist opacity masks) into the lung field, with the requested
   area, side and kind. Only lung pixels change, so the lung mask stays valid by construction and the
   surroundings are the input's, bit for bit; the lesion mask comes with it.
-- ``cyclegan``: :class:`Synthesizer`, the seed's shape-aware CycleGAN generator (``cxr_synthesis``) on the
-  thoracic crop, its change added back as a residual (trained to leave the lung surroundings alone).
+- ``cyclegan``: :class:`Synthesizer`, the seed's CycleGAN generator (``cxr_synthesis``) on the thoracic crop,
+  its change added back as a residual. A lesion-guided model (its JSON says ``"region": "lesion"``) lets the
+  change in only through a lesion drawn by the same lesion model as ``insert`` (same area, side, kind and seed
+  controls), so it too changes only lung pixels; the older shape-aware model was only trained to leave the
+  lung surroundings alone.
 
 A healthy radiograph and its lung-field mask in; a pathological-looking radiograph out, on the input's exact
 grid. The pair (synthetic image, known mask) is what segmentation training uses as augmentation.
@@ -44,20 +47,26 @@ class SynthesisResult:
     array: np.ndarray  # the synthetic radiograph: input's shape, orientation and dtype
     lung: np.ndarray  # bool: the lung mask that stays valid for it (input's orientation)
     box: Box  # thoracic crop that the generator changed, in display orientation
-    lesion: np.ndarray | None = None  # bool, input's orientation: the inserted lesion (method insert)
+    lesion: np.ndarray | None = None  # bool, input's orientation: the lesion (insert, lesion-guided cyclegan)
 
 
 class Synthesizer:
-    """The CycleGAN method: holds the generator; :meth:`synthesize` for each radiograph."""
+    """The CycleGAN method: holds the generator; :meth:`synthesize` for each radiograph.
+
+    ``request`` (area, side, kind of the lesion model) applies to lesion-guided models only
+    (``self.lesion_guided``); the change of the others is not confined to a lesion.
+    """
 
     method = "cyclegan"
 
-    def __init__(self, model: str | Path = DEFAULT_MODEL, device: str = "auto"):
+    def __init__(self, model: str | Path = DEFAULT_MODEL, device: str = "auto", request: LesionRequest | None = None):
         from lungx_core.models.store import load_model
 
         self.net, self.config = load_model(model, device)
         self.device = next(self.net.parameters()).device
         self.spec = CropSpec.from_dict(self.config["crop"])
+        self.lesion_guided = self.config.get("region") == "lesion"
+        self.request = request or LesionRequest()
 
     def translate_crops(self, crops: np.ndarray) -> np.ndarray:
         """(N, size, size) thoracic crops in [0, 1] -> their pathological versions in [0, 1]."""
@@ -68,24 +77,39 @@ class Synthesizer:
             y = self.net(x)[:, 0].float().cpu().numpy()
         return np.clip((y + 1) / 2, 0.0, 1.0)
 
+    def synthesize_lesion(
+        self, image: np.ndarray, lung: np.ndarray, seed: int | None = None
+    ) -> tuple[np.ndarray, Box, np.ndarray | None]:
+        """A display-oriented radiograph and its lung mask -> (synthetic radiograph, crop box, lesion or None).
+
+        Lesion-guided models: the lesion is planned as ``insert`` plans it (seed None draws as seed 0) and the
+        generator's change enters only through its region; the lesion (bool) comes back. Other models: ``seed``
+        shifts the crop window by a few pixels (as in training), which gives a different but equally plausible
+        synthetic image; None keeps the centred window; no lesion comes back.
+        """
+        crop = thoracic_crop(image, lung, self.spec)
+        if self.lesion_guided:
+            from lungx_core.generative.lesions import plan_lesion
+
+            lesion = plan_lesion(lung, self.request, 0 if seed is None else seed)
+            translated = self.translate_crops(crop.image[None])[0]
+            return apply_residual(image, crop, translated, weight=lesion.region), crop.box, lesion.hard
+        if seed is not None:
+            crop = thoracic_crop(image, lung, self.spec, shift=_seeded_shift(crop.box, image.shape, seed))
+        return apply_residual(image, crop, self.translate_crops(crop.image[None])[0]), crop.box, None
+
     def synthesize_display(
         self, image: np.ndarray, lung: np.ndarray, seed: int | None = None
     ) -> tuple[np.ndarray, Box]:
-        """A display-oriented radiograph and its lung mask -> (synthetic radiograph, crop box).
-
-        ``seed`` shifts the crop window by a few pixels (as in training), which gives a different but equally
-        plausible synthetic image; None keeps the centred window.
-        """
-        crop = thoracic_crop(image, lung, self.spec)
-        if seed is not None:
-            crop = thoracic_crop(image, lung, self.spec, shift=_seeded_shift(crop.box, image.shape, seed))
-        return apply_residual(image, crop, self.translate_crops(crop.image[None])[0]), crop.box
+        """As :meth:`synthesize_lesion`, without the lesion: (synthetic radiograph, crop box)."""
+        out, box, _ = self.synthesize_lesion(image, lung, seed)
+        return out, box
 
     def synthesize(self, image: MedicalImage, lung: np.ndarray, seed: int | None = None) -> SynthesisResult:
         """``lung`` (bool, the image's shape and orientation) -> result in the image's orientation."""
         display, lung_display, undo = checked_display_view(image, lung)
-        out, box = self.synthesize_display(display, lung_display, seed)
-        return SynthesisResult(undo(out), lung.astype(bool), box)
+        out, box, lesion = self.synthesize_lesion(display, lung_display, seed)
+        return SynthesisResult(undo(out), lung.astype(bool), box, None if lesion is None else undo(lesion))
 
 
 class LesionInserter:
@@ -99,10 +123,9 @@ class LesionInserter:
 
     method = "insert"
     device = "cpu"  # no network
+    lesion_guided = True  # every change goes through a drawn lesion
 
     def __init__(self, request: LesionRequest | None = None):
-        from lungx_core.generative.lesions import LesionRequest
-
         self.request = request or LesionRequest()
 
     def insert_display(self, image: np.ndarray, lung: np.ndarray, seed: int | None = None):
@@ -141,13 +164,13 @@ def make_synthesizer(
     side: str = "any",
     kind: str = "mixed",
 ) -> Synthesizer | LesionInserter:
-    """The synthesizer of ``method`` (``insert``: ``area``/``side``/``kind`` apply; ``cyclegan``: ``model``)."""
-    from lungx_core.generative.lesions import LesionRequest
-
+    """The synthesizer of ``method`` (``insert``: ``area``/``side``/``kind`` apply; ``cyclegan``: ``model``, and
+    ``area``/``side``/``kind`` when that model is lesion-guided)."""
+    request = LesionRequest(area=area, side=side, kind=kind)
     if method == "insert":
-        return LesionInserter(LesionRequest(area=area, side=side, kind=kind))
+        return LesionInserter(request)
     if method == "cyclegan":
-        return Synthesizer(model, device)
+        return Synthesizer(model, device, request)
     raise ValueError(f"unknown synthesis method {method!r}; choose one of {', '.join(METHODS)}")
 
 
@@ -260,10 +283,10 @@ def side_by_side(before: np.ndarray, after: np.ndarray, lung: np.ndarray) -> np.
 
 
 def case_seed(synthesizer: Synthesizer | LesionInserter, case_id: str, seed: int | None) -> int | None:
-    """The seed one file of a batch draws with. Insertion mixes the file's id into it, so the films of a batch
-    get different lesions (area, kind, shape) while a rerun gives the same pixels; the CycleGAN's seed shifts
-    its crop window and is used as given."""
-    if synthesizer.method != "insert":
+    """The seed one file of a batch draws with. Insertion and lesion-guided models mix the file's id into it, so
+    the films of a batch get different lesions (area, kind, shape) while a rerun gives the same pixels; the
+    older CycleGAN's seed shifts its crop window and is used as given."""
+    if not synthesizer.lesion_guided:
         return seed
     import zlib
 

@@ -208,7 +208,8 @@ def synthesize(
 
     Returns:
         ``output`` the synthetic radiograph; masks ``lung`` (and ``opacity``, the drawn lesion, for
-        ``insert`` and lesion-guided ``cyclegan``); ``.save()`` writes ``<id>_synthetic.<ext>``, its ``.seg.nrrd`` and a side-by-side picture.
+        ``insert`` and lesion-guided ``cyclegan``); ``.save()`` writes ``<id>_synthetic.<ext>``, its
+        ``.seg.nrrd`` and a side-by-side picture.
 
     Example::
 

@@ -123,13 +123,13 @@ TASKS: dict[str, TaskInfo] = {
                        "masks) drawn into the lung field, nothing else changes; cyclegan: a CycleGAN generator on the "
                        "thoracic crop (a lesion-guided one changes only a drawn lesion).",
                        choices=("insert", "cyclegan")),
-            TaskOption("area", "float", 0.0, "insert, lesion-guided cyclegan: share of the lung field the lesions cover; "
-                       "0 draws it from the lesion model (5-60 %).", low=0.0, high=0.9),
-            TaskOption("side", "choice", "any", "insert, lesion-guided cyclegan: the patient's side(s) with lesions; "
-                       "any = drawn.",
+            TaskOption("area", "float", 0.0, "insert, lesion-guided cyclegan: share of the lung field the "
+                       "lesions cover; 0 draws it from the lesion model (5-60 %).", low=0.0, high=0.9),
+            TaskOption("side", "choice", "any", "insert, lesion-guided cyclegan: the patient's side(s) with "
+                       "lesions; any = drawn.",
                        choices=("any", "both", "left", "right")),
-            TaskOption("kind", "choice", "mixed", "insert, lesion-guided cyclegan: ground glass (ggo), consolidation, or "
-                       "consolidated cores in ground glass (mixed).", choices=("mixed", "ggo", "consolidation")),
+            TaskOption("kind", "choice", "mixed", "insert, lesion-guided cyclegan: ground glass (ggo), "
+                       "consolidation, or consolidated cores in ground glass (mixed).", choices=("mixed", "ggo", "consolidation")),
         ),
     ),
     "cxr-opacity-removal": TaskInfo(

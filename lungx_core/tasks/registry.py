@@ -129,7 +129,8 @@ TASKS: dict[str, TaskInfo] = {
                        "lesions; any = drawn.",
                        choices=("any", "both", "left", "right")),
             TaskOption("kind", "choice", "mixed", "insert, lesion-guided cyclegan: ground glass (ggo), "
-                       "consolidation, or consolidated cores in ground glass (mixed).", choices=("mixed", "ggo", "consolidation")),
+                       "consolidation, or consolidated cores in ground glass (mixed).",
+                       choices=("mixed", "ggo", "consolidation")),
         ),
     ),
     "cxr-opacity-removal": TaskInfo(

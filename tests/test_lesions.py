@@ -177,8 +177,11 @@ def test_batch_films_draw_different_lesions_reproducibly():
     assert case_seed(inserter, "a", 0) == case_seed(inserter, "a", 0)
     assert len({case_seed(inserter, cid, 0) for cid in ("a", "b", "c")}) == 3
     assert case_seed(inserter, "a", 0) != case_seed(inserter, "a", 1)
-    cyclegan = Synthesizer.__new__(Synthesizer)  # no weights needed: only its method name is read
+    cyclegan = Synthesizer.__new__(Synthesizer)  # no weights needed: only lesion_guided is read
+    cyclegan.lesion_guided = False  # a generator applied to the whole crop: the seed shifts its window as given
     assert case_seed(cyclegan, "a", 5) == 5 and case_seed(cyclegan, "a", None) is None
+    cyclegan.lesion_guided = True  # draws lesions: seeded per file, as insert
+    assert case_seed(cyclegan, "a", 0) == case_seed(inserter, "a", 0)
 
 
 def test_the_front_ends_offer_exactly_the_lesion_models_sides_and_kinds():

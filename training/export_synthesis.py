@@ -45,6 +45,7 @@ def export(run: Path, out: Path, direction: str = "ab", paired: bool = False) ->
             "epochs_done": state["epoch"],
             "steps": state["steps"],
             "direction": direction,
+            "stage": "paired pre-training only" if paired else "unpaired",
             **{k: raw["translation"][k] for k in ("lambda_surround", "lambda_align") if k in raw["translation"]},
         },
     }

@@ -64,17 +64,21 @@ def random_windows(arrays: list[np.ndarray], idx: np.ndarray, size: int, rng: np
     return [np.stack(o) for o in out]
 
 
+def to_tensor(x: np.ndarray, scale: bool = True) -> torch.Tensor:
+    """(B, S, S) array -> (B, 1, S, S) float tensor, scaled from [0, 1] to [-1, 1] unless ``scale`` is False."""
+    t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)[:, None])
+    return t * 2 - 1 if scale else t
+
+
 def random_crops(images: np.ndarray, lungs: np.ndarray, idx: np.ndarray, size: int, rng: np.random.Generator):
     """(B, 1, size, size) images in [-1, 1] and lung masks, each a random ``size`` window of its cached crop."""
     x, m = random_windows([images, lungs], idx, size, rng)
-    return (torch.from_numpy(x.astype(np.float32)[:, None] * 2 - 1),
-            torch.from_numpy(m[:, None].astype(np.float32)))
+    return to_tensor(x), to_tensor(m, scale=False)
 
 
 def centre_crops(images: np.ndarray, idx: np.ndarray, size: int, scale: bool = True) -> torch.Tensor:
     """(B, 1, size, size) centre windows; images scaled to [-1, 1] unless ``scale`` is False (masks)."""
-    x = torch.from_numpy(centre_window(images, size)[idx].astype(np.float32)[:, None])
-    return x * 2 - 1 if scale else x
+    return to_tensor(centre_window(images, size)[idx], scale)
 
 
 def activation_masks(data: dict[str, np.ndarray], cfg: dict, device: str = "cpu") -> np.ndarray:
@@ -99,12 +103,6 @@ def frozen_encoder(cfg: dict, device: str = "cpu"):
     return FrozenEncoder(net, cfg["layers"])
 
 
-def to_tensor(x: np.ndarray, scale: bool = True) -> torch.Tensor:
-    """(B, S, S) array -> (B, 1, S, S) float tensor, scaled from [0, 1] to [-1, 1] unless ``scale`` is False."""
-    t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)[:, None])
-    return t * 2 - 1 if scale else t
-
-
 def paired_pretraining(
     warm: dict, config: TranslationConfig, data: dict[str, np.ndarray], idx_a: np.ndarray, run: Path, device: str
 ) -> dict[str, dict]:
@@ -122,16 +120,15 @@ def paired_pretraining(
         rng.bit_generator.state = state["data_rng"]
         print(f"paired pre-training resumed at step {pre.steps}", flush=True)
     sums: dict[str, float] = {}
-    t0 = time.time()
+    t0, every = time.time(), warm.get("log_every", 100)
     while pre.steps < warm["steps"]:
         clear, opaque, region = insertion_pairs(data["images"], data["lungs"], rng.choice(idx_a, warm["batch_size"]),
                                                 config.size, rng, tuple(warm["area"]))
         for k, v in pre.step(to_tensor(clear), to_tensor(opaque), to_tensor(region, scale=False)).items():
             sums[k] = sums.get(k, 0.0) + v
-        if pre.steps % warm.get("log_every", 100) == 0 or pre.steps == warm["steps"]:
-            n = warm.get("log_every", 100)
+        if pre.steps % every == 0 or pre.steps == warm["steps"]:
             row = {"paired_step": pre.steps, "seconds": round(time.time() - t0, 1),
-                   **{k: v / n for k, v in sums.items()}}
+                   **{k: v / every for k, v in sums.items()}}
             append_log(run / "paired_log.csv", row)
             print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()),
                   flush=True)
@@ -195,6 +192,13 @@ def main(argv=None) -> None:
         rng.bit_generator.state = state["data_rng"]
         print(f"resumed at epoch {trainer.epoch} (step {trainer.steps})", flush=True)
     (args.run / "samples").mkdir(exist_ok=True)
+    masks = (None, None)  # of the validation crops in the sample pictures; fixed, so the epochs compare
+    if activation is not None:
+        val_mask_a = centre_crops(data["lungs"], val_a, config.size, scale=False)
+        if mask_a_kind == "lesion":
+            val_mask_a = to_tensor(lesion_regions(val_mask_a[:, 0].numpy() > 0.5, np.random.default_rng(0), area),
+                                   scale=False)
+        masks = (val_mask_a, centre_crops(activation, val_b, config.size, scale=False))
     for epoch in range(trainer.epoch, config.epochs + config.decay_epochs):
         t0 = time.time()
         sums: dict[str, float] = {}
@@ -213,12 +217,6 @@ def main(argv=None) -> None:
             for k, v in losses.items():
                 sums[k] = sums.get(k, 0.0) + v
         trainer.end_epoch()
-        val_lungs = centre_crops(data["lungs"], val_a, config.size, scale=False)
-        if mask_a_kind == "lesion":  # the same drawn lesions every epoch, so the pictures compare
-            val_lungs = to_tensor(lesion_regions(val_lungs[:, 0].numpy() > 0.5, np.random.default_rng(0), area),
-                                  scale=False)
-        masks = (None, None) if activation is None else (
-            val_lungs, centre_crops(activation, val_b, config.size, scale=False))
         grid = sample_grid(trainer, centre_crops(data["images"], val_a, config.size),
                            centre_crops(data["images"], val_b, config.size), *masks)
         Image.fromarray(grid).save(args.run / "samples" / f"epoch_{epoch:03d}.png")

@@ -115,6 +115,13 @@ def _through(net: torch.nn.Module, x: torch.Tensor, mask: torch.Tensor | None) -
     return y if mask is None else composite(x, y, mask)
 
 
+def build_generators(config: TranslationConfig, device: torch.device) -> tuple[ResnetGenerator, ResnetGenerator]:
+    """The A->B and B->A generators, seeded by ``config.seed``: the same start for both trainers below, so the
+    paired pre-training's weights fit the CycleGAN's generators."""
+    torch.manual_seed(config.seed)
+    return tuple(init_weights(ResnetGenerator(config.generator)).to(device) for _ in range(2))
+
+
 class CycleGANTrainer:
     def __init__(
         self, config: TranslationConfig, device: str | torch.device = "cpu", encoder: torch.nn.Module | None = None
@@ -125,9 +132,7 @@ class CycleGANTrainer:
             raise ValueError("lambda_align > 0 needs a frozen encoder")
         self.config, self.device = config, torch.device(device)
         self.encoder = None if encoder is None else encoder.to(self.device)
-        torch.manual_seed(config.seed)
-        self.g_ab = init_weights(ResnetGenerator(config.generator)).to(self.device)
-        self.g_ba = init_weights(ResnetGenerator(config.generator)).to(self.device)
+        self.g_ab, self.g_ba = build_generators(config, self.device)
         c = config.generator.channels
         self.d_a = init_weights(build_discriminator(c, config.disc_base, config.disc_layers)).to(self.device)
         self.d_b = init_weights(build_discriminator(c, config.disc_base, config.disc_layers)).to(self.device)
@@ -171,18 +176,14 @@ class CycleGANTrainer:
         def ba(x, mask):
             return _through(self.g_ba, x, mask)
 
+        lung_a_seen = lung_b_seen = None
         if cfg.disc_region == "lung":
             if lung_a is None or lung_b is None:
                 raise ValueError("a lung-only discriminator needs lung_a and lung_b")
             lung_a_seen, lung_b_seen = lung_a.to(self.device), lung_b.to(self.device)
 
-            def seen(x, lung):  # outside the lung fields: mid-grey, so no dataset style reaches the critic
-                return x * lung
-        else:
-            lung_a_seen = lung_b_seen = None
-
-            def seen(x, lung):
-                return x
+        def seen(x, lung):  # outside the lung fields: mid-grey, so no dataset style reaches the critic
+            return x if lung is None else x * lung
 
         for d in (self.d_a, self.d_b):
             d.requires_grad_(False)
@@ -302,9 +303,7 @@ class PairedPretrainer:
 
     def __init__(self, config: TranslationConfig, lr: float = 1e-3, device: str | torch.device = "cpu"):
         self.device = torch.device(device)
-        torch.manual_seed(config.seed)
-        self.g_ab = init_weights(ResnetGenerator(config.generator)).to(self.device)
-        self.g_ba = init_weights(ResnetGenerator(config.generator)).to(self.device)
+        self.g_ab, self.g_ba = build_generators(config, self.device)
         self.opt = torch.optim.Adam([*self.g_ab.parameters(), *self.g_ba.parameters()], lr,
                                     betas=(config.beta1, 0.999))
         self.steps = 0

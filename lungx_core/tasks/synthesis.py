@@ -87,16 +87,17 @@ class Synthesizer:
         shifts the crop window by a few pixels (as in training), which gives a different but equally plausible
         synthetic image; None keeps the centred window; no lesion comes back.
         """
-        crop = thoracic_crop(image, lung, self.spec)
+        crop, lesion = thoracic_crop(image, lung, self.spec), None
         if self.lesion_guided:
             from lungx_core.generative.lesions import plan_lesion
 
             lesion = plan_lesion(lung, self.request, 0 if seed is None else seed)
-            translated = self.translate_crops(crop.image[None])[0]
-            return apply_residual(image, crop, translated, weight=lesion.region), crop.box, lesion.hard
-        if seed is not None:
+        elif seed is not None:
             crop = thoracic_crop(image, lung, self.spec, shift=_seeded_shift(crop.box, image.shape, seed))
-        return apply_residual(image, crop, self.translate_crops(crop.image[None])[0]), crop.box, None
+        translated = self.translate_crops(crop.image[None])[0]
+        if lesion is None:
+            return apply_residual(image, crop, translated), crop.box, None
+        return apply_residual(image, crop, translated, weight=lesion.region), crop.box, lesion.hard
 
     def synthesize_display(
         self, image: np.ndarray, lung: np.ndarray, seed: int | None = None

@@ -679,7 +679,8 @@ def evaluate_opacity_removal_cmd(
     device: Annotated[Device, typer.Option(help="Where the models run.")] = Device.auto,
     per_case: Annotated[Path | None, typer.Option(help="Also write per-case scores to this CSV.")] = None,
 ):
-    """{"n", "lung_dice_before", "lung_dice_after", "change_outside_mask", "opacity_score_before",
+    """{"n", "lung_dice_before", "lung_dice_after", "lung_recall_in_opacity_before",
+    "lung_recall_in_opacity_after", "change_outside_mask", "opacity_score_before",
     "opacity_score_after"} as one JSON object."""
     from lungx_core.eval.runners import score_opacity_removal
 
@@ -697,7 +698,7 @@ class _CaseScores:
         self.prefix, self.digits = prefix, digits
 
     def __call__(self, case_id: str, scores: dict[str, float]) -> None:
-        rounded = {f"{self.prefix}{k}": round(v, self.digits) for k, v in scores.items()}
+        rounded = {f"{self.prefix}{k}": None if v is None else round(v, self.digits) for k, v in scores.items()}
         self.rows.append({"case_id": case_id, **rounded})
 
     def report(self, summary: dict, per_case: Path | None) -> None:

@@ -307,7 +307,10 @@ def test_evaluate_opacity_removal_scores(tmp_path, phantom):
     result = evaluate_opacity_removal(tmp_path, darken_opacity, probe,
                                       lambda image, m: 0.2 if image.dtype == np.float32 else 0.9)
     half_dice = 2 * half.sum() / (half.sum() + lung.sum())
+    hidden = lung & opacity
     assert result == {"n": 2, "lung_dice_before": round(half_dice, 4), "lung_dice_after": 1.0,
+                      "lung_recall_in_opacity_before": round(float(half[hidden].mean()), 4),
+                      "lung_recall_in_opacity_after": 1.0,
                       "change_outside_mask": 0.0, "opacity_score_before": 0.9, "opacity_score_after": 0.2}
 
     def change_everything(image):
@@ -327,8 +330,9 @@ def test_evaluate_opacity_removal_cli_prints_one_json_object(tmp_path, phantom, 
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.count("\n") == 1
     result = json.loads(proc.stdout)
-    assert set(result) == {"n", "lung_dice_before", "lung_dice_after", "change_outside_mask",
-                           "opacity_score_before", "opacity_score_after"}
+    assert set(result) == {"n", "lung_dice_before", "lung_dice_after", "lung_recall_in_opacity_before",
+                           "lung_recall_in_opacity_after", "change_outside_mask", "opacity_score_before",
+                           "opacity_score_after"}
     assert result["n"] == 2 and 0 <= result["lung_dice_after"] <= 1 and 0 <= result["change_outside_mask"] < 1
 
 

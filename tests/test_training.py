@@ -95,3 +95,54 @@ def test_insertion_pairs_differ_only_inside_the_lesion_region():
     assert (opaque[region > 0.5] >= clear[region > 0.5] - 1e-6).mean() > 0.9  # lesions are denser than lung
     again = insertion_pairs(images, lungs, np.array([0, 1]), 40, np.random.default_rng(1), (0.2, 0.4))
     assert all(np.array_equal(x, y) for x, y in zip(pairs, again, strict=True))
+
+
+def probe_films(n: int = 2, crop: int = 16, size: int = 64):
+    """RealFilms of flat views with a centred square lung and a crop box on rows 8-40, cols 16-56."""
+    from training.probe_guidance import RealFilms
+
+    lungs = np.zeros((n, size, size), bool)
+    lungs[:, 16:48, 16:48] = True
+    return RealFilms(
+        crops=np.full((n, crop, crop), 0.5, np.float32), masks=np.ones((n, crop, crop), np.float32),
+        views=np.where(lungs, 0.3, 0.6).astype(np.float32), lungs=lungs,
+        places=np.array([[8, 40, 16, 56]] * n), gains=np.full(n, 0.5, np.float32), ids=np.array(["a", "b"][:n]))
+
+
+def test_probe_guidance_puts_the_change_in_its_box_scaled_and_passes_clahe_straight_through():
+    """The de-opacifier's crop change lands in the crop's box on the probe's grid, in the probe's intensity
+    units; CLAHE is exact forward and the identity backward."""
+    import torch
+
+    from lungx_core.preprocess import clahe
+    from training.probe_guidance import clahe_straight_through, onto_probe_grid
+
+    films = probe_films()
+    change = torch.full((2, 1, 16, 16), 0.2)
+    out = onto_probe_grid(change, films, np.array([0, 1]))
+    assert out.shape == (2, 1, 64, 64)
+    assert torch.allclose(out[:, :, 8:40, 16:56], torch.tensor(0.1))
+    out[:, :, 8:40, 16:56] = 0
+    assert not out.any()
+    view = torch.from_numpy(films.views[:1, None]).requires_grad_(True)
+    y = clahe_straight_through(view, 0.01)
+    assert np.allclose(y.detach()[0, 0].numpy(), clahe(films.views[0], 0.01))
+    y.sum().backward()
+    assert torch.equal(view.grad, torch.ones_like(view))
+
+
+def test_probe_loss_reaches_the_change_only_through_its_box():
+    """The shipped lung probe, frozen, scores the changed view; its gradient flows back into the crop change."""
+    import torch
+
+    from training.probe_guidance import ProbeLoss, RealFilms
+
+    probe = ProbeLoss("cxr_lung_probe")
+    assert not any(p.requires_grad for p in probe.net.parameters())
+    films = probe_films(size=probe.size)
+    films = RealFilms(**{**films.__dict__, "places": np.array([[40, 200, 60, 220]] * 2)})
+    change = torch.zeros((2, 1, 16, 16), requires_grad=True)
+    loss, dice = probe(change, films, np.array([0, 1]), np.random.default_rng(0))
+    assert 0 <= float(loss) <= 1 and 0 <= dice <= 1
+    loss.backward()
+    assert change.grad.abs().sum() > 0

@@ -142,6 +142,17 @@ class BoneRun:
 
 
 @dataclass
+class ProbeGuidance:
+    """``probe`` of a DeopacifierRun: real training films whose de-opacified version the lung probe must segment
+    as their reference lung field (``training/probe_guidance.py``)."""
+
+    model: str  # the probe, e.g. cxr_lung_probe
+    datasets: list  # datasets with reference lung masks whose training split is used
+    weight: float  # of the probe loss against the supervised loss
+    batch_size: int
+
+
+@dataclass
 class DeopacifierRun:
     """``train_deopacifier.py`` (deopacifier_cxr.json)."""
 
@@ -157,6 +168,7 @@ class DeopacifierRun:
     ssim_weight: float
     steps: int
     activation: dict = field(default_factory=dict)
+    probe: ProbeGuidance | None = None  # a fine-tuning stage: also a loss through the lung probe on real films
 
 
 @dataclass

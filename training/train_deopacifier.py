@@ -4,10 +4,17 @@ clear crop out, supervised on exact triples from the lesion model (``training/op
     python -m training.train_deopacifier --config training/configs/deopacifier_cxr.json --run /work/runs/deopac \
         [--cache /work/runs/synth_data/domains_144.npz]
     python -m training.train_deopacifier --config ... --run /work/runs/deopac --export
+    python -m training.train_deopacifier --config training/configs/deopacifier_cxr_probe.json \
+        --run /work/runs/deopac_probe --init /work/runs/deopac/best.pt     # the probe-guided fine-tuning
 
 The network predicts a change that is applied only inside the mask, ``clear = x + mask * net([x, mask])``, as
 at inference. Loss: L1 (inside the lesion weighted up) + (1 - SSIM) of the composited crop against the clear
 crop. Resumable (``last.pt``); the epoch with the best validation PSNR inside the lesions is kept (``best.pt``).
+
+A config with a ``probe`` section is a fine-tuning stage (start it with ``--init``): each step adds, on real opaque
+training films, a loss through the frozen lung probe (``training/probe_guidance.py``); its ``best.pt`` is simply the
+latest epoch, since the synthetic PSNR is no longer what it optimises and the films that score the probe's Dice
+(the GB validation split) must stay unseen.
 """
 
 from __future__ import annotations
@@ -38,6 +45,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--cache", type=Path, help="domain cache of training/synthesis_data.py (built when missing)")
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     ap.add_argument("--export", action="store_true", help="ship <run>/best.pt as cxr_opacity_removal")
+    ap.add_argument("--out", type=Path, help="with --export: write <out>.safetensors/.json instead of shipping")
+    ap.add_argument("--init", type=Path, help="start from this checkpoint's weights (e.g. <run>/best.pt)")
     return ap.parse_args(argv)
 
 
@@ -48,6 +57,11 @@ def make_net(cfg: dict):
 def restore(net, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """(B, 1, S, S) crops in [0, 1] and masks -> composited clear crops: changed only where the mask is > 0."""
     return x + mask * net(torch.cat([x, mask], dim=1))
+
+
+def inference_change(net, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The change inference applies to (B, 1, S, S) crops: the composited crop clipped to [0, 1], minus the crop."""
+    return torch.where(mask > 0, restore(net, x, mask).clamp(0, 1), x) - x
 
 
 def psnr(a: np.ndarray, b: np.ndarray, where: np.ndarray) -> float:
@@ -86,10 +100,10 @@ def export(args, cfg: dict) -> None:
         "conditioning": "mask",
         "region_aware": {"opacity_model": "cxr_opacity", "activation": cfg.get("activation", {})},
         "training": {"run_config": cfg["name"], "epochs_done": ck["epoch"] + 1, "steps_per_epoch": cfg["steps"],
-                     "batch_size": cfg["batch_size"], "lr": cfg["lr"]},
+                     "batch_size": cfg["batch_size"], "lr": cfg["lr"], "probe": cfg.get("probe")},
         "validation_synthetic": {k: round(v, 4) for k, v in ck["metrics"].items()},
     }
-    save_model(ck["model"], config, MODEL_NAME)
+    save_model(ck["model"], config, args.out or MODEL_NAME)
     print(json.dumps(config["validation_synthetic"]))
 
 
@@ -112,15 +126,27 @@ def main(argv=None) -> None:
     size = cfg["crop"]["size"]
     triples = validation_set(data, val, size)
     print(f"{len(train)} clear training crops, {len(val)} validation, {len(bank)} real residuals", flush=True)
+    guide = cfg.get("probe")
+    if guide:
+        from training.probe_guidance import ProbeLoss, RealFilms, prepare_films
+
+        probe = ProbeLoss(guide["model"])
+        cache = args.run / "probe_films.npz"
+        if not cache.exists():
+            prepare_films(args.data, guide["datasets"], probe.size).save(cache)
+        films = RealFilms.load(cache)
+        print(f"{len(films.ids)} real films for the probe loss", flush=True)
 
     net = make_net(cfg)
+    if args.init:
+        net.load_state_dict(torch.load(args.init, weights_only=False)["model"])  # our own run folder
     opt = torch.optim.AdamW(net.parameters(), lr=cfg["lr"], weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg["lr"], total_steps=cfg["epochs"] * cfg["steps"])
     start, best = resume(args.run, net, opt, sched)
     ssim = SSIMLoss(spatial_dims=2, data_range=1.0)
     rng = np.random.default_rng(cfg["seed"] + start)  # a resumed run draws new triples, not the first epoch's
     for epoch in range(start, cfg["epochs"]):
-        t0, losses = time.time(), []
+        t0, losses, probe_dice = time.time(), [], []
         for _ in range(cfg["steps"]):
             idx = rng.choice(train, cfg["batch_size"])
             opaque, clear, mask, lesion = (torch.from_numpy(a)[:, None] for a in batch(
@@ -128,14 +154,22 @@ def main(argv=None) -> None:
             out = restore(net, opaque, mask)
             weight = 1 + cfg["lesion_weight"] * lesion
             loss = (weight * (out - clear).abs()).mean() + cfg["ssim_weight"] * ssim(out.clamp(0, 1), clear)
+            if guide:
+                real = rng.choice(len(films.ids), guide["batch_size"])
+                x, m = (torch.from_numpy(a[real])[:, None] for a in (films.crops, films.masks))
+                probe_loss, dice = probe(inference_change(net, x, m), films, real, rng)
+                loss = loss + guide["weight"] * probe_loss
+                probe_dice.append(dice)
             opt.zero_grad()
             loss.backward()
             opt.step()
             sched.step()
             losses.append(loss.item())
         metrics = evaluate(net, triples)
+        if guide:
+            metrics["probe_dice_train"] = float(np.mean(probe_dice))
         score = metrics["psnr_lesion_after"]
-        if score > best:
+        if score > best or guide:
             best = score
             torch.save({"model": net.state_dict(), "epoch": epoch, "metrics": metrics}, args.run / "best.pt")
         save_checkpoint(args.run, net, opt, sched, epoch, best)

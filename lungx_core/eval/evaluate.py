@@ -234,6 +234,10 @@ def evaluate_opacity_removal(
       original and on the result, against the reference lung mask: opacity hides lung from such a model;
     - change_outside_mask: mean |result - original| (intensities scaled to [0, 1] by the original's range)
       over the pixels outside the reference opacity mask dilated by 2 % of the image's longer side;
+    - lung_recall_in_opacity_before/after: the share of the reference lung under the reference opacity that the
+      probe calls lung (films whose lung has no opacity are left out of its mean). What removal alone can move:
+      the probe's other errors (lung it misses or adds away from any opacity, e.g. where its training masks
+      drew the lung border differently from the reference) bound how far the Dice can rise;
     - opacity_score_before/after: the opacity classifier's probability, on the reference lung field.
     """
     from scipy import ndimage as ndi
@@ -259,19 +263,27 @@ def evaluate_opacity_removal(
         outside = ~ndi.binary_dilation(opacity, ndi.generate_binary_structure(2, 1), iterations=radius)
         scale = float(original.max() - original.min()) or 1.0
         change = np.abs(result.astype(np.float64) - original.astype(np.float64)) / scale
+        found_before, found_after = segment_lungs(original), segment_lungs(result)
+        hidden = lung & opacity
         per_case = {
-            "lung_dice_before": dice(segment_lungs(original), lung),
-            "lung_dice_after": dice(segment_lungs(result), lung),
+            "lung_dice_before": dice(found_before, lung),
+            "lung_dice_after": dice(found_after, lung),
+            "lung_recall_in_opacity_before": float(found_before[hidden].mean()) if hidden.any() else None,
+            "lung_recall_in_opacity_after": float(found_after[hidden].mean()) if hidden.any() else None,
             "change_outside_mask": float(change[outside].mean()) if outside.any() else 0.0,
             "opacity_score_before": opacity_probability(original, lung),
             "opacity_score_after": opacity_probability(result, lung),
         }
         for k, v in per_case.items():
-            scores.setdefault(k, []).append(v)
+            scores.setdefault(k, [])
+            if v is not None:
+                scores[k].append(v)
         if on_case:
             on_case(case.case_id, per_case)
-    precision = {"lung_dice_before": 4, "lung_dice_after": 4}
-    return {"n": len(cases), **{k: round(float(np.mean(v)), precision.get(k, 5)) for k, v in scores.items()}}
+    precision = {"lung_dice_before": 4, "lung_dice_after": 4, "lung_recall_in_opacity_before": 4,
+                 "lung_recall_in_opacity_after": 4}
+    return {"n": len(cases), **{k: round(float(np.mean(v)), precision.get(k, 5)) if v else None
+                                for k, v in scores.items()}}
 
 
 def linear_match(image: np.ndarray, reference: np.ndarray, region: np.ndarray) -> np.ndarray:

@@ -214,8 +214,8 @@ def score_opacity_removal(
         on_case: called with (case_id, scores) after each film.
 
     Returns:
-        ``{"n", "lung_dice_before", "lung_dice_after", "change_outside_mask", "opacity_score_before",
-        "opacity_score_after"}``.
+        ``{"n", "lung_dice_before", "lung_dice_after", "lung_recall_in_opacity_before",
+        "lung_recall_in_opacity_after", "change_outside_mask", "opacity_score_before", "opacity_score_after"}``.
     """
     from lungx_core.cxr.pathology import PathologyClassifier
     from lungx_core.eval.evaluate import evaluate_opacity_removal

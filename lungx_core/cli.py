@@ -679,7 +679,7 @@ def evaluate_opacity_removal_cmd(
     device: Annotated[Device, typer.Option(help="Where the models run.")] = Device.auto,
     per_case: Annotated[Path | None, typer.Option(help="Also write per-case scores to this CSV.")] = None,
 ):
-    """{"n", "lung_dice_before", "lung_dice_after", "lung_recall_in_opacity_before",
+    """{"n", "lung_dice_before", "lung_dice_after", "lung_dice_ceiling", "lung_recall_in_opacity_before",
     "lung_recall_in_opacity_after", "change_outside_mask", "opacity_score_before",
     "opacity_score_after"} as one JSON object."""
     from lungx_core.eval.runners import score_opacity_removal

@@ -308,7 +308,9 @@ def test_evaluate_opacity_removal_scores(tmp_path, phantom):
                                       lambda image, m: 0.2 if image.dtype == np.float32 else 0.9)
     half_dice = 2 * half.sum() / (half.sum() + lung.sum())
     hidden = lung & opacity
+    ceiling = 2 * (half | hidden).sum() / ((half | hidden).sum() + lung.sum())
     assert result == {"n": 2, "lung_dice_before": round(half_dice, 4), "lung_dice_after": 1.0,
+                      "lung_dice_ceiling": round(ceiling, 4),
                       "lung_recall_in_opacity_before": round(float(half[hidden].mean()), 4),
                       "lung_recall_in_opacity_after": 1.0,
                       "change_outside_mask": 0.0, "opacity_score_before": 0.9, "opacity_score_after": 0.2}
@@ -330,7 +332,8 @@ def test_evaluate_opacity_removal_cli_prints_one_json_object(tmp_path, phantom, 
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.count("\n") == 1
     result = json.loads(proc.stdout)
-    assert set(result) == {"n", "lung_dice_before", "lung_dice_after", "lung_recall_in_opacity_before",
+    assert set(result) == {"n", "lung_dice_before", "lung_dice_after", "lung_dice_ceiling",
+                           "lung_recall_in_opacity_before",
                            "lung_recall_in_opacity_after", "change_outside_mask", "opacity_score_before",
                            "opacity_score_after"}
     assert result["n"] == 2 and 0 <= result["lung_dice_after"] <= 1 and 0 <= result["change_outside_mask"] < 1

@@ -238,6 +238,8 @@ def evaluate_opacity_removal(
       probe calls lung (films whose lung has no opacity are left out of its mean). What removal alone can move:
       the probe's other errors (lung it misses or adds away from any opacity, e.g. where its training masks
       drew the lung border differently from the reference) bound how far the Dice can rise;
+    - lung_dice_ceiling: that bound, the probe's Dice on the original had it also found every reference lung
+      pixel under the opacity;
     - opacity_score_before/after: the opacity classifier's probability, on the reference lung field.
     """
     from scipy import ndimage as ndi
@@ -268,6 +270,7 @@ def evaluate_opacity_removal(
         per_case = {
             "lung_dice_before": dice(found_before, lung),
             "lung_dice_after": dice(found_after, lung),
+            "lung_dice_ceiling": dice(found_before | hidden, lung),
             "lung_recall_in_opacity_before": float(found_before[hidden].mean()) if hidden.any() else None,
             "lung_recall_in_opacity_after": float(found_after[hidden].mean()) if hidden.any() else None,
             "change_outside_mask": float(change[outside].mean()) if outside.any() else 0.0,
@@ -280,9 +283,7 @@ def evaluate_opacity_removal(
                 scores[k].append(v)
         if on_case:
             on_case(case.case_id, per_case)
-    precision = {"lung_dice_before": 4, "lung_dice_after": 4, "lung_recall_in_opacity_before": 4,
-                 "lung_recall_in_opacity_after": 4}
-    return {"n": len(cases), **{k: round(float(np.mean(v)), precision.get(k, 5)) if v else None
+    return {"n": len(cases), **{k: round(float(np.mean(v)), 4 if k.startswith("lung_") else 5) if v else None
                                 for k, v in scores.items()}}
 
 

@@ -214,7 +214,7 @@ def score_opacity_removal(
         on_case: called with (case_id, scores) after each film.
 
     Returns:
-        ``{"n", "lung_dice_before", "lung_dice_after", "lung_recall_in_opacity_before",
+        ``{"n", "lung_dice_before", "lung_dice_after", "lung_dice_ceiling", "lung_recall_in_opacity_before",
         "lung_recall_in_opacity_after", "change_outside_mask", "opacity_score_before", "opacity_score_after"}``.
     """
     from lungx_core.cxr.pathology import PathologyClassifier

@@ -139,7 +139,7 @@ def test_probe_loss_reaches_the_change_only_through_its_box():
 
     probe = ProbeLoss("cxr_lung_probe")
     assert not any(p.requires_grad for p in probe.net.parameters())
-    films = probe_films(size=probe.size)
+    films = probe_films(size=probe.preprocess.size)
     films = RealFilms(**{**films.__dict__, "places": np.array([[40, 200, 60, 220]] * 2)})
     change = torch.zeros((2, 1, 16, 16), requires_grad=True)
     loss, dice = probe(change, films, np.array([0, 1]), np.random.default_rng(0))

@@ -26,12 +26,12 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 from scipy import ndimage as ndi
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lungx_core.generative.lesions import MODEL_FILE, LesionModel, LesionRequest, plan_lesion, soft_tissue_level  # noqa: E402
+from training.synthesis_data import read_gray  # noqa: E402
 
 DATASET = "covid_cxr_gb_seg"
 SPLITS = Path(__file__).parent / "splits"
@@ -39,7 +39,7 @@ SPLITS = Path(__file__).parent / "splits"
 
 def _mask(root: Path, cls: str, id_: str) -> np.ndarray:
     path = root / "masks" / cls / f"{id_}.png"
-    return np.asarray(Image.open(path).convert("L")) > 127 if path.exists() else None
+    return read_gray(path) > 127 if path.exists() else None
 
 
 def _lower_outer_share(opacity: np.ndarray, sides: dict[str, np.ndarray]) -> tuple[float, float]:
@@ -65,7 +65,7 @@ def measure(data: Path) -> dict:
     gains = {"ggo": [], "consolidation": []}
     areas, bilateral, lower, outer, lungs = [], [], [], [], []
     for id_ in ids:
-        image = np.asarray(Image.open(root / "images" / f"{id_}.png").convert("L"), np.float32)
+        image = read_gray(root / "images" / f"{id_}.png").astype(np.float32)
         sides = {"right": _mask(root, "lung_right", id_), "left": _mask(root, "lung_left", id_)}
         opacity = _mask(root, "opacity", id_)
         if any(m is None for m in sides.values()) or opacity is None:

@@ -41,12 +41,11 @@ class RealFilms:
             return cls(**{k: z[k] for k in cls.__dataclass_fields__})
 
 
-def prepare_films(data_root: Path, datasets: list[str], probe_size: int, remover_model: str = "cxr_opacity_removal",
+def prepare_films(data_root: Path, datasets: list[str], preprocess, remover_model: str = "cxr_opacity_removal",
                   split: str = "train") -> RealFilms:
     """The films of ``datasets`` in ``split`` (``training/splits/<dataset>_<split>.txt``) that have a reference lung
-    mask and an activation mask that is not empty, prepared as described above."""
-    from PIL import Image
-
+    mask and an activation mask that is not empty, prepared as described above for a probe whose preprocessing is
+    ``preprocess`` (a :class:`lungx_core.preprocess.PreprocessConfig`)."""
     from lungx_core.anatomy import class_mask
     from lungx_core.cxr.thoracic import thoracic_crop
     from lungx_core.eval.evaluate import discover_cases
@@ -56,6 +55,7 @@ def prepare_films(data_root: Path, datasets: list[str], probe_size: int, remover
     from lungx_core.preprocess import letterbox, letterbox_mask, normalise_intensity
     from lungx_core.tasks.cxr_segmentation import lung_segmenter
     from lungx_core.tasks.opacity_removal import OpacityRemover
+    from training.synthesis_data import read_gray
 
     remover = OpacityRemover(remover_model, "cpu")
     segmenter = lung_segmenter("cpu")
@@ -67,7 +67,7 @@ def prepare_films(data_root: Path, datasets: list[str], probe_size: int, remover
             if "lung" not in case.masks:
                 continue
             film = read_radiograph(case.image).array.astype(np.float32)
-            reference = np.asarray(Image.open(case.masks["lung"][0]).convert("L")) > 127
+            reference = read_gray(case.masks["lung"][0]) > 127
             found = class_mask(segmenter.segment(MedicalImage(film)).masks, "lung")
             if not found.any() or reference.shape != film.shape:
                 continue
@@ -76,8 +76,9 @@ def prepare_films(data_root: Path, datasets: list[str], probe_size: int, remover
             mask = activation_mask(probability, crop.lung, remover.activation)
             if not mask.any():
                 continue
-            lo, hi = (float(v) for v in np.percentile(film, [0.5, 99.5]))
-            view, box = letterbox(normalise_intensity(film), probe_size)
+            percentiles = (preprocess.low_percentile, preprocess.high_percentile)
+            lo, hi = (float(v) for v in np.percentile(film, percentiles))
+            view, box = letterbox(normalise_intensity(film, *percentiles), preprocess.size)
             scale = box.resized_shape[0] / film.shape[0]
             b = crop.box
             place = [round(box.offset[0] + b.r0 * scale), round(box.offset[0] + b.r1 * scale),
@@ -113,15 +114,10 @@ def clahe_straight_through(view: torch.Tensor, clip_limit: float) -> torch.Tenso
 
 def jitter(x: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
     """A random gamma (0.8-1.25) and, half of the time, a Gaussian blur (sigma 0.5-1.2 px) of (B, 1, P, P)."""
+    from training.common import blur
+
     x = x.clamp(1e-4, 1) ** float(np.exp(rng.uniform(np.log(0.8), np.log(1.25))))
-    if rng.random() < 0.5:
-        sigma = float(rng.uniform(0.5, 1.2))
-        t = torch.arange(-3, 4, dtype=x.dtype)
-        k = torch.exp(-(t**2) / (2 * sigma**2))
-        k = k / k.sum()
-        x = F.conv2d(F.pad(x, (3, 3, 0, 0), mode="replicate"), k.view(1, 1, 1, 7))
-        x = F.conv2d(F.pad(x, (0, 0, 3, 3), mode="replicate"), k.view(1, 1, 7, 1))
-    return x
+    return blur(x, float(rng.uniform(0.5, 1.2))) if rng.random() < 0.5 else x
 
 
 class ProbeLoss:
@@ -129,22 +125,24 @@ class ProbeLoss:
 
     def __init__(self, probe: str = "cxr_lung_probe"):
         from lungx_core.models.store import load_model
+        from lungx_core.preprocess import PreprocessConfig
 
         self.net, config = load_model(probe, "cpu")
         for p in self.net.parameters():
             p.requires_grad_(False)
         self.lungs = [config["classes"].index(c) for c in ("lung_left", "lung_right")]
-        self.clip_limit = float(config["preprocess"]["clahe_clip_limit"])
-        self.size = int(config["preprocess"]["size"])
+        self.preprocess = PreprocessConfig.from_dict(config["preprocess"])
 
     def __call__(self, change: torch.Tensor, films: RealFilms, idx: np.ndarray, rng: np.random.Generator
                  ) -> tuple[torch.Tensor, float]:
         """(loss, mean hard Dice) for the crops ``idx`` changed by ``change`` (B, 1, S, S)."""
+        from lungx_core.eval.metrics import dice
+
         view = (torch.from_numpy(films.views[idx])[:, None] + onto_probe_grid(change, films, idx)).clamp(0, 1)
-        probs = torch.sigmoid(self.net(jitter(clahe_straight_through(view, self.clip_limit), rng))[:, self.lungs])
+        seen = jitter(clahe_straight_through(view, self.preprocess.clahe_clip_limit), rng)
+        probs = torch.sigmoid(self.net(seen)[:, self.lungs])
         lung = 1 - (1 - probs[:, 0]) * (1 - probs[:, 1])
         ref = torch.from_numpy(films.lungs[idx]).float()
         soft = (2 * (lung * ref).sum((1, 2)) + 1) / (lung.sum((1, 2)) + ref.sum((1, 2)) + 1)
-        hard = lung.detach() > 0.5
-        dice = (2 * (hard & (ref > 0)).sum((1, 2))).float() / (hard.sum((1, 2)) + ref.sum((1, 2))).clamp(min=1)
-        return (1 - soft).mean(), float(dice.mean())
+        hard = (lung.detach() > 0.5).numpy()
+        return (1 - soft).mean(), float(np.mean([dice(h, r) for h, r in zip(hard, films.lungs[idx], strict=True)]))

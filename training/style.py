@@ -17,9 +17,9 @@ def gamma(x: np.ndarray, g: float) -> np.ndarray:
 
 
 def clahe(x: np.ndarray, clip_limit: float = 0.01) -> np.ndarray:
-    from skimage.exposure import equalize_adapthist
+    from lungx_core import preprocess
 
-    return equalize_adapthist(np.clip(x, 0, 1), clip_limit=clip_limit).astype(np.float32)
+    return preprocess.clahe(np.clip(x, 0, 1), clip_limit)
 
 
 def match_histogram(x: np.ndarray, reference: np.ndarray) -> np.ndarray:

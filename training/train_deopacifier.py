@@ -133,7 +133,7 @@ def main(argv=None) -> None:
         probe = ProbeLoss(guide["model"])
         cache = args.run / "probe_films.npz"
         if not cache.exists():
-            prepare_films(args.data, guide["datasets"], probe.size).save(cache)
+            prepare_films(args.data, guide["datasets"], probe.preprocess).save(cache)
         films = RealFilms.load(cache)
         print(f"{len(films.ids)} real films for the probe loss", flush=True)
 

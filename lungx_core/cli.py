@@ -549,10 +549,10 @@ def classify(
     """Triage score: probability of lung pathology on each chest radiograph (research, not a diagnosis).
 
     Writes results.csv with pathology_probability and pathological (1 at or above the model card's operating
-    threshold). The shipped judge (cxr_pathology v2) was trained against style: gamma, CLAHE and histogram
-    matching leave at most 0.14 of healthy validation films called pathological; it finds 0.825 of the real
-    pathological ones, and is weak within one source (see its model card). A bad input is reported and
-    skipped; the exit code is 1 when any input failed.
+    threshold). The shipped judge (cxr_pathology v3) was trained against style and source: gamma, CLAHE and
+    histogram matching leave at most 0.18 of healthy validation films called pathological; it finds 0.875 of
+    the real pathological ones, is weak within one source and hardly responds to drawn lesions (see its model
+    card). A bad input is reported and skipped; the exit code is 1 when any input failed.
     """
     from functools import partial
 

@@ -146,3 +146,49 @@ def test_probe_loss_reaches_the_change_only_through_its_box():
     assert 0 <= float(loss) <= 1 and 0 <= dice <= 1
     loss.backward()
     assert change.grad.abs().sum() > 0
+
+
+def test_source_critics_learn_sources_and_confusion_is_bounded_by_the_uniform_guess():
+    import torch
+
+    from training.train_pathology import SourceCritics
+
+    torch.manual_seed(0)
+    critics = SourceCritics(4, [2, 3])
+    classes = torch.tensor([0, 0, 1, 1, 1, 0])
+    sources = torch.tensor([0, 1, 0, 1, 2, 1])
+    feats = torch.nn.functional.one_hot(sources, 4).float() + classes[:, None] * 0.5
+    # the confusion loss is at least log(2) + log(3), reached by heads that guess uniformly
+    with torch.no_grad():
+        for head in critics.heads:
+            head[-1].weight.zero_()
+            head[-1].bias.zero_()
+    assert abs(critics.confusion_loss(feats, classes).item() - (np.log(2) + np.log(3))) < 1e-5
+    opt = torch.optim.Adam(critics.parameters(), lr=0.05)
+    first = critics.source_loss(feats, classes, sources).item()
+    for _ in range(100):
+        opt.zero_grad()
+        loss = critics.source_loss(feats, classes, sources)
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.1 * first  # separable sources are learnt
+    assert critics.confusion_loss(feats, classes).item() > np.log(2) + np.log(3)
+
+
+def test_opacity_loss_targets_each_cells_share_of_the_mask_on_known_films_only():
+    import torch
+
+    from training.train_pathology import opacity_loss
+
+    head = torch.nn.Conv2d(1, 1, 1)
+    with torch.no_grad():
+        head.weight.fill_(1.0)
+        head.bias.zero_()
+    opacity = torch.zeros(2, 1, 8, 8)
+    opacity[:, :, :4, :4] = 1  # the top-left cell of a 2x2 map is all opacity
+    share = torch.tensor([[1.0, 0.0], [0.0, 0.0]]).expand(2, 1, 2, 2)
+    logits = torch.logit(share.clamp(0.01, 0.99))  # the head passes these through unchanged
+    loss = opacity_loss(head, logits, opacity, torch.tensor([True, False]))
+    expected = torch.nn.functional.binary_cross_entropy_with_logits(logits[:1], share[:1])
+    assert torch.isclose(loss, expected)
+    assert opacity_loss(head, logits, opacity, torch.tensor([False, False])).item() == 0

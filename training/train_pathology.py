@@ -13,6 +13,12 @@ balanced within each class and every training film is restyled (``training/style
 film of the other class, gamma, CLAHE, blur, noise); the epoch kept is the one with the best AUC of pathological
 validation films against healthy ones pooled with their placebos, the threshold is that pool's Youden cut, and
 the placebo table (share called pathological per placebo) goes into the exported config.
+
+With ``"domain_adversarial": w > 0`` (v3, ``pathology_cxr_v3.json``) a critic per class learns to tell a film's
+source from the judge's features (JSRT from NIH among healthy films; GB, V7 and NIH among pathological ones)
+through a gradient reversal of weight ``w`` (ramped in as in Ganin & Lempitsky 2015): the judge is pushed to
+features from which, within a class, the source cannot be told, so that a source's look cannot stand in for
+its class (JSRT is healthy only, the COVID sets pathological only).
 """
 
 from __future__ import annotations
@@ -113,12 +119,64 @@ def placebo_table(scores: dict[str, np.ndarray], threshold: float) -> dict[str, 
     return {k: float((v >= threshold).mean()) for k, v in scores.items()}
 
 
-def style_batch(data, idx, partners, size, rng) -> torch.Tensor:
+def style_batch(data, idx, partners, size, rng) -> tuple[torch.Tensor, torch.Tensor]:
     """(B, 1, size, size) random windows in [0, 1], each restyled (``style.augment``) with a film of the other
-    class as its histogram partner."""
-    windows = random_windows([data["images"]], np.concatenate([idx, partners]), size, rng)[0].astype(np.float32)
+    class as its histogram partner, and the same windows of the reference opacity masks."""
+    windows, opacity = random_windows([data["images"], data["opacity"]], np.concatenate([idx, partners]), size, rng)
+    windows = windows.astype(np.float32)
     out = np.stack([augment(a, b, rng) for a, b in zip(windows[: len(idx)], windows[len(idx) :], strict=True)])
-    return torch.from_numpy(out[:, None])
+    return torch.from_numpy(out[:, None]), torch.from_numpy(opacity[: len(idx), None].astype(np.float32))
+
+
+class SourceCritics(torch.nn.Module):
+    """One small head per class that names a film's source from the judge's features (B, F).
+
+    The heads learn the source on detached features (``source_loss``); the judge is trained to leave them
+    guessing (``confusion_loss``: cross-entropy to the uniform guess, Tzeng et al. 2015). Unlike a gradient
+    reversal, whose judge can win by inflating its features without bound (it diverged here at weight 0.5),
+    the confusion loss is bounded below by log(number of sources)."""
+
+    def __init__(self, features: int, sources_per_class: list[int], hidden: int = 64):
+        super().__init__()
+        self.heads = torch.nn.ModuleList(
+            torch.nn.Sequential(torch.nn.Linear(features, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, n))
+            for n in sources_per_class
+        )
+
+    def _per_class(self, feats: torch.Tensor, classes: torch.Tensor):
+        for c, head in enumerate(self.heads):
+            sel = classes == c
+            if sel.any():
+                yield sel, head(feats[sel])
+
+    def source_loss(self, feats: torch.Tensor, classes: torch.Tensor, sources: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy of the true source, summed over the classes."""
+        return sum(torch.nn.functional.cross_entropy(logits, sources[sel])
+                   for sel, logits in self._per_class(feats, classes))
+
+    def confusion_loss(self, feats: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy of the heads' guesses to the uniform guess, summed over the classes."""
+        return sum(-torch.log_softmax(logits, 1).mean() for _, logits in self._per_class(feats, classes))
+
+
+def judge_features(net, x: torch.Tensor, tap: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The MONAI Classifier's flattened features before its final linear layer (its forward: net, final,
+    reshape), and the feature map after its layer ``tap`` (None: not kept)."""
+    kept = None
+    for k, layer in enumerate(net.net):
+        x = layer(x)
+        if k == tap:
+            kept = x
+    return x.flatten(1), kept
+
+
+def opacity_loss(head: torch.nn.Module, fmap: torch.Tensor, opacity: torch.Tensor, known: torch.Tensor):
+    """BCE of a 1x1-conv head on the judge's feature map against the share of each cell that the reference
+    opacity mask covers, on films whose mask is known (GB's radiologist masks; healthy films: none)."""
+    if not known.any():
+        return fmap.new_zeros(())
+    target = torch.nn.functional.adaptive_avg_pool2d(opacity, fmap.shape[-2:])
+    return torch.nn.functional.binary_cross_entropy_with_logits(head(fmap[known]), target[known])
 
 
 def balanced_draw(pools: list[np.ndarray], n: int, rng: np.random.Generator) -> np.ndarray:
@@ -151,35 +209,68 @@ def main(argv=None) -> None:
     sets = placebo_sets(data["images"][val], labels[val], size) if style_proof else None
 
     net = build_network("classifier", 1, 1, **cfg["arch_options"])
-    opt = torch.optim.AdamW(net.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
+    adversarial = cfg.get("domain_adversarial", 0.0)
+    if adversarial:  # each training film's source, numbered within its class
+        source_of = np.zeros(len(labels), np.int64)
+        for per_class in sources:
+            for k, members in enumerate(per_class):
+                source_of[members] = k
+        n_feats = judge_features(net, torch.zeros(1, 1, size, size))[0].shape[1]
+        critics = SourceCritics(n_feats, [len(per_class) for per_class in sources])
+        critic_opt = torch.optim.AdamW(critics.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
+    aux = cfg.get("opacity_aux", 0.0)
+    tap = cfg.get("opacity_tap", 2)
+    if aux and not style_proof:
+        raise ValueError("opacity_aux needs style_augment: only the style-proof batches carry opacity windows")
+    params = list(net.parameters())
+    if aux:  # the judge's mid-level features must also say where the opacity is (not shipped: training only)
+        n_maps = judge_features(net, torch.zeros(1, 1, size, size), tap)[1].shape[1]
+        opacity_head = torch.nn.Conv2d(n_maps, 1, 1)
+        params += list(opacity_head.parameters())
+    opt = torch.optim.AdamW(params, lr=cfg["lr"], weight_decay=cfg["weight_decay"])
     steps = cfg["steps_per_epoch"]
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg["lr"], total_steps=cfg["epochs"] * steps)
     rng = np.random.default_rng(cfg["seed"])
     half = cfg["batch_size"] // 2
     best, best_state, best_metrics = -1.0, None, {}
     for epoch in range(cfg["epochs"]):
-        t0, losses = time.time(), []
+        t0, losses, critic_losses = time.time(), [], []
         for _ in range(steps):
             if style_proof:  # sources balanced within each class; every film restyled against the other class
                 idx = np.concatenate([balanced_draw(sources[0], half, rng), balanced_draw(sources[1], half, rng)])
                 partners = np.concatenate([rng.choice(by_class[1], half), rng.choice(by_class[0], half)])
-                x = style_batch(data, idx, partners, size, rng)
+                x, opacity = style_batch(data, idx, partners, size, rng)
             else:
                 idx = np.concatenate([rng.choice(by_class[0], half), rng.choice(by_class[1], half)])
                 x, _ = random_crops(data["images"], data["lungs"], idx, size, rng)
                 x = (x + 1) / 2  # the classifier sees [0, 1], as at inference
                 gamma = torch.from_numpy(rng.uniform(*cfg["gamma"], size=(len(idx), 1, 1, 1)).astype(np.float32))
                 x = x.clamp(0, 1) ** gamma  # exposure variation, so brightness alone does not decide
-            loss = torch.nn.functional.binary_cross_entropy_with_logits(
-                net(x)[:, 0], torch.from_numpy(labels[idx])
-            )
+            y = torch.from_numpy(labels[idx])
+            feats, fmap = judge_features(net, x, tap if aux else None)
+            loss = judged = torch.nn.functional.binary_cross_entropy_with_logits(net.final(feats)[:, 0], y)
+            if aux:
+                loss = loss + aux * opacity_loss(opacity_head, fmap, opacity,
+                                                 torch.from_numpy(data["opacity_known"][idx]))
+            if adversarial:  # ramped in (Ganin & Lempitsky 2015) so the judge first learns its task
+                progress = (epoch * steps + len(losses)) / (cfg["epochs"] * steps)
+                ramp = 2 / (1 + np.exp(-10 * progress)) - 1
+                loss = judged + adversarial * ramp * critics.confusion_loss(feats, y.long())
             opt.zero_grad()
             loss.backward()
             opt.step()
+            if adversarial:  # the critics learn the sources on the judge's features as they now are
+                critic = critics.source_loss(feats.detach(), y.long(), torch.from_numpy(source_of[idx]))
+                critic_opt.zero_grad()
+                critic.backward()
+                critic_opt.step()
+                critic_losses.append(critic.item())
             sched.step()
-            losses.append(loss.item())
+            losses.append(judged.item())
         probs = predict(net, data["images"][val], size)
         metrics = report(probs, labels[val], data["dataset"][val])
+        if critic_losses:  # near log(sources) when the critic cannot tell sources apart
+            metrics["critic_loss"] = float(np.mean(critic_losses))
         if style_proof:  # kept: the epoch that best separates disease from healthy films under any style
             scores = score_sets(net, sets, size)
             metrics["style_auc"], threshold = style_auc(scores)

@@ -15,10 +15,11 @@ validation films against healthy ones pooled with their placebos, the threshold 
 the placebo table (share called pathological per placebo) goes into the exported config.
 
 With ``"domain_adversarial": w > 0`` (v3, ``pathology_cxr_v3.json``) a critic per class learns to tell a film's
-source from the judge's features (JSRT from NIH among healthy films; GB, V7 and NIH among pathological ones)
-through a gradient reversal of weight ``w`` (ramped in as in Ganin & Lempitsky 2015): the judge is pushed to
-features from which, within a class, the source cannot be told, so that a source's look cannot stand in for
-its class (JSRT is healthy only, the COVID sets pathological only).
+source from the judge's features (JSRT from NIH among healthy films; GB, V7 and NIH among pathological ones),
+and the judge is trained, with weight ``w`` ramped in over training, to leave it guessing (``SourceCritics``):
+features from which, within a class, the source cannot be told, so that a source's look cannot stand in for its
+class (JSRT is healthy only, the COVID sets pathological only). ``"opacity_aux": w > 0`` (v4) adds a
+training-only head that maps the reference opacity from the judge's mid-level features.
 """
 
 from __future__ import annotations
@@ -255,7 +256,7 @@ def main(argv=None) -> None:
             if adversarial:  # ramped in (Ganin & Lempitsky 2015) so the judge first learns its task
                 progress = (epoch * steps + len(losses)) / (cfg["epochs"] * steps)
                 ramp = 2 / (1 + np.exp(-10 * progress)) - 1
-                loss = judged + adversarial * ramp * critics.confusion_loss(feats, y.long())
+                loss = loss + adversarial * ramp * critics.confusion_loss(feats, y.long())
             opt.zero_grad()
             loss.backward()
             opt.step()

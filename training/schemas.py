@@ -207,7 +207,7 @@ class PathologyRun:
     steps_per_epoch: int
     weight_decay: float
     style_augment: bool = False
-    # weight of the within-class source critic (gradient reversal); 0 = off
+    # weight of the confusion loss against the within-class source critics (SourceCritics); 0 = off
     domain_adversarial: float = 0.0
     # weight of the auxiliary opacity map (reference opacity masks), and the classifier layer it reads; 0 = off
     opacity_aux: float = 0.0

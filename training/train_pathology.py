@@ -211,22 +211,22 @@ def main(argv=None) -> None:
 
     net = build_network("classifier", 1, 1, **cfg["arch_options"])
     adversarial = cfg.get("domain_adversarial", 0.0)
+    aux = cfg.get("opacity_aux", 0.0)
+    tap = cfg.get("opacity_tap", 2)
+    if aux and not style_proof:
+        raise ValueError("opacity_aux needs style_augment: only the style-proof batches carry opacity windows")
+    if adversarial or aux:  # one pass on a blank crop gives the sizes the extra heads read
+        blank_feats, blank_map = judge_features(net, torch.zeros(1, 1, size, size), tap)
     if adversarial:  # each training film's source, numbered within its class
         source_of = np.zeros(len(labels), np.int64)
         for per_class in sources:
             for k, members in enumerate(per_class):
                 source_of[members] = k
-        n_feats = judge_features(net, torch.zeros(1, 1, size, size))[0].shape[1]
-        critics = SourceCritics(n_feats, [len(per_class) for per_class in sources])
+        critics = SourceCritics(blank_feats.shape[1], [len(per_class) for per_class in sources])
         critic_opt = torch.optim.AdamW(critics.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
-    aux = cfg.get("opacity_aux", 0.0)
-    tap = cfg.get("opacity_tap", 2)
-    if aux and not style_proof:
-        raise ValueError("opacity_aux needs style_augment: only the style-proof batches carry opacity windows")
     params = list(net.parameters())
     if aux:  # the judge's mid-level features must also say where the opacity is (not shipped: training only)
-        n_maps = judge_features(net, torch.zeros(1, 1, size, size), tap)[1].shape[1]
-        opacity_head = torch.nn.Conv2d(n_maps, 1, 1)
+        opacity_head = torch.nn.Conv2d(blank_map.shape[1], 1, 1)
         params += list(opacity_head.parameters())
     opt = torch.optim.AdamW(params, lr=cfg["lr"], weight_decay=cfg["weight_decay"])
     steps = cfg["steps_per_epoch"]

@@ -194,9 +194,10 @@ def synthesize(
         image: a radiograph (:class:`MedicalImage` or path).
         lung_mask: the lung fields (bool array of the image's shape, or a mask file on its grid); default from
             the anatomy model.
-        seed: ``insert`` and lesion-guided ``cyclegan`` models: seeds the lesion draw (None as 0); other
-            ``cyclegan`` models: shifts the generator's crop window by a few pixels for another variant (None
-            keeps it centred).
+        seed: ``insert`` and lesion-guided ``cyclegan`` models: seeds the lesion draw (None as 0), mixed with a
+            digest of the film's pixels, so the same seed and film give the same pixels here, in ``lungx
+            synthesize`` and in Slicer (``synthesis.film_seed``); other ``cyclegan`` models: shifts the
+            generator's crop window by a few pixels for another variant (None keeps it centred).
         method: ``insert`` (lesions of the lesion model drawn into the lung field; nothing else changes) or
             ``cyclegan`` (a CycleGAN generator on the thoracic crop; a lesion-guided one lets its change in only
             through a lesion drawn as ``insert`` draws it).
@@ -223,7 +224,7 @@ def synthesize(
     lung = _lungs(image, lung_mask, device)
     synthesizer = shared_model(synthesis.make_synthesizer, method, model or synthesis.DEFAULT_MODEL, device, area,
                                side, kind)
-    result = synthesizer.synthesize(image, lung, seed)
+    result = synthesizer.synthesize(image, lung, synthesis.film_seed(synthesizer, image, seed))
     masks = {"lung": result.lung} if result.lesion is None else {"lung": result.lung, "opacity": result.lesion}
     return Result("cxr-synthesis", image, image.with_array(result.array), masks, {}, [],
                   lambda folder, stem: synthesis.write_outputs(folder, stem, image, result))

@@ -27,15 +27,17 @@ import functools
 import hashlib
 import json
 import logging
+import os
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from lungx_core.io.inputs import Case
+from lungx_core.io.inputs import RECORDS_DIR, Case
 from lungx_core.tasks.common import error_row
 
 Step = Callable[[Case], dict[str, Any]]
-RECORDS_DIR = ".lungx_done"
+COMMAND_MARKER = ".lungx_command"  # the command whose output folder this is (claim_output)
 
 
 def by_kind(case: Case, steps: dict[str, Step]) -> dict[str, Any]:
@@ -69,14 +71,40 @@ def record_path(out_dir: Path, case_id: str) -> Path:
     return out_dir / RECORDS_DIR / f"{case_id}.json"
 
 
+def input_signature(case: Case) -> dict[str, Any]:
+    """What the case's result depends on besides the step's options: the input (its path, and the size and
+    modification time of each of its files) and the mask given with it (its path and a hash of its bytes)."""
+    path = case.path
+    # a folder case (a CT DICOM series) is read from the files directly in it (io.ct.dicom_files)
+    files = sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path]
+    stats = []
+    for f in files:
+        try:
+            st = f.stat()
+        except OSError:
+            stats.append([f.name, None])
+            continue
+        stats.append([str(f.relative_to(path)) if path.is_dir() else f.name, st.st_size, st.st_mtime_ns])
+    signature: dict[str, Any] = {"input": str(path), "files": hashlib.sha256(json.dumps(stats).encode()).hexdigest()}
+    if case.mask is not None:
+        try:
+            digest = hashlib.sha256(case.mask.read_bytes()).hexdigest()
+        except OSError:
+            digest = None
+        signature["mask"] = [str(case.mask), digest]
+    return signature
+
+
 def _completed(case: Case, out_dir: Path, fingerprint: str) -> dict[str, Any] | None:
-    """The recorded row of ``case`` when its record is for this input and step and its outputs all exist."""
+    """The recorded row of ``case`` when its record is for this input (and mask, same content) and step and its
+    outputs all exist."""
     try:
         record = json.loads(record_path(out_dir, case.case_id).read_text())
     except (OSError, ValueError):
         return None
     row = record.get("row", {})
-    if record.get("fingerprint") != fingerprint or record.get("input") != str(case.path) or row.get("status") != "ok":
+    if (record.get("fingerprint") != fingerprint or record.get("signature") != input_signature(case)
+            or row.get("status") != "ok"):
         return None
     outputs = [n for n in str(row.get("outputs", "")).split(";") if n]
     return row if all((out_dir / n).is_file() for n in outputs) else None
@@ -96,7 +124,26 @@ def _record(case: Case, out_dir: Path, fingerprint: str, row: dict[str, Any]) ->
 
     path = record_path(out_dir, case.case_id)
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(path, json.dumps({"fingerprint": fingerprint, "input": str(case.path), "row": row}) + "\n")
+    record = {"fingerprint": fingerprint, "input": str(case.path), "signature": input_signature(case), "row": row}
+    write_text_atomic(path, json.dumps(record) + "\n")
+
+
+def claim_output(out_dir: Path, command: str) -> None:
+    """Mark ``out_dir`` as the output folder of ``command`` (``<out>/.lungx_command``), or refuse it when it
+    already holds another command's run: its results table and completion records would be overwritten."""
+    from lungx_core.io.writers import write_text_atomic
+
+    marker = out_dir / COMMAND_MARKER
+    try:
+        owner = marker.read_text().strip()
+    except OSError:
+        owner = ""
+    if owner and owner != command:
+        raise RuntimeError(f"{out_dir} holds the results of `lungx {owner}`; give `lungx {command}` another output "
+                           "folder (-o), so that neither run's results.csv and records are overwritten")
+    if not owner:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(marker, command + "\n")
 
 
 def run_cases(
@@ -109,6 +156,7 @@ def run_cases(
     resume: bool = False,
     on_row: Callable[[dict[str, Any]], None] | None = None,
     fingerprint: str | None = None,
+    command: str | None = None,
 ) -> list[dict[str, Any]]:
     """Run ``step`` on every case; return the rows in the order of ``cases``.
 
@@ -126,12 +174,18 @@ def run_cases(
         fingerprint: what makes this run's outputs what they are, for ``resume`` (default
             :func:`step_fingerprint` of ``step``); a caller that wraps a step (timing, instrumentation) passes
             the inner step's.
+        command: the command this run belongs to (``segment``, ``classify``, ...): ``out_dir`` is refused when
+            it holds another command's run (:func:`claim_output`).
 
     Returns:
         One row per case; a case that failed anywhere (bad input, a worker that died too often) is an error
         row naming the input and the problem.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
+    if command is not None:
+        claim_output(out_dir, command)
+    # a Dask worker may run in another working directory, or on another machine: paths travel absolute
+    cases = [replace(c, path=c.path.absolute(), mask=None if c.mask is None else c.mask.absolute()) for c in cases]
     fingerprint = fingerprint or step_fingerprint(step)
     if resume:
         _remove_partials(out_dir)
@@ -146,7 +200,7 @@ def run_cases(
         else:
             todo.append(i)
     results = _local(cases, todo, step) if scheduler is None and workers <= 1 else _dask(
-        cases, todo, step, workers, scheduler)
+        cases, todo, step, workers, scheduler, out_dir.absolute())
     for i, row in results:
         if row.get("status") == "ok":
             _record(cases[i], out_dir, fingerprint, row)  # last: the outputs are already complete
@@ -161,8 +215,35 @@ def _local(cases: list[Case], todo: list[int], step: Step) -> Iterator[tuple[int
         yield i, step(cases[i])
 
 
+def _missing_paths(paths: list[str]) -> list[str]:
+    """Run on a Dask worker: which of ``paths`` it cannot see (the first one, the output folder, must also be
+    writable)."""
+    missing = [p for p in paths if not os.path.exists(p)]
+    if paths and paths[0] not in missing and not os.access(paths[0], os.W_OK):
+        missing.insert(0, paths[0])
+    return missing
+
+
+def _not_visible_on_workers(client: Any, out_dir: Path, cases: list[Case]) -> dict[Path, list[str]]:
+    """Ask every worker of ``client`` whether it sees ``out_dir`` (writable) and each case's input and mask.
+    Raises RuntimeError naming the worker when the output folder is not there; returns the inputs some worker
+    cannot see, with those workers' addresses."""
+    paths = [str(out_dir)] + [str(p) for c in cases for p in (c.path, c.mask) if p is not None]
+    hidden: dict[Path, list[str]] = {}
+    for address, missing in sorted(client.run(_missing_paths, paths).items()):
+        if str(out_dir) in missing:
+            raise RuntimeError(f"Dask worker {address} cannot write to the output folder {out_dir}: the workers "
+                               "must see inputs and outputs at the same paths as this machine (a shared file "
+                               "system)")
+        gone = set(missing)
+        for c in cases:
+            if str(c.path) in gone or (c.mask is not None and str(c.mask) in gone):
+                hidden.setdefault(c.path, []).append(address)
+    return hidden
+
+
 def _dask(
-    cases: list[Case], todo: list[int], step: Step, workers: int, scheduler: str | None
+    cases: list[Case], todo: list[int], step: Step, workers: int, scheduler: str | None, out_dir: Path
 ) -> Iterator[tuple[int, dict[str, Any]]]:
     """Rows as Dask workers complete them; the client (and an embedded cluster) closes when the run ends."""
     try:
@@ -181,6 +262,15 @@ def _dask(
     try:
         if not todo:
             return
+        if scheduler is not None:  # an existing cluster's workers may not share this machine's file system
+            hidden = _not_visible_on_workers(client, out_dir, [cases[i] for i in todo])
+            for i in [i for i in todo if cases[i].path in hidden]:
+                workers_text = ", ".join(hidden[cases[i].path])
+                yield i, error_row(cases[i], f"{cases[i].path}: not visible on Dask worker(s) {workers_text}; the "
+                                             "workers must see the inputs at the same paths as this machine")
+            todo = [i for i in todo if cases[i].path not in hidden]
+            if not todo:
+                return
         futures = client.map(step, [cases[i] for i in todo], pure=False)
         where = {f.key: i for f, i in zip(futures, todo, strict=True)}
         for future in as_completed(futures):

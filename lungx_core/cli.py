@@ -72,6 +72,14 @@ def _stderr():
     return Console(stderr=True, soft_wrap=True)
 
 
+def _absolute(path: Path) -> Path:
+    """The output folder as an absolute path: Dask workers may run in another working directory."""
+    return path.absolute()
+
+
+OutputOption = Annotated[Path, typer.Option("--output", "-o", help="Output folder.", callback=_absolute)]
+
+
 def _version(value: bool) -> None:
     if value:
         from lungx_core import __version__
@@ -109,7 +117,7 @@ def segment(
     inputs: Annotated[
         list[Path] | None, typer.Argument(help="Radiographs, CT volumes, folders or DICOM folders.")
     ] = None,
-    output: Annotated[Path, typer.Option("--output", "-o", help="Output folder.")] = Path("lungx_out"),
+    output: OutputOption = Path("lungx_out"),
     task: Annotated[
         Task, typer.Option(help="auto: CT volumes and CT DICOM series go to ct-lungs, images to cxr-anatomy.")
     ] = Task.auto,
@@ -164,14 +172,16 @@ def segment(
     inputs = list(inputs or [])
     if not inputs and not sample:
         raise typer.BadParameter("give at least one input, or --sample", param_hint="INPUTS")
-    cases = collect_cases(inputs)
+    cases = collect_cases(inputs, output)
     forced = {Task.cxr_anatomy: "cxr", Task.ct_lungs: "ct"}.get(task)
     for case in cases:
         case.kind = forced or detect_kind(case)
     sample_kinds = [k for k in ("cxr", "ct") if sample and forced in (None, k)]
     kinds = {c.kind for c in cases} | set(sample_kinds)
     _check_segment_options(kinds, model, fmt)
-    output.mkdir(parents=True, exist_ok=True)
+    from lungx_core.batch import claim_output
+
+    claim_output(output, "segment")  # before the samples are written into it
     if sample_kinds:
         from lungx_core.io.sample import sample_ct, sample_radiograph
         from lungx_core.io.writers import write_image
@@ -197,8 +207,8 @@ def segment(
     if "ct" in kinds:
         steps["ct"] = partial(ct_lungs.run_one, **common, model=model or ct_lungs.DEFAULT_MODEL,
                               method=method.value, series=series)
-    rows = _run_batch(cases, partial(by_kind, steps=steps), output, workers, scheduler, resume, quiet,
-                      "segmenting", _write_results)
+    rows = _run_batch(cases, partial(by_kind, steps=steps), output,
+                      _Batch("segment", workers, scheduler, resume, quiet), "segmenting", _write_results)
     failed = [r for r in rows if r["status"] != "ok"]
     flagged = [r for r in rows if r["status"] == "ok" and r.get("qc_flags")]
     err.print(
@@ -210,20 +220,21 @@ def segment(
         raise typer.Exit(1)
 
 
-def _run_batch(cases, step, output, workers, scheduler, resume, quiet, description, write_results) -> list[dict]:
+def _run_batch(cases, step, output, run: _Batch, description, write_results) -> list[dict]:
     """Every command's batch loop: run ``step`` over ``cases`` (here, or on Dask workers; see lungx_core.batch)
     with a progress bar over completed cases, errors printed as they come, and results.csv rewritten every 20
     cases and at the end (also on Ctrl-C: every finished case keeps its row next to its outputs)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from lungx_core.batch import run_cases
+    from lungx_core.batch import claim_output, run_cases
 
-    where = scheduler or (f"{workers} Dask workers" if workers > 1 else "")
+    claim_output(output, run.command)  # before results.csv is touched: it may be another command's
+    where = run.scheduler or (f"{run.workers} Dask workers" if run.workers > 1 else "")
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()]
     rows: list[dict] = []
     results_path = output / "results.csv"
     try:
-        with Progress(*columns, console=_stderr(), disable=quiet, transient=True) as progress:
+        with Progress(*columns, console=_stderr(), disable=run.quiet, transient=True) as progress:
             bar = progress.add_task(f"{description} on {where}" if where else description, total=len(cases))
 
             def on_row(row: dict) -> None:
@@ -234,8 +245,8 @@ def _run_batch(cases, step, output, workers, scheduler, resume, quiet, descripti
                 if len(rows) % 20 == 0:  # keep results on disk during long runs; each rewrite is atomic
                     write_results(results_path, rows)
 
-            ordered = run_cases(cases, step, output, workers=workers, scheduler=scheduler, resume=resume,
-                                on_row=on_row)
+            ordered = run_cases(cases, step, output, workers=run.workers, scheduler=run.scheduler,
+                                resume=run.resume, on_row=on_row, command=run.command)
     finally:
         write_results(results_path, rows)
     write_results(results_path, ordered)  # the final table in input order, whatever order cases completed in
@@ -357,6 +368,7 @@ QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress ba
 class _Batch:
     """How a command's cases run (see lungx_core.batch)."""
 
+    command: str  # the command's name: its output folder is refused to another command (batch.claim_output)
     workers: int = 1
     scheduler: str | None = None
     resume: bool = False
@@ -384,7 +396,7 @@ LungMaskOption = Annotated[
 @app.command()
 def synthesize(
     inputs: Annotated[list[Path], typer.Argument(help="Healthy frontal chest radiographs or folders of them.")],
-    output: Annotated[Path, typer.Option("--output", "-o", help="Output folder.")] = Path("lungx_synth"),
+    output: OutputOption = Path("lungx_synth"),
     lung_mask: LungMaskOption = None,
     modality: Annotated[Modality, typer.Option(help="Input modality (a CT generator is not shipped yet).")] = (
         Modality.cxr
@@ -402,9 +414,10 @@ def synthesize(
     kind: Annotated[LesionKind, typer.Option(help="insert and lesion-guided cyclegan: ground glass, consolidation, "
                                              "or consolidated cores in ground glass.")] = LesionKind.mixed,
     seed: Annotated[
-        int | None, typer.Option(help="insert and lesion-guided cyclegan: seeds the lesion draw, mixed with each "
-                                 "file's id (default 0); other cyclegan models: shifts the crop window by a seeded "
-                                 "few pixels for a different variant.")
+        int | None, typer.Option(help="insert and lesion-guided cyclegan: seeds the lesion draw, mixed with a "
+                                 "digest of each film's pixels (default 0; lx.synthesize draws the same); other "
+                                 "cyclegan models: shifts the crop window by a seeded few pixels for a different "
+                                 "variant.")
     ] = None,
     model: Annotated[str, typer.Option(help="cyclegan: shipped generator name or a .safetensors path.")] = (
         "cxr_synthesis"
@@ -434,7 +447,8 @@ def synthesize(
                    input_check=_on_off(input_check), method=method.value, area=area or 0.0, side=side.value,
                    kind=kind.value)
     _run_image_task(
-        inputs, output, lung_mask, _Batch(workers, scheduler, resume, quiet), "synthesising", "synthesised", step,
+        inputs, output, lung_mask, _Batch("synthesize", workers, scheduler, resume, quiet), "synthesising",
+        "synthesised", step,
         COMMON_COLUMNS + synthesis.RESULT_COLUMNS + TRAILING_COLUMNS[1:],
         models=(model,) if method == SynthesisMethod.cyclegan else (),
     )
@@ -449,7 +463,7 @@ def _run_image_task(
     from lungx_core.io.inputs import collect_cases
     from lungx_core.models.store import read_model_config
 
-    cases = collect_cases(inputs)
+    cases = collect_cases(inputs, output)
     if mask is not None and not mask.is_dir() and len(cases) > 1:
         raise typer.BadParameter("one mask file fits one input; give a folder of <id> masks", param_hint=mask_option)
     for name in models:
@@ -459,8 +473,7 @@ def _run_image_task(
         if mask is not None and mask.is_dir():
             case.mask = next(iter(sorted(mask.glob(f"{case.case_id}.*"))), mask / f"{case.case_id}.png")
     output.mkdir(parents=True, exist_ok=True)
-    rows = _run_batch(cases, step, output, run.workers, run.scheduler, run.resume, run.quiet, description,
-                      lambda path, rows: _write_table(path, rows, columns))
+    rows = _run_batch(cases, step, output, run, description, lambda path, rows: _write_table(path, rows, columns))
     failed = sum(r["status"] != "ok" for r in rows)
     _stderr().print(f"{len(rows) - failed} {verb}, {failed} failed; results in {output / 'results.csv'}")
     if failed:
@@ -493,7 +506,7 @@ def evaluate_synthesis_cmd(
 @app.command("remove-opacity")
 def remove_opacity(
     inputs: Annotated[list[Path], typer.Argument(help="Frontal chest radiographs or folders of them.")],
-    output: Annotated[Path, typer.Option("--output", "-o", help="Output folder.")] = Path("lungx_opacity"),
+    output: OutputOption = Path("lungx_opacity"),
     lung_mask: LungMaskOption = None,
     model: Annotated[
         str, typer.Option(help="Shipped generator name or a .safetensors path.")
@@ -524,7 +537,8 @@ def remove_opacity(
     step = partial(opacity_removal.run_one, out_dir=output, device=device.value, model=model,
                    input_check=_on_off(input_check), score=score)
     _run_image_task(
-        inputs, output, lung_mask, _Batch(workers, scheduler, resume, quiet), "removing opacity", "processed", step,
+        inputs, output, lung_mask, _Batch("remove-opacity", workers, scheduler, resume, quiet),
+        "removing opacity", "processed", step,
         COMMON_COLUMNS + opacity_removal.RESULT_COLUMNS + TRAILING_COLUMNS[1:], models=(model,),
     )
 
@@ -536,7 +550,7 @@ Scheduler = Enum("Scheduler", _choices("cxr-rib-suppression", "scheduler"), type
 @app.command()
 def classify(
     inputs: Annotated[list[Path], typer.Argument(help="Frontal chest radiographs or folders of them.")],
-    output: Annotated[Path, typer.Option("--output", "-o", help="Output folder.")] = Path("lungx_classify"),
+    output: OutputOption = Path("lungx_classify"),
     lung_mask: LungMaskOption = None,
     model: Annotated[str, typer.Option(help="Classifier name or a .safetensors path.")] = "cxr_pathology",
     device: Annotated[Device, typer.Option(help="Where the models run.")] = Device.auto,
@@ -562,7 +576,8 @@ def classify(
     step = partial(classification.run_one, out_dir=output, device=device.value, model=model,
                    input_check=_on_off(input_check))
     _run_image_task(
-        inputs, output, lung_mask, _Batch(workers, scheduler, resume, quiet), "classifying", "classified", step,
+        inputs, output, lung_mask, _Batch("classify", workers, scheduler, resume, quiet), "classifying",
+        "classified", step,
         COMMON_COLUMNS + classification.RESULT_COLUMNS + TRAILING_COLUMNS[1:], models=(model,),
     )
 
@@ -578,7 +593,7 @@ SUPPRESSION_MODE_HELP = (
 @app.command("suppress-ribs")
 def suppress_ribs(
     inputs: Annotated[list[Path], typer.Argument(help="Frontal chest radiographs or folders of them.")],
-    output: Annotated[Path, typer.Option("--output", "-o", help="Output folder.")] = Path("lungx_ribs"),
+    output: OutputOption = Path("lungx_ribs"),
     rib_mask: Annotated[
         Path | None,
         typer.Option(help="Rib mask on the input's grid (PNG, NRRD/NIfTI label map or .seg.nrrd, segments named "
@@ -629,7 +644,8 @@ def suppress_ribs(
                    strength=strength, inpainting_model=inpainting_model, steps=steps, seed=seed,
                    scheduler=sampler.value, input_check=_on_off(input_check))
     _run_image_task(
-        inputs, output, rib_mask, _Batch(workers, scheduler, resume, quiet), "suppressing bone", "suppressed",
+        inputs, output, rib_mask, _Batch("suppress-ribs", workers, scheduler, resume, quiet),
+        "suppressing bone", "suppressed",
         step, COMMON_COLUMNS + rib_suppression.RESULT_COLUMNS + TRAILING_COLUMNS[1:], mask_option="--rib-mask",
         models=(model,) if mode == SuppressionMode.bone else (inpainting_model,),
     )

@@ -171,17 +171,22 @@ def test_synthesize_cli_insert_options(tmp_path):
 
 
 def test_batch_films_draw_different_lesions_reproducibly():
-    from lungx_core.tasks.synthesis import LesionInserter, Synthesizer, case_seed
+    from lungx_core.image import MedicalImage
+    from lungx_core.tasks.synthesis import LesionInserter, Synthesizer, film_seed
 
+    films = [MedicalImage(np.full((64, 64), v, np.uint8), source=name) for v, name in ((1, "a"), (2, "b"), (3, "c"))]
+    a = films[0]
     inserter = LesionInserter()
-    assert case_seed(inserter, "a", 0) == case_seed(inserter, "a", 0)
-    assert len({case_seed(inserter, cid, 0) for cid in ("a", "b", "c")}) == 3
-    assert case_seed(inserter, "a", 0) != case_seed(inserter, "a", 1)
+    assert film_seed(inserter, a, 0) == film_seed(inserter, a, 0)
+    assert film_seed(inserter, a, 0) == film_seed(inserter, MedicalImage(a.array.copy(), source="renamed"), 0)
+    assert len({film_seed(inserter, f, 0) for f in films}) == 3
+    assert film_seed(inserter, a, 0) != film_seed(inserter, a, 1)
+    assert film_seed(inserter, a, None) == film_seed(inserter, a, 0)
     cyclegan = Synthesizer.__new__(Synthesizer)  # no weights needed: only lesion_guided is read
     cyclegan.lesion_guided = False  # a generator applied to the whole crop: the seed shifts its window as given
-    assert case_seed(cyclegan, "a", 5) == 5 and case_seed(cyclegan, "a", None) is None
-    cyclegan.lesion_guided = True  # draws lesions: seeded per file, as insert
-    assert case_seed(cyclegan, "a", 0) == case_seed(inserter, "a", 0)
+    assert film_seed(cyclegan, a, 5) == 5 and film_seed(cyclegan, a, None) is None
+    cyclegan.lesion_guided = True  # draws lesions: seeded per film, as insert
+    assert film_seed(cyclegan, a, 0) == film_seed(inserter, a, 0)
 
 
 def test_the_front_ends_offer_exactly_the_lesion_models_sides_and_kinds():

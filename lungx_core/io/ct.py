@@ -16,7 +16,16 @@ import numpy as np
 
 from lungx_core.errors import InputError
 from lungx_core.image import MedicalImage
-from lungx_core.io.readers import DICOM_SUFFIXES, ITK_SUFFIXES, PIL_SUFFIXES, is_dicom_file, short_message, suffix_of
+from lungx_core.io.readers import (
+    DICOM_SUFFIXES,
+    ITK_SUFFIXES,
+    PIL_SUFFIXES,
+    check_nifti_finite,
+    is_dicom_file,
+    is_non_image_object,
+    short_message,
+    suffix_of,
+)
 
 MIN_SLICES = 8
 MAX_VOXELS = 1_200_000_000  # 1024 x 1024 x 1100; beyond that one volume does not fit a workstation's memory
@@ -50,7 +59,9 @@ def dicom_files(folder: Path) -> list[Path]:
 
 
 def list_series(files: list[Path]) -> tuple[list[SeriesInfo], list[Path]]:
-    """Group files by SeriesInstanceUID from their headers; also returns the files whose header is unreadable."""
+    """Group files by SeriesInstanceUID from their headers; also returns the files whose header is unreadable.
+    Non-image objects (a dose report, a presentation state, a SEG, ...) are left out: they are no series to
+    choose from."""
     import pydicom
 
     series: dict[str, SeriesInfo] = {}
@@ -61,6 +72,8 @@ def list_series(files: list[Path]) -> tuple[list[SeriesInfo], list[Path]]:
             uid = str(ds.SeriesInstanceUID)
         except Exception:  # noqa: BLE001 - any header failure makes the file unusable; reported by the caller
             unreadable.append(f)
+            continue
+        if is_non_image_object(ds):
             continue
         info = series.get(uid)
         if info is None:
@@ -250,6 +263,7 @@ def read_ct(path: str | Path, series_uid: str | None = None) -> MedicalImage:
         img = sitk.ReadImage(str(path))
     except RuntimeError as exc:
         raise InputError(path, f"not a readable image ({short_message(exc)})") from None
+    check_nifti_finite(path, "volume contains NaN or infinite values")
     image = _ct_from_sitk(path, img)
     image.metadata["format"] = suffix.lstrip(".")
     return image

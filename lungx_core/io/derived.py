@@ -1,6 +1,8 @@
 """Write a processed radiograph (synthetic, rib-suppressed, opacity-removed) in the input's format family, on the
-input's grid: PNG/JPEG/TIFF/BMP in -> PNG out (lossless, the input's bit depth); NRRD/NIfTI/MHA in -> the same
-format with the same geometry; DICOM in -> a derived DICOM image in a new series of the same study.
+input's grid: PNG/JPEG/TIFF/BMP in -> PNG out (lossless, the input's 8 or 16 bits), or a float32 TIFF when the
+bitmap held floats or other integers (a mode-F TIFF in [0, 1] keeps its values instead of being rounded to 0
+and 1); NRRD/NIfTI/MHA in -> the same format with the same geometry; DICOM in -> a derived DICOM image in a
+new series of the same study.
 
 The DICOM output copies the patient, study and equipment attributes of its source, gets new Series and SOP
 Instance UIDs, ImageType DERIVED\\SECONDARY, a DerivationDescription and a SourceImageSequence pointing at the
@@ -18,8 +20,9 @@ from typing import Any
 import numpy as np
 
 from lungx_core.image import MedicalImage, to_dtype
-from lungx_core.io.writers import atomic_path, write_image, write_png
+from lungx_core.io.writers import atomic_path, write_image, write_png, write_tiff
 
+PNG_DTYPES = (np.dtype(np.uint8), np.dtype(np.uint16))  # what a PNG holds losslessly (grey)
 ITK_FORMATS = {"nrrd": ".nrrd", "nhdr": ".nrrd", "nii": ".nii", "nii.gz": ".nii.gz", "mha": ".mha", "mhd": ".mha"}
 
 
@@ -28,7 +31,9 @@ def derived_suffix(image: MedicalImage) -> str:
     fmt = str(image.metadata.get("format", "")).lower()
     if fmt == "dicom":
         return ".dcm"
-    return ITK_FORMATS.get(fmt, ".png")
+    if fmt in ITK_FORMATS:
+        return ITK_FORMATS[fmt]
+    return ".png" if image.array.dtype in PNG_DTYPES else ".tif"
 
 
 def write_derived(path: Path, image: MedicalImage, array: np.ndarray, description: str) -> None:
@@ -40,7 +45,9 @@ def write_derived(path: Path, image: MedicalImage, array: np.ndarray, descriptio
     if suffix == ".dcm":
         write_derived_dicom(path, Path(image.source), array, description)
     elif suffix == ".png":
-        write_png(path, _as_bitmap(array, image))
+        write_png(path, to_dtype(array, image.array.dtype))
+    elif suffix == ".tif":
+        write_tiff(path, np.asarray(array, dtype=np.float32))
     else:
         write_image(path, image, array.astype(image.array.dtype, copy=False))
 
@@ -74,10 +81,6 @@ def write_processed_set(
         written.append(out_dir / picture_name)
         write_png(written[-1], picture_array)
     return written
-
-
-def _as_bitmap(array: np.ndarray, image: MedicalImage) -> np.ndarray:
-    return to_dtype(array, np.uint16 if int(image.metadata.get("bits", 8)) > 8 else np.uint8)
 
 
 DX_FOR_PRESENTATION = "1.2.840.10008.5.1.4.1.1.1.1"

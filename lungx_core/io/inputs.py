@@ -6,9 +6,17 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
-from lungx_core.io.readers import DICOM_SUFFIXES, ITK_SUFFIXES, PIL_SUFFIXES, is_dicom_file, suffix_of
+from lungx_core.io.readers import (
+    DICOM_SUFFIXES,
+    ITK_SUFFIXES,
+    PIL_SUFFIXES,
+    is_dicom_file,
+    is_non_image_object,
+    suffix_of,
+)
 
 IMAGE_SUFFIXES = PIL_SUFFIXES | ITK_SUFFIXES | DICOM_SUFFIXES
+RECORDS_DIR = ".lungx_done"  # the completion records of a run (lungx_core.batch), in its output folder
 RADIOGRAPH_DICOM_MODALITIES = {"DX", "CR", "DR", "RG", "PX", "OT", "SC", ""}
 
 
@@ -29,17 +37,52 @@ def case_id_of(path: Path) -> str:
     return name[: -len(suffix)] if suffix and name.lower().endswith(suffix) else name
 
 
-def _files_in(folder: Path) -> list[Path]:
-    return sorted(
-        p
-        for p in folder.rglob("*")
-        if p.is_file() and not p.name.startswith(".") and (suffix_of(p) in IMAGE_SUFFIXES or is_dicom_file(p))
-    )
+def _files_in(folder: Path, skip: set[Path]) -> list[Path]:
+    """The image and DICOM files under ``folder``, never LungX's own outputs: no folder in ``skip`` (the run's
+    output folder) or holding a completion-record folder (an earlier run's output folder) is entered below
+    ``folder``; in ``folder`` itself and any folder entered, the files an earlier run's records list as its
+    outputs are left out, and a ``.seg.nrrd`` (a segmentation) is never an input."""
+    import os
+
+    found = []
+    for root, dirs, names in os.walk(folder):
+        here = Path(root)
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and not _is_output_folder(here / d, skip))
+        written = recorded_outputs(here)
+        found += [
+            here / n for n in names
+            if not n.startswith(".") and n not in written and not n.lower().endswith(".seg.nrrd")
+            and (suffix_of(here / n) in IMAGE_SUFFIXES or is_dicom_file(here / n))
+        ]
+    return sorted(found)
+
+
+def _is_output_folder(folder: Path, skip: set[Path]) -> bool:
+    return folder.resolve() in skip or (folder / RECORDS_DIR).is_dir()
+
+
+def recorded_outputs(folder: Path) -> set[str]:
+    """The names of the files that LungX runs recorded as their outputs in ``folder`` (their completion
+    records, ``.lungx_done``), with the results tables."""
+    import json
+
+    names: set[str] = set()
+    records = folder / RECORDS_DIR
+    if not records.is_dir():
+        return names
+    for path in records.rglob("*.json"):
+        try:
+            row = json.loads(path.read_text()).get("row", {})
+        except (OSError, ValueError, AttributeError):
+            continue
+        names.update(n for n in str(row.get("outputs", "")).split(";") if n)
+    return names | {p.name for p in folder.glob("results*.csv")}
 
 
 def _dicom_cases(files: list[Path]) -> list[Case]:
     """Radiographs: one case per file. CT: one case per folder holding CT slices (the reader picks the series
-    there). Any other series (MR, PET, ...): one case, flagged."""
+    there). Non-image objects (reports, presentation states, SEG, ...): ignored. Any other series (MR, PET,
+    ...): one case, flagged."""
     import pydicom
 
     series: dict[tuple[str, str], list[Path]] = defaultdict(list)
@@ -50,6 +93,8 @@ def _dicom_cases(files: list[Path]) -> list[Case]:
             ds = pydicom.dcmread(f, stop_before_pixels=True)
         except Exception:  # unreadable files are reported by the reader with the exact problem
             cases.append(Case(case_id_of(f), f))
+            continue
+        if is_non_image_object(ds):
             continue
         modality = str(ds.get("Modality", "")).upper()
         if modality in RADIOGRAPH_DICOM_MODALITIES:
@@ -71,19 +116,22 @@ def _dicom_cases(files: list[Path]) -> list[Case]:
     return cases
 
 
-def collect_cases(inputs: list[Path]) -> list[Case]:
-    """Expand files and folders in the order given; case IDs are made unique with a numeric suffix."""
+def collect_cases(inputs: list[Path], output: Path | None = None) -> list[Case]:
+    """Expand files and folders in the order given; case IDs are made unique with a numeric suffix. A folder's
+    search skips ``output`` (this run's output folder) and what earlier LungX runs wrote (see ``_files_in``)."""
     cases: list[Case] = []
+    skip = {output.resolve()} if output is not None else set()
     for item in inputs:
         if item.is_dir():
-            files = _files_in(item)
+            files = _files_in(item, skip)
             if not files:
                 cases.append(Case(case_id_of(item), item, "folder holds no supported image or DICOM file"))
                 continue
             dicom = [f for f in files if suffix_of(f) in DICOM_SUFFIXES or suffix_of(f) not in IMAGE_SUFFIXES]
             dicom_set = set(dicom)  # once, not per file: folders hold thousands of files
-            cases += [Case(case_id_of(f), f) for f in files if f not in dicom_set]
-            cases += _dicom_cases(dicom)
+            found = [Case(case_id_of(f), f) for f in files if f not in dicom_set] + _dicom_cases(dicom)
+            cases += found or [Case(case_id_of(item), item, "folder holds only non-image DICOM objects (reports, "
+                                                             "presentation states, segmentations, ...)")]
         else:
             cases.append(Case(case_id_of(item), item))
     return _unique_ids(cases)

@@ -22,6 +22,11 @@ RADIOGRAPH_MODALITIES = {"DX", "CR", "DR", "RG", "PX"}
 # Secondary captures and "other" often wrap a digitised film; accepted, with a QC note.
 LOOSE_MODALITIES = {"OT", "SC", ""}
 LATERAL_VIEWS = {"LL", "RL", "LAT", "LATERAL", "LLD", "RLD", "XCL"}
+# DICOM objects that are no image (reports, presentation states, key-object selections, structure sets,
+# segmentations, registrations, dose objects, plans, waveforms): ignored wherever a folder is searched for images
+NON_IMAGE_MODALITIES = {"SR", "PR", "KO", "RTSTRUCT", "RTPLAN", "RTRECORD", "RTDOSE", "SEG", "REG", "FID", "DOC",
+                        "PLAN", "RWV", "AU", "ECG", "HD", "RESP"}
+SR_SOP_CLASS_PREFIX = "1.2.840.10008.5.1.4.1.1.88."
 MAX_PIXELS = 50_000_000  # larger than any chest detector (43 cm at 0.1 mm is ~18 Mpx)
 MIN_SIDE = 64
 
@@ -39,6 +44,14 @@ def is_dicom_file(path: Path) -> bool:
             return f.read(4) == b"DICM"
     except OSError:
         return False
+
+
+def is_non_image_object(ds) -> bool:
+    """True for a DICOM dataset (a header is enough) that is no image to segment: a report (any structured report
+    SOP class, whatever its modality says), presentation state, key-object selection, structure set,
+    segmentation, registration, dose object, plan or waveform."""
+    modality = str(ds.get("Modality", "")).upper()
+    return modality in NON_IMAGE_MODALITIES or str(ds.get("SOPClassUID", "")).startswith(SR_SOP_CLASS_PREFIX)
 
 
 def read_radiograph(path: str | Path) -> MedicalImage:
@@ -90,13 +103,30 @@ def _to_gray(path: Path, arr: np.ndarray) -> tuple[np.ndarray, bool]:
     if rgb.shape[-1] == 1 or (np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 1], rgb[..., 2])):
         return rgb[..., 0], False
     gray = rgb.astype(np.float32) @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+    if np.issubdtype(arr.dtype, np.integer):  # an 8- or 16-bit colour film stays an 8- or 16-bit grey one
+        from lungx_core.image import to_dtype
+
+        gray = to_dtype(gray, arr.dtype)
     return gray, True
+
+
+def _is_deep_colour_png(path: Path) -> bool:
+    """A PNG of 16 bits per channel with colour or alpha (IHDR bit depth 16, colour type 2, 4 or 6): Pillow
+    opens those at 8 bits per channel, so they are read through SimpleITK (ITK's PNG reader keeps 16)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(26)
+    except OSError:
+        return False
+    return head[:8] == b"\x89PNG\r\n\x1a\n" and head[12:16] == b"IHDR" and head[24] == 16 and head[25] in (2, 4, 6)
 
 
 def read_bitmap(path: Path) -> MedicalImage:
     """PNG/JPEG/TIFF/BMP: 8- or 16-bit grey, palette or RGB(A); no physical spacing."""
     from PIL import Image, UnidentifiedImageError
 
+    if _is_deep_colour_png(path):
+        return _read_deep_colour_png(path)
     try:
         with warnings.catch_warnings():
             # PIL's decompression-bomb guard stays as it is (process-wide); its warning is below our own limit
@@ -113,7 +143,7 @@ def read_bitmap(path: Path) -> MedicalImage:
                     im = im.convert("RGBA" if "transparency" in im.info else "RGB")
                 elif im.mode in ("CMYK", "YCbCr", "LAB", "HSV"):
                     im = im.convert("RGB")
-                arr = np.asarray(im)
+                arr = np.array(im)  # a writable copy: torch warns on read-only arrays
     except InputError:
         raise
     except Image.DecompressionBombError:
@@ -121,6 +151,10 @@ def read_bitmap(path: Path) -> MedicalImage:
         raise InputError(path, f"image is over the {limit} limit (decompression-bomb guard)") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise InputError(path, f"not a readable image ({short_message(exc)})") from None
+    return _bitmap_image(path, arr)
+
+
+def _bitmap_image(path: Path, arr: np.ndarray) -> MedicalImage:
     arr, was_colour = _to_gray(path, arr)
     if arr.dtype == bool:
         arr = arr.astype(np.uint8) * 255
@@ -128,6 +162,23 @@ def read_bitmap(path: Path) -> MedicalImage:
     if was_colour:
         meta["converted_from_colour"] = True
     return MedicalImage(array=arr, modality="CXR", spacing_known=False, source=str(path), metadata=meta)
+
+
+def _read_deep_colour_png(path: Path) -> MedicalImage:
+    import SimpleITK as sitk
+
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    reader.SetImageIO("PNGImageIO")
+    try:
+        reader.ReadImageInformation()
+        cols, rows = reader.GetSize()[:2]
+        if rows * cols > MAX_PIXELS:
+            raise InputError(path, f"image is {cols}x{rows} pixels, over the {MAX_PIXELS // 1_000_000} Mpx limit")
+        arr = sitk.GetArrayFromImage(reader.Execute())
+    except RuntimeError as exc:
+        raise InputError(path, f"not a readable image ({short_message(exc)})") from None
+    return _bitmap_image(path, arr)
 
 
 def read_itk_radiograph(path: Path) -> MedicalImage:
@@ -138,6 +189,7 @@ def read_itk_radiograph(path: Path) -> MedicalImage:
         img = sitk.ReadImage(str(path))
     except RuntimeError as exc:
         raise InputError(path, f"not a readable image ({short_message(exc)})") from None
+    check_nifti_finite(path, "image contains NaN or infinite pixel values")
     if img.GetDimension() == 3 and img.GetSize()[2] > 1:
         size = img.GetSize()
         raise InputError(
@@ -162,6 +214,24 @@ def read_itk_radiograph(path: Path) -> MedicalImage:
         )
     image.metadata["format"] = suffix_of(path).lstrip(".")
     return image
+
+
+def check_nifti_finite(path: Path, message: str) -> None:
+    """Raise ``InputError(path, message)`` when a float NIfTI file holds NaN or infinite values. ITK's NIfTI reader
+    turns them into 0 without a word, so the file's own data are looked at (nibabel, unscaled)."""
+    if suffix_of(path) not in (".nii", ".nii.gz"):
+        return
+    import nibabel
+
+    try:
+        nifti = nibabel.load(path)
+        if not np.issubdtype(nifti.header.get_data_dtype(), np.floating):
+            return
+        data = np.asarray(nifti.dataobj.get_unscaled())
+    except Exception as exc:  # noqa: BLE001 - ITK read it; a file nibabel cannot is reported, not crashed on
+        raise InputError(path, f"NIfTI data cannot be checked ({short_message(exc)})") from None
+    if not np.isfinite(data).all():
+        raise InputError(path, message)
 
 
 def read_dicom_radiograph(path: Path) -> MedicalImage:
@@ -203,8 +273,9 @@ def read_dicom_radiograph(path: Path) -> MedicalImage:
                 from pydicom.pixel_data_handlers.util import convert_color_space
 
             arr = convert_color_space(arr, photometric, "RGB")
-        arr, _ = _to_gray(path, arr)
+        arr, was_colour = _to_gray(path, arr)
     else:
+        was_colour = False
         arr = _apply_luts(ds, arr)
         if photometric == "MONOCHROME1":
             arr = arr.max() - arr  # display polarity: air dark, bone bright
@@ -224,6 +295,8 @@ def read_dicom_radiograph(path: Path) -> MedicalImage:
     }
     if modality in LOOSE_MODALITIES:
         meta["modality_unverified"] = True
+    if was_colour:
+        meta["converted_from_colour"] = True
     return MedicalImage(
         array=np.asarray(arr, dtype=np.float32),
         spacing=spacing,

@@ -144,6 +144,14 @@ def write_png(path: str | Path, array: np.ndarray) -> None:
         Image.fromarray(array).save(tmp, format="PNG", compress_level=1)
 
 
+def write_tiff(path: str | Path, array: np.ndarray) -> None:
+    """A one-channel float32 TIFF (Pillow mode F): values kept exactly, whatever their range."""
+    from PIL import Image
+
+    with atomic_path(path) as tmp:
+        Image.fromarray(np.ascontiguousarray(array, dtype=np.float32)).save(tmp, format="TIFF")
+
+
 def to_uint8_display(array: np.ndarray) -> np.ndarray:
     from lungx_core.preprocess import normalise_intensity
 

@@ -160,12 +160,13 @@ def check_rib_mask(image: MedicalImage, ribs: np.ndarray) -> None:
 
 
 def bone_for_writing(bone: np.ndarray, image: MedicalImage) -> np.ndarray:
-    """The bone image as the derived writers store it: PNG (a picture) spread over the bitmap's full range;
-    other formats in the input's grey levels (rounded for integer types; DICOM keeps a linear rescale)."""
+    """The bone image as the derived writers store it: PNG (a picture) spread over the bitmap's 8 or 16 bits;
+    other formats (float TIFF too) in the input's grey levels (rounded for integer types; DICOM keeps a linear
+    rescale)."""
     from lungx_core.io.derived import derived_suffix
 
     if derived_suffix(image) == ".png":
-        top = 65535.0 if int(image.metadata.get("bits", 8)) > 8 else 255.0
+        top = float(np.iinfo(image.array.dtype).max)
         low, high = float(bone.min()), float(bone.max())
         return (bone - low) / max(high - low, 1e-6) * top
     from lungx_core.image import to_dtype

@@ -283,15 +283,21 @@ def side_by_side(before: np.ndarray, after: np.ndarray, lung: np.ndarray) -> np.
     return rgb
 
 
-def case_seed(synthesizer: Synthesizer | LesionInserter, case_id: str, seed: int | None) -> int | None:
-    """The seed one file of a batch draws with. Insertion and lesion-guided models mix the file's id into it, so
-    the films of a batch get different lesions (area, kind, shape) while a rerun gives the same pixels; the
-    older CycleGAN's seed shifts its crop window and is used as given."""
+def film_seed(synthesizer: Synthesizer | LesionInserter, image: MedicalImage, seed: int | None) -> int | None:
+    """The seed a film draws its lesion with, the one rule for the API, the CLI, the worker and Slicer: the same
+    ``seed`` and the same film (its pixels, whatever the file is called or where it lies) give the same
+    pixels. Insertion and lesion-guided models mix a digest of the film's pixels into ``seed`` (None as 0), so
+    the films of a batch get different lesions (area, kind, shape); the older CycleGAN's seed shifts its crop
+    window and is used as given."""
     if not synthesizer.lesion_guided:
         return seed
+    import hashlib
     import zlib
 
-    return zlib.crc32(f"{case_id}/{seed or 0}".encode())
+    pixels = np.ascontiguousarray(image.array)
+    digest = hashlib.blake2b(pixels.tobytes(), digest_size=8)
+    digest.update(f"{pixels.dtype.str}{pixels.shape}".encode())
+    return zlib.crc32(f"{digest.hexdigest()}/{seed or 0}".encode())
 
 
 def synthesize_case(
@@ -308,7 +314,7 @@ def synthesize_case(
         t0 = time.perf_counter()
         image = read_checked_radiograph(case.path, gate)
         lung, source = find_lungs(case.path, image, lung_mask, segmenter)
-        result = synthesizer.synthesize(image, lung, case_seed(synthesizer, case.case_id, seed))
+        result = synthesizer.synthesize(image, lung, film_seed(synthesizer, image, seed))
         outputs = write_outputs(out_dir, case.case_id, image, result)
         return {
             "case_id": case.case_id, "input": str(case.path), "task": "cxr-synthesis", "status": "ok", "error": "",

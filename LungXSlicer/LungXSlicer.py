@@ -270,6 +270,10 @@ class LungXSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if node is None or node is self._lastInput:
             return
         self._lastInput = node
+        # the outputs shown belong to the previous input: a new run makes its own nodes
+        for name in ("outputSegmentation", "outputVolume"):
+            if self.logic.belongsToAnotherInput(getattr(self._parameterNode, name), node):
+                setattr(self._parameterNode, name, None)
         modality = LungXSlicerLogic.modalityOf(node)
         info = self.logic.taskInfo(self._parameterNode.task)
         if info and info["modality"] != modality:
@@ -350,7 +354,8 @@ class LungXSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if result.table:
             self.ui.resultsTableView.setMRMLTableNode(result.table)
         flags = ", ".join(result.qcFlags) if result.qcFlags else "no QC flags"
-        self.ui.statusLabel.text = f"Done in {result.seconds:.1f} s on {result.device}; {flags}."
+        missing = f"; not found: {', '.join(result.notFound)}" if result.notFound else ""
+        self.ui.statusLabel.text = f"Done in {result.seconds:.1f} s on {result.device}; {flags}{missing}."
 
     def cancelRun(self) -> None:
         if self._run is not None:
@@ -398,6 +403,10 @@ class LungXResult:
     measurements: dict = field(default_factory=dict)
     seconds: float = 0.0
     device: str = ""
+    notFound: list[str] = field(default_factory=list)  # segment IDs the task looked for and did not find
+
+
+INPUT_ATTRIBUTE = "LungX.InputNodeID"  # on every output node: the input it was made from
 
 
 class LungXSlicerLogic(ScriptedLoadableModuleLogic):
@@ -597,15 +606,23 @@ class LungXSlicerLogic(ScriptedLoadableModuleLogic):
             qcFlags=outputs.qc_flags, measurements=outputs.measurements, seconds=outputs.seconds, device=outputs.device
         )
         for path in outputs.segmentations:
-            result.segmentation = self._importSegmentation(path, inputNode, outputSegmentation, outputs.task)
+            result.segmentation, notFound = self._importSegmentation(path, inputNode, outputSegmentation, outputs.task)
+            result.notFound += notFound
         for i, path in enumerate(outputs.volumes):
             result.volumes.append(self._importVolume(path, inputNode, outputVolume if i == 0 else None, outputs.task))
-        result.table = self._importTable(outputs, inputNode)
+        result.table = self._importTable(outputs, inputNode, result.notFound)
         return result
+
+    @staticmethod
+    def belongsToAnotherInput(node, inputNode) -> bool:
+        """True when ``node`` holds the results of another input than ``inputNode``: a result never goes there."""
+        owner = node.GetAttribute(INPUT_ATTRIBUTE) if node is not None else None
+        return bool(owner) and owner != inputNode.GetID()
 
     def _placeNextToInput(self, node, inputNode) -> None:
         """Same subject-hierarchy parent (the input's study) and, for nodes that live in space (not tables), the
-        same parent transform as the input."""
+        same parent transform as the input; the node remembers its input."""
+        node.SetAttribute(INPUT_ATTRIBUTE, inputNode.GetID())
         if node.IsA("vtkMRMLTransformableNode"):
             node.SetAndObserveTransformNodeID(inputNode.GetTransformNodeID())
         sh = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(slicer.mrmlScene)
@@ -625,7 +642,7 @@ class LungXSlicerLogic(ScriptedLoadableModuleLogic):
         maskShape = seg.segments[0].mask_kji.shape if seg.segments else inputShape
         if not same_grid(seg.ijk_to_ras, self._ijkToRAS(inputNode), maskShape, inputShape):
             raise RuntimeError(f"{path.name} is not on the grid of {inputNode.GetName()}")
-        if segmentationNode is None:
+        if segmentationNode is None or self.belongsToAnotherInput(segmentationNode, inputNode):
             segmentationNode = slicer.mrmlScene.AddNewNodeByClass(
                 "vtkMRMLSegmentationNode", slicer.mrmlScene.GenerateUniqueName(f"{inputNode.GetName()} {task}")
             )
@@ -635,7 +652,11 @@ class LungXSlicerLogic(ScriptedLoadableModuleLogic):
         wasModified = segmentationNode.StartModify()
         # a reused node holds exactly this run's segments: nothing of an earlier task or input stays behind
         segmentation.RemoveAllSegments()
+        notFound = []
         for spec in seg.segments:
+            if not spec.mask_kji.any():  # not found: no empty segment, which 3-D surface building chokes on
+                notFound.append(spec.segment_id)
+                continue
             segmentation.AddEmptySegment(spec.segment_id, spec.name, list(spec.color))
             slicer.util.updateSegmentBinaryLabelmapFromArray(
                 spec.mask_kji, segmentationNode, spec.segment_id, inputNode
@@ -645,12 +666,12 @@ class LungXSlicerLogic(ScriptedLoadableModuleLogic):
                 segment.SetTag(segment.GetTerminologyEntryTagName(), spec.terminology)
         segmentationNode.EndModify(wasModified)
         self._placeNextToInput(segmentationNode, inputNode)
-        return segmentationNode
+        return segmentationNode, notFound
 
     def _importVolume(self, path: Path, inputNode, volumeNode, task: str):
         array, ijkToRAS = results.read_volume(path)
         array = as_slicer_array(array)
-        if volumeNode is None:
+        if volumeNode is None or self.belongsToAnotherInput(volumeNode, inputNode):
             # named by what it is ("film synthetic", "film ribs suppressed"), from the worker's file name
             name = slicer.mrmlScene.GenerateUniqueName(f"{inputNode.GetName()} {results.output_label(path) or task}")
             volumeNode = slicer.util.addVolumeFromArray(array, ijkToRAS, name)
@@ -660,13 +681,13 @@ class LungXSlicerLogic(ScriptedLoadableModuleLogic):
         self._placeNextToInput(volumeNode, inputNode)
         return volumeNode
 
-    def _importTable(self, outputs: results.TaskOutputs, inputNode):
+    def _importTable(self, outputs: results.TaskOutputs, inputNode, notFound=()):
         name = slicer.mrmlScene.GenerateUniqueName(f"{inputNode.GetName()} {outputs.task} results")
         table = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLTableNode", name)
         wasModified = table.StartModify()
         table.AddColumn().SetName("Measurement")
         table.AddColumn().SetName("Value")
-        for key, value in results.table_rows(outputs):
+        for key, value in results.table_rows(outputs, notFound):
             row = table.AddEmptyRow()
             table.SetCellText(row, 0, key)
             table.SetCellText(row, 1, value)
@@ -725,7 +746,10 @@ class LungXSlicerTest(ScriptedLoadableModuleTest):
         result = LungXSlicerLogic().run("cxr-anatomy", node, device="cpu")
         seg = result.segmentation
         ids = {seg.GetSegmentation().GetNthSegmentID(n) for n in range(seg.GetSegmentation().GetNumberOfSegments())}
-        self.assertEqual(ids, {"lung_left", "lung_right", "heart", "clavicle_left", "clavicle_right"})
+        # a structure not found (a clavicle outside a DRR's field) is reported, not added as an empty segment
+        self.assertEqual(ids | set(result.notFound), {"lung_left", "lung_right", "heart", "clavicle_left",
+                                                      "clavicle_right"})
+        self.assertFalse(ids & set(result.notFound))
         self._assertTerminology(seg, "lung_left", "39607008", "7771000")
         self._assertTerminology(seg, "lung_right", "39607008", "24028007")
         self._assertTerminology(seg, "heart", "80891009")

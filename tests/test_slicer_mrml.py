@@ -184,6 +184,52 @@ def test_reused_segmentation_holds_only_the_last_runs_segments(mrml, tmp_path):
     _assert_terminology_in_loaded_lists(slicer, module, second)
 
 
+def test_results_table_has_one_row_per_name(mrml, tmp_path):
+    """Issue 32: the ct-lungs table had two rows named seconds (the task's measurement and the run's)."""
+    slicer, module = mrml
+    film = _film()
+    outputs = _cxr_outputs(tmp_path, film)
+    outputs.measurements["seconds"] = 0.7
+    table = module.LungXSlicerLogic().importResults(outputs, _node(slicer, film, "film")).table
+    names = [table.GetCellText(r, 0) for r in range(table.GetNumberOfRows())]
+    assert len(names) == len(set(names)) and _table(table)["seconds"] == "1.0"
+
+
+def test_a_structure_not_found_is_reported_not_added_empty(mrml, tmp_path):
+    """Issue 32: an empty segment made Show 3D log a vtkDiscreteFlyingEdges3D error."""
+    from LungXSlicerLib import results
+
+    slicer, module = mrml
+    film = _film()
+    rows, cols = film.array.shape
+    masks = {s.name: np.zeros((rows, cols), bool) for s in CXR_STRUCTURES}
+    masks["lung_left"][50:150, 100:160] = masks["lung_right"][50:150, 20:80] = True
+    write_seg_nrrd(tmp_path / "input.seg.nrrd", film, masks, CXR_STRUCTURES)
+    outputs = results.TaskOutputs("cxr-anatomy", "cpu", 1.0, segmentations=[tmp_path / "input.seg.nrrd"])
+    result = module.LungXSlicerLogic().importResults(outputs, _node(slicer, film, "film"))
+    assert _segment_ids(result.segmentation) == ["lung_left", "lung_right"]
+    assert result.notFound == ["heart", "clavicle_left", "clavicle_right"]
+    assert _table(result.table)["not_found"] == "heart, clavicle_left, clavicle_right"
+    assert result.segmentation.CreateClosedSurfaceRepresentation()
+
+
+def test_a_result_never_goes_into_another_inputs_node(mrml, tmp_path):
+    """Issue 32: after a CT run, Apply on a film with the Outputs selector untouched overwrote the CT's
+    segmentation with the film's segments."""
+    slicer, module = mrml
+    film = _film()
+    first_input, second_input = _node(slicer, film, "first"), _node(slicer, film, "second")
+    logic = module.LungXSlicerLogic()
+    first = logic.importResults(_cxr_outputs(tmp_path, film), first_input)
+    again = logic.importResults(_cxr_outputs(tmp_path, film), first_input, outputSegmentation=first.segmentation)
+    assert again.segmentation is first.segmentation  # the same input: reused
+    second = logic.importResults(_cxr_outputs(tmp_path, film), second_input, outputSegmentation=first.segmentation)
+    assert second.segmentation is not first.segmentation
+    assert first.segmentation.GetAttribute("LungX.InputNodeID") == first_input.GetID()
+    assert second.segmentation.GetAttribute("LungX.InputNodeID") == second_input.GetID()
+    assert _segment_ids(first.segmentation) == [s.name for s in CXR_STRUCTURES]
+
+
 def test_volumes_are_named_by_what_they_are(mrml, tmp_path):
     from LungXSlicerLib import results
 
@@ -334,7 +380,8 @@ def test_every_task_imports_into_real_nodes(mrml, worker_outputs, task):
     result = module.LungXSlicerLogic().importResults(outputs, node)
 
     seg = result.segmentation
-    assert _segment_ids(seg) == list(info.structures)
+    assert _segment_ids(seg) == [s for s in info.structures if s not in result.notFound]
+    assert len(result.notFound) < len(info.structures) and ("lung_left" not in result.notFound)
     _assert_terminology_in_loaded_lists(slicer, module, seg)
     _assert_on_input_grid(slicer, seg, node)
     if "lung_left" in info.structures:

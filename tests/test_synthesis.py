@@ -183,7 +183,7 @@ def assert_bad_mask_inputs_fail_cleanly(
         proc = run_lungx(command, *map(str, args), "-o", str(out), *extra, "--device", "cpu", "-q", "--no-input-check")
         assert proc.returncode == 1, (name, proc.stderr)
         assert message in proc.stderr and "Traceback" not in proc.stderr, (name, proc.stderr)
-        assert sorted(p.name for p in out.iterdir()) == ["results.csv"], name
+        assert sorted(p.name for p in out.iterdir()) == [".lungx_command", "results.csv"], name
 
 
 @pytest.mark.slow
@@ -251,7 +251,7 @@ def test_cli_bad_inputs_are_one_line_errors_without_partial_outputs(tmp_path, ph
                          "--device", "cpu", "-q", "--no-input-check")  # a phantom
         assert proc.returncode == 1, (name, proc.stderr)
         assert message in proc.stderr and "Traceback" not in proc.stderr, (name, proc.stderr)
-        assert sorted(p.name for p in out.iterdir()) == ["results.csv"], name
+        assert sorted(p.name for p in out.iterdir()) == [".lungx_command", "results.csv"], name
     proc = run_lungx("synthesize", str(files["png"]), "--modality", "ct", "-o", str(tmp_path / "o"))
     assert proc.returncode == 2 and "no CT synthesis generator" in proc.stderr
     proc = run_lungx("synthesize", str(files["png"]), str(files["nrrd"]), "--lung-mask", str(tmp_path / "small.png"))

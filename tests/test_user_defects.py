@@ -101,12 +101,12 @@ def test_scheduler_run_from_another_working_directory_writes_where_the_user_aske
         result = CliRunner().invoke(app, ["segment", "film.png", "-o", "out", "--scheduler", cl.scheduler_address,
                                           "--no-input-check", "--device", "cpu", "-q", "--no-overlay"])
         assert result.exit_code == 0, result.output
-        rows = list(csv.DictReader(open(here / "out" / "results.csv")))
+        rows = list(csv.DictReader((here / "out" / "results.csv").read_text().splitlines()))
         assert rows[0]["status"] == "ok" and (here / "out" / "film.seg.nrrd").is_file()
         assert not (elsewhere / "out").exists()
         result = CliRunner().invoke(app, ["segment", str(here / "nothere.png"), "-o", "out2", "--scheduler",
                                           cl.scheduler_address, "--no-input-check", "-q"])
-        rows = list(csv.DictReader(open(here / "out2" / "results.csv")))
+        rows = list(csv.DictReader((here / "out2" / "results.csv").read_text().splitlines()))
         assert "not visible on Dask worker" in rows[0]["error"]
 
 

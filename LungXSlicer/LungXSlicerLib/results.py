@@ -8,6 +8,7 @@ what lungx_core wrote.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -103,10 +104,14 @@ def output_label(path: Path, case_id: str = "input") -> str:
     return name[len(case_id) + 1 :].replace("_", " ")
 
 
-def table_rows(outputs: TaskOutputs) -> list[tuple[str, str]]:
-    """(measurement, value) rows for a table node: the measurements, then the QC flags, then run facts."""
-    rows = [(key, _format(value)) for key, value in outputs.measurements.items()]
+def table_rows(outputs: TaskOutputs, not_found: Sequence[str] = ()) -> list[tuple[str, str]]:
+    """(measurement, value) rows for a table node: the measurements, then the QC flags and the structures not
+    found, then run facts; one row per name (a task's own ``seconds`` measurement gives way to the run's)."""
+    facts = {"qc_flags", "not_found", "device", "seconds"}
+    rows = [(key, _format(value)) for key, value in outputs.measurements.items() if key not in facts]
     rows.append(("qc_flags", "; ".join(outputs.qc_flags) if outputs.qc_flags else "none"))
+    if not_found:
+        rows.append(("not_found", ", ".join(not_found)))
     rows.append(("device", outputs.device))
     rows.append(("seconds", f"{outputs.seconds:.1f}"))
     return rows

@@ -71,7 +71,7 @@ def test_models_load_once_per_setting(film):
     before = shared_model.cache_info()
     lx.segment(film, device="cpu")
     after = shared_model.cache_info()
-    assert after.misses == before.misses and after.hits == before.hits + 2  # the segmenter and the gate
+    assert after.misses == before.misses and after.hits == before.hits + 3  # the segmenter, the gate, the mirror check
 
 
 def test_bad_arguments_are_clear(film):

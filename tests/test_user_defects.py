@@ -314,3 +314,29 @@ def test_the_completion_record_names_the_mask_and_its_content(tmp_path):
     run_cases([case], lambda c: {"status": "ok", "outputs": ""}, tmp_path / "out")
     record = json.loads(record_path(tmp_path / "out", "film").read_text())
     assert record["signature"]["mask"][0] == str(mask) and len(record["signature"]["mask"][1]) == 64
+
+
+# 7. mirrored films
+@pytest.mark.slow
+@pytest.mark.shared_data
+def test_a_mirrored_jsrt_film_is_flagged_left_right_inconsistent(shared_data):
+    import lungx_core as lx
+    from lungx_core.image import MedicalImage
+    from training.gate_data import is_validation
+
+    ids = sorted(p.stem for p in (shared_data / "jsrt_scr" / "images").glob("*.png"))
+    for film_id in [i for i in ids if is_validation(f"jsrt_scr:{i}")][:4]:  # the mirror check's validation films
+        film = read_radiograph(shared_data / "jsrt_scr" / "images" / f"{film_id}.png")
+        as_shown = lx.segment(film, input_check=False, device="cpu")
+        mirrored = lx.segment(MedicalImage(film.array[:, ::-1].copy(), source="mirrored.png"), input_check=False,
+                              device="cpu")
+        assert "left_right_inconsistent" not in as_shown.qc_flags, film_id
+        assert "left_right_inconsistent" in mirrored.qc_flags, film_id
+
+
+def test_the_mirror_check_tells_the_embedded_sample_from_its_mirror_image():
+    from lungx_core.cxr.laterality import MirrorCheck
+    from lungx_core.io.sample import sample_radiograph
+
+    check, film = MirrorCheck(), sample_radiograph().array
+    assert check.probability_mirrored(film) < check.threshold <= check.probability_mirrored(film[:, ::-1])

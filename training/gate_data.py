@@ -37,7 +37,8 @@ MIN_CHEST_MM = 240.0
 WINDOWS = ((-1000, 400), (-160, 240), (-500, 1300), (-1024, 3071))
 
 
-def _val(key: str) -> bool:
+def is_validation(key: str) -> bool:
+    """A fifth of the films, by a hash of ``dataset:patient``: the gate's and the mirror check's split."""
     return int(hashlib.sha1(key.encode()).hexdigest(), 16) % 5 == 0
 
 
@@ -135,7 +136,7 @@ def procedural(rng: np.random.Generator, size: int = 192) -> np.ndarray:
     return ndi.gaussian_filter(img, rng.uniform(0, 2)) + rng.normal(0, rng.uniform(0, 0.05), img.shape)
 
 
-def _read_film(path: Path) -> np.ndarray:
+def read_film(path: Path) -> np.ndarray:
     return np.asarray(Image.open(path).convert("F"), dtype=np.float32)
 
 
@@ -152,10 +153,10 @@ def build_cache(data: Path, out: Path, seed: int = 0) -> Path:
 
     films = film_paths(data)
     for path, key in films:
-        film = _read_film(path)
-        add(film, "frontal_chest", _val(key), str(path.relative_to(data)))
+        film = read_film(path)
+        add(film, "frontal_chest", is_validation(key), str(path.relative_to(data)))
         if rng.random() < 0.4:
-            add(film.max() - film, "inverted_film", _val(key), f"inverted {path.relative_to(data)}")
+            add(film.max() - film, "inverted_film", is_validation(key), f"inverted {path.relative_to(data)}")
     print(f"{len(films)} films", flush=True)
     for ct_path in ct_paths(data):
         name = ct_path.parent.name

@@ -78,6 +78,20 @@ class GateRun:
 
 
 @dataclass
+class LateralityRun:
+    """``train_laterality.py`` (laterality.json)."""
+
+    name: str
+    arch: str
+    arch_options: dict
+    batch_size: int
+    epochs: int
+    lr: float
+    seed: int
+    weight_decay: float
+
+
+@dataclass
 class InpaintingRun:
     """``train_inpainting.py`` and ``export_inpainting.py`` (inpainting_cxr.json)."""
 

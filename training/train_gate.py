@@ -40,8 +40,11 @@ def padded_scan_field(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.where(inside, low + (1 - low) * img, rng.uniform(0, low))
 
 
-def augment(batch: np.ndarray, rng: np.random.Generator, labels: np.ndarray | None = None) -> torch.Tensor:
-    """Geometry and film-processing variation that keeps each class what it is (no grey-value inversion)."""
+def augment(
+    batch: np.ndarray, rng: np.random.Generator, labels: np.ndarray | None = None, flip: bool = True
+) -> torch.Tensor:
+    """Geometry and film-processing variation that keeps each class what it is (no grey-value inversion; no
+    left-right flip with ``flip=False``, for a model that tells a mirrored film)."""
     from scipy import ndimage as ndi
 
     out = []
@@ -59,7 +62,7 @@ def augment(batch: np.ndarray, rng: np.random.Generator, labels: np.ndarray | No
             else:
                 p = size - img.shape[0]
                 img = np.pad(img, ((p // 2, p - p // 2),) * 2)
-        if rng.random() < 0.5:
+        if flip and rng.random() < 0.5:
             img = img[:, ::-1]
         img = np.clip(img, 0, 1) ** rng.uniform(0.7, 1.4)
         if rng.random() < 0.3:

@@ -82,8 +82,18 @@ class CXRSegmenter:
             meas.flags.append("modality_unverified")
         if str(image.metadata.get("view_position", "")).upper() == "AP":
             meas.flags.append("ap_view_ctr_magnified")  # AP (often portable) films magnify the heart
+        if "left_right_inconsistent" not in meas.flags and mirror_check().is_mirrored(display):
+            meas.flags.append("left_right_inconsistent")  # the lungs' labels follow the image, not the patient
         back = {k: np.ascontiguousarray(flip_display(m, flip_rows, flip_cols)) for k, m in masks.items()}
         return CXRResult(back, np.ascontiguousarray(flip_display(probs, flip_rows, flip_cols)), meas)
+
+
+def mirror_check():
+    """The mirrored-film check (``cxr/laterality.py``), loaded once per process; a 128-px classifier, on CPU."""
+    from lungx_core.cxr.laterality import MirrorCheck
+    from lungx_core.models.store import shared_model
+
+    return shared_model(MirrorCheck)
 
 
 def write_outputs(

@@ -246,16 +246,20 @@ def test_cli_refuses_another_commands_output_folder_and_keeps_its_results(tmp_pa
 
 
 # 9. 16 bits per channel
-def test_a_48_bit_rgb_png_is_read_at_16_bits(tmp_path):
+@pytest.mark.parametrize("suffix", [".png", ".tif"])
+def test_a_48_bit_rgb_film_is_read_at_16_bits(tmp_path, suffix):
     import SimpleITK as sitk
 
     grey = (phantom_radiograph(96, 96).astype(np.uint32) * 257).astype(np.uint16)
     rgb = np.stack([grey, grey, np.clip(grey.astype(np.int64) + 300, 0, 65535).astype(np.uint16)], axis=-1)
-    sitk.WriteImage(sitk.GetImageFromArray(rgb, isVector=True), str(tmp_path / "rgb16.png"))
-    image = read_radiograph(tmp_path / "rgb16.png")
+    sitk.WriteImage(sitk.GetImageFromArray(rgb, isVector=True), str(tmp_path / f"rgb16{suffix}"))
+    image = read_radiograph(tmp_path / f"rgb16{suffix}")
     assert image.array.dtype == np.uint16 and image.metadata["converted_from_colour"]
     expected = rgb.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
     assert np.abs(image.array.astype(np.float32) - expected).max() <= 0.5  # 8 bits would be off by up to 128
+    rgba = np.concatenate([rgb, np.full((96, 96, 1), 65535, np.uint16)], axis=-1)
+    sitk.WriteImage(sitk.GetImageFromArray(rgba, isVector=True), str(tmp_path / f"rgba16{suffix}"))
+    assert read_radiograph(tmp_path / f"rgba16{suffix}").array.dtype == np.uint16
 
 
 # 10. one seed rule for the API and the CLI

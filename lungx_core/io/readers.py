@@ -110,23 +110,20 @@ def _to_gray(path: Path, arr: np.ndarray) -> tuple[np.ndarray, bool]:
     return gray, True
 
 
-def _is_deep_colour_png(path: Path) -> bool:
-    """A PNG of 16 bits per channel with colour or alpha (IHDR bit depth 16, colour type 2, 4 or 6): Pillow
-    opens those at 8 bits per channel, so they are read through SimpleITK (ITK's PNG reader keeps 16)."""
-    try:
-        with open(path, "rb") as f:
-            head = f.read(26)
-    except OSError:
+def _is_deep_colour(im) -> bool:
+    """A Pillow image of 16 bits per channel with colour or alpha (a 48/64-bit PNG or TIFF): Pillow opens those
+    at 8 bits per channel, its raw mode (e.g. ``RGB;16B``) still says 16."""
+    if im.mode not in ("RGB", "RGBA", "LA") or not im.tile:
         return False
-    return head[:8] == b"\x89PNG\r\n\x1a\n" and head[12:16] == b"IHDR" and head[24] == 16 and head[25] in (2, 4, 6)
+    args = im.tile[0].args
+    return ";16" in str(args[0] if isinstance(args, tuple) else args)
 
 
 def read_bitmap(path: Path) -> MedicalImage:
     """PNG/JPEG/TIFF/BMP: 8- or 16-bit grey, palette or RGB(A); no physical spacing."""
     from PIL import Image, UnidentifiedImageError
 
-    if _is_deep_colour_png(path):
-        return _read_deep_colour_png(path)
+    deep_colour = False
     try:
         with warnings.catch_warnings():
             # PIL's decompression-bomb guard stays as it is (process-wide); its warning is below our own limit
@@ -139,11 +136,13 @@ def read_bitmap(path: Path) -> MedicalImage:
                     )
                 if getattr(im, "n_frames", 1) > 1:
                     raise InputError(path, f"multi-page image ({im.n_frames} frames); give one radiograph per file")
+                deep_colour = _is_deep_colour(im)  # read again below through ITK, at its 16 bits
                 if im.mode == "P":
                     im = im.convert("RGBA" if "transparency" in im.info else "RGB")
                 elif im.mode in ("CMYK", "YCbCr", "LAB", "HSV"):
                     im = im.convert("RGB")
-                arr = np.array(im)  # a writable copy: torch warns on read-only arrays
+                # a writable copy (torch warns on read-only arrays)
+                arr = None if deep_colour else np.array(im)
     except InputError:
         raise
     except Image.DecompressionBombError:
@@ -151,7 +150,7 @@ def read_bitmap(path: Path) -> MedicalImage:
         raise InputError(path, f"image is over the {limit} limit (decompression-bomb guard)") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise InputError(path, f"not a readable image ({short_message(exc)})") from None
-    return _bitmap_image(path, arr)
+    return _read_deep_colour(path) if deep_colour else _bitmap_image(path, arr)
 
 
 def _bitmap_image(path: Path, arr: np.ndarray) -> MedicalImage:
@@ -164,18 +163,12 @@ def _bitmap_image(path: Path, arr: np.ndarray) -> MedicalImage:
     return MedicalImage(array=arr, modality="CXR", spacing_known=False, source=str(path), metadata=meta)
 
 
-def _read_deep_colour_png(path: Path) -> MedicalImage:
+def _read_deep_colour(path: Path) -> MedicalImage:
+    """16-bit-per-channel colour PNG/TIFF through ITK's readers, which keep the 16 bits (size already checked)."""
     import SimpleITK as sitk
 
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(str(path))
-    reader.SetImageIO("PNGImageIO")
     try:
-        reader.ReadImageInformation()
-        cols, rows = reader.GetSize()[:2]
-        if rows * cols > MAX_PIXELS:
-            raise InputError(path, f"image is {cols}x{rows} pixels, over the {MAX_PIXELS // 1_000_000} Mpx limit")
-        arr = sitk.GetArrayFromImage(reader.Execute())
+        arr = sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
     except RuntimeError as exc:
         raise InputError(path, f"not a readable image ({short_message(exc)})") from None
     return _bitmap_image(path, arr)

@@ -653,7 +653,8 @@ def suppress_ribs(
 
 @evaluate_app.command("bone-suppression")
 def evaluate_bone_suppression_cmd(
-    directory: Annotated[Path, typer.Argument(help="Folder with images/<id> and soft_tissue/<id> pairs.")],
+    directory: Annotated[Path, typer.Argument(
+        help="Folder with images/<id> and soft_tissue/<id> pairs, and/or a nodules.csv (jsrt_scr layout).")],
     mode: Annotated[SuppressionMode, typer.Option(help=SUPPRESSION_MODE_HELP)] = SuppressionMode.bone,
     strength: Annotated[float, typer.Option(min=0.0, max=5.0, help="Bone mode: strength (1: fitted).")] = 1.0,
     model: Annotated[str, typer.Option(help="Bone-layer model name or a .safetensors path.")] = "cxr_bone",
@@ -669,7 +670,10 @@ def evaluate_bone_suppression_cmd(
     per_case: Annotated[Path | None, typer.Option(help="Also write per-case scores to this CSV.")] = None,
 ):
     """{"n", "psnr_input", "psnr_output", "ssim_input", "ssim_output", "bsr", "seconds_per_image"} as one JSON
-    object: the films against their soft-tissue images in the lung field, after a linear intensity match.
+    object: the films against their soft-tissue images in the lung field, after a linear intensity match. With a
+    nodules.csv (id, x, y, diameter_px on the 512-px film, subtlety), also "nodules": each nodule's conspicuity
+    (disc minus ring over the spread around it) before and after, median ratio after/before, share dimmed, per
+    subtlety grade.
     Scores of the shipped model on the films it was fitted on are optimistic: the model card's leave-one-out
     numbers come from training/eval_bone_loo.py."""
     from lungx_core.eval.runners import score_bone_suppression

@@ -368,3 +368,71 @@ def evaluate_bone_suppression(
     keys = ("psnr_input", "psnr_output", "ssim_input", "ssim_output", "bsr")
     return {"n": len(pairs), **{k: round(mean[k], 4) for k in keys},
             "seconds_per_image": round(mean["seconds"], 3)}
+
+
+def read_nodules(path: Path) -> list[dict]:
+    """``nodules.csv`` (the jsrt_scr layout): one row per nodule, ``id``, ``x``, ``y`` (centre on the 512-px
+    image), ``diameter_px`` (on the 512-px image) and ``subtlety`` (1 hardest - 5 obvious)."""
+    import csv
+
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    missing = {"id", "x", "y", "diameter_px"} - set(rows[0] if rows else {})
+    if missing:
+        raise ValueError(f"{path}: no column(s) {', '.join(sorted(missing))}")
+    return rows
+
+
+def evaluate_nodule_conspicuity(
+    root: Path,
+    suppress: Callable[[MedicalImage, np.ndarray], np.ndarray],
+    segment_lungs: Callable[[np.ndarray], np.ndarray],
+    on_case: Callable[[str, dict[str, float]], None] | None = None,
+) -> dict:
+    """Each nodule's :func:`~lungx_core.eval.metrics.nodule_conspicuity` on the film and on ``suppress(image,
+    lung)``, for ``root/nodules.csv`` and ``root/images/<id>.<ext>`` (centres and sizes given on a 512-px
+    image are scaled to the film's width). Returns the medians before and after, the median ratio (after /
+    before), the share of nodules dimmed (after < before), and the same per subtlety grade."""
+    from lungx_core.eval.metrics import nodule_conspicuity
+    from lungx_core.io.readers import read_radiograph
+
+    root = Path(root)
+    by_film: dict[str, list[dict]] = {}
+    for row in read_nodules(root / "nodules.csv"):
+        by_film.setdefault(row["id"], []).append(row)
+    results = []
+    for film_id, nodules in sorted(by_film.items()):
+        paths = sorted((root / "images").glob(f"{film_id}.*"))
+        if not paths:
+            raise FileNotFoundError(f"{root / 'images'}: no image {film_id}.* for nodules.csv")
+        image = read_radiograph(paths[0])
+        output = suppress(image, segment_lungs(image.array))
+        scale = image.array.shape[1] / 512.0
+        for k, nodule in enumerate(nodules):
+            centre = (float(nodule["x"]) * scale, float(nodule["y"]) * scale)
+            radius = max(float(nodule["diameter_px"]) * scale / 2, 1.0)
+            before = nodule_conspicuity(image.array, centre, radius)
+            after = nodule_conspicuity(output, centre, radius)
+            case = {"conspicuity_before": before, "conspicuity_after": after,
+                    "ratio": after / before if before else float("nan"),
+                    "subtlety": int(nodule.get("subtlety") or 0)}
+            results.append(case)
+            if on_case:
+                on_case(film_id if len(nodules) == 1 else f"{film_id}_{k + 1}", case)
+    if not results:
+        raise ValueError(f"{root / 'nodules.csv'} lists no nodule")
+    return {**conspicuity_summary(results), "per_subtlety": {
+        str(grade): conspicuity_summary([r for r in results if r["subtlety"] == grade])
+        for grade in sorted({r["subtlety"] for r in results})}}
+
+
+def conspicuity_summary(results: list[dict]) -> dict:
+    """n, median conspicuity before and after, median ratio, share dimmed."""
+    before = np.array([r["conspicuity_before"] for r in results])
+    after = np.array([r["conspicuity_after"] for r in results])
+    ratio = np.array([r["ratio"] for r in results])
+    return {"n": len(results), "conspicuity_before": round(float(np.median(before)), 4),
+            "conspicuity_after": round(float(np.median(after)), 4),
+            "median_ratio": round(float(np.nanmedian(ratio)), 4),
+            "dimmed_share": round(float(np.mean(after < before)), 4)}
+

@@ -74,3 +74,25 @@ def ssim(reference: np.ndarray, test: np.ndarray, data_range: float | None = Non
     return float(
         structural_similarity(ref, out, data_range=rng, gaussian_weights=True, sigma=1.5, use_sample_covariance=False)
     )
+
+
+def nodule_conspicuity(image: np.ndarray, centre_xy: tuple[float, float], radius: float) -> float:
+    """How much a nodule stands out from what surrounds it: (mean in a disc of 0.7 radius - mean in a ring at
+    1.3-2.2 radii) / standard deviation within 4 radii, in the image's own grey levels (so a linear rescale of
+    the film leaves it unchanged). ``centre_xy`` is (column, row) in pixels; pixels outside the image are left
+    out. Bone suppression should raise it: less rib clutter around a nodule, the nodule kept."""
+    if radius <= 0:
+        raise ValueError(f"radius must be positive, got {radius}")
+    x, y = float(centre_xy[0]), float(centre_xy[1])
+    reach = 4 * radius
+    r0, r1 = max(0, int(np.floor(y - reach))), min(image.shape[0], int(np.ceil(y + reach)) + 1)
+    c0, c1 = max(0, int(np.floor(x - reach))), min(image.shape[1], int(np.ceil(x + reach)) + 1)
+    window = np.asarray(image[r0:r1, c0:c1], dtype=np.float64)
+    rows, cols = np.ogrid[r0:r1, c0:c1]
+    distance = np.hypot(rows - y, cols - x)
+    disc, ring = window[distance <= 0.7 * radius], window[(distance >= 1.3 * radius) & (distance <= 2.2 * radius)]
+    if disc.size == 0 or ring.size == 0:
+        raise ValueError(f"nodule at ({x:.1f}, {y:.1f}) with radius {radius:.1f} px lies outside the image")
+    spread = float(window[distance <= reach].std())
+    return float((disc.mean() - ring.mean()) / spread) if spread > 0 else 0.0
+

@@ -166,10 +166,11 @@ def score_bone_suppression(
     on_case: OnCase | None = None,
 ) -> dict:
     """Bone suppression against dual-energy soft-tissue images (``lungx evaluate bone-suppression``): PSNR,
-    SSIM and BSR in the lung field after a least-squares linear match.
+    SSIM and BSR in the lung field after a least-squares linear match; and, when the folder has a
+    ``nodules.csv`` (the jsrt_scr layout), each nodule's conspicuity before and after (``"nodules"``).
 
     Args:
-        directory: ``images/<id>`` with ``soft_tissue/<id>`` pairs.
+        directory: ``images/<id>`` with ``soft_tissue/<id>`` pairs, or with a ``nodules.csv``, or both.
         mode: ``bone``, ``inpaint`` or ``inpaint-subtract``.
         strength: bone mode, 1 = the model card's fitted alpha.
         model, inpainting_model: bone-layer and diffusion model names or ``.safetensors`` paths.
@@ -178,9 +179,11 @@ def score_bone_suppression(
         on_case: called with (case_id, scores) after each pair.
 
     Returns:
-        ``{"n", "psnr_input", "psnr_output", "ssim_input", "ssim_output", "bsr", "seconds_per_image"}``.
+        ``{"n", "psnr_input", "psnr_output", "ssim_input", "ssim_output", "bsr", "seconds_per_image"}`` for
+        pairs; ``"nodules"``: ``{"n", "conspicuity_before", "conspicuity_after", "median_ratio",
+        "dimmed_share", "per_subtlety"}`` (medians over nodules; ratio = after / before).
     """
-    from lungx_core.eval.evaluate import evaluate_bone_suppression
+    from lungx_core.eval.evaluate import evaluate_bone_suppression, evaluate_nodule_conspicuity
     from lungx_core.tasks.cxr_segmentation import CXRSegmenter
     from lungx_core.tasks.rib_suppression import RibSuppressor, SuppressionSettings
 
@@ -191,8 +194,15 @@ def score_bone_suppression(
         ribs = None if mode == "bone" else suppressor.rib_mask(image, lung)
         return suppressor.suppress(image, ribs, settings).array
 
-    return evaluate_bone_suppression(Path(directory), suppress, lung_finder(CXRSegmenter(device=device)),
-                                     on_case=on_case)
+    root, lungs = Path(directory), lung_finder(CXRSegmenter(device=device))
+    summary: dict = {}
+    if (root / "soft_tissue").is_dir():
+        summary.update(evaluate_bone_suppression(root, suppress, lungs, on_case=on_case))
+    if (root / "nodules.csv").is_file():
+        summary["nodules"] = evaluate_nodule_conspicuity(root, suppress, lungs, on_case=on_case)
+    if not summary:
+        raise FileNotFoundError(f"{root}: neither soft_tissue/<id> pairs nor a nodules.csv to score against")
+    return summary
 
 
 def score_opacity_removal(

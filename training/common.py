@@ -55,6 +55,42 @@ def resume(run: Path, net, opt, sched) -> tuple[int, float]:
     return ck["epoch"] + 1, ck["best"]
 
 
+def fit_classifier(run: Path, cfg: dict, net, n_train: int, batch_loss, val_accuracy, train: bool = True) -> None:
+    """The image classifiers' training loop (the gate, the mirror check): AdamW with a one-cycle schedule over
+    ``cfg["epochs"]``, resumed from ``run/last.pt``, ``batch_loss(indices, rng)`` on shuffled batches of
+    ``cfg["batch_size"]`` of the ``n_train`` examples, ``val_accuracy()`` after each epoch, ``best.pt`` kept at
+    the best accuracy (the last of equals), the log and checkpoint written every epoch. ``train=False`` only
+    resumes (``--export`` of a finished run)."""
+    import math
+    import time
+
+    opt = torch.optim.AdamW(net.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
+    steps = math.ceil(n_train / cfg["batch_size"])
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg["lr"], total_steps=cfg["epochs"] * steps)
+    start, best = resume(run, net, opt, sched)
+    rng = np.random.default_rng(cfg["seed"] + start)
+    for epoch in range(start if train else cfg["epochs"], cfg["epochs"]):
+        t0 = time.time()
+        order = rng.permutation(n_train)
+        losses = []
+        for b in range(steps):
+            loss = batch_loss(order[b * cfg["batch_size"] : (b + 1) * cfg["batch_size"]], rng)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+            losses.append(loss.item())
+        accuracy = val_accuracy()
+        if accuracy >= best:
+            best = accuracy
+            torch.save({"model": net.state_dict(), "epoch": epoch}, run / "best.pt")
+        append_log(run / "log.csv", {"epoch": epoch, "loss": float(np.mean(losses)), "val_accuracy": accuracy,
+                                     "seconds": time.time() - t0})
+        save_checkpoint(run, net, opt, sched, epoch, best)
+        print(f"epoch {epoch} loss {np.mean(losses):.4f} val accuracy {accuracy:.4f} ({time.time() - t0:.0f}s)",
+              flush=True)
+
+
 def append_log(path: Path, row: dict) -> None:
     new = not path.exists()
     with open(path, "a", newline="") as f:

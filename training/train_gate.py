@@ -11,7 +11,6 @@ fp16 weights, the config and the measured validation table into the model card's
 from __future__ import annotations
 
 import json
-import math
 import sys
 import time
 from pathlib import Path
@@ -23,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lungx_core.cxr.gate import GATE_CLASSES  # noqa: E402
 from lungx_core.models.networks import build_network  # noqa: E402
-from training.common import append_log, resume, save_checkpoint, start_run  # noqa: E402
+from training.common import fit_classifier, start_run  # noqa: E402
 from training.gate_data import build_cache  # noqa: E402
 from training.schemas import GateRun  # noqa: E402
 
@@ -108,38 +107,20 @@ def main(argv=None) -> None:
           flush=True)
 
     net = build_network(cfg["arch"], 1, len(GATE_CLASSES), **cfg["arch_options"])
-    opt = torch.optim.AdamW(net.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
-    steps = math.ceil(len(train) / cfg["batch_size"])
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg["lr"], total_steps=cfg["epochs"] * steps)
-    start, best = resume(args.run, net, opt, sched)
     # balanced classes: each class weighs the same in the loss, whatever its count
     counts = np.bincount(labels[train], minlength=len(GATE_CLASSES))
     weights = torch.as_tensor(counts.sum() / (len(counts) * counts), dtype=torch.float32)
     weights[0] *= cfg["frontal_weight"]  # refusing a real film costs more than passing an odd picture
     loss_fn = torch.nn.CrossEntropyLoss(weight=weights)
-    rng = np.random.default_rng(cfg["seed"] + start)
-    for epoch in range(start if not export else cfg["epochs"], cfg["epochs"]):
-        t0 = time.time()
-        order = rng.permutation(train)
-        losses = []
-        for b in range(steps):
-            sel = order[b * cfg["batch_size"] : (b + 1) * cfg["batch_size"]]
-            loss = loss_fn(net(augment(images[sel], rng, labels[sel])), torch.as_tensor(labels[sel]))
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.step()
-            losses.append(loss.item())
-        probs = predict(net, images[val])
-        accuracy = float((probs.argmax(1) == labels[val]).mean())
-        if accuracy >= best:
-            best = accuracy
-            torch.save({"model": net.state_dict(), "epoch": epoch}, args.run / "best.pt")
-        append_log(args.run / "log.csv", {"epoch": epoch, "loss": float(np.mean(losses)), "val_accuracy": accuracy,
-                                          "seconds": time.time() - t0})
-        save_checkpoint(args.run, net, opt, sched, epoch, best)
-        print(f"epoch {epoch} loss {np.mean(losses):.4f} val accuracy {accuracy:.4f} ({time.time() - t0:.0f}s)",
-              flush=True)
+
+    def batch_loss(indices: np.ndarray, rng: np.random.Generator) -> torch.Tensor:
+        sel = train[indices]
+        return loss_fn(net(augment(images[sel], rng, labels[sel])), torch.as_tensor(labels[sel]))
+
+    def val_accuracy() -> float:
+        return float((predict(net, images[val]).argmax(1) == labels[val]).mean())
+
+    fit_classifier(args.run, cfg, net, len(train), batch_loss, val_accuracy, train=not export)
     if export:
         export_gate(args, cfg, net, images, labels, split, z["source"])
 

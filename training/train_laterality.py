@@ -17,7 +17,6 @@ card's JSON.
 from __future__ import annotations
 
 import json
-import math
 import sys
 import time
 from pathlib import Path
@@ -30,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from lungx_core.cxr.gate import gate_input  # noqa: E402
 from lungx_core.cxr.laterality import LATERALITY_CLASSES  # noqa: E402
 from lungx_core.models.networks import build_network  # noqa: E402
-from training.common import append_log, resume, save_checkpoint, start_run  # noqa: E402
+from training.common import fit_classifier, start_run  # noqa: E402
 from training.gate_data import film_paths, is_validation, read_film  # noqa: E402
 from training.schemas import LateralityRun  # noqa: E402
 from training.train_gate import augment  # noqa: E402
@@ -87,33 +86,16 @@ def main(argv=None) -> None:
     print(f"train {len(train_x)} val {len(val_x)}", flush=True)
 
     net = build_network(cfg["arch"], 1, len(LATERALITY_CLASSES), **cfg["arch_options"])
-    opt = torch.optim.AdamW(net.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
-    steps = math.ceil(len(train_x) / cfg["batch_size"])
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg["lr"], total_steps=cfg["epochs"] * steps)
-    start, best = resume(args.run, net, opt, sched)
     loss_fn = torch.nn.CrossEntropyLoss()
-    rng = np.random.default_rng(cfg["seed"] + start)
-    for epoch in range(start if not export else cfg["epochs"], cfg["epochs"]):
-        t0 = time.time()
-        order = rng.permutation(len(train_x))
-        losses = []
-        for b in range(steps):
-            sel = order[b * cfg["batch_size"] : (b + 1) * cfg["batch_size"]]
-            loss = loss_fn(antisymmetric(net, augment(train_x[sel], rng, flip=False)), torch.as_tensor(train_y[sel]))
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.step()
-            losses.append(loss.item())
-        accuracy = float(((predict_mirrored(net, val_x) >= 0.5) == val_y).mean())
-        if accuracy >= best:
-            best = accuracy
-            torch.save({"model": net.state_dict(), "epoch": epoch}, args.run / "best.pt")
-        append_log(args.run / "log.csv", {"epoch": epoch, "loss": float(np.mean(losses)), "val_accuracy": accuracy,
-                                          "seconds": time.time() - t0})
-        save_checkpoint(args.run, net, opt, sched, epoch, best)
-        print(f"epoch {epoch} loss {np.mean(losses):.4f} val accuracy {accuracy:.4f} ({time.time() - t0:.0f}s)",
-              flush=True)
+
+    def batch_loss(indices: np.ndarray, rng: np.random.Generator) -> torch.Tensor:
+        x = augment(train_x[indices], rng, flip=False)
+        return loss_fn(antisymmetric(net, x), torch.as_tensor(train_y[indices]))
+
+    def val_accuracy() -> float:
+        return float(((predict_mirrored(net, val_x) >= 0.5) == val_y).mean())
+
+    fit_classifier(args.run, cfg, net, len(train_x), batch_loss, val_accuracy, train=not export)
     if export:
         export_laterality(args, cfg, net, z)
 

@@ -181,7 +181,8 @@ def segment(
     _check_segment_options(kinds, model, fmt)
     from lungx_core.batch import claim_output
 
-    claim_output(output, "segment")  # before the samples are written into it
+    run = _Batch("segment", workers, scheduler, resume, quiet)
+    claim_output(output, run.command)  # makes the folder; refuses another command's before the samples go in
     if sample_kinds:
         from lungx_core.io.sample import sample_ct, sample_radiograph
         from lungx_core.io.writers import write_image
@@ -207,8 +208,7 @@ def segment(
     if "ct" in kinds:
         steps["ct"] = partial(ct_lungs.run_one, **common, model=model or ct_lungs.DEFAULT_MODEL,
                               method=method.value, series=series)
-    rows = _run_batch(cases, partial(by_kind, steps=steps), output,
-                      _Batch("segment", workers, scheduler, resume, quiet), "segmenting", _write_results)
+    rows = _run_batch(cases, partial(by_kind, steps=steps), output, run, "segmenting", _write_results)
     failed = [r for r in rows if r["status"] != "ok"]
     flagged = [r for r in rows if r["status"] == "ok" and r.get("qc_flags")]
     err.print(
@@ -226,9 +226,8 @@ def _run_batch(cases, step, output, run: _Batch, description, write_results) -> 
     cases and at the end (also on Ctrl-C: every finished case keeps its row next to its outputs)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from lungx_core.batch import claim_output, run_cases
+    from lungx_core.batch import run_cases
 
-    claim_output(output, run.command)  # before results.csv is touched: it may be another command's
     where = run.scheduler or (f"{run.workers} Dask workers" if run.workers > 1 else "")
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()]
     rows: list[dict] = []
@@ -246,7 +245,7 @@ def _run_batch(cases, step, output, run: _Batch, description, write_results) -> 
                     write_results(results_path, rows)
 
             ordered = run_cases(cases, step, output, workers=run.workers, scheduler=run.scheduler,
-                                resume=run.resume, on_row=on_row, command=run.command)
+                                resume=run.resume, on_row=on_row)
     finally:
         write_results(results_path, rows)
     write_results(results_path, ordered)  # the final table in input order, whatever order cases completed in
@@ -460,6 +459,7 @@ def _run_image_task(
     """The radiograph-to-radiograph commands: collect inputs, match the given masks (one file, or a folder of
     <id>.<ext>; ``mask_option`` names the option) to cases, check that ``models`` exist, run ``step`` (a task's
     run_one bound to its options) over the cases with _run_batch, and exit 1 when any input failed."""
+    from lungx_core.batch import claim_output
     from lungx_core.io.inputs import collect_cases
     from lungx_core.models.store import read_model_config
 
@@ -472,7 +472,7 @@ def _run_image_task(
         case.mask = mask
         if mask is not None and mask.is_dir():
             case.mask = next(iter(sorted(mask.glob(f"{case.case_id}.*"))), mask / f"{case.case_id}.png")
-    output.mkdir(parents=True, exist_ok=True)
+    claim_output(output, run.command)  # makes the folder; refuses another command's before anything is written
     rows = _run_batch(cases, step, output, run, description, lambda path, rows: _write_table(path, rows, columns))
     failed = sum(r["status"] != "ok" for r in rows)
     _stderr().print(f"{len(rows) - failed} {verb}, {failed} failed; results in {output / 'results.csv'}")

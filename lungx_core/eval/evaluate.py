@@ -435,4 +435,3 @@ def conspicuity_summary(results: list[dict]) -> dict:
             "conspicuity_after": round(float(np.median(after)), 4),
             "median_ratio": round(float(np.nanmedian(ratio)), 4),
             "dimmed_share": round(float(np.mean(after < before)), 4)}
-

@@ -95,4 +95,3 @@ def nodule_conspicuity(image: np.ndarray, centre_xy: tuple[float, float], radius
         raise ValueError(f"nodule at ({x:.1f}, {y:.1f}) with radius {radius:.1f} px lies outside the image")
     spread = float(window[distance <= reach].std())
     return float((disc.mean() - ring.mean()) / spread) if spread > 0 else 0.0
-

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,8 +44,6 @@ def _files_in(folder: Path, skip: set[Path]) -> list[Path]:
     output folder) or holding a completion-record folder (an earlier run's output folder) is entered below
     ``folder``; in ``folder`` itself and any folder entered, the files an earlier run's records list as its
     outputs are left out, and a ``.seg.nrrd`` (a segmentation) is never an input."""
-    import os
-
     found = []
     for root, dirs, names in os.walk(folder):
         here = Path(root)
@@ -64,8 +64,6 @@ def _is_output_folder(folder: Path, skip: set[Path]) -> bool:
 def recorded_outputs(folder: Path) -> set[str]:
     """The names of the files that LungX runs recorded as their outputs in ``folder`` (their completion
     records, ``.lungx_done``), with the results tables."""
-    import json
-
     names: set[str] = set()
     records = folder / RECORDS_DIR
     if not records.is_dir():

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from lungx_core.errors import InputError
-from lungx_core.image import MedicalImage
+from lungx_core.image import MedicalImage, to_dtype
 
 PIL_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"}
 ITK_SUFFIXES = {".nrrd", ".nii", ".nii.gz", ".mha", ".mhd", ".nhdr"}
@@ -104,8 +104,6 @@ def _to_gray(path: Path, arr: np.ndarray) -> tuple[np.ndarray, bool]:
         return rgb[..., 0], False
     gray = rgb.astype(np.float32) @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
     if np.issubdtype(arr.dtype, np.integer):  # an 8- or 16-bit colour film stays an 8- or 16-bit grey one
-        from lungx_core.image import to_dtype
-
         gray = to_dtype(gray, arr.dtype)
     return gray, True
 

@@ -153,7 +153,27 @@ def test_collect_cases_expands_folders_and_dedupes_ids(tmp_path, phantom):
     Image.fromarray(phantom).save(tmp_path / "b" / "x.png")
     write_dicom(tmp_path / "b" / "IM0001", phantom)  # extension-less DICOM, as in PACS exports
     cases = collect_cases([tmp_path / "a", tmp_path / "b"])
-    assert sorted(c.case_id for c in cases) == ["IM0001", "x", "x_2"]
+    assert sorted(c.case_id for c in cases) == ["IM0001", "a", "b"]  # named by the folders that tell them apart
+
+
+def test_generic_file_names_take_the_nearest_distinguishing_folder(tmp_path, phantom):
+    """Issue 34: case1/ct.nii.gz and case2/ct.nii.gz are case1 and case2, not ct and ct_2; a level that does not
+    tell them apart (both in a 'series' folder) is skipped; names still repeated get numeric suffixes."""
+    for case in ("case1", "case2"):
+        (tmp_path / case / "series").mkdir(parents=True)
+        Image.fromarray(phantom).save(tmp_path / case / "series" / "ct.png")
+    cases = collect_cases([tmp_path / "case1" / "series" / "ct.png", tmp_path / "case2" / "series" / "ct.png"])
+    assert [c.case_id for c in cases] == ["case1", "case2"]
+    Image.fromarray(phantom).save(tmp_path / "film.png")
+    Image.fromarray(phantom).save(tmp_path / "film.jpg")
+    Image.fromarray(phantom).save(tmp_path / "film_2.png")
+    same_folder = collect_cases([tmp_path / "film.png", tmp_path / "film.jpg", tmp_path / "film_2.png"])
+    assert [c.case_id for c in same_folder] == ["film", "film_3", "film_2"]
+    # a folder name that another input already has as its ID: the numeric suffix instead
+    Image.fromarray(phantom).save(tmp_path / "case1.png")
+    clash = collect_cases([tmp_path / "case1" / "series" / "ct.png", tmp_path / "case2" / "series" / "ct.png",
+                           tmp_path / "case1.png"])
+    assert [c.case_id for c in clash] == ["ct", "ct_2", "case1"]
 
 
 def test_collect_cases_makes_one_ct_case_per_folder_and_flags_other_series_once(tmp_path, phantom):

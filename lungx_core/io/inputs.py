@@ -136,8 +136,20 @@ def collect_cases(inputs: list[Path], output: Path | None = None) -> list[Case]:
 
 
 def _unique_ids(cases: list[Case]) -> list[Case]:
-    """Give every case its own ID (its outputs are named after it): a repeated ID gets the first free numeric
-    suffix, never one that another input already has (film.png, film.jpg, film_2.png -> film, film_3, film_2)."""
+    """Give every case its own ID (its outputs are named after it). Inputs with the same name in different
+    folders are named after the nearest folder level whose names tell them apart (case1/ct.nii.gz,
+    case2/ct.nii.gz -> case1, case2); what is still repeated gets the first free numeric suffix, never one that
+    another input already has (film.png, film.jpg, film_2.png -> film, film_3, film_2)."""
+    groups: dict[str, list[Case]] = {}
+    for c in cases:
+        groups.setdefault(c.case_id, []).append(c)
+    taken = {c.case_id for c in cases}
+    for case_id, group in groups.items():
+        names = _distinguishing_folders([c.path for c in group])
+        if names and not (set(names) & (taken - {case_id})):
+            for c, name in zip(group, names, strict=True):
+                c.case_id = name
+            taken |= set(names)
     taken = {c.case_id for c in cases}
     used: set[str] = set()
     for c in cases:
@@ -148,6 +160,19 @@ def _unique_ids(cases: list[Case]) -> list[Case]:
             c.case_id = f"{c.case_id}_{n}"
         used.add(c.case_id)
     return cases
+
+
+def _distinguishing_folders(paths: list[Path]) -> list[str] | None:
+    """For two or more paths, the names of their nearest ancestor folders at the first level (counting up from
+    the file) where all of them differ; None when there is no such level."""
+    if len(paths) < 2:
+        return None
+    chains = [list(Path(os.path.abspath(p)).parents) for p in paths]
+    for level in range(min(len(c) for c in chains)):
+        names = [c[level].name for c in chains]
+        if all(names) and len(set(names)) == len(names):
+            return names
+    return None
 
 
 def detect_kind(case: Case) -> str:

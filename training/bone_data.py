@@ -133,3 +133,82 @@ def bone_inference_config(cfg: dict) -> dict:
     return {"size": cfg["size"], "low_percentile": 0.5, "high_percentile": 99.5,
             "flip_average": cfg.get("flip_average", False), "tta_sizes": cfg.get("tta_sizes", []),
             "tta_shifts": cfg.get("tta_shifts", [])}
+
+
+def drr_nodules(drr: np.ndarray, soft: np.ndarray, rng: np.random.Generator, ncfg: dict):
+    """(drr, soft, disc): a CT-derived pair with simulated soft-tissue nodules added to both line-integral images
+    (what inserting them into the CT before projecting gives, parallel beam), and their discs (bool). Placed in
+    the lung fields (the darkest 40 % of the body's soft-tissue projection, so mostly behind ribs)."""
+    from training.nodule_sim import Nodule, disc_mask, render_nodules, sample_centres, sample_kind
+
+    soft = np.asarray(soft, np.float32)
+    body = soft > 0.25 * np.percentile(soft, 99)
+    lungs = body & (soft < np.percentile(soft[body], 40))
+    n = int(rng.integers(ncfg["per_image"][0], ncfg["per_image"][1] + 1))
+    nodules = []
+    for x, y in sample_centres(lungs, n, rng):
+        d_mm = float(np.exp(rng.uniform(*np.log(ncfg["diameter_mm"]))))
+        # disc mean of a sphere's chord over 0.7 radius is ~0.83 of the diameter
+        amplitude = rng.uniform(*ncfg["delta_mu"]) * d_mm * 0.83
+        nodules.append(Nodule(float(x), float(y), d_mm / ncfg["mm_per_px"], float(amplitude), sample_kind(rng)))
+    added = render_nodules(soft.shape, nodules, rng)
+    return np.asarray(drr, np.float32) + added, soft + added, disc_mask(soft.shape, nodules)
+
+
+def render_batch_with_nodules(drr: np.ndarray, soft: np.ndarray, rng: np.random.Generator, ncfg: dict):
+    """(films, bones, discs), each (N, 1, H, W): :func:`render_batch` of pairs that carry simulated nodules."""
+    films, bones, discs = [], [], []
+    for d, s in zip(drr, soft, strict=True):
+        d, s, disc = drr_nodules(d, s, rng, ncfg)
+        film, bone = render_pair(d, s, rng)
+        films.append(film)
+        bones.append(bone)
+        discs.append(torch.from_numpy(disc.astype(np.float32))[None])
+    return torch.stack(films), torch.stack(bones), torch.stack(discs)
+
+
+def film_nodules(films: np.ndarray, lungs: np.ndarray, polarity: np.ndarray, rng: np.random.Generator, ncfg: dict):
+    """(films + nodules, discs), (N, 1, H, W) float32: simulated nodules pasted into windowed films at the JSRT
+    contrast range, in the lung fields (10 % anywhere in their bounding box), brighter where ``polarity`` is
+    +1 and darker where it is -1 (inverted films)."""
+    from training.nodule_sim import disc_mask, random_nodules, render_nodules
+
+    out, discs = films.copy(), np.zeros_like(films)
+    size_px = (ncfg["diameter_mm"][0] / ncfg["mm_per_px"], ncfg["diameter_mm"][1] / ncfg["mm_per_px"])
+    for i in range(len(films)):
+        n = int(rng.integers(ncfg["per_image"][0], ncfg["per_image"][1] + 1))
+        nodules = random_nodules(lungs[i, 0] > 0.5, rng, n, size_px)
+        out[i, 0] += polarity[i] * render_nodules(films.shape[-2:], nodules, rng)
+        discs[i, 0] = disc_mask(films.shape[-2:], nodules)
+    return out, discs
+
+
+def read_normal_films(data_root: Path, out: Path, size: int) -> dict[str, np.ndarray]:
+    """Real films with no finding, for the nodule-invariance term: the JSRT normals (JPCNN: the JSRT nodule
+    films, which the conspicuity is scored on, are never used) and the NIH no-finding PA films, each at ``size``
+    (whole film, 0.5/99.5 percentile window) with the anatomy model's lungs; cached at ``out`` (.npz)."""
+    if not out.exists():
+        import csv
+
+        from lungx_core.anatomy import class_mask
+        from lungx_core.cxr.thoracic import resize, whole_film
+        from lungx_core.image import MedicalImage
+        from lungx_core.io.readers import read_radiograph
+        from lungx_core.tasks.cxr_segmentation import CXRSegmenter
+
+        segmenter = CXRSegmenter()
+        paths = sorted((data_root / "jsrt_scr" / "images").glob("JPCNN*.png"))
+        nih = data_root / "cxr_nih_nofinding_pneumonia"
+        with open(nih / "index.csv") as f:
+            paths += [nih / "images" / f"{r['id']}.png" for r in csv.DictReader(f) if r["group"] == "no_finding"]
+        films, lungs = [], []
+        for path in paths:
+            film = read_radiograph(path).array.astype(np.float32)
+            lung = class_mask(segmenter.segment(MedicalImage(film)).masks, "lung")
+            films.append(whole_film(film, size)[0])
+            lungs.append(resize(lung.astype(np.float32), (size, size)))
+        tmp = out.with_suffix(".tmp.npz")
+        np.savez_compressed(tmp, film=np.stack(films)[:, None], lung=np.stack(lungs)[:, None])
+        tmp.replace(out)
+    z = np.load(out)
+    return {"film": z["film"], "lung": z["lung"]}

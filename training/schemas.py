@@ -138,6 +138,19 @@ class BoneStage:
 
 
 @dataclass
+class BoneNodules:
+    """``nodules`` of a BoneRun: simulated soft-tissue nodules that never belong in the bone image
+    (``training/nodule_sim.py``; ``train_bone.py`` module docstring)."""
+
+    per_image: list  # [min, max] nodules per training image
+    diameter_mm: list  # [min, max], log-uniform
+    mm_per_px: float  # the 256-px training images' pixel size, about (a 360-mm film)
+    delta_mu: list  # [min, max] attenuation above aerated lung, 1/mm (soft tissue -100..+100 HU: 0.015-0.019)
+    disc_weight: float  # extra loss weight inside each nodule's disc
+    invariance_fraction: float  # des stage: share of each batch that is a real normal film with nodules added
+
+
+@dataclass
 class BoneRun:
     """``train_bone.py`` and ``eval_bone_loo.py`` (bone_cxr.json)."""
 
@@ -153,6 +166,35 @@ class BoneRun:
     flip_average: bool = False
     tta_sizes: list = field(default_factory=list)
     tta_shifts: list = field(default_factory=list)
+    nodules: BoneNodules | None = None
+
+
+@dataclass
+class NoduleRun:
+    """``train_nodules.py`` (nodules_cxr*.json)."""
+
+    name: str
+    arch: str
+    arch_options: dict
+    init: str  # the shipped network whose matching weights start training
+    size: int  # the whole film's square, px
+    crop: int
+    batch_size: int
+    steps: int
+    lr: float
+    weight_decay: float
+    seed: int
+    mix: list  # sampling shares: JSRT nodule films, JSRT normals, NIH normals
+    simulate: float  # probability that a training film gets 1-2 simulated nodules
+    centred: float  # probability that a crop is centred (jittered) on a nodule
+    diameter_px: list  # simulated diameters, [min, max] px at 512
+    contrast: list  # simulated contrasts, [min, max] in film window units (log-uniform)
+    sigma_fraction: float  # heatmap Gaussian sigma as a fraction of the diameter (at least 2 px)
+    size_weight: float
+    floor: float
+    min_distance: int
+    max_candidates: int
+    checkpoint_every: int
 
 
 @dataclass

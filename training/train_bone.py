@@ -10,6 +10,12 @@ Two stages, one script:
 
 Loss: 1 - BSR over the batch (``bone_loss``).
 
+A config with a ``nodules`` section (``bone_cxr_nodules.json``, issue 39; measured in cxr_bone.md, not shipped)
+adds simulated soft-tissue nodules that never belong in the bone image: into both CT line integrals before
+rendering, into the DES films (their soft-tissue target keeps them), each disc weighted ``disc_weight`` more; and
+in the des stage a share of each batch is real normal films (JSRT JPCNN, NIH no-finding) with nodules added,
+whose target is the network's own bone image of the film without them.
+
     python -m training.train_bone --config training/configs/bone_cxr.json --run ../runs/bone --stage drr
     python -m training.train_bone --config training/configs/bone_cxr.json --run ../runs/bone --stage des --fold all
     python -m training.train_bone --config training/configs/bone_cxr.json --run ../runs/bone --export
@@ -30,9 +36,12 @@ from training.bone_data import (
     BONE_VALIDATION_CT,
     bone_inference_config,
     des_training_arrays,
+    film_nodules,
     psnr_gain,
     read_des_pairs,
+    read_normal_films,
     render_batch,
+    render_batch_with_nodules,
 )
 from training.common import append_log, random_affine, resume, save_checkpoint, seed_everything
 from training.rib_data import build_rib_cache
@@ -129,22 +138,46 @@ def main(argv=None) -> None:
     start, best = resume(folder, net, opt, sched)
     rng = np.random.default_rng(cfg["seed"] + start + (0 if args.fold == "all" else 1000 * ids.index(args.fold)))
     batch = cfg["batch_size"]
+    ncfg = cfg.get("nodules")
+    normals = read_normal_films(args.data, args.run / "normal_films.npz", cfg["size"]) if ncfg else None
+    # a DES film's polarity: its bone image is positive over the lungs unless the film is inverted
+    polarity = np.sign((des["bone"] * des["lung"]).sum(axis=(1, 2, 3)))
     for epoch in range(start, stage["epochs"]):
         net.train()
         t0, losses = time.perf_counter(), []
         for _ in range(stage["steps_per_epoch"]):
             n_des = round(batch * stage.get("des_fraction", 0.5)) if args.stage == "des" else 0
-            idx = rng.choice(train_idx, batch - n_des)
-            films, bones = render_batch(cache["drr"][idx], cache["soft"][idx], rng)
-            weight = torch.ones_like(films)
+            n_inv = round(batch * ncfg["invariance_fraction"]) if ncfg and args.stage == "des" else 0
+            idx = rng.choice(train_idx, batch - n_des - n_inv)
+            if ncfg:
+                films, bones, discs = render_batch_with_nodules(cache["drr"][idx], cache["soft"][idx], rng, ncfg)
+                weight = 1 + ncfg["disc_weight"] * discs
+            else:
+                films, bones = render_batch(cache["drr"][idx], cache["soft"][idx], rng)
+                weight = torch.ones_like(films)
             if n_des:
                 j = rng.choice(train_des, n_des)
-                f, b = torch.from_numpy(des["film"][j]), torch.from_numpy(des["bone"][j])
+                f, disc = des["film"][j], np.zeros_like(des["film"][j])
+                if ncfg:  # the nodule goes into the film and its soft-tissue image alike: never into the bone
+                    f, disc = film_nodules(f, des["lung"][j], polarity[j], rng, ncfg)
+                f, b = torch.from_numpy(f), torch.from_numpy(des["bone"][j])
                 w = 0.2 + torch.from_numpy(des["lung"][j])  # the lung field is what is scored and read
+                w = w + (ncfg["disc_weight"] if ncfg else 0) * torch.from_numpy(disc)
                 gamma = torch.from_numpy(np.exp(rng.uniform(-0.3, 0.3, (n_des, 1, 1, 1))).astype(np.float32))
                 soft = (f - b).clamp(0, 1.5) ** gamma
                 f = f.clamp(0, 1.5) ** gamma  # the same grey-level curve for both keeps them a pair
                 films, bones = torch.cat([films, f]), torch.cat([bones, f - soft])
+                weight = torch.cat([weight, w])
+            if n_inv:  # a real normal film with nodules added must give the bone image of the film without them
+                j = rng.choice(len(normals["film"]), n_inv)
+                clean = normals["film"][j]
+                noisy, disc = film_nodules(clean, normals["lung"][j], np.ones(n_inv), rng, ncfg)
+                net.eval()
+                with torch.no_grad():
+                    target = net(torch.from_numpy(clean))
+                net.train()
+                films, bones = torch.cat([films, torch.from_numpy(noisy)]), torch.cat([bones, target])
+                w = 0.2 + torch.from_numpy(normals["lung"][j]) + ncfg["disc_weight"] * torch.from_numpy(disc)
                 weight = torch.cat([weight, w])
             films, bones, weight = random_affine([films, bones, weight], rng)
             loss = bone_loss(net(films), bones, weight)

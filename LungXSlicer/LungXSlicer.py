@@ -214,7 +214,8 @@ class LungXSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         name = self.ui.taskComboBox.itemData(index) or ""
         info = self.logic.taskInfo(name) if name else None
         if info:
-            outputs = "a segmentation" if info["output_kind"] == "segmentation" else "an image volume"
+            outputs = {"segmentation": "a segmentation", "markups": "a point list"}.get(info["output_kind"],
+                                                                                     "an image volume")
             self.ui.taskDescriptionLabel.text = f"Input: {info['modality']}. Output: {outputs} and a results table."
         else:
             self.ui.taskDescriptionLabel.text = ""
@@ -398,6 +399,7 @@ class LungXRun:
 class LungXResult:
     segmentation: object = None  # vtkMRMLSegmentationNode
     volumes: list = field(default_factory=list)  # vtkMRMLScalarVolumeNode
+    markups: list = field(default_factory=list)  # vtkMRMLMarkupsFiducialNode
     table: object = None  # vtkMRMLTableNode
     qcFlags: list[str] = field(default_factory=list)
     measurements: dict = field(default_factory=dict)
@@ -610,6 +612,8 @@ class LungXSlicerLogic(ScriptedLoadableModuleLogic):
             result.notFound += notFound
         for i, path in enumerate(outputs.volumes):
             result.volumes.append(self._importVolume(path, inputNode, outputVolume if i == 0 else None, outputs.task))
+        for path in outputs.markups:
+            result.markups.append(self._importMarkups(path, inputNode, outputs.task))
         result.table = self._importTable(outputs, inputNode, result.notFound)
         return result
 
@@ -680,6 +684,21 @@ class LungXSlicerLogic(ScriptedLoadableModuleLogic):
             volumeNode.SetIJKToRASMatrix(slicer.util.vtkMatrixFromArray(ijkToRAS))
         self._placeNextToInput(volumeNode, inputNode)
         return volumeNode
+
+    def _importMarkups(self, path: Path, inputNode, task: str):
+        """A point list read by Slicer's own Markups JSON reader (positions in LPS become RAS), placed like the
+        other results (under the input's transform, so points stay on the film when it is moved)."""
+        name = slicer.mrmlScene.GenerateUniqueName(f"{inputNode.GetName()} {results.output_label(path) or task}")
+        node = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", name)
+        storage = slicer.vtkMRMLMarkupsJsonStorageNode()
+        storage.SetFileName(str(path))
+        if not storage.ReadData(node):
+            slicer.mrmlScene.RemoveNode(node)
+            raise RuntimeError(f"{path.name}: Slicer could not read the point list")
+        node.SetName(name)  # the file's own name is the case's, not the node's
+        node.CreateDefaultDisplayNodes()
+        self._placeNextToInput(node, inputNode)
+        return node
 
     def _importTable(self, outputs: results.TaskOutputs, inputNode, notFound=()):
         name = slicer.mrmlScene.GenerateUniqueName(f"{inputNode.GetName()} {outputs.task} results")

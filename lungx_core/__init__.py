@@ -27,6 +27,7 @@ _EXPORTS = {
     "remove_opacity": "lungx_core.api",
     "suppress_ribs": "lungx_core.api",
     "classify": "lungx_core.api",
+    "detect_nodules": "lungx_core.api",
     "Result": "lungx_core.api",
     "MedicalImage": "lungx_core.image",
     "InputError": "lungx_core.errors",
@@ -42,6 +43,7 @@ if TYPE_CHECKING:  # for editors and type checkers; at run time the names load l
     from lungx_core.api import (  # noqa: F401
         Result,
         classify,
+        detect_nodules,
         lung_fields,
         read_image,
         remove_opacity,

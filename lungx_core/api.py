@@ -47,6 +47,9 @@ class Result:
             ``pathology_probability``.
         qc_flags: what a reader should check, e.g. ``implausible_ctr``, ``spacing_unknown``.
         bone: bone suppression (bone mode): the subtracted bone image on the input's grid, else None.
+        nodules: nodule detection: every candidate above the model's floor, most probable first, each a dict
+            (``rank``, ``col``, ``row``, ``x_mm``, ``y_mm``, ``lps``, ``diameter_px``, ``diameter_mm``,
+            ``probability``; see ``lungx_core.tasks.nodule_detection.NoduleFindings``).
     """
 
     task: str
@@ -57,6 +60,7 @@ class Result:
     qc_flags: list[str] = field(default_factory=list)
     _writer: Callable[[Path, str], list[Path]] | None = field(default=None, repr=False)
     bone: MedicalImage | None = None
+    nodules: list[dict] = field(default_factory=list)
 
     def save(self, folder: str | Path, case_id: str | None = None) -> list[Path]:
         """Write the CLI's files for this result into ``folder`` (created if needed), each atomically.
@@ -346,6 +350,29 @@ def classify(
     lung = _lungs(image, lung_mask, device)
     p, pathological = triage(_model(PathologyClassifier, model or DEFAULT_MODEL, device), image, lung)
     return Result(TASK, image, None, {"lung": lung}, {"pathology_probability": p, "pathological": pathological})
+
+
+def detect_nodules(
+    image: ImageLike, *, model: str | Path | None = None, device: str = "auto", input_check: bool = True
+) -> Result:
+    """Lung nodule candidates on a frontal chest radiograph (``cxr_nodules``; research, not a diagnosis).
+
+    Returns:
+        ``nodules``: every candidate above the model's floor, most probable first, with its centre on the input's
+        array (``col``, ``row``) and in LPS mm (``lps``), its diameter and probability; measurements
+        ``n_findings`` (candidates at or above the model card's operating point), ``max_probability`` and
+        ``threshold``. ``.save(folder)`` writes ``<id>_nodules.csv``, ``<id>_nodules.mrk.json`` (Slicer markups)
+        and ``<id>_nodules.png``, as ``lungx detect-nodules``.
+    """
+    from lungx_core.cxr.nodules import DEFAULT_NODULE_MODEL, NoduleDetector
+    from lungx_core.tasks.nodule_detection import TASK, find_nodules, write_outputs
+
+    image = _as_radiograph(image, input_check, device)
+    found = find_nodules(_model(NoduleDetector, model or DEFAULT_NODULE_MODEL, device), image)
+    top = max((c["probability"] for c in found.candidates), default=0.0)
+    measurements = {"n_findings": len(found.findings), "max_probability": top, "threshold": found.threshold}
+    return Result(TASK, image, None, {}, measurements, [] if image.spacing_known else ["pixel_size_unknown"],
+                  lambda folder, stem: write_outputs(folder, stem, image, found), nodules=found.candidates)
 
 
 # --- helpers: inputs, masks and models loaded once per setting ---------------------------------------------------

@@ -65,6 +65,11 @@ class OutputFormat(str, Enum):
     dicom_seg = "dicom-seg"
 
 
+class NoduleFormat(str, Enum):
+    markups = "markups"
+    dicom_sr = "dicom-sr"
+
+
 def _stderr():
     from rich.console import Console
 
@@ -455,10 +460,12 @@ def synthesize(
 
 def _run_image_task(
     inputs, output, mask, run: _Batch, description, verb, step, columns, mask_option="--lung-mask", models=(),
+    finish=None,
 ) -> None:
-    """The radiograph-to-radiograph commands: collect inputs, match the given masks (one file, or a folder of
-    <id>.<ext>; ``mask_option`` names the option) to cases, check that ``models`` exist, run ``step`` (a task's
-    run_one bound to its options) over the cases with _run_batch, and exit 1 when any input failed."""
+    """The radiograph commands: collect inputs, match the given masks (one file, or a folder of <id>.<ext>;
+    ``mask_option`` names the option) to cases, check that ``models`` exist, run ``step`` (a task's run_one bound
+    to its options) over the cases with _run_batch, then ``finish(rows)`` (run-level files), and exit 1 when any
+    input failed."""
     from lungx_core.batch import claim_output
     from lungx_core.io.inputs import collect_cases
     from lungx_core.models.store import read_model_config
@@ -474,6 +481,8 @@ def _run_image_task(
             case.mask = next(iter(sorted(mask.glob(f"{case.case_id}.*"))), mask / f"{case.case_id}.png")
     claim_output(output, run.command)  # makes the folder; refuses another command's before anything is written
     rows = _run_batch(cases, step, output, run, description, lambda path, rows: _write_table(path, rows, columns))
+    if finish is not None:
+        finish(rows)
     failed = sum(r["status"] != "ok" for r in rows)
     _stderr().print(f"{len(rows) - failed} {verb}, {failed} failed; results in {output / 'results.csv'}")
     if failed:
@@ -580,6 +589,64 @@ def classify(
         "classified", step,
         COMMON_COLUMNS + classification.RESULT_COLUMNS + TRAILING_COLUMNS[1:], models=(model,),
     )
+
+
+@app.command("detect-nodules")
+def detect_nodules(
+    inputs: Annotated[list[Path], typer.Argument(help="Frontal chest radiographs or folders of them.")],
+    output: OutputOption = Path("lungx_nodules"),
+    model: Annotated[str, typer.Option(help="Nodule model name or a .safetensors path.")] = "cxr_nodules",
+    fmt: Annotated[NoduleFormat, typer.Option("--format", help="markups: CSV, Slicer markups and a picture per "
+                                              "film; dicom-sr: also a DICOM SR (TID 1500) per DICOM film, in "
+                                              "its study.")] = NoduleFormat.markups,
+    device: Annotated[Device, typer.Option(help="Where the model runs.")] = Device.auto,
+    input_check: InputCheckOption = True,
+    quiet: QuietOption = False,
+    workers: WorkersOption = 1,
+    scheduler: SchedulerOption = None,
+    resume: ResumeOption = False,
+):
+    """Lung nodule candidates on chest radiographs: ranked centres with diameter and probability (research).
+
+    Writes nodules.csv (every candidate above the model's floor: case_id, rank, col, row, x_mm, y_mm,
+    diameter_mm, probability; col/row on the input's pixel array, mm from its first pixel when the pixel size is
+    known), results.csv (per film: n_findings at or above the model card's operating point, max_probability),
+    and per film <id>_nodules.csv, <id>_nodules.mrk.json (Slicer markups, one point per finding, in LPS) and
+    <id>_nodules.png (findings circled). Cross-validated sensitivity and false positives per image: the
+    cxr_nodules model card. A bad input is reported and skipped; the exit code is 1 when any input failed.
+    """
+    from functools import partial
+
+    from lungx_core.tasks import nodule_detection
+    from lungx_core.tasks.common import COMMON_COLUMNS, TRAILING_COLUMNS
+
+    step = partial(nodule_detection.run_one, out_dir=output, device=device.value, model=model,
+                   input_check=_on_off(input_check), fmt=fmt.value)
+    _run_image_task(
+        inputs, output, None, _Batch("detect-nodules", workers, scheduler, resume, quiet), "detecting nodules",
+        "searched", step, COMMON_COLUMNS + nodule_detection.RESULT_COLUMNS + TRAILING_COLUMNS, models=(model,),
+        finish=lambda rows: nodule_detection.write_run_candidates(output, rows),
+    )
+
+
+@evaluate_app.command("nodules")
+def evaluate_nodules_cmd(
+    directory: Annotated[Path, typer.Argument(
+        help="Folder with images/<id> and nodules.csv (id, x, y, diameter_px on the 512-px film; optional "
+             "diameter_mm, subtlety); films without a row are normals.")],
+    model: Annotated[str, typer.Option(help="Nodule model name or a .safetensors path.")] = "cxr_nodules",
+    device: Annotated[Device, typer.Option(help="Where the model runs.")] = Device.auto,
+    per_case: Annotated[Path | None, typer.Option(help="Also write per-film counts to this CSV.")] = None,
+):
+    """{"n_films", "n_nodules", "sensitivity" at 0.125-8 false positives per image, "cpm", "auc",
+    "sensitivity_at_2fp_by_subtlety", ...} as one JSON object. A hit is a candidate within the nodule's radius
+    (at least 4 mm); each nodule counts once; every other candidate is a false positive. AUC: each film's
+    highest probability, nodule films against normals."""
+    from lungx_core.eval.runners import score_nodules
+
+    scores = _CaseScores(digits=4)
+    summary = score_nodules(directory, model, device.value, on_case=scores)
+    scores.report(summary, per_case)
 
 
 SUPPRESSION_MODE_HELP = (

@@ -52,9 +52,14 @@ class Reporter:
 
 
 def output_kind(name: str) -> str:
-    """How a front end should show an output file: segmentation, volume or picture."""
+    """How a front end should show an output file: segmentation, markups (a Slicer point list), table (CSV),
+    volume or picture."""
     if name.endswith(".seg.nrrd"):
         return "segmentation"
+    if name.endswith(".mrk.json"):
+        return "markups"
+    if name.endswith(".csv"):
+        return "table"
     if name.endswith(".png"):
         return "picture"
     return "volume"

@@ -380,14 +380,21 @@ def test_every_task_imports_into_real_nodes(mrml, worker_outputs, task):
     result = module.LungXSlicerLogic().importResults(outputs, node)
 
     seg = result.segmentation
-    assert _segment_ids(seg) == [s for s in info.structures if s not in result.notFound]
-    assert len(result.notFound) < len(info.structures) and ("lung_left" not in result.notFound)
-    _assert_terminology_in_loaded_lists(slicer, module, seg)
-    _assert_on_input_grid(slicer, seg, node)
-    if "lung_left" in info.structures:
-        _assert_sides(slicer, seg, node, "lung_left", "lung_right")
+    if info.output_kind == "markups":  # a point list (one, possibly empty) instead of a segmentation
+        assert seg is None and len(result.markups) == 1
+        assert result.markups[0].IsA("vtkMRMLMarkupsFiducialNode")
+        assert result.markups[0].GetNumberOfControlPoints() == int(outputs.measurements["n_findings"])
+        seg = result.markups[0]  # placed like a segmentation: checked below
+    else:
+        assert _segment_ids(seg) == [s for s in info.structures if s not in result.notFound]
+        assert len(result.notFound) < len(info.structures) and ("lung_left" not in result.notFound)
+        _assert_terminology_in_loaded_lists(slicer, module, seg)
+        _assert_on_input_grid(slicer, seg, node)
+        if "lung_left" in info.structures:
+            _assert_sides(slicer, seg, node, "lung_left", "lung_right")
     # rib suppression's bone mode also returns the bone image as its own volume
-    expected_volumes = {"segmentation": 0}.get(info.output_kind, 2 if task == "cxr-rib-suppression" else 1)
+    expected_volumes = {"segmentation": 0, "markups": 0}.get(info.output_kind,
+                                                            2 if task == "cxr-rib-suppression" else 1)
     assert len(result.volumes) == expected_volumes
     for volume in result.volumes:
         np.testing.assert_allclose(_ijk_to_ras(slicer, volume), _ijk_to_ras(slicer, node), atol=1e-5)

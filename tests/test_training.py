@@ -59,6 +59,7 @@ def test_every_training_config_fits_its_schema_and_misspelt_keys_are_refused(tmp
     by_prefix = (("bone", schemas.BoneRun), ("ct_unet", schemas.CTSegmentationRun), ("cxr_unet",
                  schemas.CXRSegmentationRun), ("deopacifier", schemas.DeopacifierRun), ("gate", schemas.GateRun),
                  ("inpainting", schemas.InpaintingRun), ("laterality", schemas.LateralityRun),
+                 ("nodules", schemas.NoduleRun),
                  ("opacity_removal", schemas.TranslationRun),
                  ("opacity", schemas.OpacityRun), ("pathology", schemas.PathologyRun), ("ribs", schemas.RibsRun),
                  ("synthesis", schemas.TranslationRun))

@@ -196,7 +196,7 @@ def test_registry_as_json_and_every_runner_resolves():
     tasks = json.loads(proc.stdout)
     assert {t["name"] for t in tasks} >= {"cxr-anatomy", "ct-lungs"}
     for t in tasks:
-        assert t["modality"] in ("CXR", "CT") and t["output_kind"] in ("segmentation", "volume")
+        assert t["modality"] in ("CXR", "CT") and t["output_kind"] in ("segmentation", "volume", "markups")
         module_name, _, function_name = t["runner"].partition(":")
         runner = getattr(importlib.import_module(module_name), function_name)
         params = [n for n, p in inspect.signature(runner).parameters.items() if p.kind != p.KEYWORD_ONLY]

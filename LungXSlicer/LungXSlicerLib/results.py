@@ -1,8 +1,8 @@
 """What a finished worker left behind, read into plain data the module turns into nodes.
 
-``manifest.json`` lists the output files (segmentation, volume, picture), the QC flags and the measurements;
-segments come from the ``.seg.nrrd`` itself (slicerio), so names, colours and terminology in Slicer are exactly
-what lungx_core wrote.
+``manifest.json`` lists the output files (segmentation, volume, markups, table, picture), the QC flags and the
+measurements; segments come from the ``.seg.nrrd`` itself (slicerio), so names, colours and terminology in Slicer
+are exactly what lungx_core wrote.
 """
 
 from __future__ import annotations
@@ -41,6 +41,8 @@ class TaskOutputs:
     segmentations: list[Path] = field(default_factory=list)
     volumes: list[Path] = field(default_factory=list)
     pictures: list[Path] = field(default_factory=list)
+    markups: list[Path] = field(default_factory=list)  # Slicer Markups JSON point lists (.mrk.json)
+    tables: list[Path] = field(default_factory=list)  # CSV files (kept on disk; the measurements are the table)
     qc_flags: list[str] = field(default_factory=list)
     measurements: dict[str, object] = field(default_factory=dict)
 
@@ -48,7 +50,8 @@ class TaskOutputs:
 def read_manifest(path: Path) -> TaskOutputs:
     data = json.loads(Path(path).read_text())
     out = TaskOutputs(data["task"], data.get("device", ""), float(data.get("seconds", 0.0)))
-    by_kind = {"segmentation": out.segmentations, "volume": out.volumes, "picture": out.pictures}
+    by_kind = {"segmentation": out.segmentations, "volume": out.volumes, "picture": out.pictures,
+               "markups": out.markups, "table": out.tables}
     for item in data.get("outputs", []):
         p = Path(item["path"])
         if not p.exists():

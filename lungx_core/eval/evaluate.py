@@ -383,6 +383,104 @@ def read_nodules(path: Path) -> list[dict]:
     return rows
 
 
+def nodule_hit_radius(row: dict, pixel_mm: float | None = None, min_radius_mm: float = 4.0) -> float:
+    """A nodule's hit radius in pixels: its radius, and at least ``min_radius_mm`` (pixel size from the row's
+    ``diameter_mm`` / ``diameter_px`` when given, else ``pixel_mm``; without either, its radius alone)."""
+    d_px = float(row["diameter_px"])
+    if row.get("diameter_mm"):
+        pixel_mm = float(row["diameter_mm"]) / d_px
+    return max(d_px / 2, min_radius_mm / pixel_mm) if pixel_mm else d_px / 2
+
+
+def froc_summary(
+    candidates: dict[str, list[tuple[float, float, float]]],
+    truth: list[dict],
+    pixel_mm: float | None = None,
+    operating_fp: float = 1.0,
+) -> dict:
+    """Detection scores of ``candidates`` (film id -> [(x, y, probability)], every scored film a key, [] when
+    it has none) against ``truth`` (``read_nodules`` rows; films with no row are normals): ``n_films``,
+    ``n_nodules``, sensitivity at 0.125-8 false positives per image and their mean ``cpm``, image-level ``auc``
+    (highest probability, nodule films vs normals), sensitivity at 2 FP/image per subtlety grade, and the
+    ``operating_point`` (the lowest probability threshold with at most ``operating_fp`` false positives per
+    image). A hit lies within the nodule's radius (at least 4 mm); see ``metrics.match_candidates``."""
+    from lungx_core.eval.metrics import froc, match_candidates, roc_auc
+
+    rows = [r for r in truth if r["id"] in candidates]
+    nodules: dict[str, list] = {}
+    for r in rows:
+        nodules.setdefault(r["id"], []).append((float(r["x"]), float(r["y"]), nodule_hit_radius(r, pixel_mm)))
+    if not rows:
+        raise ValueError("none of the scored films has a nodule in nodules.csv")
+    matched = match_candidates(candidates, nodules)
+    n_films = len(candidates)
+    curve = froc(matched, len(rows), n_films)
+    films_with = {r["id"] for r in rows}
+    scores = [max((c[2] for c in candidates[f]), default=0.0) for f in sorted(candidates)]
+    labels = [int(f in films_with) for f in sorted(candidates)]
+    auc = roc_auc(scores, labels) if 0 < sum(labels) < len(labels) else None
+
+    def threshold_at(rate: float) -> float:
+        fppi, sens, thr = (np.array(curve[k]) for k in ("fp_per_image", "curve_sensitivity", "thresholds"))
+        ok = np.nonzero(fppi <= rate)[0]
+        return float(thr[ok[np.argmax(sens[ok])]])
+
+    # per subtlety: the share of each grade's nodules hit at the 2-FP/image threshold
+    t2 = threshold_at(2.0)
+    hit_at = {i: p >= t2 for p, h, i in matched if h}
+    ordered_rows = [r for f in sorted(nodules) for r in rows if r["id"] == f]  # match_candidates' numbering
+    grades: dict[str, list[bool]] = {}
+    for k, r in enumerate(ordered_rows):
+        grades.setdefault(str(r.get("subtlety", "")) or "unknown", []).append(bool(hit_at.get(k, False)))
+    op = min(threshold_at(operating_fp), 1.0)  # inf: not even the most probable candidate is that sparse
+    fppi, sens, thr = (np.array(curve[k]) for k in ("fp_per_image", "curve_sensitivity", "thresholds"))
+    i = int(np.nonzero(thr >= op)[0][-1])
+    return {
+        "n_films": n_films, "n_nodules": len(rows),
+        "sensitivity": {str(k): round(v, 4) for k, v in curve["sensitivity"].items()},
+        "cpm": round(curve["cpm"], 4), "auc": None if auc is None else round(auc, 4),
+        "sensitivity_at_2fp_by_subtlety": {g: round(float(np.mean(v)), 4) for g, v in sorted(grades.items())},
+        "n_by_subtlety": {g: len(v) for g, v in sorted(grades.items())},
+        "operating_point": {"probability": op, "fp_per_image": round(float(fppi[i]), 4),
+                            "sensitivity": round(float(sens[i]), 4)},
+        "curve": {"fp_per_image": [round(v, 4) for v in curve["fp_per_image"]],
+                  "sensitivity": [round(v, 4) for v in curve["curve_sensitivity"]],
+                  "thresholds": [min(v, 1.0) for v in curve["thresholds"]]},  # the origin's inf as 1
+    }
+
+
+def evaluate_nodules(
+    root: Path,
+    detect: Callable[[MedicalImage], list[tuple[float, float, float]]],
+    on_case: Callable[[str, dict[str, float]], None] | None = None,
+) -> dict:
+    """Nodule detection on ``root/images/<id>.<ext>`` against ``root/nodules.csv`` (films without a row are
+    normals; centres and sizes given on a 512-px image are scaled to the film's width): ``detect(image)`` gives
+    (column, row, probability) candidates on the film's pixels. Returns :func:`froc_summary`."""
+    from lungx_core.io.readers import read_radiograph
+
+    root = Path(root)
+    truth_512 = read_nodules(root / "nodules.csv")
+    candidates: dict[str, list] = {}
+    truth: list[dict] = []
+    for path in sorted(p for p in (root / "images").iterdir() if p.is_file() and not p.name.startswith(".")):
+        film_id = path.name.split(".")[0]
+        image = read_radiograph(path)
+        found = detect(image)
+        candidates[film_id] = found
+        scale = image.array.shape[1] / 512.0
+        for r in truth_512:
+            if r["id"] == film_id:
+                truth.append({**r, "x": float(r["x"]) * scale, "y": float(r["y"]) * scale,
+                              "diameter_px": float(r["diameter_px"]) * scale})
+        if on_case:
+            on_case(film_id, {"n_candidates": len(found), "max_probability": max((c[2] for c in found), default=0.0),
+                              "n_nodules": sum(r["id"] == film_id for r in truth_512)})
+    if not candidates:
+        raise FileNotFoundError(f"{root / 'images'}: no films")
+    return froc_summary(candidates, truth)
+
+
 def evaluate_nodule_conspicuity(
     root: Path,
     suppress: Callable[[MedicalImage, np.ndarray], np.ndarray],

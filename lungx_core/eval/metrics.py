@@ -95,3 +95,71 @@ def nodule_conspicuity(image: np.ndarray, centre_xy: tuple[float, float], radius
         raise ValueError(f"nodule at ({x:.1f}, {y:.1f}) with radius {radius:.1f} px lies outside the image")
     spread = float(window[distance <= reach].std())
     return float((disc.mean() - ring.mean()) / spread) if spread > 0 else 0.0
+
+
+FROC_RATES = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
+
+
+def match_candidates(
+    candidates: dict[str, Sequence[tuple[float, float, float]]],
+    nodules: dict[str, Sequence[tuple[float, float, float]]],
+) -> list[tuple[float, int, int]]:
+    """Every candidate as (probability, hit, nodule index): candidates are ``(x, y, probability)`` per film,
+    nodules ``(x, y, hit radius)`` per film (same pixels). Going down each film's candidates by probability, a
+    candidate whose centre lies within the radius of a nodule not yet hit hits it (the nearest such nodule);
+    every other candidate, a second one on a hit nodule included, is a false positive (hit 0, index -1).
+    Nodule indices count over all films in the order given."""
+    out = []
+    base = 0
+    for film in sorted(set(candidates) | set(nodules)):
+        truth = list(nodules.get(film, []))
+        hit = [False] * len(truth)
+        for x, y, p in sorted(candidates.get(film, []), key=lambda c: -c[2]):
+            best, best_d = -1, np.inf
+            for j, (nx, ny, r) in enumerate(truth):
+                d = float(np.hypot(x - nx, y - ny))
+                if not hit[j] and d <= r and d < best_d:
+                    best, best_d = j, d
+            if best >= 0:
+                hit[best] = True
+                out.append((float(p), 1, base + best))
+            else:
+                out.append((float(p), 0, -1))
+        base += len(truth)
+    return out
+
+
+def froc(
+    matched: Sequence[tuple[float, int, int]], n_nodules: int, n_films: int, rates: Sequence[float] = FROC_RATES
+) -> dict:
+    """Sensitivity at each false-positive rate (per film) of ``rates`` from :func:`match_candidates`'s output:
+    the highest sensitivity over probability thresholds whose false positives per film stay at or below the
+    rate. Returns ``sensitivity`` ({rate: value}), ``cpm`` (their mean) and the curve (``fp_per_image``,
+    ``curve_sensitivity``, ``thresholds``; one point per distinct probability, highest first)."""
+    if n_nodules <= 0 or n_films <= 0:
+        raise ValueError("FROC needs at least one nodule and one film")
+    probs = np.array([m[0] for m in matched], np.float64)
+    hits = np.array([m[1] for m in matched], np.int64)
+    order = np.argsort(-probs, kind="stable")
+    probs, hits = probs[order], hits[order]
+    tp, fp = np.cumsum(hits), np.cumsum(1 - hits)
+    # one operating point per distinct threshold: the last index of each run of equal probabilities
+    last = np.r_[np.nonzero(np.diff(probs))[0], len(probs) - 1] if len(probs) else np.array([], int)
+    fppi = np.r_[0.0, fp[last] / n_films]
+    sens = np.r_[0.0, tp[last] / n_nodules]
+    thresholds = np.r_[np.inf, probs[last]]
+    at = {float(r): float(sens[fppi <= r].max()) for r in rates}
+    return {"sensitivity": at, "cpm": float(np.mean(list(at.values()))), "fp_per_image": fppi.tolist(),
+            "curve_sensitivity": sens.tolist(), "thresholds": thresholds.tolist()}
+
+
+def roc_auc(scores: Sequence[float], labels: Sequence[int]) -> float:
+    """Area under the ROC curve (the Mann-Whitney statistic, ties counted half) of ``scores`` for ``labels``
+    (1 positive, 0 negative)."""
+    s, y = np.asarray(scores, np.float64), np.asarray(labels).astype(bool)
+    pos, neg = s[y], s[~y]
+    if pos.size == 0 or neg.size == 0:
+        raise ValueError("AUC needs positive and negative examples")
+    greater = (pos[:, None] > neg[None, :]).sum()
+    ties = (pos[:, None] == neg[None, :]).sum()
+    return float((greater + 0.5 * ties) / (pos.size * neg.size))

@@ -205,6 +205,30 @@ def score_bone_suppression(
     return summary
 
 
+def score_nodules(
+    directory: str | Path, model: str = "cxr_nodules", device: str = "auto", on_case: OnCase | None = None
+) -> dict:
+    """Nodule detection scored by FROC (``lungx evaluate nodules``): ``directory/images/`` and
+    ``directory/nodules.csv`` (id, x, y, diameter_px on the 512-px film, optional diameter_mm and subtlety;
+    films without a row are normals). Every candidate above the model's floor is scored; a hit lies within the
+    nodule's radius (at least 4 mm), each nodule counts once, every other candidate is a false positive.
+
+    Returns:
+        ``{"n_films", "n_nodules", "sensitivity": {fp rate: value} at 0.125-8 FP/image, "cpm", "auc",
+        "sensitivity_at_2fp_by_subtlety", "n_by_subtlety", "operating_point", "curve"}``.
+    """
+    from lungx_core.cxr.nodules import NoduleDetector
+    from lungx_core.eval.evaluate import evaluate_nodules
+    from lungx_core.tasks.nodule_detection import find_nodules
+
+    detector = NoduleDetector(model, device=device)
+
+    def detect(image: MedicalImage) -> list[tuple[float, float, float]]:
+        return [(c["col"], c["row"], c["probability"]) for c in find_nodules(detector, image).candidates]
+
+    return evaluate_nodules(Path(directory), detect, on_case=on_case)
+
+
 def score_opacity_removal(
     directory: str | Path,
     ids: Iterable[str] | None = None,

@@ -25,7 +25,8 @@ SERIES_NUMBER_OFFSET = 2000  # SEG series numbers: the source's + 2000 (derived 
 def source_files(image: MedicalImage) -> list[Path]:
     """The DICOM files ``image`` was read from, in array order (a CT: one per slice, as ``image.array[z]``)."""
     if str(image.metadata.get("format", "")).lower() != "dicom":
-        raise InputError(image.source or "input", "DICOM SEG output needs a DICOM input (this one is not DICOM)")
+        raise InputError(image.source or "input", "DICOM SEG and SR output needs a DICOM input (this one is not "
+                                                  "DICOM)")
     files = image.metadata.get("source_files") or [image.source]
     return [Path(f) for f in files]
 

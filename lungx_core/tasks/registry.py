@@ -60,7 +60,7 @@ class TaskInfo:
     name: str
     title: str
     modality: str  # input: CXR or CT
-    output_kind: str  # segmentation or volume
+    output_kind: str  # segmentation, volume or markups
     model: str  # shipped model name
     structures: tuple[str, ...] = ()
     # "module:function" that runs one input file for the worker process (lungx_core.worker) and for batch runs
@@ -168,6 +168,15 @@ TASKS: dict[str, TaskInfo] = {
                        choices=("ddim", "dpm", "repaint")),
             INPUT_CHECK,
         ),
+    ),
+    "cxr-nodules": TaskInfo(
+        name="cxr-nodules",
+        title="Chest X-ray: lung nodule candidates (research; ranked points with size and probability)",
+        modality="CXR",
+        output_kind="markups",
+        model="cxr_nodules",
+        runner="lungx_core.tasks.nodule_detection:run_one",
+        options=(_model("cxr_nodules"), INPUT_CHECK),
     ),
 }
 

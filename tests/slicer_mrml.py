@@ -36,6 +36,7 @@ _HIERARCHY_CLASSES = (
     "vtkMRMLTableNode",
     "vtkMRMLTransformNode",
     "vtkMRMLModelNode",
+    "vtkMRMLMarkupsNode",  # Slicer's Markups subject-hierarchy plugin
 )
 
 

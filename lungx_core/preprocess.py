@@ -142,18 +142,23 @@ def ct_window(hu: np.ndarray) -> np.ndarray:
     return np.clip((np.asarray(hu, dtype=np.float32) - lo) / (hi - lo), 0.0, 1.0)
 
 
-def ct_slices_to_input(hu_slices: np.ndarray, size: int) -> tuple[np.ndarray, Letterbox]:
+def ct_slices_to_input(
+    hu_slices: np.ndarray, size: int, pixel_mm: tuple[float, float] = (1.0, 1.0)
+) -> tuple[np.ndarray, Letterbox]:
     """(N, H, W) axial HU slices -> ((N, 1, size, size) float32 in [0, 1], letterbox).
 
-    The whole slice is fitted (aspect kept, antialiased, padded with air), so the network sees the full field
-    of view whatever the pixel size; :func:`unletterbox` maps outputs back.
+    The whole slice is fitted (its physical aspect kept: ``pixel_mm`` is the (row, column) pixel size, so
+    non-square pixels become square; antialiased, padded with air), so the network sees the full field of view
+    undistorted whatever the pixel size; :func:`unletterbox` maps outputs back onto the slices' own grid.
     """
     import torch
     import torch.nn.functional as F
 
     n, rows, cols = hu_slices.shape
-    scale = size / max(rows, cols)
-    new_rows, new_cols = max(1, round(rows * scale)), max(1, round(cols * scale))
+    height_mm, width_mm = rows * pixel_mm[0], cols * pixel_mm[1]
+    scale = size / max(height_mm, width_mm)  # model pixels per mm
+    new_rows = min(size, max(1, round(height_mm * scale)))
+    new_cols = min(size, max(1, round(width_mm * scale)))
     box = Letterbox((rows, cols), (new_rows, new_cols), ((size - new_rows) // 2, (size - new_cols) // 2), size)
     x = torch.from_numpy(ct_window(hu_slices))[:, None]
     if (new_rows, new_cols) != (rows, cols):

@@ -164,7 +164,9 @@ class CTLungSegmenter:
             self.size = int(self.config["size"])
             self.threshold = float(self.config.get("threshold", 0.5))
 
-    def _labels_net(self, hu: np.ndarray, progress: Progress | None = None) -> np.ndarray:
+    def _labels_net(
+        self, hu: np.ndarray, progress: Progress | None = None, pixel_mm: tuple[float, float] = (1.0, 1.0)
+    ) -> np.ndarray:
         import torch
 
         from lungx_core.preprocess import ct_slices_to_input, unletterbox
@@ -172,7 +174,7 @@ class CTLungSegmenter:
         labels = np.zeros(hu.shape, dtype=np.uint8)
         logit_threshold = float(np.log(self.threshold / (1 - self.threshold)))
         for z0 in range(0, hu.shape[0], self.batch_slices):
-            x, box = ct_slices_to_input(hu[z0 : z0 + self.batch_slices], self.size)
+            x, box = ct_slices_to_input(hu[z0 : z0 + self.batch_slices], self.size, pixel_mm)
             with torch.inference_mode():
                 logits = self.net(torch.from_numpy(x).to(self.device)).float().cpu().numpy()
             n = len(x)
@@ -216,7 +218,9 @@ class CTLungSegmenter:
         hu = orient.to_canonical(image.array)
         flags: list[str] = []
         if self.method == "net":
-            labels = remove_airway(self._labels_net(hu, progress), hu, orient.spacing)
+            # canonical (slice, row, column) spacing: the network sees square pixels whatever the scanner sent
+            pixel_mm = (orient.spacing[1], orient.spacing[2])
+            labels = remove_airway(self._labels_net(hu, progress, pixel_mm), hu, orient.spacing)
         else:
             labels, flags = self._labels_classical(hu, orient.spacing)
         for value in (RIGHT, LEFT):

@@ -299,3 +299,32 @@ def test_non_square_pixels_give_the_volume_of_square_ones(shared_data):
         volume, flags = resampled(sx, sy)
         assert volume == pytest.approx(square, rel=0.02), (sx, sy)
         assert not [f for f in flags if f.startswith("truncated")], (sx, sy, flags)
+
+
+def test_gantry_tilt_is_resampled_to_physical_volume_and_position(tmp_path):
+    """Issue 34: a ball scanned with a 20-degree gantry tilt (slices stacked obliquely to their planes) keeps its
+    volume and centre: ITK alone takes the distance between slice positions as the spacing (x 1/cos(tilt))."""
+    spacing, dz, tilt = (1.0, 1.0), 2.0, np.radians(20.0)
+    shift = dz * np.tan(tilt)  # in-plane offset of each next slice (along the column direction)
+    origin, centre, radius = np.array([-40.0, -40.0, -30.0]), np.array([0.0, 5.0, 0.0]), 15.0
+    k, j, i = np.mgrid[:30, :80, :80].astype(float)
+    x = origin[0] + i * spacing[0]
+    y = origin[1] + j * spacing[1] + k * shift
+    z = origin[2] + k * dz
+    ball = (x - centre[0]) ** 2 + (y - centre[1]) ** 2 + (z - centre[2]) ** 2 <= radius**2
+    write_ct_series(tmp_path / "s", np.where(ball, 40.0, -1000.0), spacing=(1.0, 1.0, dz), origin=tuple(origin),
+                    tilt_mm_per_slice=shift)
+    image = read_ct(tmp_path / "s")
+    assert image.metadata["gantry_tilt_deg"] == pytest.approx(20.0, abs=0.1) and image.metadata["gantry_tilt_corrected"]
+    assert image.spacing[2] == pytest.approx(dz)
+    inside = image.array > -480
+    volume = inside.sum() * np.prod(image.spacing)
+    assert volume == pytest.approx(4 / 3 * np.pi * radius**3, rel=0.03)
+    kk, jj, ii = np.nonzero(inside)
+    lps = image.ijk_to_lps() @ np.array([ii.mean(), jj.mean(), kk.mean(), 1.0])
+    np.testing.assert_allclose(lps[:3], centre, atol=0.5)
+    from lungx_core.anatomy import CT_STRUCTURES
+    from lungx_core.io.dicom_seg import write_dicom_seg
+
+    with pytest.raises(InputError, match="gantry-tilted"):  # its frames could not reference the source slices
+        write_dicom_seg(tmp_path / "seg.dcm", image, {s.name: inside for s in CT_STRUCTURES}, CT_STRUCTURES, "x")

@@ -4,7 +4,9 @@ A DICOM folder may hold several series. Localisers (scouts) and non-CT objects a
 series the one the user names is read, else the one with the most slices (then the thinnest, then the lowest
 series number). Slices are ordered by position along the slice normal and rescaled to HU. Missing slices,
 non-uniform spacing, mixed orientations or matrix sizes, and duplicate positions are errors (a volume grid
-cannot represent them honestly); gantry tilt is reported as a QC flag.
+cannot represent them honestly). A gantry-tilted series (slices stacked obliquely to their planes) is resampled
+onto the orthogonal grid of its slice planes, so volumes and positions are physical; the tilt stays reported
+(metadata ``gantry_tilt_deg``, the tasks' QC flag).
 """
 
 from __future__ import annotations
@@ -128,7 +130,8 @@ def describe_series(series: list[SeriesInfo]) -> str:
 
 
 def _slice_geometry(path: Path, series: SeriesInfo):
-    """Sort the series' files by position along the normal; check the stack. Returns (files, tilt_deg)."""
+    """Sort the series' files by position along the normal; check the stack. Returns (files, tilt_deg,
+    positions of the sorted slices (N, 3) in LPS mm)."""
     files = series.files
     positions, orientations, sizes = [], [], set()
     for f, geometry in zip(files, series.geometry, strict=True):
@@ -162,7 +165,34 @@ def _slice_geometry(path: Path, series: SeriesInfo):
     stack = pos[order[-1]] - pos[order[0]]
     cosine = abs(float(stack @ normal)) / max(float(np.linalg.norm(stack)), 1e-6)
     tilt = float(np.degrees(np.arccos(min(1.0, cosine))))
-    return [files[i] for i in order], tilt
+    return [files[i] for i in order], tilt, pos[order]
+
+
+def deshear(image: MedicalImage, positions: np.ndarray) -> MedicalImage:
+    """A gantry-tilted stack on the orthogonal grid of its slice planes: each slice shifted within its plane
+    (linear interpolation, air outside) by its stack offset, the slice spacing the distance between the planes.
+    Positions are (N, 3) LPS mm of the slices in ``image.array`` order."""
+    from scipy import ndimage as ndi
+
+    d = np.asarray(image.direction, dtype=float).reshape(3, 3)
+    row, col = d[:, 0], d[:, 1]
+    normal = np.cross(row, col)
+    offsets = positions - positions[0]
+    along = offsets @ normal
+    in_plane = offsets - along[:, None] * normal[None, :]
+    sx, sy = image.spacing[0], image.spacing[1]
+    out = np.empty(image.array.shape, dtype=np.float32)
+    for k in range(len(positions)):
+        shift = (float(in_plane[k] @ col) / sy, float(in_plane[k] @ row) / sx)  # (rows, columns)
+        out[k] = ndi.shift(image.array[k].astype(np.float32), shift, order=1, mode="constant", cval=-1024.0)
+    dz = float(np.median(np.diff(along)))
+    if not np.issubdtype(image.array.dtype, np.floating):
+        out = np.round(out)
+    return MedicalImage(
+        out.astype(image.array.dtype), spacing=(sx, sy, dz), origin=tuple(float(v) for v in positions[0]),
+        direction=tuple(np.column_stack([row, col, normal]).ravel().tolist()), modality=image.modality,
+        spacing_known=image.spacing_known, source=image.source, metadata=dict(image.metadata),
+    )
 
 
 def read_dicom_ct(path: Path, series_uid: str | None = None) -> MedicalImage:
@@ -183,7 +213,7 @@ def read_dicom_ct(path: Path, series_uid: str | None = None) -> MedicalImage:
         raise InputError(path, f"series #{chosen.number} is {chosen.modality}, not CT")
     if len(chosen.files) < MIN_SLICES:
         raise InputError(path, f"the CT series has {len(chosen.files)} slice(s); at least {MIN_SLICES} are needed")
-    ordered, tilt = _slice_geometry(path, chosen)
+    ordered, tilt, positions = _slice_geometry(path, chosen)
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames([str(f) for f in ordered])
     try:
@@ -191,8 +221,12 @@ def read_dicom_ct(path: Path, series_uid: str | None = None) -> MedicalImage:
     except RuntimeError as exc:
         raise InputError(path, f"CT pixel data cannot be read ({short_message(exc)})") from None
     image = _ct_from_sitk(path, img)
+    if tilt > TILT_TOLERANCE_DEG:
+        # ITK takes the distance between slice positions as the spacing: a sheared grid, volumes x 1/cos(tilt)
+        image = deshear(image, positions)
     image.metadata.update(
         format="dicom",
+        gantry_tilt_corrected=tilt > TILT_TOLERANCE_DEG,
         series_uid=chosen.uid,
         series_number=chosen.number,
         series_description=chosen.description,

@@ -98,6 +98,9 @@ def write_dicom_seg(
     import pydicom
 
     files = source_files(image)
+    if image.metadata.get("gantry_tilt_corrected"):
+        raise InputError(image.source or path, "DICOM SEG cannot reference a gantry-tilted series slice by slice (the "
+                                               "masks lie on the corrected grid); write seg.nrrd or nii.gz")
     sources = [pydicom.dcmread(f, stop_before_pixels=True) for f in files]
     for ds in sources:
         fill_type2(ds)  # the SEG copies these from its source: an empty value is valid, a missing one is not

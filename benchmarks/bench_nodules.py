@@ -12,8 +12,8 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
+from films import sample_film_png
 
 from lungx_core.cxr.nodules import NoduleDetector
 from lungx_core.tasks.nodule_detection import detect_nodules_case
@@ -31,20 +31,11 @@ def main() -> None:
     from lungx_core.cxr.gate import FrontalChestGate
     from lungx_core.io.inputs import Case
     from lungx_core.io.readers import read_radiograph
-    from lungx_core.io.writers import write_png
 
     with tempfile.TemporaryDirectory() as tmp:
         files = list(args.files)
         if not files:
-            from lungx_core.cxr.thoracic import resize
-            from lungx_core.io.sample import sample_radiograph
-
-            drr = sample_radiograph().array
-            scale = args.size / max(drr.shape)
-            film = resize(drr, (round(drr.shape[0] * scale), round(drr.shape[1] * scale)))
-            low, high = np.percentile(film, [0.5, 99.5])
-            files = [Path(tmp) / "sample.png"]
-            write_png(files[0], (np.clip((film - low) / (high - low), 0, 1) * 65535).astype(np.uint16))
+            files = [sample_film_png(Path(tmp), args.size)]
         detector = NoduleDetector(device=args.device)
         gate = FrontalChestGate(device=args.device)
         cases = [Case(f.stem, f) for f in files]

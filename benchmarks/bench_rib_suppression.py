@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from films import sample_film_png
 
 from lungx_core.image import MedicalImage
 from lungx_core.tasks.rib_suppression import RibSuppressor, SuppressionSettings, suppress_ribs_case
@@ -32,20 +33,11 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     from lungx_core.cxr.gate import FrontalChestGate
     from lungx_core.io.inputs import Case
-    from lungx_core.io.writers import write_png
 
     with tempfile.TemporaryDirectory() as tmp:
         files = list(args.files)
         if not files:
-            from lungx_core.cxr.thoracic import resize
-            from lungx_core.io.sample import sample_radiograph
-
-            drr = sample_radiograph().array
-            scale = args.size / max(drr.shape)
-            film = resize(drr, (round(drr.shape[0] * scale), round(drr.shape[1] * scale)))
-            low, high = np.percentile(film, [0.5, 99.5])
-            files = [Path(tmp) / "sample.png"]
-            write_png(files[0], (np.clip((film - low) / (high - low), 0, 1) * 65535).astype(np.uint16))
+            files = [sample_film_png(Path(tmp), args.size)]
         suppressor = RibSuppressor(device=args.device)
         gate = FrontalChestGate(device=args.device)
         settings = SuppressionSettings()

@@ -356,7 +356,9 @@ class LungXSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.resultsTableView.setMRMLTableNode(result.table)
         flags = ", ".join(result.qcFlags) if result.qcFlags else "no QC flags"
         missing = f"; not found: {', '.join(result.notFound)}" if result.notFound else ""
-        self.ui.statusLabel.text = f"Done in {result.seconds:.1f} s on {result.device}; {flags}{missing}."
+        points = sum(node.GetNumberOfControlPoints() for node in result.markups)
+        found = f"; {points} point(s) marked" if result.markups else ""
+        self.ui.statusLabel.text = f"Done in {result.seconds:.1f} s on {result.device}; {flags}{missing}{found}."
 
     def cancelRun(self) -> None:
         if self._run is not None:

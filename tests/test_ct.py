@@ -328,3 +328,40 @@ def test_gantry_tilt_is_resampled_to_physical_volume_and_position(tmp_path):
 
     with pytest.raises(InputError, match="gantry-tilted"):  # its frames could not reference the source slices
         write_dicom_seg(tmp_path / "seg.dcm", image, {s.name: inside for s in CT_STRUCTURES}, CT_STRUCTURES, "x")
+
+
+def test_body_cut_sides_tells_a_one_sided_field_of_view():
+    from lungx_core.tasks.ct_lungs import body_cut_sides
+
+    hu = np.full((4, 40, 60), -1000.0)
+    labels = np.zeros(hu.shape, np.uint8)
+    labels[:, 15:25, 20:30] = 1
+    hu[:, 5:35, 10:50] = 40.0  # a body inside the field of view
+    assert body_cut_sides(hu, labels) == ""
+    hu[:, 5:35, 30:] = 40.0  # runs out at the last column: the patient's left
+    assert body_cut_sides(hu, labels) == "left"
+    hu[:, 5:35, :30] = 40.0
+    assert body_cut_sides(hu, labels) == "both"
+
+
+@pytest.mark.slow
+def test_a_hemithorax_field_of_view_is_refused_and_a_tight_crop_is_not(shared_data):
+    """Issue 34: a reconstruction of one hemithorax used to come back "ok" with a sliver of lung labelled both
+    left and right; now it is a one-line error saying why. A crop that cuts both chest walls still segments."""
+    from lungx_core.errors import InputError
+    from lungx_core.tasks.ct_lungs import CTLungSegmenter
+
+    path = shared_data / "ct_tcia_dicom_samples" / "ricord1a_419639-001012" / "ct.nii.gz"
+    if not path.is_file():
+        pytest.skip("ricord1a_419639-001012 is not in the shared data")
+    ct = sitk.ReadImage(str(path))
+    n = ct.GetSize()[0]
+    segmenter = CTLungSegmenter(device="cpu")
+    with pytest.raises(InputError, match="targeted field of view: the body runs out of the image on the patient's "
+                                         "left"):
+        segmenter.segment(MedicalImage.from_sitk(ct[: int(n * 0.55), :, :], modality="CT", spacing_known=True))
+    full = segmenter.segment(MedicalImage.from_sitk(ct, modality="CT", spacing_known=True))
+    tight = segmenter.segment(MedicalImage.from_sitk(ct[int(n * 0.1): int(n * 0.9), :, :], modality="CT",
+                                                     spacing_known=True))
+    assert sum(tight.volumes_ml.values()) == pytest.approx(sum(full.volumes_ml.values()), rel=0.02)
+    assert not any(f.startswith("fov_cuts_body") for f in full.flags + tight.flags)

@@ -235,8 +235,37 @@ class CTLungSegmenter:
                 image.source or "input", f"no lungs found ({sum(volumes.values()):.0f} mL of lung): not a chest CT?"
             )
         flags += qc_flags(labels, volumes, image.metadata, orient.obliquity_deg)
+        cut = body_cut_sides(hu, labels)
+        if cut in ("right", "left"):  # "both": large patients fill full fields of view too, tight crops work
+            flags.append(f"fov_cuts_body_{cut}")
+        smaller, larger = sorted(volumes.values())
+        if cut in ("right", "left") and smaller < HEMITHORAX_RATIO * larger:
+            raise InputError(
+                image.source or "input",
+                f"targeted field of view: the body runs out of the image on the patient's {cut} and the lungs found "
+                f"are implausible ({volumes['lung_right']:.0f} mL right, {volumes['lung_left']:.0f} mL left); the "
+                "lung model needs both hemithoraces in the field of view",
+            )
         result_labels = np.ascontiguousarray(orient.from_canonical(labels))
         return CTResult(result_labels, volumes, flags, time.perf_counter() - t0, (hu, labels, orient.spacing))
+
+
+# a lung below this share of the other one on a one-sided field of view: the other hemithorax is not in the image
+HEMITHORAX_RATIO = 0.25
+
+
+def body_cut_sides(hu: np.ndarray, labels: np.ndarray, share: float = 0.5) -> str:
+    """Where the field of view cuts the body (canonical order: columns run to the patient's left): "right",
+    "left", "both" or "" -- a side counts when, on at least ``share`` of the slices with lung, soft tissue
+    (> -500 HU) reaches that image edge over a tenth of its height. A targeted reconstruction of one
+    hemithorax cuts one side; a tight crop of the chest wall cuts both or neither."""
+    slices = labels.reshape(labels.shape[0], -1).any(axis=1)
+    if not slices.any():
+        return ""
+    body = hu[slices] > -500
+    right = float(((body[:, :, 0]).mean(axis=1) > 0.1).mean()) >= share
+    left = float(((body[:, :, -1]).mean(axis=1) > 0.1).mean()) >= share
+    return "both" if right and left else "right" if right else "left" if left else ""
 
 
 def qc_flags(labels: np.ndarray, volumes: dict[str, float], metadata: dict[str, Any], obliquity: float) -> list[str]:

@@ -369,8 +369,8 @@ def detect_nodules(
 
     image = _as_radiograph(image, input_check, device)
     found = find_nodules(_model(NoduleDetector, model or DEFAULT_NODULE_MODEL, device), image)
-    top = max((c["probability"] for c in found.candidates), default=0.0)
-    measurements = {"n_findings": len(found.findings), "max_probability": top, "threshold": found.threshold}
+    measurements = {"n_findings": len(found.findings), "max_probability": found.max_probability,
+                     "threshold": found.threshold}
     return Result(TASK, image, None, {}, measurements, [] if image.spacing_known else ["pixel_size_unknown"],
                   lambda folder, stem: write_outputs(folder, stem, image, found), nodules=found.candidates)
 

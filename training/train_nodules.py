@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lungx_core.cxr.nodules import blank_regions, decode, detector_input, predict_maps
+from lungx_core.cxr.nodules import blank_regions, decode, detector_input, predict_heat
 from lungx_core.models.networks import build_network
 from training.common import append_log, seed_everything
 from training.nodule_sim import Nodule, random_nodules, render_nodules
@@ -266,13 +266,13 @@ def score_fold(args, cfg, films, folder: Path) -> None:
     rows = []
     for i in np.where(fold == int(args.fold))[0]:
         x = films["x"][i].astype(np.float32)
-        heat, log_d = predict_maps(net, x)
-        for c in decode(heat, log_d, box, cfg["floor"], cfg["min_distance"], cfg["max_candidates"],
-                        blank_regions(x)):
+        found = decode(predict_heat(net, x), box, cfg["floor"], cfg["min_distance"], cfg["max_candidates"],
+                       blank_regions(x))
+        for c in found:
             rows.append({"case_id": str(films["ids"][i]), "rank": c.rank, "col": round(c.col, 2),
                          "row": round(c.row, 2), "diameter_px": round(c.diameter_px, 2),
                          "probability": round(c.probability, 5)})
-        if not any(r["case_id"] == str(films["ids"][i]) for r in rows):
+        if not found:  # a film without candidates still counts as scored
             rows.append({"case_id": str(films["ids"][i]), "rank": 0, "col": "", "row": "", "diameter_px": "",
                          "probability": ""})
     with open(folder / "candidates.csv", "w", newline="") as f:

@@ -2,11 +2,12 @@
 
 The network (``cxr_nodules``, trained by ``training/train_nodules.py``) sees the whole film fitted into a 512-px
 square (aspect kept, percentile-windowed as the other film models see it) and gives two maps: the logit of "a
-nodule is centred here" (a Gaussian blob of about a sixth of the nodule's diameter around each centre in
-training) and the log of the nodule's diameter in model pixels. Candidates are the heatmap's local maxima (at
-least ``min_distance`` model pixels apart) above ``floor``, ranked by probability; nothing is masked to the lung
-field (nodules project behind the heart and the diaphragm too), only blank regions (burned-in label boxes,
-shutters, padding) are left out. The film and its mirror image are averaged.
+nodule is centred here" (a Gaussian blob of a quarter of the nodule's diameter around each centre in training)
+and the log of the nodule's diameter, which did not learn and is unused (diameters come from the blob's width).
+Candidates are the heatmap's local maxima (at least ``min_distance`` model pixels apart) above ``floor``, ranked
+by probability; nothing is masked to the lung field (nodules project behind the heart and the diaphragm too),
+only blank regions (burned-in label boxes, shutters, padding) are left out. The film and its mirror image are
+averaged.
 
 Example::
 
@@ -101,14 +102,14 @@ def blob_diameter(heat: np.ndarray, row: int, col: int, limit: int = 48) -> floa
 
 
 def decode(
-    heat: np.ndarray, log_diameter: np.ndarray, box, floor: float, min_distance: int, max_candidates: int,
+    heat: np.ndarray, box, floor: float, min_distance: int, max_candidates: int,
     blank: np.ndarray | None = None, diameter_scale: float = 1.0,
 ) -> list[NoduleCandidate]:
-    """Candidates from the network's maps (probability and log diameter, model grid) on the original film's
-    grid (``box``: the Letterbox the input was made with); peaks inside ``blank`` (bool, model grid) are
-    dropped. Diameters come from the heat blob's width (:func:`blob_diameter`) times ``diameter_scale`` (the
-    model card's calibration): the shipped network's diameter map did not learn (log correlation 0.04 with the
-    JSRT diameters under cross-validation, against 0.35 for the blob width)."""
+    """Candidates from the network's probability map (model grid) on the original film's grid (``box``: the
+    Letterbox the input was made with); peaks inside ``blank`` (bool, model grid) are dropped. Diameters come
+    from the heat blob's width (:func:`blob_diameter`) times ``diameter_scale`` (the model card's calibration):
+    the shipped network's diameter map did not learn (log correlation 0.04 with the JSRT diameters under
+    cross-validation, against 0.35 for the blob width)."""
     if blank is not None:
         heat = np.where(blank, 0.0, heat)
     r0, c0 = box.offset
@@ -142,27 +143,24 @@ class NoduleDetector:
         self.diameter_scale = float(self.config.get("diameter_scale", 1.0))
         self.device = next(self.net.parameters()).device
 
-    def maps(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(probability, log diameter) maps of a network input (size, size), mirror-averaged."""
-        return predict_maps(self.net, x, self.device)
-
     def detect(self, display: np.ndarray) -> list[NoduleCandidate]:
         """Candidates on a 2-D film in standard display orientation (pixel coordinates of ``display``)."""
         x, box = detector_input(display, self.size)
-        heat, log_d = self.maps(x)
-        return decode(heat, log_d, box, self.floor, self.min_distance, self.max_candidates, blank_regions(x),
+        heat = predict_heat(self.net, x, self.device)
+        return decode(heat, box, self.floor, self.min_distance, self.max_candidates, blank_regions(x),
                       self.diameter_scale)
 
 
-def predict_maps(net, x: np.ndarray, device=None) -> tuple[np.ndarray, np.ndarray]:
-    """(probability, log diameter) of a (size, size) input through ``net``, averaged with the mirrored film's
-    maps mirrored back (training uses it too, so the validation scores are what ships)."""
+def predict_heat(net, x: np.ndarray, device=None) -> np.ndarray:
+    """The nodule-centre probability of a (size, size) input through ``net``, its logit averaged with the
+    mirrored film's mirrored back (training scores folds with it too, so the validation is what ships). The
+    network's second output, the log diameter, is not used (see :func:`decode`)."""
     import torch
 
     t = torch.as_tensor(np.asarray(x, np.float32))[None, None]
     if device is not None:
         t = t.to(device)
     with torch.inference_mode():
-        out = net(torch.cat([t, torch.flip(t, dims=(-1,))])).float()
-        out = (out[0] + torch.flip(out[1], dims=(-1,))) / 2
-    return torch.sigmoid(out[0]).cpu().numpy(), out[1].cpu().numpy()
+        out = net(torch.cat([t, torch.flip(t, dims=(-1,))]))[:, 0].float()
+        logit = (out[0] + torch.flip(out[1], dims=(-1,))) / 2
+    return torch.sigmoid(logit).cpu().numpy()

@@ -420,8 +420,9 @@ def froc_summary(
     labels = [int(f in films_with) for f in sorted(candidates)]
     auc = roc_auc(scores, labels) if 0 < sum(labels) < len(labels) else None
 
+    fppi, sens, thr = (np.array(curve[k]) for k in ("fp_per_image", "curve_sensitivity", "thresholds"))
+
     def threshold_at(rate: float) -> float:
-        fppi, sens, thr = (np.array(curve[k]) for k in ("fp_per_image", "curve_sensitivity", "thresholds"))
         ok = np.nonzero(fppi <= rate)[0]
         return float(thr[ok[np.argmax(sens[ok])]])
 
@@ -433,7 +434,6 @@ def froc_summary(
     for k, r in enumerate(ordered_rows):
         grades.setdefault(str(r.get("subtlety", "")) or "unknown", []).append(bool(hit_at.get(k, False)))
     op = min(threshold_at(operating_fp), 1.0)  # inf: not even the most probable candidate is that sparse
-    fppi, sens, thr = (np.array(curve[k]) for k in ("fp_per_image", "curve_sensitivity", "thresholds"))
     i = int(np.nonzero(thr >= op)[0][-1])
     return {
         "n_films": n_films, "n_nodules": len(rows),
@@ -460,7 +460,9 @@ def evaluate_nodules(
     from lungx_core.io.readers import read_radiograph
 
     root = Path(root)
-    truth_512 = read_nodules(root / "nodules.csv")
+    by_film: dict[str, list[dict]] = {}
+    for row in read_nodules(root / "nodules.csv"):
+        by_film.setdefault(row["id"], []).append(row)
     candidates: dict[str, list] = {}
     truth: list[dict] = []
     for path in sorted(p for p in (root / "images").iterdir() if p.is_file() and not p.name.startswith(".")):
@@ -469,13 +471,11 @@ def evaluate_nodules(
         found = detect(image)
         candidates[film_id] = found
         scale = image.array.shape[1] / 512.0
-        for r in truth_512:
-            if r["id"] == film_id:
-                truth.append({**r, "x": float(r["x"]) * scale, "y": float(r["y"]) * scale,
-                              "diameter_px": float(r["diameter_px"]) * scale})
+        truth += [{**r, "x": float(r["x"]) * scale, "y": float(r["y"]) * scale,
+                   "diameter_px": float(r["diameter_px"]) * scale} for r in by_film.get(film_id, [])]
         if on_case:
             on_case(film_id, {"n_candidates": len(found), "max_probability": max((c[2] for c in found), default=0.0),
-                              "n_nodules": sum(r["id"] == film_id for r in truth_512)})
+                              "n_nodules": len(by_film.get(film_id, []))})
     if not candidates:
         raise FileNotFoundError(f"{root / 'images'}: no films")
     return froc_summary(candidates, truth)

@@ -23,7 +23,7 @@ from lungx_core.cxr.gate import FrontalChestGate, optional_gate
 from lungx_core.cxr.nodules import DEFAULT_NODULE_MODEL, NoduleDetector
 from lungx_core.image import MedicalImage
 from lungx_core.io.inputs import Case
-from lungx_core.orientation import display_flips
+from lungx_core.orientation import display_flips, flip_display
 from lungx_core.tasks.common import Progress, read_checked_radiograph, run_guarded
 
 TASK = "cxr-nodules"
@@ -47,21 +47,26 @@ class NoduleFindings:
         """The candidates at or above the operating point."""
         return [c for c in self.candidates if c["probability"] >= self.threshold]
 
+    @property
+    def max_probability(self) -> float:
+        """The most probable candidate's probability (0 without candidates)."""
+        return self.candidates[0]["probability"] if self.candidates else 0.0
+
 
 def find_nodules(detector: NoduleDetector, image: MedicalImage) -> NoduleFindings:
     """Run ``detector`` on a radiograph in any stored orientation; positions come back on the input's own array
     and geometry."""
     flip_rows, flip_cols, _ = display_flips(image.metadata)
-    display = np.ascontiguousarray(image.array[::-1 if flip_rows else 1, ::-1 if flip_cols else 1])
+    display = np.ascontiguousarray(flip_display(image.array, flip_rows, flip_cols))
     rows, cols = image.array.shape
     to_lps = image.ijk_to_lps()
     sx, sy = image.spacing[0], image.spacing[1]
+    known = image.spacing_known
     out = []
     for c in detector.detect(display):
         col = cols - 1 - c.col if flip_cols else c.col
         row = rows - 1 - c.row if flip_rows else c.row
         lps = to_lps @ np.array([col, row, 0.0, 1.0])
-        known = image.spacing_known
         out.append({
             "rank": c.rank, "col": col, "row": row, "x_mm": col * sx if known else None,
             "y_mm": row * sy if known else None, "lps": tuple(float(v) for v in lps[:3]),
@@ -150,11 +155,10 @@ def detect_nodules_case(
         image = read_checked_radiograph(case.path, gate)
         found = find_nodules(detector, image)
         outputs = write_outputs(out_dir, case.case_id, image, found, fmt, algorithm)
-        top = max((c["probability"] for c in found.candidates), default=0.0)
         return {
             "case_id": case.case_id, "input": str(case.path), "task": TASK, "status": "ok", "error": "",
             "qc_flags": "" if image.spacing_known else "pixel_size_unknown",
-            "n_findings": len(found.findings), "max_probability": round(top, 4),
+            "n_findings": len(found.findings), "max_probability": round(found.max_probability, 4),
             "threshold": round(found.threshold, 4),
             "spacing_mm": f"{image.spacing[0]:.4g}x{image.spacing[1]:.4g}" if image.spacing_known else "",
             "outputs": ";".join(p.name for p in outputs), "seconds": round(time.perf_counter() - t0, 3),

@@ -139,7 +139,8 @@ def main(argv=None) -> None:
     rng = np.random.default_rng(cfg["seed"] + start + (0 if args.fold == "all" else 1000 * ids.index(args.fold)))
     batch = cfg["batch_size"]
     ncfg = cfg.get("nodules")
-    normals = read_normal_films(args.data, args.run / "normal_films.npz", cfg["size"]) if ncfg else None
+    use_normals = ncfg and args.stage == "des"  # the invariance term trains in the des stage only
+    normals = read_normal_films(args.data, args.run / "normal_films.npz", cfg["size"]) if use_normals else None
     # a DES film's polarity: its bone image is positive over the lungs unless the film is inverted
     polarity = np.sign((des["bone"] * des["lung"]).sum(axis=(1, 2, 3)))
     for epoch in range(start, stage["epochs"]):
@@ -147,7 +148,7 @@ def main(argv=None) -> None:
         t0, losses = time.perf_counter(), []
         for _ in range(stage["steps_per_epoch"]):
             n_des = round(batch * stage.get("des_fraction", 0.5)) if args.stage == "des" else 0
-            n_inv = round(batch * ncfg["invariance_fraction"]) if ncfg and args.stage == "des" else 0
+            n_inv = round(batch * ncfg["invariance_fraction"]) if use_normals else 0
             idx = rng.choice(train_idx, batch - n_des - n_inv)
             if ncfg:
                 films, bones, discs = render_batch_with_nodules(cache["drr"][idx], cache["soft"][idx], rng, ncfg)

@@ -37,7 +37,7 @@ import torch
 
 from lungx_core.cxr.nodules import blank_regions, decode, detector_input, predict_heat
 from lungx_core.models.networks import build_network
-from training.common import append_log, seed_everything
+from training.common import append_log, resume, save_checkpoint, seed_everything
 from training.nodule_sim import Nodule, random_nodules, render_nodules
 from training.schemas import NoduleRun, read_config
 
@@ -212,14 +212,8 @@ def train(args, cfg, films, real) -> Path:
     net = build(cfg)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, cfg["lr"], total_steps=cfg["steps"], pct_start=0.05)
-    start = 0
-    if (folder / "last.pt").exists():
-        ck = torch.load(folder / "last.pt", weights_only=False)
-        net.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["optimizer"])
-        sched.load_state_dict(ck["scheduler"])
-        start = ck["step"]
-    else:
+    start, _ = resume(folder, net, opt, sched)  # counted in steps here, not epochs
+    if start == 0:
         init_from(net, cfg["init"])
         with torch.no_grad():  # a rare-event prior: the heatmap starts near 0.01 everywhere
             last = [m for m in net.modules() if isinstance(m, torch.nn.Conv2d | torch.nn.ConvTranspose2d)][-1]
@@ -241,10 +235,7 @@ def train(args, cfg, films, real) -> Path:
         sched.step()
         losses.append(loss.item())
         if (step + 1) % cfg["checkpoint_every"] == 0 or step + 1 == cfg["steps"]:
-            tmp = folder / "last.tmp"
-            torch.save({"model": net.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                        "step": step + 1}, tmp)
-            tmp.replace(folder / "last.pt")
+            save_checkpoint(folder, net, opt, sched, step, 0.0)  # no best: the last step ships
             row = {"step": step + 1, "loss": round(float(np.mean(losses)), 4),
                    "seconds": round(time.perf_counter() - t0, 1)}
             append_log(folder / "log.csv", row)

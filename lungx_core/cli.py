@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import sys
 from dataclasses import dataclass
@@ -799,13 +797,9 @@ def _id_list(ids: Path | None) -> list[str] | None:
 
 
 def _write_table(path: Path, rows: list[dict], columns: list[str]) -> None:
-    from lungx_core.io.writers import write_text_atomic
+    from lungx_core.io.writers import write_csv_atomic
 
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore")
-    writer.writeheader()
-    writer.writerows(rows)
-    write_text_atomic(path, buf.getvalue())
+    write_csv_atomic(path, rows, columns)
 
 
 def _write_per_case(path: Path, rows: list[dict]) -> None:

@@ -4,9 +4,11 @@ crash or a full disk never leaves a partial output under the final name."""
 from __future__ import annotations
 
 import contextlib
+import csv
+import io
 import os
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -82,6 +84,17 @@ def write_masks(
 def write_text_atomic(path: str | Path, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text)
+
+
+def write_csv_atomic(
+    path: str | Path, rows: Iterable[dict], columns: Sequence[str], lineterminator: str = "\r\n"
+) -> None:
+    """``rows`` as a CSV table with a header of ``columns`` (keys beyond them ignored), written atomically."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(columns), extrasaction="ignore", lineterminator=lineterminator)
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text_atomic(path, buf.getvalue())
 
 
 def _ijk_shape(image: MedicalImage) -> tuple[int, ...]:

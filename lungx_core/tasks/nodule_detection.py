@@ -11,7 +11,6 @@ the model card (cxr_nodules.md) gives the cross-validated sensitivity and false 
 from __future__ import annotations
 
 import csv
-import io
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -120,19 +119,15 @@ def write_outputs(
     if fmt not in ("markups", "dicom-sr"):
         raise ValueError(f"unknown nodule output format {fmt!r}; choose markups or dicom-sr")
     from lungx_core.io.markups import write_point_list
-    from lungx_core.io.writers import all_or_nothing, write_png, write_text_atomic
+    from lungx_core.io.writers import all_or_nothing, write_csv_atomic, write_png
 
-    text = io.StringIO()
-    writer = csv.DictWriter(text, fieldnames=NODULE_COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(candidate_rows(case_id, found))
     points = [{"label": f"nodule {c['rank']} p={c['probability']:.2f}", "lps": c["lps"],
                "description": f"lungx nodule candidate {c['rank']}: probability {c['probability']:.3f}, diameter "
                               + (f"{c['diameter_mm']:.1f} mm" if c["diameter_mm"] else f"{c['diameter_px']:.1f} px")}
               for c in found.findings]
     with all_or_nothing() as written:
         written.append(out_dir / f"{case_id}_nodules.csv")
-        write_text_atomic(written[-1], text.getvalue())
+        write_csv_atomic(written[-1], candidate_rows(case_id, found), NODULE_COLUMNS, lineterminator="\n")
         written.append(out_dir / f"{case_id}_nodules.mrk.json")
         write_point_list(written[-1], points, f"{case_id} nodules")
         written.append(out_dir / f"{case_id}_nodules.png")
@@ -193,15 +188,13 @@ def run_one(
 def write_run_candidates(out_dir: Path, rows: list[dict]) -> Path:
     """The run's ``nodules.csv``: every successful film's ``<id>_nodules.csv``, in the order of ``rows``
     (input order), written atomically. The same whether the films ran here, on workers or over resumed runs."""
-    from lungx_core.io.writers import write_text_atomic
+    from lungx_core.io.writers import write_csv_atomic
 
-    text = io.StringIO()
-    writer = csv.DictWriter(text, fieldnames=NODULE_COLUMNS, lineterminator="\n")
-    writer.writeheader()
+    candidates = []
     for row in rows:
         path = out_dir / f"{row['case_id']}_nodules.csv"
         if row.get("status") == "ok" and path.exists():
             with open(path, newline="") as f:
-                writer.writerows(csv.DictReader(f))
-    write_text_atomic(out_dir / "nodules.csv", text.getvalue())
+                candidates += list(csv.DictReader(f))
+    write_csv_atomic(out_dir / "nodules.csv", candidates, NODULE_COLUMNS, lineterminator="\n")
     return out_dir / "nodules.csv"

@@ -135,6 +135,8 @@ class NoduleDetector:
         from lungx_core.models.store import load_model
 
         self.net, self.config = load_model(model, device)
+        # what DICOM outputs name as the algorithm, like the segmenters' name
+        self.name = str(self.config.get("name", Path(str(model)).name.removesuffix(".safetensors")))
         self.threshold = float(self.config.get("threshold", 0.5))
         self.floor = float(self.config.get("floor", 0.02))
         self.min_distance = int(self.config.get("min_distance", 6))

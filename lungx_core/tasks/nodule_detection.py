@@ -142,14 +142,14 @@ def write_outputs(
 
 def detect_nodules_case(
     case: Case, detector: NoduleDetector, out_dir: Path, gate: FrontalChestGate | None = None,
-    fmt: str = "markups", algorithm: str = DEFAULT_NODULE_MODEL,
+    fmt: str = "markups",
 ) -> dict[str, Any]:
     """Read, check with ``gate`` (when given), detect and write one radiograph; bad input becomes an error row."""
     def work() -> dict[str, Any]:
         t0 = time.perf_counter()
         image = read_checked_radiograph(case.path, gate)
         found = find_nodules(detector, image)
-        outputs = write_outputs(out_dir, case.case_id, image, found, fmt, algorithm)
+        outputs = write_outputs(out_dir, case.case_id, image, found, fmt, detector.name)
         return {
             "case_id": case.case_id, "input": str(case.path), "task": TASK, "status": "ok", "error": "",
             "qc_flags": "" if image.spacing_known else "pixel_size_unknown",
@@ -181,8 +181,7 @@ def run_one(
     report(0.0, "loading the nodule model")
     detector = shared_model(NoduleDetector, model or DEFAULT_NODULE_MODEL, device=device)
     report(0.3, "looking for nodules")
-    return detect_nodules_case(case, detector, out_dir, optional_gate(input_check, device), fmt,
-                               Path(str(model or DEFAULT_NODULE_MODEL)).name.removesuffix(".safetensors"))
+    return detect_nodules_case(case, detector, out_dir, optional_gate(input_check, device), fmt)
 
 
 def write_run_candidates(out_dir: Path, rows: list[dict]) -> Path:

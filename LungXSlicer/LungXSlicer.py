@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import json
 import logging
 import shutil
 import sys
@@ -44,18 +45,33 @@ from LungXSlicerLib.process import WorkerProcess, format_status, worker_command 
 TERMINOLOGY_FILE = MODULE_DIR / "Resources" / "Terminology" / "SegmentationCategoryTypeModifier-LungX.term.json"
 MINIMUM_TORCH = ">=2.2"
 
-HELP_TEXT = """
+CARDS = "https://github.com/lungx/lungx/blob/main/lungx_core/weights"
+HELP_TEXT = f"""
 Chest X-ray and chest CT analysis with <a href="https://github.com/lungx/lungx">LungX</a>: pick an input volume
-(a radiograph is a one-slice volume) and a task, press Apply. The model runs in a separate process: Slicer stays
-responsive, Apply turns into Cancel, and results come back as a segmentation (one named, coloured segment per
-structure with SNOMED-CT terminology), image volumes on the input's grid, and a table of measurements and QC
-flags, placed next to the input in its study and under its transform.<br><br>
+(a radiograph is a one-slice volume; the task follows the input's kind) and a task, press Apply. The model runs in a
+separate process: Slicer stays responsive, Apply turns into Cancel, and results come back next to the input (its
+study, its transform) as a segmentation (named, coloured segments with SNOMED-CT terminology), image volumes on the
+input's grid, a point list or a table of measurements and QC flags.<br><br>
+Tasks (each model's card gives its data, accuracy and limits):<ul>
+<li><b>Chest X-ray: lungs, heart, clavicles</b>: the five structures, cardiothoracic ratio, areas; films that are not
+frontal chest radiographs are refused (<a href="{CARDS}/cxr_anatomy.md">anatomy</a>,
+<a href="{CARDS}/cxr_gate.md">input check</a>).</li>
+<li><b>Chest CT: right and left lungs, volumes</b>: both lungs and their volumes, shown in 3-D
+(<a href="{CARDS}/ct_lungs.md">card</a>).</li>
+<li><b>Chest X-ray: suppress bone</b>: the bone image estimated and subtracted, as a new volume
+(<a href="{CARDS}/cxr_bone.md">card</a>; it still dims some nodules: see the card).</li>
+<li><b>Chest X-ray: remove lung opacity</b>: density taken away inside the opacity, the changed region as a segment
+(<a href="{CARDS}/cxr_opacity_removal.md">card</a>).</li>
+<li><b>Chest X-ray: synthetic pathological version</b>: a healthy film with inserted opacity, for research
+(<a href="{CARDS}/cxr_synthesis.md">card</a>).</li>
+<li><b>Chest X-ray: lung nodule candidates</b>: ranked points with size and probability, research only, below the
+published detection rates (<a href="{CARDS}/cxr_nodules.md">card</a>).</li></ul>
 From the Python console:<br>
 <code>result = slicer.util.getModuleLogic("LungXSlicer").run("cxr-anatomy", volumeNode)</code><br>
 <code>result.segmentation, result.table, result.qcFlags</code><br>
 Options: <code>device="cpu"</code>, <code>fast=True</code> (no QC picture), and each task's own options
 (e.g. <code>method="classical"</code> for ct-lungs). The first Apply installs PyTorch (through the PyTorch
-extension) and lungx_core, asking first.
+extension) and lungx_core, asking first. Not for clinical use.
 """
 
 
@@ -73,7 +89,10 @@ class LungXSlicer(ScriptedLoadableModule):
         self.parent.contributors = ["LungX developers"]
         self.parent.helpText = HELP_TEXT
         self.parent.acknowledgementText = (
-            "Models trained by the LungX project on public research datasets; see the model cards in lungx_core."
+            "Models trained by the LungX project on public research datasets (JSRT with SCR masks, COVID-19 radiograph "
+            "segmentation sets, NIH ChestX-ray14, dual-energy subtraction pairs, public TCIA chest CTs); each model's "
+            f'data, split, metrics and training command are in its <a href="{CARDS}">model card</a>. '
+            "Built on MONAI, PyTorch, SimpleITK and 3D Slicer."
         )
         slicer.app.connect("startupCompleted()", loadTerminology)
 
@@ -102,7 +121,8 @@ def segmentTerminology(segment) -> str:
 class LungXSlicerParameterNode:
     """inputVolume: the radiograph or CT. task: a lungx_core task name (set from the task list, which comes from
     lungx_core). outputSegmentation/outputVolume: reused when set, created otherwise. forceCpu: never the GPU.
-    fastMode: skip optional work (the QC picture)."""
+    fastMode: skip optional work (the QC picture). taskOptions: each task's options as last set in the panel
+    (JSON ``{task: {option: value}}``), so they are saved with the scene."""
 
     inputVolume: vtkMRMLScalarVolumeNode
     task: str = ""
@@ -110,6 +130,7 @@ class LungXSlicerParameterNode:
     outputVolume: vtkMRMLScalarVolumeNode
     forceCpu: bool = False
     fastMode: bool = False
+    taskOptions: str = ""
 
 
 #
@@ -162,7 +183,7 @@ class LungXSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self._parameterNode:
             self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
             self._parameterNodeGuiTag = None
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateGUIFromParameterNode)
 
     def onSceneStartClose(self, caller, event) -> None:
         self.cancelRun()
@@ -182,13 +203,23 @@ class LungXSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def setParameterNode(self, inputParameterNode) -> None:
         if self._parameterNode:
             self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateGUIFromParameterNode)
         self._parameterNode = inputParameterNode
         if self._parameterNode:
             self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
-            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateGUIFromParameterNode)
             self.selectTask(self._parameterNode.task)
             self._checkCanApply()
+
+    def _updateGUIFromParameterNode(self, caller=None, event=None) -> None:
+        """The task and its options follow the parameter node (e.g. a scene was loaded); then Apply's state."""
+        p = self._parameterNode
+        combo = self.ui.taskComboBox
+        if p.task and combo.itemData(combo.currentIndex) != p.task and combo.findData(p.task) >= 0:
+            self.selectTask(p.task)
+        elif self._savedOptions().get(p.task, {}) != self._optionValues():
+            self._showOptions(self._savedOptions().get(p.task, {}))
+        self._checkCanApply()
 
     # Tasks come from lungx_core's registry: a task added there appears here without GUI changes.
     def populateTasks(self) -> None:
@@ -220,8 +251,10 @@ class LungXSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         else:
             self.ui.taskDescriptionLabel.text = ""
         self._buildOptionWidgets(info["options"] if info else [])
-        if self._parameterNode and self._parameterNode.task != name:
-            self._parameterNode.task = name
+        if self._parameterNode:
+            self._showOptions(self._savedOptions().get(name, {}))
+            if self._parameterNode.task != name:
+                self._parameterNode.task = name
 
     def _buildOptionWidgets(self, specs: list[dict]) -> None:
         """One row per option the task registers, with its default and its help as tooltip."""
@@ -251,10 +284,19 @@ class LungXSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             widget.setToolTip(f.tooltip)
             self._optionsLayout.addRow(f.label, widget)
             self._optionWidgets[f.name] = widget
+        for widget in self._optionWidgets.values():  # connected once all are there: a change saves them all
+            if isinstance(widget, qt.QComboBox):
+                widget.connect("currentIndexChanged(int)", self._saveOptions)
+            elif isinstance(widget, qt.QLineEdit):
+                widget.connect("textChanged(QString)", self._saveOptions)
+            elif isinstance(widget, qt.QSpinBox):
+                widget.connect("valueChanged(int)", self._saveOptions)
+            else:
+                widget.connect("valueChanged(double)", self._saveOptions)
         self.ui.taskOptionsCollapsibleButton.setVisible(bool(self._optionFields))
 
-    def taskOptions(self) -> dict:
-        """The option values set in the panel, as the worker takes them."""
+    def _optionValues(self) -> dict:
+        """The option widgets' values, as shown."""
         values = {}
         for name, widget in self._optionWidgets.items():
             if isinstance(widget, qt.QComboBox):
@@ -263,12 +305,52 @@ class LungXSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 values[name] = widget.text
             else:
                 values[name] = widget.value
-        return values_to_send(self._optionFields, values)
+        return values
+
+    def _showOptions(self, values: dict) -> None:
+        """Set the option widgets to saved values (a value no longer valid for the widget is left at default)."""
+        for name, value in values.items():
+            widget = self._optionWidgets.get(name)
+            if widget is None:
+                continue
+            wasBlocked = widget.blockSignals(True)
+            if isinstance(widget, qt.QComboBox):
+                if widget.findText(str(value)) >= 0:
+                    widget.setCurrentText(str(value))
+            elif isinstance(widget, qt.QLineEdit):
+                widget.setText(str(value))
+            else:
+                widget.setValue(value)
+            widget.blockSignals(wasBlocked)
+
+    def _savedOptions(self) -> dict:
+        try:
+            saved = json.loads(self._parameterNode.taskOptions or "{}") if self._parameterNode else {}
+        except ValueError:  # hand-edited scene: start from the defaults
+            saved = {}
+        return saved if isinstance(saved, dict) else {}
+
+    def _saveOptions(self, *args) -> None:
+        p = self._parameterNode
+        if not p or not p.task:
+            return
+        saved = self._savedOptions()
+        saved[p.task] = self._optionValues()
+        p.taskOptions = json.dumps(saved, sort_keys=True)
+
+    def taskOptions(self) -> dict:
+        """The option values set in the panel, as the worker takes them."""
+        return values_to_send(self._optionFields, self._optionValues())
 
     def _matchTaskToInput(self) -> None:
         """A newly chosen input gets a task of its modality (a one-slice volume is a radiograph)."""
         node = self._parameterNode.inputVolume
         if node is None or node is self._lastInput:
+            return
+        if not LungXSlicerLogic.modalityOf(node):
+            # chosen as it is being loaded (the node enters the scene before its voxels): decide when they come
+            if not self.hasObserver(node, slicer.vtkMRMLVolumeNode.ImageDataModifiedEvent, self._checkCanApply):
+                self.addObserver(node, slicer.vtkMRMLVolumeNode.ImageDataModifiedEvent, self._checkCanApply)
             return
         self._lastInput = node
         # the outputs shown belong to the previous input: a new run makes its own nodes
@@ -342,7 +424,8 @@ class LungXSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         except Exception as exc:  # noqa: BLE001 - shown to the user; details in the log
             logging.error("LungX: %s\n%s", exc, "\n".join(run.process.stderr_lines[-50:]))
             slicer.util.errorDisplay(f"LungX failed: {exc}", detailedText="\n".join(run.process.stderr_lines[-50:]))
-            self.ui.statusLabel.text = "Failed."
+            # the worker's one-line reason stays in the panel after the message box is closed
+            self.ui.statusLabel.text = f"Failed: {str(exc).strip().splitlines()[0] if str(exc).strip() else exc!r}"
             return
         self._showResult(result)
 
@@ -434,9 +517,12 @@ class LungXSlicerLogic(ScriptedLoadableModuleLogic):
 
     @staticmethod
     def modalityOf(volumeNode) -> str:
-        """'CXR' for a one-slice volume (how Slicer loads a radiograph), else 'CT'."""
+        """'CXR' for a one-slice volume (how Slicer loads a radiograph), 'CT' for more slices, '' while the node
+        has no voxels yet (it is being loaded)."""
         image = volumeNode.GetImageData()
-        return "CXR" if image is not None and image.GetDimensions()[2] == 1 else "CT"
+        if image is None or image.GetNumberOfPoints() == 0:
+            return ""
+        return "CXR" if image.GetDimensions()[2] == 1 else "CT"
 
     def dependenciesReady(self) -> bool:
         return all(importlib.util.find_spec(m) is not None for m in ("torch", "lungx_core", "monai"))
@@ -671,6 +757,8 @@ class LungXSlicerLogic(ScriptedLoadableModuleLogic):
                 segment = segmentation.GetSegment(spec.segment_id)
                 segment.SetTag(segment.GetTerminologyEntryTagName(), spec.terminology)
         segmentationNode.EndModify(wasModified)
+        if inputShape[0] > 1:  # a CT's structures are shown in 3-D at once, as Show 3D would
+            segmentationNode.CreateClosedSurfaceRepresentation()
         self._placeNextToInput(segmentationNode, inputNode)
         return segmentationNode, notFound
 

@@ -101,6 +101,65 @@ def test_extension_cmake_and_testing_lists():
     assert listed == on_disk and listed
 
 
+# The Slicer Extensions Index's catalog entry schema (Slicer/Schemas/slicer-extension-catalog-entry-schema-v1.0.2):
+# required keys, and the type of every key it allows (no others).
+CATALOG_REQUIRED = {"$schema", "category", "scm_url"}
+CATALOG_TYPES = {"$schema": str, "category": str, "scm_url": str, "scm_revision": str, "scm_type": str,
+                 "build_dependencies": list, "dicom_support_rule": str, "build_subdirectory": str, "enabled": bool,
+                 "tier": int}
+RAW = "https://raw.githubusercontent.com/lungx/lungx/main/"
+
+
+def _cmake_value(key: str) -> str:
+    match = re.search(rf'set\(EXTENSION_{key} "([^"]*)"\)', (REPO / "CMakeLists.txt").read_text())
+    assert match, f"EXTENSION_{key} is not set"
+    return match.group(1)
+
+
+def test_extension_catalog_entry_matches_the_index_schema_and_cmake():
+    entry = json.loads((REPO / "LungXSlicer.json").read_text())  # the index names it after the CMake project
+    assert set(entry) >= CATALOG_REQUIRED, CATALOG_REQUIRED - set(entry)
+    assert set(entry) <= set(CATALOG_TYPES), set(entry) - set(CATALOG_TYPES)
+    for key, value in entry.items():
+        assert isinstance(value, CATALOG_TYPES[key]), key
+    assert "slicer-extension-catalog-entry-schema-v1.0" in entry["$schema"]
+    assert 1 <= entry.get("tier", 1) <= 5 and entry.get("scm_type", "git") in ("git", "local")
+    assert entry["scm_url"].startswith("https://github.com/") and entry["scm_url"].endswith(".git")
+    assert entry["category"] == _cmake_value("CATEGORY")
+    assert entry["build_dependencies"] == _cmake_value("DEPENDS").split()
+    assert (REPO / "LICENSE.txt").is_file()  # the index asks for a license at the top
+
+
+def test_extension_icon_and_screenshots_are_committed_and_small():
+    icon = _cmake_value("ICONURL")
+    assert icon.startswith(RAW) and (REPO / icon.removeprefix(RAW)).is_file()
+    shots = _cmake_value("SCREENSHOTURLS").split()
+    assert len(shots) >= 4
+    readme = (REPO / "README.md").read_text()
+    for url in shots:
+        path = REPO / url.removeprefix(RAW)
+        assert url.startswith(RAW) and path.is_file(), url
+        assert path.stat().st_size <= 300_000, f"{path.name}: {path.stat().st_size} bytes"
+        assert str(path.relative_to(REPO)) in readme, f"README does not show {path.name}"
+    for key in ("HOMEPAGE", "CONTRIBUTORS", "DESCRIPTION"):
+        assert _cmake_value(key).strip()
+
+
+def test_help_names_every_task_and_links_existing_model_cards():
+    source = MODULE.read_text()
+    help_text = source[source.index("HELP_TEXT"):source.index("class LungXSlicer(")]
+    registry = (REPO / "lungx_core" / "tasks" / "registry.py").read_text()
+    titles = re.findall(r'title="([^"]+)"', registry)
+    assert titles, "no task titles found in the registry"
+    for title in titles:
+        short = title.split(" (")[0]
+        assert short in help_text, f"the help does not describe {title!r}"
+    cards = re.findall(r"\{CARDS\}/(\w+\.md)", help_text)
+    assert cards
+    for card in cards:
+        assert (REPO / "lungx_core" / "weights" / card).is_file(), card
+
+
 def test_every_ui_name_used_in_code_exists():
     used = set(re.findall(r"self\.ui\.(\w+)", MODULE.read_text()))
     used |= set(re.findall(r"widget\.ui\.(\w+)", MODULE.read_text()))

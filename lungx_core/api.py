@@ -158,7 +158,8 @@ def segment(
     _check_input(image, input_check, device)
     cxr = _cxr_segmenter(model or cxr_segmentation.DEFAULT_MODEL, device, threshold).segment(image)
     m = cxr.measurements
-    measurements: dict[str, Any] = {"ctr": m.ctr}
+    measurements: dict[str, Any] = {"ctr": m.ctr, "heart_solidity": m.heart_solidity,
+                                    "clavicles_found": m.clavicles_found}
     for name in cxr.masks:
         measurements[f"area_px_{name}"] = m.area_px[name]
         if m.area_cm2 is not None:

@@ -21,6 +21,8 @@ CTR_PLAUSIBLE = (0.35, 0.75)
 # A clavicle smaller than this share of its side's lung field is a speck, not a clavicle (SCR clavicles are
 # 3-10 % of the lung field).
 CLAVICLE_MIN_FRACTION_OF_LUNG = 0.01
+# Reference hearts are nearly convex: the 200 SCR heart masks have solidity 0.974-0.999 (median 0.989)
+HEART_MIN_SOLIDITY = 0.9
 
 
 def keep_components(mask: np.ndarray, keep_fraction: float = 0.0) -> np.ndarray:
@@ -89,6 +91,20 @@ class Measurements:
     ctr: float | None
     confidence: dict[str, float]
     flags: list[str] = field(default_factory=list)
+    heart_solidity: float | None = None  # area over convex-hull area; None without a heart
+    clavicles_found: int = 0  # 0, 1 or 2
+
+
+def solidity(mask: np.ndarray) -> float | None:
+    """Area over the area of its convex hull (pixels whose centres lie inside it): 1 for a convex shape, lower
+    for a ragged or notched one; None for an empty mask."""
+    from skimage.morphology import convex_hull_image
+
+    rows, cols = np.nonzero(mask.any(axis=1))[0], np.nonzero(mask.any(axis=0))[0]
+    if rows.size == 0:
+        return None
+    crop = mask[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+    return float(crop.sum() / max(int(convex_hull_image(crop).sum()), 1))
 
 
 def _width(mask: np.ndarray) -> int:
@@ -147,10 +163,13 @@ def measure(
         ratio = area_px["lung_right"] / area_px["lung_left"]
         if not 0.4 <= ratio <= 2.5:
             flags.append("implausible_left_right_ratio")
+    heart_solidity = solidity(masks["heart"])
     if not masks["heart"].any():
         flags.append("heart_not_found")
     elif ctr is not None and not CTR_PLAUSIBLE[0] <= ctr <= CTR_PLAUSIBLE[1]:
         flags.append("implausible_ctr")
+    if heart_solidity is not None and heart_solidity < HEART_MIN_SOLIDITY:
+        flags.append("heart_ragged")  # a heart is one smooth, nearly convex shape; its border was not found
     for side in ("left", "right"):
         clavicle, lung_area = f"clavicle_{side}", area_px[f"lung_{side}"]
         if not masks[clavicle].any():
@@ -170,4 +189,5 @@ def measure(
         heart_col = np.nonzero(masks["heart"])[1].mean()
         if heart_col < (cols.min() + cols.max()) / 2 - 0.15 * _width(lungs):
             flags.append("heart_on_patient_right")
-    return Measurements(area_px, area_cm2, ctr, confidence, flags)
+    clavicles = sum(bool(masks[f"clavicle_{side}"].any()) for side in ("left", "right"))
+    return Measurements(area_px, area_cm2, ctr, confidence, flags, heart_solidity, clavicles)

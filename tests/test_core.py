@@ -193,6 +193,23 @@ def test_measurements_areas_ctr_and_flags():
     assert {"lung_left_not_found", "heart_not_found", "implausible_lung_area"} <= set(flags)
 
 
+def test_heart_solidity_flags_a_ragged_heart_and_clavicles_are_counted():
+    p = _anatomy_probs()
+    masks = postprocess.clean_masks(p)
+    m = postprocess.measure(masks, p, None)
+    assert m.heart_solidity == pytest.approx(1.0) and "heart_ragged" not in m.flags  # a rectangle is convex
+    ragged = masks["heart"].copy()
+    rows, cols = np.nonzero(ragged)
+    for c in range(cols.min(), cols.max() + 1, 4):  # deep notches every 4 columns: a comb, not a heart
+        ragged[rows.min() + (rows.max() - rows.min()) // 3 :, c : c + 2] = False
+    m = postprocess.measure({**masks, "heart": ragged}, p, None)
+    assert m.heart_solidity < postprocess.HEART_MIN_SOLIDITY and "heart_ragged" in m.flags
+    assert postprocess.solidity(np.zeros((5, 5), bool)) is None
+    found = m.clavicles_found
+    no_right = postprocess.measure({**masks, "clavicle_right": np.zeros_like(masks["heart"])}, p, None)
+    assert no_right.clavicles_found == found - 1 and "clavicle_right_not_found" in no_right.flags
+
+
 @pytest.mark.parametrize(
     ("orientation", "expected"),
     [

@@ -120,7 +120,7 @@ def write_outputs(
 
 
 RESULT_COLUMNS = (
-    ["ctr"]
+    ["ctr", "heart_solidity", "clavicles_found"]
     + [f"area_cm2_{s.name}" for s in CXR_STRUCTURES]
     + [f"area_px_{s.name}" for s in CXR_STRUCTURES]
     + [f"confidence_{s.name}" for s in CXR_STRUCTURES]
@@ -137,6 +137,8 @@ def result_row(case: Case, image: MedicalImage, result: CXRResult, outputs: list
         "error": "",
         "qc_flags": ";".join(m.flags),
         "ctr": "" if m.ctr is None else round(m.ctr, 4),
+        "heart_solidity": "" if m.heart_solidity is None else round(m.heart_solidity, 4),
+        "clavicles_found": m.clavicles_found,
         "spacing_mm": f"{image.spacing[0]:.4g}x{image.spacing[1]:.4g}" if image.spacing_known else "",
         "outputs": ";".join(p.name for p in outputs),
     }

@@ -216,42 +216,57 @@ class CTLungSegmenter:
             raise InputError(image.source or "input", "not a CT volume (a 2-D image goes to the CXR task)")
         orient = reorientation(image.direction, image.spacing)
         hu = orient.to_canonical(image.array)
-        flags: list[str] = []
-        if self.method == "net":
-            # canonical (slice, row, column) spacing: the network sees square pixels whatever the scanner sent
-            pixel_mm = (orient.spacing[1], orient.spacing[2])
-            labels = remove_airway(self._labels_net(hu, progress, pixel_mm), hu, orient.spacing)
-        else:
-            labels, flags = self._labels_classical(hu, orient.spacing)
-        for value in (RIGHT, LEFT):
-            side = _keep_lung_components(labels == value)
-            labels[(labels == value) & ~side] = 0
-            labels[side & (labels == 0)] = value
-        labels = drop_below_lungs(labels)
+        labels, flags = self._labels(hu, orient.spacing, progress)
         voxel_ml = float(np.prod(orient.spacing)) / 1000.0
         volumes = {s.name: float((labels == s.label).sum()) * voxel_ml for s in CT_STRUCTURES}
         if sum(volumes.values()) < MIN_TOTAL_LUNG_ML:
             raise InputError(
                 image.source or "input", f"no lungs found ({sum(volumes.values()):.0f} mL of lung): not a chest CT?"
             )
-        flags += qc_flags(labels, volumes, image.metadata, orient.obliquity_deg)
         cut = body_cut_sides(hu, labels)
-        if cut in ("right", "left"):  # "both": large patients fill full fields of view too, tight crops work
-            flags.append(f"fov_cuts_body_{cut}")
         smaller, larger = sorted(volumes.values())
         if cut in ("right", "left") and smaller < HEMITHORAX_RATIO * larger:
-            raise InputError(
-                image.source or "input",
-                f"targeted field of view: the body runs out of the image on the patient's {cut} and the lungs found "
-                f"are implausible ({volumes['lung_right']:.0f} mL right, {volumes['lung_left']:.0f} mL left); the "
-                "lung model needs both hemithoraces in the field of view",
-            )
+            # A targeted reconstruction of one hemithorax: the model, trained on whole chests, finds a fraction of
+            # the lung. Mirrored across the cut edge it is a whole (symmetric) chest again; the half that is the
+            # image is kept. The other lung is not in the image (flagged), so its volume is not measured.
+            labels, flags = self._labels(mirror_across(hu, cut), orient.spacing, progress)
+            labels = np.ascontiguousarray(labels[:, :, : hu.shape[2]] if cut == "left" else labels[:, :, -hu.shape[2]:])
+            volumes = {s.name: float((labels == s.label).sum()) * voxel_ml for s in CT_STRUCTURES}
+            flags.append(f"one_hemithorax_{'right' if cut == 'left' else 'left'}")
+            if sum(volumes.values()) < MIN_TOTAL_LUNG_ML:
+                raise InputError(image.source or "input", f"targeted field of view: no lung found in the hemithorax "
+                                 f"({sum(volumes.values()):.0f} mL), the body runs out on the patient's {cut}")
+        flags += qc_flags(labels, volumes, image.metadata, orient.obliquity_deg)
+        if cut in ("right", "left"):  # "both": large patients fill full fields of view too, tight crops work
+            flags.append(f"fov_cuts_body_{cut}")
         result_labels = np.ascontiguousarray(orient.from_canonical(labels))
         return CTResult(result_labels, volumes, flags, time.perf_counter() - t0, (hu, labels, orient.spacing))
+
+    def _labels(self, hu: np.ndarray, spacing, progress: Progress | None) -> tuple[np.ndarray, list[str]]:
+        """Canonical labels (airway removed, each lung its main components, nothing below the lungs) and the
+        method's own flags."""
+        flags: list[str] = []
+        if self.method == "net":
+            # canonical (slice, row, column) spacing: the network sees square pixels whatever the scanner sent
+            labels = remove_airway(self._labels_net(hu, progress, (spacing[1], spacing[2])), hu, spacing)
+        else:
+            labels, flags = self._labels_classical(hu, spacing)
+        for value in (RIGHT, LEFT):
+            side = _keep_lung_components(labels == value)
+            labels[(labels == value) & ~side] = 0
+            labels[side & (labels == 0)] = value
+        return drop_below_lungs(labels), flags
 
 
 # a lung below this share of the other one on a one-sided field of view: the other hemithorax is not in the image
 HEMITHORAX_RATIO = 0.25
+
+
+def mirror_across(hu: np.ndarray, cut: str) -> np.ndarray:
+    """The canonical volume with its mirror image joined at the edge where the body runs out (``cut``: the
+    patient's "left" is the last column): a hemithorax becomes a whole, symmetric chest."""
+    flipped = hu[:, :, ::-1]
+    return np.concatenate([hu, flipped] if cut == "left" else [flipped, hu], axis=2)
 
 
 def body_cut_sides(hu: np.ndarray, labels: np.ndarray, share: float = 0.5) -> str:

@@ -7,6 +7,7 @@ import argparse
 import csv
 import json
 import random
+import time
 from pathlib import Path
 
 import numpy as np
@@ -100,10 +101,11 @@ def append_log(path: Path, row: dict) -> None:
         writer.writerow(row)
 
 
-def start_run(doc: str, schema: type, argv=None) -> tuple[argparse.Namespace, dict]:
-    """The training scripts' shared command line (--config --data --run --epochs --threads) and run set-up:
-    the config checked against ``schema`` (training/schemas.py), threads set, run folder created with the
-    effective config.json, everything seeded. Returns (args, config)."""
+def start_run(doc: str, schema: type, argv=None, exportable: bool = False) -> tuple[argparse.Namespace, dict]:
+    """The training scripts' shared command line (--config --data --run --epochs --threads, and --export for a
+    script that ships its run's best weights instead of training when ``exportable``) and run set-up: the config
+    checked against ``schema`` (training/schemas.py), threads set, run folder created with the effective
+    config.json, everything seeded. Returns (args, config)."""
     from training.schemas import read_config
 
     ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -112,6 +114,8 @@ def start_run(doc: str, schema: type, argv=None) -> tuple[argparse.Namespace, di
     ap.add_argument("--run", type=Path, required=True, help="run folder for cache, checkpoints and logs")
     ap.add_argument("--epochs", type=int, help="override the config's epoch count")
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
+    if exportable:
+        ap.add_argument("--export", action="store_true", help="ship the run's weights instead of training")
     args = ap.parse_args(argv)
     cfg = read_config(args.config, schema)
     if args.epochs:
@@ -121,6 +125,15 @@ def start_run(doc: str, schema: type, argv=None) -> tuple[argparse.Namespace, di
     (args.run / "config.json").write_text(json.dumps(cfg, indent=2))
     seed_everything(cfg["seed"])
     return args, cfg
+
+
+def build_once(path: Path, build) -> Path:
+    """``build(path)`` writes the run's cache at ``path`` unless it is there already (a resumed run reuses it)."""
+    if not path.exists():
+        t0 = time.time()
+        build(path)
+        print(f"cache built in {time.time() - t0:.0f}s", flush=True)
+    return path
 
 
 def fp16_agreement(build_net, state: dict, x: torch.Tensor) -> float:

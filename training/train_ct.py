@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lungx_core.models.networks import build_network  # noqa: E402
 from lungx_core.preprocess import ct_window  # noqa: E402
-from training.common import append_log, resume, save_checkpoint, start_run  # noqa: E402
+from training.common import append_log, build_once, resume, save_checkpoint, start_run  # noqa: E402
 from training.ct_data import build_cache, load_cache  # noqa: E402
 from training.losses import SegmentationLoss  # noqa: E402
 from training.schemas import CTSegmentationRun  # noqa: E402
@@ -102,11 +102,7 @@ def validate(net, data: dict, split: str, batch: int = 32) -> dict[str, float]:
 
 def main(argv=None) -> None:
     args, cfg = start_run(__doc__, CTSegmentationRun, argv)
-    cache = args.run / "cache.npz"
-    if not cache.exists():
-        t0 = time.time()
-        build_cache(args.data, cache, cfg["size"])
-        print(f"cache built in {time.time() - t0:.0f}s", flush=True)
+    cache = build_once(args.run / "cache.npz", lambda path: build_cache(args.data, path, cfg["size"]))
     data = load_cache(cache)
     train_idx = np.nonzero(data["split"] == "train")[0]
     print(f"train slices {len(train_idx)}", flush=True)

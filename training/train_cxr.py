@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from lungx_core.anatomy import CXR_CLASSES, CXR_MIRROR_PAIRS  # noqa: E402
 from lungx_core.models.networks import build_network  # noqa: E402
 from lungx_core.preprocess import PreprocessConfig  # noqa: E402
-from training.common import append_log, resume, save_checkpoint, start_run  # noqa: E402
+from training.common import append_log, build_once, resume, save_checkpoint, start_run  # noqa: E402
 from training.cxr_data import Sample, _read_png, build_cache, load_cache, load_targets  # noqa: E402
 from training.losses import SegmentationLoss  # noqa: E402
 from training.schemas import CXRSegmentationRun  # noqa: E402
@@ -140,11 +140,7 @@ def main(argv=None) -> None:
     args, cfg = start_run(__doc__, CXRSegmentationRun, argv)
 
     pre = PreprocessConfig.from_dict(cfg["preprocess"])
-    cache = args.run / "cache.npz"
-    if not cache.exists():
-        t0 = time.time()
-        build_cache(args.data, cache, pre, seed=cfg["seed"])
-        print(f"cache built in {time.time() - t0:.0f}s", flush=True)
+    cache = build_once(args.run / "cache.npz", lambda path: build_cache(args.data, path, pre, seed=cfg["seed"]))
     data = load_cache(cache)
     train_idx = np.nonzero(data["split"] == "train")[0]
     if "train_datasets" in cfg:  # e.g. healthy films only, to measure what synthesis adds

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lungx_core.cxr.gate import GATE_CLASSES  # noqa: E402
 from lungx_core.models.networks import build_network  # noqa: E402
-from training.common import fit_classifier, start_run  # noqa: E402
+from training.common import build_once, fit_classifier, start_run  # noqa: E402
 from training.gate_data import build_cache  # noqa: E402
 from training.schemas import GateRun  # noqa: E402
 
@@ -90,16 +89,8 @@ def report(probs: np.ndarray, labels: np.ndarray, threshold: float) -> dict:
 
 
 def main(argv=None) -> None:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    export = "--export" in argv
-    if export:
-        argv.remove("--export")
-    args, cfg = start_run(__doc__, GateRun, argv)
-    cache = args.run / "cache.npz"
-    if not cache.exists():
-        t0 = time.time()
-        build_cache(args.data, cache, cfg["seed"])
-        print(f"cache built in {time.time() - t0:.0f}s", flush=True)
+    args, cfg = start_run(__doc__, GateRun, argv, exportable=True)
+    cache = build_once(args.run / "cache.npz", lambda path: build_cache(args.data, path, cfg["seed"]))
     z = np.load(cache)
     images, labels, split = z["images"], z["labels"], z["split"]
     train, val = np.nonzero(split == "train")[0], np.nonzero(split == "val")[0]
@@ -120,8 +111,8 @@ def main(argv=None) -> None:
     def val_accuracy() -> float:
         return float((predict(net, images[val]).argmax(1) == labels[val]).mean())
 
-    fit_classifier(args.run, cfg, net, len(train), batch_loss, val_accuracy, train=not export)
-    if export:
+    fit_classifier(args.run, cfg, net, len(train), batch_loss, val_accuracy, train=not args.export)
+    if args.export:
         export_gate(args, cfg, net, images, labels, split, z["source"])
 
 

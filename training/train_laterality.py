@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from lungx_core.cxr.gate import gate_input  # noqa: E402
 from lungx_core.cxr.laterality import LATERALITY_CLASSES  # noqa: E402
 from lungx_core.models.networks import build_network  # noqa: E402
-from training.common import fit_classifier, start_run  # noqa: E402
+from training.common import build_once, fit_classifier, start_run  # noqa: E402
 from training.gate_data import film_paths, is_validation, read_film  # noqa: E402
 from training.schemas import LateralityRun  # noqa: E402
 from training.train_gate import augment  # noqa: E402
@@ -70,16 +69,8 @@ def predict_mirrored(net, images: np.ndarray, batch: int = 128) -> np.ndarray:
 
 
 def main(argv=None) -> None:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    export = "--export" in argv
-    if export:
-        argv.remove("--export")
-    args, cfg = start_run(__doc__, LateralityRun, argv)
-    cache = args.run / "cache.npz"
-    if not cache.exists():
-        t0 = time.time()
-        build_cache(args.data, cache)
-        print(f"cache built in {time.time() - t0:.0f}s", flush=True)
+    args, cfg = start_run(__doc__, LateralityRun, argv, exportable=True)
+    cache = build_once(args.run / "cache.npz", lambda path: build_cache(args.data, path))
     z = np.load(cache)
     train_x, train_y = both_ways(z["images"][z["split"] == "train"])
     val_x, val_y = both_ways(z["images"][z["split"] == "val"])
@@ -95,8 +86,8 @@ def main(argv=None) -> None:
     def val_accuracy() -> float:
         return float(((predict_mirrored(net, val_x) >= 0.5) == val_y).mean())
 
-    fit_classifier(args.run, cfg, net, len(train_x), batch_loss, val_accuracy, train=not export)
-    if export:
+    fit_classifier(args.run, cfg, net, len(train_x), batch_loss, val_accuracy, train=not args.export)
+    if args.export:
         export_laterality(args, cfg, net, z)
 
 

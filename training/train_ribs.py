@@ -50,18 +50,14 @@ def dice(logits: torch.Tensor, target: torch.Tensor) -> float:
 
 
 def main(argv=None) -> None:
-    import sys
-
-    argv = sys.argv[1:] if argv is None else list(argv)
-    export = "--export" in argv  # ship best.pt instead of training (start_run's parser does not know the flag)
-    args, cfg = start_run(__doc__, RibsRun, [a for a in argv if a != "--export"])
+    args, cfg = start_run(__doc__, RibsRun, argv, exportable=True)
     cache = np.load(build_rib_cache(args.data, args.run / "rib_cache.npz", cfg["size"]))
     val = cache["case"] == VALIDATION_CT
     train_idx, val_idx = np.where(~val)[0], np.where(val)[0]
     val_x = render_films(cache["drr"][val_idx], cache["soft"][val_idx], None)
     val_y = torch.from_numpy(cache["ribs"][val_idx][:, None])
     net = build_network(cfg["arch"], 1, 1, **cfg["arch_options"])
-    if export:
+    if args.export:
         return export_model(args, cfg, net, val_x, val_y)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, cfg["lr"], total_steps=cfg["epochs"] * cfg["steps_per_epoch"])

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import torch
-from films import sample_film_png
+from films import sample_film_png, seconds_per_case
 
 from lungx_core.cxr.nodules import NoduleDetector
 from lungx_core.tasks.nodule_detection import detect_nodules_case
@@ -39,13 +39,8 @@ def main() -> None:
         detector = NoduleDetector(device=args.device)
         gate = FrontalChestGate(device=args.device)
         cases = [Case(f.stem, f) for f in files]
-        detect_nodules_case(cases[0], detector, Path(tmp) / "warm", gate)  # first call: lazy imports
-        t0 = time.perf_counter()
-        for i in range(args.repeat):
-            for case in cases:
-                row = detect_nodules_case(case, detector, Path(tmp) / f"out{i}", gate)
-                assert row["status"] == "ok", row["error"]
-        end_to_end = (time.perf_counter() - t0) / (args.repeat * len(cases))
+        end_to_end = seconds_per_case(lambda case, out: detect_nodules_case(case, detector, out, gate), cases,
+                                      Path(tmp), args.repeat)
         arrays = [read_radiograph(f).array for f in files]
         t0 = time.perf_counter()
         for _ in range(args.repeat):

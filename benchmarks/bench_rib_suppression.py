@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from films import sample_film_png
+from films import sample_film_png, seconds_per_case
 
 from lungx_core.image import MedicalImage
 from lungx_core.tasks.rib_suppression import RibSuppressor, SuppressionSettings, suppress_ribs_case
@@ -42,13 +42,8 @@ def main() -> None:
         gate = FrontalChestGate(device=args.device)
         settings = SuppressionSettings()
         cases = [Case(f.stem, f) for f in files]
-        suppress_ribs_case(cases[0], suppressor, Path(tmp) / "warm", settings, gate=gate)  # loads the model
-        t0 = time.perf_counter()
-        for i in range(args.repeat):
-            for case in cases:
-                row = suppress_ribs_case(case, suppressor, Path(tmp) / f"out{i}", settings, gate=gate)
-                assert row["status"] == "ok", row["error"]
-        seconds = (time.perf_counter() - t0) / (args.repeat * len(cases))
+        seconds = seconds_per_case(lambda case, out: suppress_ribs_case(case, suppressor, out, settings, gate=gate),
+                                   cases, Path(tmp), args.repeat)
         from lungx_core.io.readers import read_radiograph
 
         shape = read_radiograph(files[0]).array.shape

@@ -3,6 +3,7 @@ written as a 16-bit PNG (what a 2k detector export looks like to the readers).""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -22,3 +23,15 @@ def sample_film_png(folder: Path, long_side: int = 2048) -> Path:
     path = Path(folder) / "sample.png"
     write_png(path, (np.clip((film - low) / (high - low), 0, 1) * 65535).astype(np.uint16))
     return path
+
+
+def seconds_per_case(process, cases: list, out: Path, repeat: int) -> float:
+    """Mean seconds of ``process(case, folder)`` (a task's ``*_case`` function, which returns a results row) per
+    case over ``repeat`` rounds, after one untimed call that pays the lazy imports; every row must be ok."""
+    process(cases[0], Path(out) / "warm")
+    t0 = time.perf_counter()
+    for i in range(repeat):
+        for case in cases:
+            row = process(case, Path(out) / f"out{i}")
+            assert row["status"] == "ok", row["error"]
+    return (time.perf_counter() - t0) / (repeat * len(cases))

@@ -217,8 +217,8 @@ class LungXSlicerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         combo = self.ui.taskComboBox
         if p.task and combo.itemData(combo.currentIndex) != p.task and combo.findData(p.task) >= 0:
             self.selectTask(p.task)
-        elif self._savedOptions().get(p.task, {}) != self._optionValues():
-            self._showOptions(self._savedOptions().get(p.task, {}))
+        elif (saved := self._savedOptions().get(p.task, {})) != self._optionValues():
+            self._showOptions(saved)
         self._checkCanApply()
 
     # Tasks come from lungx_core's registry: a task added there appears here without GUI changes.

@@ -45,14 +45,6 @@ def _side_by_side(*images: np.ndarray, gap: int = 6) -> np.ndarray:
     return np.concatenate(parts, axis=1)
 
 
-def _add(slicer, image, name):
-    from LungXSlicerLib.geometry import as_slicer_array, ijk_to_ras
-
-    return slicer.util.addVolumeFromArray(
-        as_slicer_array(image.array), ijk_to_ras(image.spacing, image.origin, image.direction), name
-    )
-
-
 def _grab(qt, widget) -> np.ndarray:
     image = widget.grab().toImage().convertToFormat(qt.QImage.Format_RGB888)
     width, height, stride = image.width(), image.height(), image.bytesPerLine()
@@ -62,13 +54,15 @@ def _grab(qt, widget) -> np.ndarray:
 
 def panel(slicer, module, qt, out: Path) -> None:
     """The panel after a cxr-anatomy run on the sample film: task, options, status and results table."""
+    from slicer_mrml import volume_node
+
     from lungx_core.io.sample import sample_radiograph
 
     widget = module.LungXSlicerWidget()
     widget.setup()
     widget.parent.resize(470, 900)
     widget.parent.show()
-    node = _add(slicer, sample_radiograph(), "sample film")
+    node = volume_node(sample_radiograph(), "sample film")
     widget.ui.inputSelector.setCurrentNode(node)
     widget.ui.forceCpuCheckBox.setChecked(True)
     widget.onApplyButton()
@@ -86,11 +80,12 @@ def panel(slicer, module, qt, out: Path) -> None:
 
 def ct_lungs(slicer, module, out: Path) -> None:
     """CT lungs: anterior 3-D view and the axial slice (patient's right on the screen's left in both)."""
+    from slicer_mrml import volume_node
     from slicer_views import SliceView, ThreeDView
 
     from lungx_core.io.sample import sample_ct
 
-    node = _add(slicer, sample_ct(), "sample CT")
+    node = volume_node(sample_ct(), "sample CT")
     node.CreateDefaultDisplayNodes()
     node.GetDisplayNode().SetAutoWindowLevel(0)
     node.GetDisplayNode().SetWindowLevel(1500, -500)  # lung window
@@ -107,11 +102,12 @@ def ct_lungs(slicer, module, out: Path) -> None:
 
 def cxr_anatomy(slicer, module, out: Path):
     """The film in the coronal view with its lungs, heart and clavicles."""
+    from slicer_mrml import volume_node
     from slicer_views import SliceView
 
     from lungx_core.io.sample import sample_radiograph
 
-    node = _add(slicer, sample_radiograph(), "sample film")
+    node = volume_node(sample_radiograph(), "sample film")
     module.LungXSlicerLogic().run("cxr-anatomy", node, device="cpu", fast=True)
     view = SliceView(slicer.mrmlScene, slicer.app.applicationLogic(), "Green", "Coronal", size=(440, 440))
     view.show(node)
@@ -145,6 +141,7 @@ def nodules(slicer, module, out: Path) -> None:
     misses the fainter ones on this blurred DRR. The simulation is training/nodule_sim.py's."""
     from dataclasses import replace
 
+    from slicer_mrml import volume_node
     from slicer_views import SliceView
 
     from lungx_core.io.sample import sample_radiograph
@@ -156,7 +153,7 @@ def nodules(slicer, module, out: Path) -> None:
     scale = float(np.percentile(film.array, 99) - np.percentile(film.array, 1))  # contrast is of the film's range
     nodule = Nodule(x=0.32 * cols, y=0.42 * rows, diameter=14.0 / pixel, amplitude=0.12 * scale, kind="solid")
     array = film.array + render_nodules(film.array.shape, [nodule], np.random.default_rng(0))
-    node = _add(slicer, replace(film, array=array.astype(film.array.dtype)), "film with a simulated nodule")
+    node = volume_node(replace(film, array=array.astype(film.array.dtype)), "film with a simulated nodule")
     result = module.LungXSlicerLogic().run("cxr-nodules", node, device="cpu", fast=True)
     for markups in result.markups:  # a small dot at the centre, so the nodule stays visible around it
         display = markups.GetDisplayNode()
@@ -182,21 +179,23 @@ def main(argv=None) -> list[Path]:
     if reason:
         raise SystemExit(f"cannot render: {reason}")
     with pytest.MonkeyPatch.context() as patch:
-        slicer = install(patch, with_qt=True)
-        import qt
 
-        module = importlib.import_module("LungXSlicer")
-        module.loadTerminology()
-        panel(slicer, module, qt, args.out)
-        for step in (ct_lungs, cxr_anatomy):
-            slicer = install(patch, with_qt=True)  # a fresh scene per picture
+        def fresh_scene():
+            """A new scene with the module imported against it (each picture shows only its own nodes)."""
+            slicer = install(patch, with_qt=True)
             module = importlib.import_module("LungXSlicer")
             module.loadTerminology()
-            film = step(slicer, module, args.out)
+            return slicer, module
+
+        slicer, module = fresh_scene()
+        import qt  # PySide6 as PythonQt, which install() puts in place
+
+        panel(slicer, module, qt, args.out)
+        ct_lungs(*fresh_scene(), args.out)
+        slicer, module = fresh_scene()
+        film = cxr_anatomy(slicer, module, args.out)
         rib_suppression(slicer, module, film, args.out)
-        slicer = install(patch, with_qt=True)
-        module = importlib.import_module("LungXSlicer")
-        nodules(slicer, module, args.out)
+        nodules(*fresh_scene(), args.out)
     written = [args.out / name for name in NAMES]
     for path in written:
         print(f"{path} {path.stat().st_size // 1024} kB")

@@ -295,6 +295,17 @@ def install(monkeypatch, with_qt: bool = False) -> types.ModuleType:
     return slicer
 
 
+def volume_node(image, name: str):
+    """A lungx_core MedicalImage as a scalar volume node of the current scene, with its geometry (LPS -> RAS), as
+    the module's worker results are placed."""
+    import slicer
+    from LungXSlicerLib.geometry import as_slicer_array, ijk_to_ras
+
+    return slicer.util.addVolumeFromArray(
+        as_slicer_array(image.array), ijk_to_ras(image.spacing, image.origin, image.direction), name
+    )
+
+
 def terminology_entry_in_list(terminologies, entry: str) -> bool:
     """Whether a terminology entry string (context~category~type~modifier~...) names a category, type and
     modifier that its context's loaded list really holds (Slicer's own look-up accepts any entry)."""

@@ -170,7 +170,7 @@ def _oblique_film(film: np.ndarray) -> MedicalImage:
 def test_markups_load_in_real_mrml_on_the_nodule_in_ras(tmp_path, monkeypatch):
     import importlib
 
-    from slicer_mrml import install
+    from slicer_mrml import install, volume_node
 
     from lungx_core.io.writers import write_image
 
@@ -184,10 +184,7 @@ def test_markups_load_in_real_mrml_on_the_nodule_in_ras(tmp_path, monkeypatch):
 
     slicer = install(monkeypatch)
     module = importlib.import_module("LungXSlicer")
-    from LungXSlicerLib.geometry import as_slicer_array, ijk_to_ras
-
-    node = slicer.util.addVolumeFromArray(as_slicer_array(image.array), ijk_to_ras(image.spacing, image.origin,
-                                                                                   image.direction), "film")
+    node = volume_node(image, "film")
     markups_path = next(p for p in paths if p.name.endswith(".mrk.json"))
     markups = module.LungXSlicerLogic()._importMarkups(markups_path, node, "cxr-nodules")
     assert markups.GetNumberOfControlPoints() == result.measurements["n_findings"]

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import phantom_radiograph
-from slicer_mrml import install, terminology_entry_in_list
+from slicer_mrml import install, terminology_entry_in_list, volume_node
 
 from lungx_core.anatomy import CXR_STRUCTURES, LUNGS, OPACITY, RIBS, TERMINOLOGY_CONTEXT
 from lungx_core.image import MedicalImage
@@ -33,14 +33,6 @@ def mrml(monkeypatch):
     module = importlib.import_module("LungXSlicer")
     assert module.loadTerminology() == LUNGX_CONTEXT
     return slicer, module
-
-
-def _node(slicer, image: MedicalImage, name: str):
-    from LungXSlicerLib.geometry import as_slicer_array, ijk_to_ras
-
-    return slicer.util.addVolumeFromArray(
-        as_slicer_array(image.array), ijk_to_ras(image.spacing, image.origin, image.direction), name
-    )
 
 
 def _ijk_to_ras(slicer, node) -> np.ndarray:
@@ -112,7 +104,7 @@ def _film(rows=200, cols=180) -> MedicalImage:
 def test_results_go_to_the_inputs_study_and_transform_table_untransformed(mrml, tmp_path):
     """On main before this fix, the table got SetAndObserveTransformNodeID, which real MRML rejects."""
     slicer, module = mrml
-    node = _node(slicer, _film(), "film")
+    node = volume_node(_film(), "film")
     transform = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "shift")
     node.SetAndObserveTransformNodeID(transform.GetID())
     sh, study = _in_study(slicer, node)
@@ -128,7 +120,7 @@ def test_results_go_to_the_inputs_study_and_transform_table_untransformed(mrml, 
 def test_segments_names_colours_terminology_geometry_and_sides(mrml, tmp_path):
     slicer, module = mrml
     film = _film()
-    node = _node(slicer, film, "film")
+    node = volume_node(film, "film")
     seg = module.LungXSlicerLogic().importResults(_cxr_outputs(tmp_path, film), node).segmentation
     assert _segment_ids(seg) == [s.name for s in CXR_STRUCTURES]
     for s in CXR_STRUCTURES:
@@ -174,7 +166,7 @@ def _assert_sides(slicer, seg, node, left_id, right_id) -> None:
 def test_reused_segmentation_holds_only_the_last_runs_segments(mrml, tmp_path):
     slicer, module = mrml
     film = _film()
-    node = _node(slicer, film, "film")
+    node = volume_node(film, "film")
     logic = module.LungXSlicerLogic()
     first = logic.importResults(_cxr_outputs(tmp_path, film), node).segmentation
     other = _cxr_outputs(tmp_path, film, (OPACITY,), "input_opacity_mask.seg.nrrd")
@@ -190,7 +182,7 @@ def test_results_table_has_one_row_per_name(mrml, tmp_path):
     film = _film()
     outputs = _cxr_outputs(tmp_path, film)
     outputs.measurements["seconds"] = 0.7
-    table = module.LungXSlicerLogic().importResults(outputs, _node(slicer, film, "film")).table
+    table = module.LungXSlicerLogic().importResults(outputs, volume_node(film, "film")).table
     names = [table.GetCellText(r, 0) for r in range(table.GetNumberOfRows())]
     assert len(names) == len(set(names)) and _table(table)["seconds"] == "1.0"
 
@@ -206,7 +198,7 @@ def test_a_structure_not_found_is_reported_not_added_empty(mrml, tmp_path):
     masks["lung_left"][50:150, 100:160] = masks["lung_right"][50:150, 20:80] = True
     write_seg_nrrd(tmp_path / "input.seg.nrrd", film, masks, CXR_STRUCTURES)
     outputs = results.TaskOutputs("cxr-anatomy", "cpu", 1.0, segmentations=[tmp_path / "input.seg.nrrd"])
-    result = module.LungXSlicerLogic().importResults(outputs, _node(slicer, film, "film"))
+    result = module.LungXSlicerLogic().importResults(outputs, volume_node(film, "film"))
     assert _segment_ids(result.segmentation) == ["lung_left", "lung_right"]
     assert result.notFound == ["heart", "clavicle_left", "clavicle_right"]
     assert _table(result.table)["not_found"] == "heart, clavicle_left, clavicle_right"
@@ -218,7 +210,7 @@ def test_a_result_never_goes_into_another_inputs_node(mrml, tmp_path):
     segmentation with the film's segments."""
     slicer, module = mrml
     film = _film()
-    first_input, second_input = _node(slicer, film, "first"), _node(slicer, film, "second")
+    first_input, second_input = volume_node(film, "first"), volume_node(film, "second")
     logic = module.LungXSlicerLogic()
     first = logic.importResults(_cxr_outputs(tmp_path, film), first_input)
     again = logic.importResults(_cxr_outputs(tmp_path, film), first_input, outputSegmentation=first.segmentation)
@@ -235,7 +227,7 @@ def test_volumes_are_named_by_what_they_are(mrml, tmp_path):
 
     slicer, module = mrml
     film = _film()
-    node = _node(slicer, film, "film")
+    node = volume_node(film, "film")
     paths = []
     for name in ("input_synthetic.nrrd", "input_ribs_suppressed.nrrd"):
         write_image(tmp_path / name, film, film.array[::-1].copy())
@@ -271,9 +263,9 @@ def test_parameter_node_and_modality(mrml):
     slicer, module = mrml
     parameters = module.LungXSlicerLogic().getParameterNode()
     assert parameters.task == "" and parameters.forceCpu is False
-    assert module.LungXSlicerLogic.modalityOf(_node(slicer, _film(), "film")) == "CXR"
+    assert module.LungXSlicerLogic.modalityOf(volume_node(_film(), "film")) == "CXR"
     ct = MedicalImage(np.zeros((6, 32, 32), np.int16), modality="CT")
-    assert module.LungXSlicerLogic.modalityOf(_node(slicer, ct, "ct")) == "CT"
+    assert module.LungXSlicerLogic.modalityOf(volume_node(ct, "ct")) == "CT"
 
 
 def test_logic_lists_tasks_from_lungx_core(mrml):
@@ -286,7 +278,7 @@ def test_logic_lists_tasks_from_lungx_core(mrml):
 @pytest.mark.slow
 def test_logic_run_reports_progress_and_removes_its_temporary_folder(mrml):
     slicer, module = mrml
-    node = _node(slicer, _film(256, 240), "chest film")
+    node = volume_node(_film(256, 240), "chest film")
     seen = []
     logic = module.LungXSlicerLogic()
     run = logic.start("cxr-anatomy", node, device="cpu", fast=True, threshold=0.5, input_check="off")  # a phantom
@@ -302,7 +294,7 @@ def test_unknown_task_and_non_volumes_are_refused(mrml):
     slicer, module = mrml
     logic = module.LungXSlicerLogic()
     with pytest.raises(ValueError, match="unknown task"):
-        logic.start("no-such-task", _node(slicer, _film(), "film"))
+        logic.start("no-such-task", volume_node(_film(), "film"))
     labelmap = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "labels")
     with pytest.raises(ValueError, match="scalar volume"):
         logic.start("cxr-anatomy", labelmap)
@@ -372,7 +364,7 @@ def test_every_task_imports_into_real_nodes(mrml, worker_outputs, task):
     slicer, module = mrml
     manifest, image = worker_outputs[task]
     info = TASKS[task]
-    node = _node(slicer, image, "study input")
+    node = volume_node(image, "study input")
     transform = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "registration")
     node.SetAndObserveTransformNodeID(transform.GetID())
     sh, study = _in_study(slicer, node)

@@ -14,7 +14,7 @@ import time
 
 import numpy as np
 import pytest
-from slicer_mrml import install
+from slicer_mrml import install, volume_node
 
 from lungx_core.tasks import registry
 
@@ -34,18 +34,10 @@ def panel(monkeypatch):
     widget.parent.deleteLater()
 
 
-def _add(slicer, image, name: str):
-    from LungXSlicerLib.geometry import as_slicer_array, ijk_to_ras
-
-    return slicer.util.addVolumeFromArray(
-        as_slicer_array(image.array), ijk_to_ras(image.spacing, image.origin, image.direction), name
-    )
-
-
 def _film(slicer, name="film"):
     from lungx_core.io.sample import sample_radiograph
 
-    return _add(slicer, sample_radiograph(), name)
+    return volume_node(sample_radiograph(), name)
 
 
 def _small_ct(slicer, name="ct"):
@@ -53,7 +45,7 @@ def _small_ct(slicer, name="ct"):
 
     from lungx_core.image import MedicalImage
 
-    return _add(slicer, MedicalImage(chest_phantom(), spacing=(1.5, 1.5, 3.0), modality="CT"), name)
+    return volume_node(MedicalImage(chest_phantom(), spacing=(1.5, 1.5, 3.0), modality="CT"), name)
 
 
 def _task(widget) -> str:

@@ -14,7 +14,7 @@ import importlib
 
 import numpy as np
 import pytest
-from slicer_mrml import install, terminology_lookup
+from slicer_mrml import install, terminology_lookup, volume_node
 from slicer_views import SliceView, ThreeDView, colour_mask, gl_unavailable
 
 from lungx_core.io.sample import sample_ct, sample_radiograph
@@ -34,14 +34,6 @@ def mrml(monkeypatch, gl):
     module = importlib.import_module("LungXSlicer")
     module.loadTerminology()
     return slicer, module
-
-
-def _add(slicer, image, name):
-    from LungXSlicerLib.geometry import as_slicer_array, ijk_to_ras
-
-    return slicer.util.addVolumeFromArray(
-        as_slicer_array(image.array), ijk_to_ras(image.spacing, image.origin, image.direction), name
-    )
 
 
 def _segment(seg, segment_id):
@@ -84,7 +76,7 @@ def _assert_right_on_screen_left(pixels, colours, right="lung_right", left="lung
 
 def test_ct_lungs_right_on_screen_left_in_3d_axial_and_coronal(mrml):
     slicer, module = mrml
-    node = _add(slicer, sample_ct(), "chest CT")
+    node = volume_node(sample_ct(), "chest CT")
     result = module.LungXSlicerLogic().run("ct-lungs", node, device="cpu", fast=True)
     seg = result.segmentation
     colours = _assert_colours(slicer, module, seg, ["lung_right", "lung_left"])
@@ -107,7 +99,7 @@ def test_ct_lungs_right_on_screen_left_in_3d_axial_and_coronal(mrml):
 
 def test_film_segmentation_on_the_film_right_on_screen_left(mrml):
     slicer, module = mrml
-    node = _add(slicer, sample_radiograph(), "film")
+    node = volume_node(sample_radiograph(), "film")
     result = module.LungXSlicerLogic().run("cxr-anatomy", node, device="cpu", fast=True)
     seg = result.segmentation
     ids = [seg.GetSegmentation().GetNthSegmentID(i) for i in range(seg.GetSegmentation().GetNumberOfSegments())]

@@ -218,7 +218,7 @@ class CTLungSegmenter:
         hu = orient.to_canonical(image.array)
         labels, flags = self._labels(hu, orient.spacing, progress)
         voxel_ml = float(np.prod(orient.spacing)) / 1000.0
-        volumes = {s.name: float((labels == s.label).sum()) * voxel_ml for s in CT_STRUCTURES}
+        volumes = lung_volumes(labels, voxel_ml)
         if sum(volumes.values()) < MIN_TOTAL_LUNG_ML:
             raise InputError(
                 image.source or "input", f"no lungs found ({sum(volumes.values()):.0f} mL of lung): not a chest CT?"
@@ -231,7 +231,7 @@ class CTLungSegmenter:
             # image is kept. The other lung is not in the image (flagged), so its volume is not measured.
             labels, flags = self._labels(mirror_across(hu, cut), orient.spacing, progress)
             labels = np.ascontiguousarray(labels[:, :, : hu.shape[2]] if cut == "left" else labels[:, :, -hu.shape[2]:])
-            volumes = {s.name: float((labels == s.label).sum()) * voxel_ml for s in CT_STRUCTURES}
+            volumes = lung_volumes(labels, voxel_ml)
             flags.append(f"one_hemithorax_{'right' if cut == 'left' else 'left'}")
             if sum(volumes.values()) < MIN_TOTAL_LUNG_ML:
                 raise InputError(image.source or "input", f"targeted field of view: no lung found in the hemithorax "
@@ -260,6 +260,11 @@ class CTLungSegmenter:
 
 # a lung below this share of the other one on a one-sided field of view: the other hemithorax is not in the image
 HEMITHORAX_RATIO = 0.25
+
+
+def lung_volumes(labels: np.ndarray, voxel_ml: float) -> dict[str, float]:
+    """mL of each lung in a label volume."""
+    return {s.name: float((labels == s.label).sum()) * voxel_ml for s in CT_STRUCTURES}
 
 
 def mirror_across(hu: np.ndarray, cut: str) -> np.ndarray:

@@ -33,11 +33,6 @@ def _connect(self, signature: str, slot) -> bool:
     return True
 
 
-def _disconnect(self, signature: str, slot=None) -> bool:
-    signal = getattr(self, signature.split("(", 1)[0].strip())
-    return bool(signal.disconnect(slot) if slot is not None else signal.disconnect())
-
-
 def pythonqt_class(cls: type) -> type:
     """``cls`` (a PySide6 QObject class) with its Qt properties as attributes, ``connect`` by signature and
     ``name``; made once per class."""
@@ -45,7 +40,7 @@ def pythonqt_class(cls: type) -> type:
         return _CLASSES[cls.__name__]
     from PySide6 import QtCore
 
-    namespace = {"__module__": "qt", "connect": _connect, "disconnect": _disconnect}
+    namespace = {"__module__": "qt", "connect": _connect}
     meta = cls.staticMetaObject
     for i in range(meta.propertyCount()):
         name = meta.property(i).name()

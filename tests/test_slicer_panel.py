@@ -53,14 +53,17 @@ def _task(widget) -> str:
     return combo.itemData(combo.currentIndex)
 
 
-def _finish(qt, widget, timeout: float = 240.0) -> None:
-    """Process Qt events (the panel's timer polls the worker) until the run ends."""
+def _finish(qt, widget, timeout: float = 240.0) -> set[str]:
+    """Process Qt events (the panel's timer polls the worker) until the run ends; the status texts shown meanwhile."""
     end = time.monotonic() + timeout
+    shown = set()
     while widget._run is not None:
         assert time.monotonic() < end, f"the run did not end in {timeout} s: {widget.ui.statusLabel.text}"
         qt.QApplication.processEvents()
+        shown.add(widget.ui.statusLabel.text)
         time.sleep(0.02)
     qt.QApplication.processEvents()
+    return shown
 
 
 def test_panel_lists_the_registry_tasks_and_their_options(panel):
@@ -156,13 +159,7 @@ def test_apply_cancel_apply_ends_with_results_in_the_panel(panel):
     assert slicer.mrmlScene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode") == segmentations
 
     widget.onApplyButton()
-    seen = set()
-    end = time.monotonic() + 240
-    while widget._run is not None and time.monotonic() < end:
-        qt.QApplication.processEvents()
-        seen.add(ui.statusLabel.text)
-        time.sleep(0.02)
-    _finish(qt, widget)
+    seen = _finish(qt, widget)
     status = ui.statusLabel.text
     assert status.startswith("Done in ") and " s on cpu" in status, status
     assert any(s.endswith(" s)") or "left" in s for s in seen if s != "Starting..."), seen  # progress with time

@@ -205,6 +205,13 @@ def test_heart_solidity_flags_a_ragged_heart_and_clavicles_are_counted():
     m = postprocess.measure({**masks, "heart": ragged}, p, None)
     assert m.heart_solidity < postprocess.HEART_MIN_SOLIDITY and "heart_ragged" in m.flags
     assert postprocess.solidity(np.zeros((5, 5), bool)) is None
+    from skimage.morphology import convex_hull_image
+
+    rng = np.random.default_rng(0)
+    shapes = [ragged, masks["lung_left"], rng.random((40, 50)) < 0.1, np.eye(9, dtype=bool), np.zeros((7, 7), bool)]
+    shapes[-1][3, 1:6] = True  # one row
+    for shape in shapes:  # the row-by-row count is skimage's, pixel for pixel
+        assert postprocess.convex_hull_pixels(shape) == convex_hull_image(shape).sum()
     found = m.clavicles_found
     no_right = postprocess.measure({**masks, "clavicle_right": np.zeros_like(masks["heart"])}, p, None)
     assert no_right.clavicles_found == found - 1 and "clavicle_right_not_found" in no_right.flags

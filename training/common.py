@@ -136,6 +136,21 @@ def build_once(path: Path, build) -> Path:
     return path
 
 
+def warm_start(net, model: str, strict: bool = False) -> None:
+    """Start ``net`` from the shipped network ``model`` (fp16 weights cast back): every tensor whose name and
+    shape match, or, with ``strict``, all of them (the same architecture fine-tuned)."""
+    from safetensors.torch import load_file
+
+    from lungx_core.models.store import model_paths
+
+    state = {k: v.float() for k, v in load_file(str(model_paths(model)[0])).items()}
+    own = net.state_dict()
+    loaded = state if strict else {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    own.update(loaded)
+    net.load_state_dict(own, strict=strict)
+    print(f"warm start from {model}: {len(loaded)} of {len(own)} tensors", flush=True)
+
+
 def fp16_agreement(build_net, state: dict, x: torch.Tensor) -> float:
     """Dice between the predictions (logit > 0) of fp32 weights and of the same weights rounded to fp16 on
     ``x``; 1.0 means shipping fp16 changes nothing."""

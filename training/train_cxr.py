@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from lungx_core.anatomy import CXR_CLASSES, CXR_MIRROR_PAIRS  # noqa: E402
 from lungx_core.models.networks import build_network  # noqa: E402
 from lungx_core.preprocess import PreprocessConfig  # noqa: E402
-from training.common import append_log, build_once, resume, save_checkpoint, start_run  # noqa: E402
+from training.common import append_log, build_once, resume, save_checkpoint, start_run, warm_start  # noqa: E402
 from training.cxr_data import Sample, _read_png, build_cache, load_cache, load_targets  # noqa: E402
 from training.losses import SegmentationLoss  # noqa: E402
 from training.schemas import CXRSegmentationRun  # noqa: E402
@@ -157,13 +157,8 @@ def main(argv=None) -> None:
         opt, max_lr=cfg["lr"], total_steps=cfg["epochs"] * steps_per_epoch, pct_start=0.05
     )
     start_epoch, best = resume(args.run, net, opt, sched)
-    if start_epoch == 0 and "init" in cfg:  # fine-tune from a shipped model (fp16 weights, cast back)
-        from safetensors.torch import load_file
-
-        from lungx_core.models.store import model_paths
-
-        net.load_state_dict({k: v.float() for k, v in load_file(str(model_paths(cfg["init"])[0])).items()})
-        print(f"initialised from {cfg['init']}", flush=True)
+    if start_epoch == 0 and "init" in cfg:  # fine-tune a shipped model
+        warm_start(net, cfg["init"], strict=True)
 
     augment = make_augment(cfg, cfg["seed"] + start_epoch)
     # seeded per start epoch, as augment: a resumed run draws afresh

@@ -37,7 +37,7 @@ import torch
 
 from lungx_core.cxr.nodules import blank_regions, decode, detector_input, predict_heat
 from lungx_core.models.networks import build_network
-from training.common import append_log, resume, save_checkpoint, seed_everything
+from training.common import append_log, resume, save_checkpoint, seed_everything, warm_start
 from training.nodule_sim import Nodule, random_nodules, render_nodules
 from training.schemas import NoduleRun, read_config
 
@@ -186,20 +186,6 @@ def sample(films, kinds: list[list[int]], real: dict, cfg: dict, rng: np.random.
     return [np.ascontiguousarray(a, np.float32) for a in (crop[None], heat[None], size[None], weight[None])]
 
 
-def init_from(net, model: str) -> None:
-    """Every weight of the shipped network ``model`` whose name and shape match (all but the output layer)."""
-    from safetensors.torch import load_file
-
-    from lungx_core.models.store import model_paths
-
-    state = {k: v.float() for k, v in load_file(str(model_paths(model)[0])).items()}
-    own = net.state_dict()
-    loaded = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
-    own.update(loaded)
-    net.load_state_dict(own)
-    print(f"warm start from {model}: {len(loaded)} of {len(own)} tensors", flush=True)
-
-
 def build(cfg: dict):
     return build_network(cfg["arch"], 1, 2, **cfg["arch_options"])
 
@@ -214,7 +200,7 @@ def train(args, cfg, films, real) -> Path:
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, cfg["lr"], total_steps=cfg["steps"], pct_start=0.05)
     start, _ = resume(folder, net, opt, sched)  # counted in steps here, not epochs
     if start == 0:
-        init_from(net, cfg["init"])
+        warm_start(net, cfg["init"])
         with torch.no_grad():  # a rare-event prior: the heatmap starts near 0.01 everywhere
             last = [m for m in net.modules() if isinstance(m, torch.nn.Conv2d | torch.nn.ConvTranspose2d)][-1]
             if last.bias is not None:
@@ -278,19 +264,46 @@ def report(args) -> dict:
     from lungx_core.eval.evaluate import froc_summary, read_nodules
 
     candidates: dict[str, list] = {}
+    widths: dict[str, list] = {}  # the same candidates' blob widths (px at 512, before any calibration)
     for k in range(FOLDS):
         with open(args.run / f"fold_{k}" / "candidates.csv") as f:
             for r in csv.DictReader(f):
                 lst = candidates.setdefault(r["case_id"], [])
                 if r["probability"]:
                     lst.append((float(r["col"]), float(r["row"]), float(r["probability"])))
+                    widths.setdefault(r["case_id"], []).append(float(r["diameter_px"]))
     truth = read_nodules(args.data / JSRT / "nodules.csv")
     summary = froc_summary(candidates, truth, pixel_mm=0.7)
+    summary["diameter"] = diameter_calibration(candidates, widths, truth)
     (args.run / "cv.json").write_text(json.dumps(summary, indent=2))
     print(json.dumps({k: v for k, v in summary.items() if k != "curve"}, indent=2))
     plot_froc(summary, args.run / "froc.png")
     review(args, candidates, truth, summary)
     return summary
+
+
+def diameter_calibration(candidates: dict, widths: dict, truth: list[dict]) -> dict:
+    """How the candidates' blob widths relate to the true diameters over the cross-validated hits (each nodule's
+    most probable candidate within its hit radius): the median width / diameter ratio (its inverse calibrates the
+    shipped model: ``diameter_scale``), the log-log correlation and the calibrated median absolute error."""
+    from lungx_core.eval.evaluate import nodule_hit_radius
+
+    ratios, true_d = [], []
+    for nodule in truth:
+        x, y, radius = float(nodule["x"]), float(nodule["y"]), nodule_hit_radius(nodule, 0.7)
+        found = [(p, w) for (cx, cy, p), w in zip(candidates.get(nodule["id"], []), widths.get(nodule["id"], []),
+                                                  strict=True) if (cx - x) ** 2 + (cy - y) ** 2 <= radius**2]
+        if found:
+            ratios.append(max(found)[1] / float(nodule["diameter_px"]))
+            true_d.append(float(nodule["diameter_px"]))
+    ratios, true_d = np.array(ratios), np.array(true_d)
+    median = float(np.median(ratios))
+    return {
+        "n_hits": len(ratios),
+        "blob_width_median_ratio_before_scale": round(median, 3),
+        "log_correlation": round(float(np.corrcoef(np.log(ratios * true_d), np.log(true_d))[0, 1]), 3),
+        "median_abs_error_px_512": round(float(np.median(np.abs(ratios * true_d / median - true_d))), 1),
+    }
 
 
 def plot_froc(summary: dict, path: Path) -> None:
@@ -401,8 +414,8 @@ def export(args, cfg) -> None:
         "classes": ["nodule_centre", "log_diameter"], "size": cfg["size"], "floor": cfg["floor"],
         "min_distance": cfg["min_distance"], "max_candidates": cfg["max_candidates"],
         "threshold": cv["operating_point"]["probability"], "metrics": {k: v for k, v in cv.items() if k != "curve"},
-        # blob width -> diameter: 1 / the median (blob width / true diameter) over the CV hits (model card)
-        "diameter_scale": 1.29,
+        # blob width -> diameter: 1 / the median (blob width / true diameter) over the CV hits (report)
+        "diameter_scale": round(1 / cv["diameter"]["blob_width_median_ratio_before_scale"], 3),
     }
     save_model(state, config, WEIGHTS_DIR / cfg["name"])
     print(f"exported {cfg['name']}")

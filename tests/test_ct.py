@@ -330,6 +330,31 @@ def test_gantry_tilt_is_resampled_to_physical_volume_and_position(tmp_path):
         write_dicom_seg(tmp_path / "seg.dcm", image, {s.name: inside for s in CT_STRUCTURES}, CT_STRUCTURES, "x")
 
 
+def test_a_lung_cut_by_the_field_of_view_stays_inside_the_body():
+    """Issue 34: the network's lungs are kept only inside the body; a lung that runs out of the field of view
+    (one-lung and off-centre reconstructions) used to count as outside air and was wiped. An edge through the
+    body closes it where a lung reaches it; the air between back and table stays outside."""
+    from lungx_core.preprocess import Letterbox
+    from lungx_core.tasks.ct_lungs import inside_body
+
+    x = np.zeros((64, 64), np.float32)  # [0, 1] network input: 0 is air
+    box = Letterbox((48, 40), (48, 40), (8, 12), 64)
+    x[8:44, 12:52] = 0.6  # body, cut by the content's right edge (column 51), air below it (rows 44-55)
+    lung = np.zeros_like(x, dtype=bool)
+    lung[14:38, 30:52] = True
+    x[lung] = 0.1
+    inside = inside_body(x, box, lung)
+    assert inside[lung].all() and not inside[48:56, 12:52].any() and not inside[:, :12].any()
+    lung_off_edge = lung.copy()
+    lung_off_edge[:, 48:] = False  # a lung short of the edge needs no closing: still enclosed by tissue
+    x2 = x.copy()
+    x2[14:38, 48:52] = 0.6
+    assert inside_body(x2, box, lung_off_edge)[lung_off_edge].all()
+    x3 = x.copy()
+    x3[8:44, 40:52] = 0.0  # the body no longer reaches the edge: an open air region is outside
+    assert not inside_body(x3, box, lung)[20, 50]
+
+
 def test_body_cut_sides_tells_a_one_sided_field_of_view():
     from lungx_core.tasks.ct_lungs import body_cut_sides
 

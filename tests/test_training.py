@@ -194,3 +194,46 @@ def test_opacity_loss_targets_each_cells_share_of_the_mask_on_known_films_only()
     expected = torch.nn.functional.binary_cross_entropy_with_logits(logits[:1], share[:1])
     assert torch.isclose(loss, expected)
     assert opacity_loss(head, logits, opacity, torch.tensor([False, False])).item() == 0
+
+
+def test_field_of_view_crops_cut_image_and_labels_together_and_letterbox_like_inference():
+    """Issue 34: the CT network is trained on smaller fields of view; each crop keeps the labels on the lungs it
+    shows and is centred in air the way inference letterboxes a cropped series."""
+    from training.train_ct import FOV_KINDS, field_of_view_crop
+
+    size = 128
+    hu = np.full((size, size), -1024.0, np.float32)
+    labels = np.zeros((size, size), np.uint8)
+    hu[20:108, 10:118] = 40.0  # body
+    hu[30:100, 20:60] = -850.0  # the patient's right lung (image left, canonical columns run right to left)
+    hu[30:100, 68:108] = -850.0
+    labels[30:100, 20:60], labels[30:100, 68:108] = 1, 2
+    rng = np.random.default_rng(0)
+    for kind in FOV_KINDS:
+        for _ in range(20):
+            out_hu, out_lab = field_of_view_crop(hu, labels, rng, kind)
+            assert out_hu.shape == out_lab.shape == (size, size)
+            lung = out_lab > 0
+            assert lung.any() and (out_hu[lung] < -300).mean() > 0.97, kind  # labels stay on the lungs
+            assert (out_hu[out_lab == 0] > -700).any(), kind  # the body is kept around them
+            right, left = np.nonzero(out_lab == 1)[1], np.nonzero(out_lab == 2)[1]
+            if len(right) and len(left):
+                assert right.mean() < left.mean(), kind  # sides never swap
+    out_hu, _ = field_of_view_crop(hu, labels, np.random.default_rng(1), "hemithorax")
+    body_cols = np.nonzero((out_hu > -500).any(axis=0))[0]
+    assert len(body_cols) < 0.7 * size and abs((body_cols[0] + body_cols[-1]) / 2 - size / 2) < 3  # centred
+
+
+def test_field_variants_cut_labels_as_they_cut_the_volume():
+    from training.eval_ct_fields import VARIANTS, block_labels, variant
+
+    rng = np.random.default_rng(0)
+    hu = rng.normal(0, 1, (16, 40, 60)).astype(np.float32)
+    labels = np.zeros(hu.shape, np.uint8)
+    labels[2:14, 10:30, 8:26], labels[2:14, 10:30, 34:52] = 1, 2
+    for name in VARIANTS:
+        v_hu, v_lab, spacing = variant(hu, labels, (1.0, 0.7, 0.7), name)
+        assert v_hu.shape == v_lab.shape, name
+        assert np.prod(spacing) * v_hu.size <= 0.7 * 0.7 * hu.size + 1e-6, name
+    assert variant(hu, labels, (1.0, 0.7, 0.7), "thick5")[2][0] == 5.0
+    np.testing.assert_array_equal(block_labels(labels, 2, 2)[2:14, 10:30, 4:13], 1)

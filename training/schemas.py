@@ -59,6 +59,7 @@ class CTSegmentationRun:
     seed: int
     size: int
     weight_decay: float = 0.0
+    init: str | None = None  # a shipped model to fine-tune
 
 
 @dataclass

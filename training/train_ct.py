@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lungx_core.models.networks import build_network  # noqa: E402
 from lungx_core.preprocess import ct_window  # noqa: E402
-from training.common import append_log, build_once, resume, save_checkpoint, start_run  # noqa: E402
+from training.common import append_log, build_once, resume, save_checkpoint, start_run, warm_start  # noqa: E402
 from training.ct_data import build_cache, load_cache  # noqa: E402
 from training.losses import SegmentationLoss  # noqa: E402
 from training.schemas import CTSegmentationRun  # noqa: E402
@@ -37,9 +37,12 @@ def one_hot(labels: np.ndarray) -> np.ndarray:
 def make_batch(hu: np.ndarray, labels: np.ndarray, cfg: dict, rng: np.random.Generator):
     """Synthetic pathology and intensity changes in HU, then one random affine per sample on the batch."""
     a = cfg["augment"]
-    images = []
+    images, cropped = [], []
     for h, lab in zip(hu, labels, strict=True):
         h = h.astype(np.float32)
+        if rng.random() < a.get("fov_crop_prob", 0.0):
+            h, lab = field_of_view_crop(h, lab, rng)
+        cropped.append(lab)
         lung = lab > 0
         if lung.sum() > 200 and rng.random() < a["pathology_prob"]:
             for _ in range(rng.integers(1, 3)):
@@ -50,7 +53,7 @@ def make_batch(hu: np.ndarray, labels: np.ndarray, cfg: dict, rng: np.random.Gen
             h = h + rng.standard_normal(h.shape).astype(np.float32) * rng.uniform(0, a["noise_hu"])
         images.append(ct_window(h))
     x = torch.from_numpy(np.stack(images))[:, None]
-    y = torch.from_numpy(one_hot(labels))
+    y = torch.from_numpy(one_hot(np.stack(cropped)))
     if rng.random() < 0.3:  # smooth reconstruction kernels and thick slices
         x = _blur(x, rng.uniform(0.5, 1.2))
     n = len(x)
@@ -67,6 +70,62 @@ def make_batch(hu: np.ndarray, labels: np.ndarray, cfg: dict, rng: np.random.Gen
     x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     y = (F.grid_sample(y, grid, mode="bilinear", padding_mode="zeros", align_corners=False) >= 0.5).float()
     return x, y
+
+
+FOV_KINDS = ("hemithorax", "one_lung", "tight", "off_centre")
+
+
+def field_of_view_crop(
+    hu: np.ndarray, labels: np.ndarray, rng: np.random.Generator, kind: str | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """A letterboxed slice as a scanner would send a smaller field of view of it, letterboxed again the way
+    inference does (physical aspect kept, centred, air around): one hemithorax (the cut between 35 and 65 % of
+    the body's width, so it may cross a lung), one lung with a margin, a tight box that cuts the body wall, or
+    an off-centre box. The labels are cut the same way: the network learns that a lung is a lung whether or
+    not its partner, the body's midline or air all around are in the field.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    size = hu.shape[0]
+    body = np.nonzero(hu > -500)
+    if len(body[0]) < 100:
+        return hu, labels
+    r0, r1, c0, c1 = body[0].min(), body[0].max() + 1, body[1].min(), body[1].max() + 1
+    kind = kind or FOV_KINDS[rng.integers(len(FOV_KINDS))]
+    if kind == "hemithorax":
+        cut = int(c0 + rng.uniform(0.35, 0.65) * (c1 - c0))
+        box = (r0, r1, c0, cut) if rng.random() < 0.5 else (r0, r1, cut, c1)
+    elif kind == "one_lung" and (labels > 0).any():
+        lung = np.nonzero(labels == rng.integers(1, 3)) if rng.random() < 0.9 else np.nonzero(labels > 0)
+        if len(lung[0]) == 0:
+            lung = np.nonzero(labels > 0)
+        margin = rng.uniform(0.02, 0.12) * size
+        box = (lung[0].min() - margin, lung[0].max() + margin, lung[1].min() - margin, lung[1].max() + margin)
+    elif kind == "tight":
+        h, w = r1 - r0, c1 - c0
+        box = (r0 + rng.uniform(0, 0.12) * h, r1 - rng.uniform(0, 0.12) * h,
+               c0 + rng.uniform(0, 0.12) * w, c1 - rng.uniform(0, 0.12) * w)
+    else:
+        h, w = rng.uniform(0.5, 0.85) * size, rng.uniform(0.5, 0.85) * size
+        top, left = rng.uniform(0, size - h), rng.uniform(0, size - w)
+        box = (top, top + h, left, left + w)
+    b0, b1, b2, b3 = (int(np.clip(round(v), 0, size)) for v in box)
+    if b1 - b0 < 16 or b3 - b2 < 16:
+        return hu, labels
+    sub_hu, sub_lab = hu[b0:b1, b2:b3], labels[b0:b1, b2:b3]
+    scale = size / max(b1 - b0, b3 - b2)
+    rows, cols = min(size, round((b1 - b0) * scale)), min(size, round((b3 - b2) * scale))
+    t = torch.from_numpy(np.stack([sub_hu, sub_lab == 1, sub_lab == 2]).astype(np.float32))[None]
+    t = F.interpolate(t, size=(rows, cols), mode="bilinear", align_corners=False)[0].numpy()
+    out_hu = np.full((size, size), -1024.0, dtype=np.float32)
+    out_lab = np.zeros((size, size), dtype=labels.dtype)
+    o0, o1 = (size - rows) // 2, (size - cols) // 2
+    out_hu[o0 : o0 + rows, o1 : o1 + cols] = t[0]
+    window = out_lab[o0 : o0 + rows, o1 : o1 + cols]
+    window[t[2] >= 0.5] = 2
+    window[t[1] >= 0.5] = 1
+    return out_hu, out_lab
 
 
 def _blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -116,6 +175,8 @@ def main(argv=None) -> None:
         opt, max_lr=cfg["lr"], total_steps=cfg["epochs"] * steps, pct_start=0.05
     )
     start_epoch, best = resume(args.run, net, opt, sched)
+    if start_epoch == 0 and cfg.get("init"):
+        warm_start(net, cfg["init"], strict=True)
     for epoch in range(start_epoch, cfg["epochs"]):
         rng = np.random.default_rng([cfg["seed"], epoch])  # per-epoch stream: resuming replays the same batches
         t0 = time.time()

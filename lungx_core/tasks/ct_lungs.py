@@ -99,6 +99,32 @@ def drop_below_lungs(labels: np.ndarray) -> np.ndarray:
 
 # HU -500 (tissue versus air) on the network's [0, 1] input scale
 BODY_LEVEL = (-500.0 - CT_HU_WINDOW[0]) / (CT_HU_WINDOW[1] - CT_HU_WINDOW[0])
+# an edge of the field of view runs through the body when soft tissue covers this share of it
+CUT_EDGE_SHARE = 0.25
+
+
+def inside_body(slice01: np.ndarray, box, lung: np.ndarray) -> np.ndarray:
+    """The body and everything it encloses on one letterboxed network input slice (values on [0, 1]).
+
+    Where the field of view cuts through the body (soft tissue over ``CUT_EDGE_SHARE`` of an edge of the image)
+    and a lung reaches that edge (``lung``: the network's lung pixels), the edge closes the body: a lung cut by
+    the field is inside it, not outside air. Other edges stay open, so the air between back and table is still
+    outside."""
+    (r0, c0), (h, w) = box.offset, box.resized_shape
+    body = slice01[r0 : r0 + h, c0 : c0 + w] > BODY_LEVEL
+    lung = lung[r0 : r0 + h, c0 : c0 + w]
+    framed = np.pad(body, 1)
+    for edge, lung_edge, frame in (
+        (body[0], lung[:2], (0, slice(None))),
+        (body[-1], lung[-2:], (-1, slice(None))),
+        (body[:, 0], lung[:, :2], (slice(None), 0)),
+        (body[:, -1], lung[:, -2:], (slice(None), -1)),
+    ):
+        if edge.mean() >= CUT_EDGE_SHARE and lung_edge.any():
+            framed[frame] = True
+    out = np.zeros(slice01.shape, dtype=bool)
+    out[r0 : r0 + h, c0 : c0 + w] = fill_holes(keep_components(framed))[1:-1, 1:-1]
+    return out
 
 
 def remove_airway(labels: np.ndarray, hu: np.ndarray, spacing: tuple[float, float, float]) -> np.ndarray:
@@ -181,7 +207,7 @@ class CTLungSegmenter:
             # Lungs lie inside the body: this removes stray detections in the air between the back and the table
             # (cheap at network resolution: one 2-D labelling per slice).
             for i in range(n):
-                logits[i][:, ~fill_holes(keep_components(x[i, 0] > BODY_LEVEL))] = -20.0
+                logits[i][:, ~inside_body(x[i, 0], box, logits[i].max(axis=0) >= logit_threshold)] = -20.0
             # logits, not probabilities, are upsampled: smooth borders; a monotone threshold gives the same mask
             full = unletterbox(logits.reshape(n * 2, self.size, self.size), box).reshape(n, 2, *hu.shape[1:])
             right, left = full[:, 0], full[:, 1]

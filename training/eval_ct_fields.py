@@ -1,0 +1,162 @@
+"""The CT lung model on fields of view and grids as scanners send them (issue 34), generated from the CTs in
+../shared/data: each CT is segmented whole, then cut or resampled and segmented again, and the result compared
+with the whole CT's labels cut or resampled the same way.
+
+    python training/eval_ct_fields.py --data ../shared/data [--model ct_lungs] [--out table.csv]
+
+Variants, in canonical (S, P, L) order (columns run from the patient's right to left):
+- ``hemi_right`` / ``hemi_left``: 55 % of the columns from that side (one hemithorax, the cut past the midline);
+- ``lung_right`` / ``lung_left``: that lung's box with a 15 mm margin (one lung, the other cut away);
+- ``tight``: 10 % cut off every edge (both chest walls cut); ``off_centre``: rows 10-80 %, columns 25-100 %;
+- ``thick5`` / ``thick8``: slabs averaged to 5 and 8 mm slices; ``aspect2`` / ``aspect4``: columns averaged
+  in pairs / fours (pixels 1:2 and 1:4).
+Per variant: Dice of each lung with at least 50 mL in the reference cut (the lowest is ``dice_min``), total
+volume against the reference's, and the flags raised. Prints a markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+CASES = (  # (case folder, split of the shipped model's training: see training/ct_data.py)
+    ("ct_slicerio_chest4", "test"),
+    ("ct_tcia_dicom_samples/acrinfltbreast_013", "val"),
+    ("ct_tcia_dicom_samples/ricord1a_419639-001012", "not trained"),
+    ("ct_tcia_dicom_samples/lungpetctdx_A0002", "not trained"),
+    ("ct_tcia_dicom_samples/lidc-idri-0001", "train"),
+    ("ct_tcia_dicom_samples/lungfcp_01-0001", "train"),
+    ("ct_tcia_dicom_samples/lungpetctdx_A0001", "train"),
+)
+VARIANTS = ("hemi_right", "hemi_left", "lung_right", "lung_left", "tight", "off_centre", "thick5", "thick8",
+            "aspect2", "aspect4")
+
+
+def block_mean(array: np.ndarray, axis: int, factor: int) -> np.ndarray:
+    """Average ``factor`` neighbours along ``axis`` (a thick slab, a wide pixel); the remainder is dropped."""
+    n = array.shape[axis] // factor * factor
+    a = np.take(array, np.arange(n), axis=axis).astype(np.float32)
+    shape = list(a.shape)
+    shape[axis : axis + 1] = [n // factor, factor]
+    return a.reshape(shape).mean(axis=axis + 1)
+
+
+def block_labels(labels: np.ndarray, axis: int, factor: int) -> np.ndarray:
+    """The label covering most of each block (background when neither lung reaches half)."""
+    right = block_mean(labels == 1, axis, factor)
+    left = block_mean(labels == 2, axis, factor)
+    out = np.zeros(right.shape, np.uint8)
+    out[(right >= 0.5) & (right >= left)] = 1
+    out[(left >= 0.5) & (left > right)] = 2
+    return out
+
+
+def variant(hu: np.ndarray, labels: np.ndarray, spacing, name: str):
+    """(HU, reference labels, spacing) of one variant, all canonical."""
+    n_s, n_r, n_c = hu.shape
+    sz, sr, sc = spacing
+    if name.startswith("hemi_"):
+        cols = slice(0, int(0.55 * n_c)) if name == "hemi_right" else slice(int(0.45 * n_c), n_c)
+        return hu[:, :, cols], labels[:, :, cols], spacing
+    if name.startswith("lung_"):
+        _, rr, cc = np.nonzero(labels == (1 if name == "lung_right" else 2))
+        mr, mc = int(15 / sr), int(15 / sc)
+        rows, cols = slice(max(rr.min() - mr, 0), rr.max() + mr + 1), slice(max(cc.min() - mc, 0), cc.max() + mc + 1)
+        box = (slice(None), rows, cols)
+        return hu[box], labels[box], spacing
+    if name == "tight":
+        box = (slice(None), slice(int(0.1 * n_r), int(0.9 * n_r)), slice(int(0.1 * n_c), int(0.9 * n_c)))
+        return hu[box], labels[box], spacing
+    if name == "off_centre":
+        box = (slice(None), slice(int(0.1 * n_r), int(0.8 * n_r)), slice(int(0.25 * n_c), n_c))
+        return hu[box], labels[box], spacing
+    if name.startswith("thick"):
+        factor = max(1, round(float(name[5:]) / sz))
+        return block_mean(hu, 0, factor), block_labels(labels, 0, factor), (sz * factor, sr, sc)
+    factor = int(name[6:])
+    return block_mean(hu, 2, factor), block_labels(labels, 2, factor), (sz, sr, sc * factor)
+
+
+def canonical_image(hu: np.ndarray, spacing):
+    """A MedicalImage whose array is already canonical: direction maps columns to L, rows to P, slices to S."""
+    from lungx_core.image import MedicalImage
+
+    return MedicalImage(
+        array=hu.astype(np.float32), spacing=(spacing[2], spacing[1], spacing[0]), origin=(0.0, 0.0, 0.0),
+        direction=(1.0, 0, 0, 0, 1.0, 0, 0, 0, 1.0), modality="CT", spacing_known=True, source="variant",
+    )
+
+
+def main(argv=None) -> None:
+    import SimpleITK as sitk
+
+    from lungx_core.errors import InputError
+    from lungx_core.image import MedicalImage
+    from lungx_core.orientation import reorientation
+    from lungx_core.tasks.ct_lungs import CTLungSegmenter
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", type=Path, default=Path("../shared/data"))
+    ap.add_argument("--model", default="ct_lungs")
+    ap.add_argument("--variants", nargs="*", default=list(VARIANTS))
+    ap.add_argument("--out", type=Path, help="per-case CSV")
+    args = ap.parse_args(argv)
+    segmenter = CTLungSegmenter(model=args.model, device="cpu")
+    rows = []
+    for case, split in CASES:
+        path = args.data / case / "ct.nii.gz"
+        if not path.is_file():
+            continue
+        image = MedicalImage.from_sitk(sitk.ReadImage(str(path)), modality="CT", spacing_known=True)
+        orient = reorientation(image.direction, image.spacing)
+        hu = orient.to_canonical(image.array)
+        whole = segmenter.segment(canonical_image(hu, orient.spacing))
+        for name in args.variants:
+            v_hu, v_ref, v_spacing = variant(hu, whole.labels, orient.spacing, name)
+            row = {"case": Path(case).name, "split": split, "variant": name}
+            try:
+                result = segmenter.segment(canonical_image(v_hu, v_spacing))
+            except InputError as err:
+                rows.append(row | {"dice_min": 0.0, "volume_ratio": 0.0, "flags": f"refused: {err}"})
+                continue
+            voxel_ml = float(np.prod(v_spacing)) / 1000
+            dice = {}
+            for value, lung in ((1, "right"), (2, "left")):
+                ref, got = v_ref == value, result.labels == value
+                if ref.sum() * voxel_ml >= 50:
+                    dice[lung] = 2 * (ref & got).sum() / (ref.sum() + got.sum())
+            ref_ml = float((v_ref > 0).sum() * voxel_ml)
+            rows.append(row | {
+                "dice_right": round(dice.get("right", float("nan")), 4),
+                "dice_left": round(dice.get("left", float("nan")), 4),
+                "dice_min": round(min(dice.values()), 4) if dice else float("nan"),
+                "volume_ratio": round(sum(result.volumes_ml.values()) / max(ref_ml, 1e-6), 4),
+                "flags": " ".join(result.flags),
+            })
+            print(rows[-1], flush=True)
+    if args.out:
+        with args.out.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]) + ["dice_right", "dice_left"], extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(rows)
+    print("\n| CT | split | " + " | ".join(args.variants) + " |")
+    print("|---|---|" + "---|" * len(args.variants))
+    for case, split in CASES:
+        mine = {r["variant"]: r for r in rows if r["case"] == Path(case).name}
+        if mine:
+            cells = ["refused" if mine[v]["flags"].startswith("refused") else f"{mine[v]['dice_min']:.3f}"
+                     for v in args.variants]
+            print(f"| {Path(case).name} | {split} | " + " | ".join(cells) + " |")
+    mins = [r["dice_min"] for r in rows if r["dice_min"] == r["dice_min"]]
+    print(f"\nvariants {len(rows)}, Dice >= 0.95: {sum(d >= 0.95 for d in mins)}, "
+          f">= 0.90: {sum(d >= 0.90 for d in mins)}, median {np.median(mins):.3f}, lowest {min(mins):.3f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -38,6 +38,21 @@ def test_lung_pieces_sharing_the_lungs_slices_stay():
     np.testing.assert_array_equal(drop_below_lungs(labels), labels)
 
 
+def test_lungs_cut_apart_across_slices_are_not_taken_for_gas():
+    """Issue 34: on an off-centre field of view the lungs came back split across a missed slice, and the lower
+    half (16 of 27 slices) was dropped as air below the lungs. A component a quarter of the largest's size or
+    more is lung; a chain of pieces sharing slices counts as the lungs' range."""
+    labels = _lungs_and_gas()
+    labels[2:6] = 0
+    labels[18:20] = 0  # a missed pair of slices splits both lungs
+    np.testing.assert_array_equal(drop_below_lungs(labels), labels)
+    labels = _lungs_and_gas()
+    labels[4:9, 30:36, 30:36] = LEFT  # chained: shares slices with a piece that shares slices with the lungs
+    labels[7:12, 0:6, 0:6] = RIGHT
+    labels[2:6, 20:30, 8:16] = 0
+    np.testing.assert_array_equal(drop_below_lungs(labels), labels)
+
+
 def test_one_component_is_never_dropped():
     labels = np.zeros((10, 10, 10), np.uint8)
     labels[2:5, 2:5, 2:5] = LEFT

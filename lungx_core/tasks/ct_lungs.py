@@ -73,7 +73,8 @@ def drop_below_lungs(labels: np.ndarray) -> np.ndarray:
 
     The lungs are the most superior air of the chest: the component (both sides together) that reaches highest,
     and every component sharing its slices, span the lungs' slice range; a component whose top slice lies below
-    the bottom of that range is below the diaphragm and is dropped.
+    the bottom of that range is below the diaphragm and is dropped, unless it is a quarter of the largest
+    component's size or more.
     """
     lungs = labels > 0
     if not lungs.any():
@@ -86,10 +87,15 @@ def drop_below_lungs(labels: np.ndarray) -> np.ndarray:
     sizes = np.bincount(components.ravel())[1:]
     top = max(range(n), key=lambda i: (z_range[i][1], sizes[i]))
     low, high = z_range[top]
-    for i in range(n):  # the other lung (and lung pieces) share slices with the top component
-        if z_range[i][1] >= low and z_range[i][0] <= high:
-            low = min(low, z_range[i][0])
-    below = [i + 1 for i in range(n) if z_range[i][1] < low]
+    grown = True
+    while grown:  # the other lung and lung pieces share slices with the range so far (a chain of them counts)
+        grown = False
+        for i in range(n):
+            if z_range[i][1] >= low and z_range[i][0] <= high and z_range[i][0] < low:
+                low, grown = z_range[i][0], True
+    # a component of a quarter of the largest's size is lung cut apart (a missed slice, a field of view cutting
+    # through it), not gas under the diaphragm
+    below = [i + 1 for i in range(n) if z_range[i][1] < low and sizes[i] < 0.25 * sizes.max()]
     if not below:
         return labels
     out = labels.copy()

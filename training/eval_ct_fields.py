@@ -11,7 +11,8 @@ Variants, in canonical (S, P, L) order (columns run from the patient's right to 
 - ``thick5`` / ``thick8``: slabs averaged to 5 and 8 mm slices; ``aspect2`` / ``aspect4``: columns averaged
   in pairs / fours (pixels 1:2 and 1:4).
 Per variant: Dice of each lung with at least 50 mL in the reference cut (the lowest is ``dice_min``), total
-volume against the reference's, and the flags raised. Prints a markdown table.
+volume against the reference's, and the flags raised. Prints a markdown table (``--out x.csv`` also writes
+``x.md``, which training/export_ct.py puts in the model card when it lies in the run folder as fields.md).
 """
 
 from __future__ import annotations
@@ -105,7 +106,7 @@ def main(argv=None) -> None:
     ap.add_argument("--data", type=Path, default=Path("../shared/data"))
     ap.add_argument("--model", default="ct_lungs")
     ap.add_argument("--variants", nargs="*", default=list(VARIANTS))
-    ap.add_argument("--out", type=Path, help="per-case CSV")
+    ap.add_argument("--out", type=Path, help="per-case CSV (and the table beside it as .md)")
     args = ap.parse_args(argv)
     segmenter = CTLungSegmenter(model=args.model, device="cpu")
     rows = []
@@ -145,17 +146,19 @@ def main(argv=None) -> None:
             writer = csv.DictWriter(f, fieldnames=list(rows[0]) + ["dice_right", "dice_left"], extrasaction="ignore")
             writer.writeheader()
             writer.writerows(rows)
-    print("\n| CT | split | " + " | ".join(args.variants) + " |")
-    print("|---|---|" + "---|" * len(args.variants))
+    table = ["| CT | split | " + " | ".join(args.variants) + " |", "|---|---|" + "---|" * len(args.variants)]
     for case, split in CASES:
         mine = {r["variant"]: r for r in rows if r["case"] == Path(case).name}
         if mine:
             cells = ["refused" if mine[v]["flags"].startswith("refused") else f"{mine[v]['dice_min']:.3f}"
                      for v in args.variants]
-            print(f"| {Path(case).name} | {split} | " + " | ".join(cells) + " |")
+            table.append(f"| {Path(case).name} | {split} | " + " | ".join(cells) + " |")
     mins = [r["dice_min"] for r in rows if r["dice_min"] == r["dice_min"]]
-    print(f"\nvariants {len(rows)}, Dice >= 0.95: {sum(d >= 0.95 for d in mins)}, "
-          f">= 0.90: {sum(d >= 0.90 for d in mins)}, median {np.median(mins):.3f}, lowest {min(mins):.3f}")
+    table.append(f"\n{len(rows)} variants: Dice >= 0.95 on {sum(d >= 0.95 for d in mins)}, >= 0.90 on "
+                 f"{sum(d >= 0.90 for d in mins)}; median {np.median(mins):.3f}, lowest {min(mins):.3f}.")
+    print("\n" + "\n".join(table))
+    if args.out:
+        args.out.with_suffix(".md").write_text("\n".join(table) + "\n")
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ from lungx_core.cxr.pathology import DEFAULT_MODEL, PathologyClassifier
 from lungx_core.image import MedicalImage
 from lungx_core.io.inputs import Case
 from lungx_core.orientation import display_view
-from lungx_core.tasks.common import read_checked_radiograph, run_guarded
+from lungx_core.tasks.common import ok_row, read_checked_radiograph, run_guarded
 from lungx_core.tasks.synthesis import find_lungs
 
 TASK = "cxr-classify"
@@ -48,11 +48,11 @@ def classify_case(
         image = read_checked_radiograph(case.path, gate)
         lung, source = find_lungs(case.path, image, lung_mask, segmenter)
         p, pathological = triage(classifier, image, lung)
-        return {
-            "case_id": case.case_id, "input": str(case.path), "task": TASK, "status": "ok", "error": "",
-            "qc_flags": "", "pathology_probability": round(p, 4), "pathological": pathological,
-            "lung_source": source, "seconds": round(time.perf_counter() - t0, 3),
-        }
+        return ok_row(
+            case, TASK,
+            qc_flags="", pathology_probability=round(p, 4), pathological=pathological,
+            lung_source=source, seconds=round(time.perf_counter() - t0, 3),
+        )
 
     return run_guarded(case, TASK, work)
 

@@ -36,6 +36,11 @@ def error_row(case: Case, message: str, task: str = "") -> dict[str, Any]:
     return {"case_id": case.case_id, "input": str(case.path), "task": task, "status": "error", "error": message}
 
 
+def ok_row(case: Case, task: str, **fields: Any) -> dict[str, Any]:
+    """A finished case's results row: the columns every task shares (as :func:`error_row`), then ``fields``."""
+    return {"case_id": case.case_id, "input": str(case.path), "task": task, "status": "ok", "error": "", **fields}
+
+
 def run_guarded(case: Case, task: str, work: Callable[[], dict[str, Any]]) -> dict[str, Any]:
     """``work()``'s row, or an error row for a known-bad case or any failure while reading, computing, writing."""
     if case.problem:

@@ -29,7 +29,7 @@ from lungx_core.io.inputs import Case
 from lungx_core.orientation import reorientation
 from lungx_core.postprocess import fill_holes, keep_components, per_slice
 from lungx_core.preprocess import CT_HU_WINDOW
-from lungx_core.tasks.common import Progress, run_guarded
+from lungx_core.tasks.common import Progress, ok_row, run_guarded
 
 DEFAULT_MODEL = "ct_lungs"
 METHODS = ("net", "classical")
@@ -383,21 +383,18 @@ RESULT_COLUMNS = ["volume_ml_lung_right", "volume_ml_lung_left", "volume_ml_lung
 
 def result_row(case: Case, image: MedicalImage, result: CTResult, outputs: list[Path]) -> dict[str, Any]:
     sx, sy, sz = image.spacing
-    return {
-        "case_id": case.case_id,
-        "input": str(case.path),
-        "task": "ct-lungs",
-        "status": "ok",
-        "error": "",
-        "qc_flags": ";".join(result.flags),
-        "volume_ml_lung_right": round(result.volumes_ml["lung_right"], 1),
-        "volume_ml_lung_left": round(result.volumes_ml["lung_left"], 1),
-        "volume_ml_lung": round(sum(result.volumes_ml.values()), 1),
-        "seconds": round(result.seconds, 2),
-        "series": image.metadata.get("series_uid", ""),
-        "spacing_mm": f"{sx:.4g}x{sy:.4g}x{sz:.4g}",
-        "outputs": ";".join(p.name for p in outputs),
-    }
+    return ok_row(
+        case,
+        "ct-lungs",
+        qc_flags=";".join(result.flags),
+        volume_ml_lung_right=round(result.volumes_ml["lung_right"], 1),
+        volume_ml_lung_left=round(result.volumes_ml["lung_left"], 1),
+        volume_ml_lung=round(sum(result.volumes_ml.values()), 1),
+        seconds=round(result.seconds, 2),
+        series=image.metadata.get("series_uid", ""),
+        spacing_mm=f"{sx:.4g}x{sy:.4g}x{sz:.4g}",
+        outputs=";".join(p.name for p in outputs),
+    )
 
 
 def process_case(

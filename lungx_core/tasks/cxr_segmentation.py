@@ -21,7 +21,7 @@ from lungx_core.models.store import shared_model
 from lungx_core.orientation import display_flips, flip_display
 from lungx_core.postprocess import Measurements, clean_masks, measure
 from lungx_core.preprocess import PreprocessConfig, preprocess_radiograph, unletterbox
-from lungx_core.tasks.common import Progress, read_checked_radiograph, run_guarded
+from lungx_core.tasks.common import Progress, ok_row, read_checked_radiograph, run_guarded
 
 DEFAULT_MODEL = "cxr_anatomy"
 OUTPUT_FORMATS = ("seg.nrrd", "nii.gz", "nrrd", "png", "dicom-seg")
@@ -129,19 +129,16 @@ RESULT_COLUMNS = (
 
 def result_row(case: Case, image: MedicalImage, result: CXRResult, outputs: list[Path]) -> dict[str, Any]:
     m = result.measurements
-    row: dict[str, Any] = {
-        "case_id": case.case_id,
-        "input": str(case.path),
-        "task": "cxr-anatomy",
-        "status": "ok",
-        "error": "",
-        "qc_flags": ";".join(m.flags),
-        "ctr": "" if m.ctr is None else round(m.ctr, 4),
-        "heart_solidity": "" if m.heart_solidity is None else round(m.heart_solidity, 4),
-        "clavicles_found": m.clavicles_found,
-        "spacing_mm": f"{image.spacing[0]:.4g}x{image.spacing[1]:.4g}" if image.spacing_known else "",
-        "outputs": ";".join(p.name for p in outputs),
-    }
+    row = ok_row(
+        case,
+        "cxr-anatomy",
+        qc_flags=";".join(m.flags),
+        ctr="" if m.ctr is None else round(m.ctr, 4),
+        heart_solidity="" if m.heart_solidity is None else round(m.heart_solidity, 4),
+        clavicles_found=m.clavicles_found,
+        spacing_mm=f"{image.spacing[0]:.4g}x{image.spacing[1]:.4g}" if image.spacing_known else "",
+        outputs=";".join(p.name for p in outputs),
+    )
     for s in CXR_STRUCTURES:
         row[f"area_px_{s.name}"] = m.area_px[s.name]
         row[f"area_cm2_{s.name}"] = "" if m.area_cm2 is None else round(m.area_cm2[s.name], 3)

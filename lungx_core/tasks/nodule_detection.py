@@ -23,7 +23,7 @@ from lungx_core.cxr.nodules import DEFAULT_NODULE_MODEL, NoduleDetector
 from lungx_core.image import MedicalImage
 from lungx_core.io.inputs import Case
 from lungx_core.orientation import display_flips, flip_display
-from lungx_core.tasks.common import Progress, read_checked_radiograph, run_guarded
+from lungx_core.tasks.common import Progress, ok_row, read_checked_radiograph, run_guarded
 
 TASK = "cxr-nodules"
 RESULT_COLUMNS = ["n_findings", "max_probability", "threshold", "seconds"]
@@ -150,14 +150,14 @@ def detect_nodules_case(
         image = read_checked_radiograph(case.path, gate)
         found = find_nodules(detector, image)
         outputs = write_outputs(out_dir, case.case_id, image, found, fmt, detector.name)
-        return {
-            "case_id": case.case_id, "input": str(case.path), "task": TASK, "status": "ok", "error": "",
-            "qc_flags": "" if image.spacing_known else "pixel_size_unknown",
-            "n_findings": len(found.findings), "max_probability": round(found.max_probability, 4),
-            "threshold": round(found.threshold, 4),
-            "spacing_mm": f"{image.spacing[0]:.4g}x{image.spacing[1]:.4g}" if image.spacing_known else "",
-            "outputs": ";".join(p.name for p in outputs), "seconds": round(time.perf_counter() - t0, 3),
-        }
+        return ok_row(
+            case, TASK,
+            qc_flags="" if image.spacing_known else "pixel_size_unknown",
+            n_findings=len(found.findings), max_probability=round(found.max_probability, 4),
+            threshold=round(found.threshold, 4),
+            spacing_mm=f"{image.spacing[0]:.4g}x{image.spacing[1]:.4g}" if image.spacing_known else "",
+            outputs=";".join(p.name for p in outputs), seconds=round(time.perf_counter() - t0, 3),
+        )
 
     return run_guarded(case, TASK, work)
 

@@ -31,7 +31,7 @@ from lungx_core.generative.opacity import ActivationSpec, OpacityModel, activati
 from lungx_core.image import MedicalImage
 from lungx_core.io.inputs import Case
 from lungx_core.orientation import display_view
-from lungx_core.tasks.common import Progress, read_checked_radiograph, run_guarded
+from lungx_core.tasks.common import Progress, ok_row, read_checked_radiograph, run_guarded
 from lungx_core.tasks.synthesis import checked_display_view, find_lungs
 
 DEFAULT_MODEL = "cxr_opacity_removal"
@@ -145,12 +145,12 @@ def remove_opacity_case(
         result = remover.remove(image, lung)
         outputs = write_outputs(out_dir, case.case_id, image, result)
         changed = changed_fraction(image.array, result.array)
-        row = {
-            "case_id": case.case_id, "input": str(case.path), "task": TASK, "status": "ok", "error": "",
-            "qc_flags": "no_opacity_found" if not result.mask.any() else "unchanged" if changed == 0 else "",
-            "lung_source": source, "changed_fraction": changed,
-            "outputs": ";".join(p.name for p in outputs),
-        }
+        row = ok_row(
+            case, TASK,
+            qc_flags="no_opacity_found" if not result.mask.any() else "unchanged" if changed == 0 else "",
+            lung_source=source, changed_fraction=changed,
+            outputs=";".join(p.name for p in outputs),
+        )
         if scorer is not None:
             display, lung_display, undo = display_view(image, lung)
             row["opacity_score_before"] = round(scorer.probability(display, lung_display), 4)

@@ -30,7 +30,7 @@ from lungx_core.errors import InputError
 from lungx_core.image import MedicalImage
 from lungx_core.io.inputs import Case
 from lungx_core.orientation import display_view
-from lungx_core.tasks.common import Progress, read_checked_radiograph, run_guarded
+from lungx_core.tasks.common import Progress, ok_row, read_checked_radiograph, run_guarded
 from lungx_core.tasks.synthesis import find_lungs, read_lung_mask
 
 DEFAULT_BONE = "cxr_bone"
@@ -236,15 +236,15 @@ def suppress_ribs_case(
         ribs, source = find_ribs(case.path, image, suppressor, rib_mask, segmenter, settings.mode)
         result = suppressor.suppress(image, ribs, settings)
         outputs = write_outputs(out_dir, case.case_id, image, result)
-        return {
-            "case_id": case.case_id, "input": str(case.path), "task": TASK, "status": "ok", "error": "",
-            "qc_flags": "", "mask_source": source, "mode": settings.mode,
-            "alpha": "" if result.alpha is None else round(result.alpha, 3),
-            "steps": "" if settings.mode == "bone" else settings.steps,
-            "seed": "" if settings.mode == "bone" else settings.seed,
-            "rib_fraction": round(float(result.mask.mean()), 4),
-            "outputs": ";".join(p.name for p in outputs), "seconds": round(time.perf_counter() - t0, 3),
-        }
+        return ok_row(
+            case, TASK,
+            qc_flags="", mask_source=source, mode=settings.mode,
+            alpha="" if result.alpha is None else round(result.alpha, 3),
+            steps="" if settings.mode == "bone" else settings.steps,
+            seed="" if settings.mode == "bone" else settings.seed,
+            rib_fraction=round(float(result.mask.mean()), 4),
+            outputs=";".join(p.name for p in outputs), seconds=round(time.perf_counter() - t0, 3),
+        )
 
     return run_guarded(case, TASK, work)
 

@@ -33,7 +33,7 @@ from lungx_core.generative.lesions import LesionRequest
 from lungx_core.image import MedicalImage
 from lungx_core.io.inputs import Case
 from lungx_core.orientation import display_view
-from lungx_core.tasks.common import Progress, read_checked_radiograph, run_guarded
+from lungx_core.tasks.common import Progress, ok_row, read_checked_radiograph, run_guarded
 
 DEFAULT_MODEL = "cxr_synthesis"
 METHODS = ("insert", "cyclegan")
@@ -316,13 +316,13 @@ def synthesize_case(
         lung, source = find_lungs(case.path, image, lung_mask, segmenter)
         result = synthesizer.synthesize(image, lung, film_seed(synthesizer, image, seed))
         outputs = write_outputs(out_dir, case.case_id, image, result)
-        return {
-            "case_id": case.case_id, "input": str(case.path), "task": "cxr-synthesis", "status": "ok", "error": "",
-            "qc_flags": "", "method": synthesizer.method, "lung_source": source,
-            "lung_fraction": round(float(lung.mean()), 4),
-            "lesion_fraction": "" if result.lesion is None else round(float(result.lesion.sum() / lung.sum()), 4),
-            "seconds": round(time.perf_counter() - t0, 3), "outputs": ";".join(p.name for p in outputs),
-        }
+        return ok_row(
+            case, "cxr-synthesis",
+            qc_flags="", method=synthesizer.method, lung_source=source,
+            lung_fraction=round(float(lung.mean()), 4),
+            lesion_fraction="" if result.lesion is None else round(float(result.lesion.sum() / lung.sum()), 4),
+            seconds=round(time.perf_counter() - t0, 3), outputs=";".join(p.name for p in outputs),
+        )
 
     return run_guarded(case, "cxr-synthesis", work)
 

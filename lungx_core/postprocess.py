@@ -23,6 +23,10 @@ CTR_PLAUSIBLE = (0.35, 0.75)
 CLAVICLE_MIN_FRACTION_OF_LUNG = 0.01
 # Reference hearts are nearly convex: the 200 SCR heart masks have solidity 0.974-0.999 (median 0.989)
 HEART_MIN_SOLIDITY = 0.9
+# Where its border is hidden (portable films, effusion, consolidation) the network's heart frays into notches and
+# tendrils; its probability is smoothed over 1 % of the frame first (at the network's resolution, smooth_heart).
+# On 407 NIH films this halved the ragged hearts (4.2 % -> 2.0 %); JSRT heart Dice stayed (0.9455 -> 0.9454).
+HEART_SMOOTH_SIGMA = 0.01
 
 
 def keep_components(mask: np.ndarray, keep_fraction: float = 0.0) -> np.ndarray:
@@ -82,6 +86,18 @@ def clean_masks(probabilities: np.ndarray, threshold: float = 0.5) -> dict[str, 
     masks["lung_left"] &= ~(both & (probs["lung_right"] > probs["lung_left"]))
     masks["lung_right"] &= ~(both & (probs["lung_left"] >= probs["lung_right"]))
     return {name: _clean_one(m, LUNG_KEEP_FRACTION if name.startswith("lung") else 0.0) for name, m in masks.items()}
+
+
+def smooth_heart(logits: np.ndarray) -> np.ndarray:
+    """(C, H, W) logits in CXR_CLASSES order at the network's resolution -> the same with the heart's probability
+    Gaussian-smoothed over HEART_SMOOTH_SIGMA of the frame (then back to a logit); other channels untouched."""
+    from scipy.special import expit, logit
+
+    out = np.array(logits, dtype=np.float32, copy=True)
+    h = CXR_CLASSES.index("heart")
+    p = ndi.gaussian_filter(expit(out[h]), HEART_SMOOTH_SIGMA * max(out.shape[1:]))
+    out[h] = logit(np.clip(p, 1e-6, 1 - 1e-6))
+    return out
 
 
 @dataclass

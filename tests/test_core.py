@@ -169,6 +169,20 @@ def test_clean_masks_removes_specks_and_fills_holes():
     assert not masks["heart"][182, 12]
 
 
+def test_smooth_heart_rounds_off_a_frayed_heart_and_leaves_the_other_structures():
+    logits = np.full((len(CXR_CLASSES), 256, 256), -8.0, np.float32)
+    logits[2, 120:200, 90:170] = 8.0  # a square heart ...
+    for c in range(92, 170, 6):  # ... frayed by thin notches, as on films where its border is hidden
+        logits[2, 150:200, c : c + 2] = -8.0
+    logits[0, 40:200, 170:230] = 8.0
+    out = postprocess.smooth_heart(logits)
+    assert np.array_equal(out[[0, 1, 3, 4]], logits[[0, 1, 3, 4]])
+    frayed, smooth = logits[2] > 0, out[2] > 0
+    assert postprocess.solidity(frayed) < 0.9 < postprocess.solidity(smooth)
+    assert abs(int(smooth.sum()) - 80 * 80) < 0.1 * 80 * 80  # the notches closed, the heart's size kept
+    assert not smooth[:110].any() and not smooth[:, :80].any()  # no spread beyond a few pixels
+
+
 def test_left_right_lungs_never_overlap():
     p = _anatomy_probs()
     p[0, 40:160, 80:100] = 0.8

@@ -237,3 +237,53 @@ def test_field_variants_cut_labels_as_they_cut_the_volume():
         assert np.prod(spacing) * v_hu.size <= 0.7 * 0.7 * hu.size + 1e-6, name
     assert variant(hu, labels, (1.0, 0.7, 0.7), "thick5")[2][0] == 5.0
     np.testing.assert_array_equal(block_labels(labels, 2, 2)[2:14, 10:30, 4:13], 1)
+
+
+def test_pseudo_labels_keep_only_plausible_structures():
+    from lungx_core.anatomy import CXR_CLASSES
+    from lungx_core.postprocess import clean_masks
+    from training.cxr_pseudo_labels import accepted
+
+    p = np.zeros((len(CXR_CLASSES), 200, 200), np.float32)
+    p[0, 40:160, 110:170] = 0.99  # lung_left on the image right
+    p[1, 40:160, 30:90] = 0.99
+    p[2, 110:170, 80:130] = 0.99  # heart: CTR 50/140
+    p[3, 20:30, 110:170] = 0.99
+    p[4, 20:30, 30:90] = 0.99
+    keep = dict(zip(CXR_CLASSES, accepted(clean_masks(p), p), strict=True))
+    assert all(keep.values())
+    ragged = p.copy()
+    for c in range(82, 130, 4):  # a comb, not a heart
+        ragged[2, 130:170, c : c + 2] = 0
+    ragged[4] = 0
+    ragged[4, 20:25, 30:40] = 0.99  # a speck (50 px) where the right clavicle should be
+    keep = dict(zip(CXR_CLASSES, accepted(clean_masks(ragged), ragged), strict=True))
+    assert keep["lung_left"] and keep["clavicle_left"] and not keep["heart"] and not keep["clavicle_right"]
+    unsure = p.copy()
+    unsure[1, 40:160, 30:90] = 0.6  # a lung the model hesitates over: nothing on the film is a target
+    assert not accepted(clean_masks(unsure), unsure).any()
+
+
+def test_nih_films_are_split_by_patient(tmp_path):
+    from training.cxr_pseudo_labels import NIH, nih_anatomy_splits
+
+    (tmp_path / NIH).mkdir()
+    rows = ["id,patient_id"] + [f"f{i},{i // 4}" for i in range(200)]
+    (tmp_path / NIH / "index.csv").write_text("\n".join(rows) + "\n")
+    splits = nih_anatomy_splits(tmp_path)
+    by_patient: dict[int, set[str]] = {}
+    for i in range(200):
+        by_patient.setdefault(i // 4, set()).add(splits[f"f{i}"])
+    assert all(len(v) == 1 for v in by_patient.values())
+    assert 0.15 < sum(v == "val" for v in splits.values()) / 200 < 0.25
+
+
+def test_plausibility_summary_counts_ragged_hearts_and_clavicles():
+    from training.eval_cxr_plausibility import summarise
+
+    rows = [{"id": "a", "split": "train", "adult": True, "heart_solidity": 0.97, "clavicles_found": 2},
+            {"id": "b", "split": "val", "adult": True, "heart_solidity": 0.80, "clavicles_found": 1},
+            {"id": "c", "split": "val", "adult": False, "heart_solidity": None, "clavicles_found": 2}]
+    s = summarise(rows)
+    assert s["all"]["n"] == 3 and s["all"]["heart_ragged"] == 2 / 3 and s["all"]["clavicles_both"] == 2 / 3
+    assert s["val_adults"] == {"n": 1, "heart_ragged": 1.0, "median_heart_solidity": 0.8, "clavicles_both": 0.0}

@@ -31,6 +31,8 @@ from lungx_core.models.store import WEIGHTS_DIR, save_model  # noqa: E402
 from lungx_core.tasks.cxr_segmentation import CXRSegmenter  # noqa: E402
 from training.common import fp16_agreement  # noqa: E402
 from training.cxr_data import DATASETS, SPLITS_DIR  # noqa: E402
+from training.cxr_pseudo_labels import nih_anatomy_splits  # noqa: E402
+from training.eval_cxr_plausibility import contact_sheet, film_plausibility, summarise  # noqa: E402
 
 NAME = "cxr_anatomy"
 
@@ -75,6 +77,10 @@ def main(argv=None) -> None:
         "threshold": 0.5,
         "training": {"config": cfg, "best_epoch": int(ck["epoch"]), "val_at_training_resolution": ck["val"]},
     }
+    before = None
+    if cfg.get("pseudo_labels") and cfg.get("init"):  # plausibility on the NIH films, before and after
+        before_segmenter = CXRSegmenter(cfg["init"], device="cpu")
+        before = summarise(film_plausibility(args.data, before_segmenter))
     save_model(state, model_cfg, name)
 
     segmenter = CXRSegmenter(name, device="cpu")
@@ -90,6 +96,15 @@ def main(argv=None) -> None:
     gb_val = (SPLITS_DIR / "covid_cxr_gb_seg_val.txt").read_text().split()
     model_cfg["heart_width_gb_val"] = heart_width_report(args.data, gb_val, segmenter)
     print("heart width on GB val", json.dumps(model_cfg["heart_width_gb_val"]), flush=True)
+    if before is not None:
+        model_cfg["plausibility_nih"] = {"before": before, "after": summarise(film_plausibility(args.data, segmenter))}
+        pseudo = np.load(args.run / "pseudo.npz")
+        kept = pseudo["labelled"][pseudo["split"] == "train"]
+        model_cfg["pseudo_labels_kept"] = {"films": int(len(kept)), **{c: float(v) for c, v in
+                                                                      zip(CXR_CLASSES, kept.mean(0), strict=True)}}
+        print("plausibility on NIH", json.dumps(model_cfg["plausibility_nih"]), flush=True)
+        ids = sorted(i for i, s in nih_anatomy_splits(args.data).items() if s == "val")[::6][:12]
+        contact_sheet(args.data, [before_segmenter, segmenter], ids, args.run / "plausibility_nih.png")
     save_model(state, model_cfg, name)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     card = model_card(name, model_cfg, metrics, agreement, commit, args.run, args.train_config)
@@ -111,7 +126,8 @@ def model_card(
         "## What it does",
         "Segments, on a frontal (PA/AP) chest radiograph: `lung_left`, `lung_right` (patient's sides), `heart`,",
         "`clavicle_left`, `clavicle_right`. Multi-label sigmoid outputs at 256x256 (letterboxed), mapped back to the",
-        "input grid, thresholded at 0.5, then cleaned (largest plausible component, holes filled).",
+        "input grid (the heart's probability first smoothed over 1 % of the frame), thresholded at 0.5, then cleaned",
+        "(largest plausible component, holes filled).",
         "",
         "## Architecture and training",
         f"- MONAI `{cfg['arch']}` {cfg['arch_options']}, {n_params / 1e6:.2f} M parameters, stored in fp16 "
@@ -122,7 +138,7 @@ def model_card(
         f"{cfg['training']['best_epoch']} chosen on the validation split.",
         f"- Augmentation: {tr['augment']} (a mirror swaps left/right labels).",
         "- Per-dataset label masking: v7labs labels lungs only; GB labels lungs and (derived) heart; clavicles are"
-        " learnt from JSRT/SCR alone.",
+        " learnt from JSRT/SCR" + (" and NIH pseudo-labels (below)." if tr.get("pseudo_labels") else " alone."),
         "",
         "## Data and split (../shared/data, research-only licences; nothing of it ships)",
         "- `jsrt_scr` (JSRT images, SCR masks): lungs L/R, heart, clavicles (split by side). 160 train / 40 val.",
@@ -160,6 +176,30 @@ def model_card(
         ]
     if tr.get("init"):
         lines += ["", f"Fine-tuned from the previously shipped `{tr['init']}` weights (config key `init`)."]
+    if "plausibility_nih" in cfg:
+        k = cfg["pseudo_labels_kept"]
+        lines += [
+            "",
+            "## Learning from films without masks (NIH, pseudo-labels)",
+            f"The {k['films']} NIH films of the training split (`training/cxr_pseudo_labels.py`, split by patient,"
+            " 20 % held out) were labelled by the previous model, its probabilities averaged over three intensity",
+            "variants, and each structure kept as a target only where it passed the plausibility checks (the rest of",
+            f"the film's structures carry no loss): lungs kept on {100 * k['lung_left']:.0f} %, heart on "
+            f"{100 * k['heart']:.0f} %, clavicles left/right on {100 * k['clavicle_left']:.0f} / "
+            f"{100 * k['clavicle_right']:.0f} % of them.",
+            "",
+            "## Plausibility on the NIH films (`python training/eval_cxr_plausibility.py --model cxr_anatomy`)",
+            "A heart is ragged when its solidity (area over convex-hull area) is under 0.9 (SCR reference hearts:"
+            " 0.974-0.999); `val` films were never trained on, the others were pseudo-labelled training films.",
+            "The task smooths the heart's probability over 1 % of the frame before thresholding (both rows).",
+            "",
+            "| model | films | n | hearts ragged | median heart solidity | both clavicles found |",
+            "|---|---|---|---|---|---|",
+        ]
+        for label, key in (("previous", "before"), ("this", "after")):
+            for group, g in cfg["plausibility_nih"][key].items():
+                lines.append(f"| {label} | {group} | {g['n']} | {100 * g['heart_ragged']:.1f} % | "
+                             f"{g['median_heart_solidity']:.3f} | {100 * g['clavicles_both']:.1f} % |")
     lines += [
         "",
         "## Reproduce",

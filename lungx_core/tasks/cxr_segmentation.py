@@ -19,7 +19,7 @@ from lungx_core.image import MedicalImage
 from lungx_core.io.inputs import Case
 from lungx_core.models.store import shared_model
 from lungx_core.orientation import display_flips, flip_display
-from lungx_core.postprocess import Measurements, clean_masks, measure
+from lungx_core.postprocess import Measurements, clean_masks, measure, smooth_heart
 from lungx_core.preprocess import PreprocessConfig, preprocess_radiograph, unletterbox
 from lungx_core.tasks.common import Progress, ok_row, read_checked_radiograph, run_guarded
 
@@ -61,7 +61,7 @@ class CXRSegmenter:
         with torch.inference_mode():
             logits = self.net(torch.from_numpy(x)[None, None].to(self.device))[0].float().cpu().numpy()
         # Upsample the logits, not the probabilities: smooth full-resolution borders after the sigmoid.
-        return expit(unletterbox(logits, box))
+        return expit(unletterbox(smooth_heart(logits), box))
 
     def segment(self, image: MedicalImage) -> CXRResult:
         flip_rows, flip_cols, readable = display_flips(image.metadata)

@@ -1,0 +1,103 @@
+"""Pseudo-labels for CXR anatomy on films without masks (issue 40 item 2: learn from the NIH films).
+
+A shipped anatomy model labels the NIH films of the training split at the cache's resolution, its probabilities
+averaged over a few intensity variants of each film (so a label must hold under augmentation, not only once),
+then each structure is kept only where it is plausible on that film; what fails a check stays unlabelled (its
+loss is masked), so a ragged heart or a speck of clavicle never becomes a target. The NIH films are split by
+patient (20 % validation, kept out of training), so plausibility on them measures what the training did not see.
+
+The checks (on the cleaned 256-px masks, ``lungx_core.postprocess.measure``):
+- lungs: both found, no implausible area, left/right ratio or side flags, each side's confidence >= LUNG_MIN_CONF;
+- heart: lungs kept, solidity >= HEART_MIN_SOLIDITY, CTR within HEART_CTR, confidence >= HEART_MIN_CONF;
+- each clavicle: lungs kept, found (its largest piece) over at least 1 % of its lung, confidence >= CLAVICLE_MIN_CONF.
+"""
+
+from __future__ import annotations
+
+import csv
+import random
+from pathlib import Path
+
+import numpy as np
+
+from lungx_core.anatomy import CXR_CLASSES
+from lungx_core.postprocess import CLAVICLE_MIN_FRACTION_OF_LUNG, clean_masks, measure
+from lungx_core.preprocess import PreprocessConfig, preprocess_radiograph
+
+NIH = "cxr_nih_nofinding_pneumonia"
+LUNG_MIN_CONF = 0.9
+HEART_MIN_SOLIDITY = 0.95  # SCR hearts: 0.974-0.999; the shipped model's NIH median is 0.957
+HEART_CTR = (0.35, 0.7)
+HEART_MIN_CONF = 0.85
+CLAVICLE_MIN_CONF = 0.8
+GAMMAS = (0.8, 1.0, 1.25)  # intensity variants averaged into one pseudo-label
+
+
+def nih_anatomy_splits(data_root: Path, val_fraction: float = 0.2, seed: int = 0) -> dict[str, str]:
+    """{film id: 'train' | 'val'} for every NIH film, split by ``patient_id``."""
+    with open(data_root / NIH / "index.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    patients = sorted({r["patient_id"] for r in rows})
+    random.Random(seed).shuffle(patients)
+    val = set(patients[: round(len(patients) * val_fraction)])
+    return {r["id"]: ("val" if r["patient_id"] in val else "train") for r in rows}
+
+
+def accepted(masks: dict[str, np.ndarray], probabilities: np.ndarray) -> np.ndarray:
+    """Which of CXR_CLASSES may serve as a target on this film: (C,) bool, by the checks in the module doc."""
+    m = measure(masks, probabilities, None)
+    keep = dict.fromkeys(CXR_CLASSES, False)
+    lung_flags = {"lung_left_not_found", "lung_right_not_found", "implausible_lung_area",
+                  "implausible_left_right_ratio", "left_right_inconsistent"}
+    lungs_ok = (not lung_flags & set(m.flags)
+                and min(m.confidence["lung_left"], m.confidence["lung_right"]) >= LUNG_MIN_CONF)
+    keep["lung_left"] = keep["lung_right"] = lungs_ok
+    keep["heart"] = (lungs_ok and m.heart_solidity is not None and m.heart_solidity >= HEART_MIN_SOLIDITY
+                     and m.ctr is not None and HEART_CTR[0] <= m.ctr <= HEART_CTR[1]
+                     and m.confidence["heart"] >= HEART_MIN_CONF)
+    for side in ("left", "right"):
+        c = masks[f"clavicle_{side}"]
+        keep[f"clavicle_{side}"] = (lungs_ok and c.any()
+                                    and c.sum() >= CLAVICLE_MIN_FRACTION_OF_LUNG * masks[f"lung_{side}"].sum()
+                                    and m.confidence[f"clavicle_{side}"] >= CLAVICLE_MIN_CONF)
+    return np.array([keep[c] for c in CXR_CLASSES])
+
+
+def build_pseudo_cache(data_root: Path, out: Path, config: PreprocessConfig, model: str = "cxr_anatomy") -> Path:
+    """Every NIH film preprocessed as the anatomy cache (same keys as ``cxr_data.build_cache``): training films
+    with their accepted pseudo-labels, validation films with none (plausibility is measured on them)."""
+    import torch
+    from PIL import Image
+
+    from lungx_core.models.store import load_model
+
+    net, _ = load_model(model, device="cpu")
+    splits = nih_anatomy_splits(data_root)
+    images, masks, labelled, ids, split = [], [], [], [], []
+    for cid, part in sorted(splits.items()):
+        film = np.asarray(Image.open(data_root / NIH / "images" / f"{cid}.png").convert("L"))
+        img, _ = preprocess_radiograph(film, config)
+        x = torch.as_tensor(np.stack([img ** g for g in GAMMAS])[:, None], dtype=torch.float32)
+        with torch.inference_mode():
+            prob = torch.sigmoid(net(x)).mean(0).numpy()
+        clean = clean_masks(prob)
+        lab = accepted(clean, prob) if part == "train" else np.zeros(len(CXR_CLASSES), dtype=bool)
+        images.append(img.astype(np.float16))
+        masks.append(np.stack([clean[c] & lab[k] for k, c in enumerate(CXR_CLASSES)]))
+        labelled.append(lab)
+        ids.append(cid)
+        split.append(part)
+    size = config.size
+    np.savez_compressed(
+        out,
+        images=np.stack(images),
+        masks=np.packbits(np.stack(masks), axis=-1),
+        labelled=np.stack(labelled),
+        weights=np.packbits(np.ones((len(ids), size, size), dtype=bool), axis=-1),
+        dataset=np.array([NIH] * len(ids)),
+        ids=np.array(ids),
+        split=np.array(split),
+        preprocess=np.array(repr(config.to_dict())),
+        model=np.array(model),
+    )
+    return out

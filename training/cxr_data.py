@@ -177,6 +177,13 @@ def build_cache(data_root: Path, out: Path, config: PreprocessConfig, seed: int 
         w = np.ones((config.size, config.size), dtype=bool) if ignore is None else ~letterbox_mask(ignore, box)
         weights.append(w)
         meta.append((s.dataset, s.id, splits[f"{s.dataset}/{s.id}"]))
+    return write_cache(out, images, masks, labelled, weights, meta, config)
+
+
+def write_cache(out: Path, images: list, masks: list, labelled: list, weights: list,
+                meta: list[tuple[str, str, str]], config: PreprocessConfig, **extra) -> Path:
+    """One compressed .npz of preprocessed films (``load_cache`` reads it): per film its image, (C, H, W) masks,
+    (C,) labelled flags, (H, W) pixel weights and (dataset, id, split); ``extra`` arrays are stored beside them."""
     out.parent.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(
         out,
@@ -188,6 +195,7 @@ def build_cache(data_root: Path, out: Path, config: PreprocessConfig, seed: int 
         ids=np.array([m[1] for m in meta]),
         split=np.array([m[2] for m in meta]),
         preprocess=np.array(repr(config.to_dict())),
+        **extra,
     )
     return out
 

@@ -15,7 +15,6 @@ The checks (on the cleaned 256-px masks, ``lungx_core.postprocess.measure``):
 from __future__ import annotations
 
 import csv
-import random
 from pathlib import Path
 
 import numpy as np
@@ -23,8 +22,9 @@ import numpy as np
 from lungx_core.anatomy import CXR_CLASSES
 from lungx_core.postprocess import CLAVICLE_MIN_FRACTION_OF_LUNG, clean_masks, measure
 from lungx_core.preprocess import PreprocessConfig, preprocess_radiograph
+from training.cxr_data import write_cache
+from training.synthesis_data import NIH, nih_splits
 
-NIH = "cxr_nih_nofinding_pneumonia"
 LUNG_MIN_CONF = 0.9
 HEART_MIN_SOLIDITY = 0.95  # SCR hearts: 0.974-0.999; the shipped model's NIH median is 0.957
 HEART_CTR = (0.35, 0.7)
@@ -33,14 +33,10 @@ CLAVICLE_MIN_CONF = 0.8
 GAMMAS = (0.8, 1.0, 1.25)  # intensity variants averaged into one pseudo-label
 
 
-def nih_anatomy_splits(data_root: Path, val_fraction: float = 0.2, seed: int = 0) -> dict[str, str]:
-    """{film id: 'train' | 'val'} for every NIH film, split by ``patient_id``."""
+def nih_anatomy_splits(data_root: Path) -> dict[str, str]:
+    """{film id: 'train' | 'val'} for every NIH film, split by ``patient_id`` (20 % validation, seed 0)."""
     with open(data_root / NIH / "index.csv", newline="") as f:
-        rows = list(csv.DictReader(f))
-    patients = sorted({r["patient_id"] for r in rows})
-    random.Random(seed).shuffle(patients)
-    val = set(patients[: round(len(patients) * val_fraction)])
-    return {r["id"]: ("val" if r["patient_id"] in val else "train") for r in rows}
+        return nih_splits(list(csv.DictReader(f)))
 
 
 def accepted(masks: dict[str, np.ndarray], probabilities: np.ndarray) -> np.ndarray:
@@ -73,7 +69,7 @@ def build_pseudo_cache(data_root: Path, out: Path, config: PreprocessConfig, mod
 
     net, _ = load_model(model, device="cpu")
     splits = nih_anatomy_splits(data_root)
-    images, masks, labelled, ids, split = [], [], [], [], []
+    images, masks, labelled, meta = [], [], [], []
     for cid, part in sorted(splits.items()):
         film = np.asarray(Image.open(data_root / NIH / "images" / f"{cid}.png").convert("L"))
         img, _ = preprocess_radiograph(film, config)
@@ -85,19 +81,6 @@ def build_pseudo_cache(data_root: Path, out: Path, config: PreprocessConfig, mod
         images.append(img.astype(np.float16))
         masks.append(np.stack([clean[c] & lab[k] for k, c in enumerate(CXR_CLASSES)]))
         labelled.append(lab)
-        ids.append(cid)
-        split.append(part)
-    size = config.size
-    np.savez_compressed(
-        out,
-        images=np.stack(images),
-        masks=np.packbits(np.stack(masks), axis=-1),
-        labelled=np.stack(labelled),
-        weights=np.packbits(np.ones((len(ids), size, size), dtype=bool), axis=-1),
-        dataset=np.array([NIH] * len(ids)),
-        ids=np.array(ids),
-        split=np.array(split),
-        preprocess=np.array(repr(config.to_dict())),
-        model=np.array(model),
-    )
-    return out
+        meta.append((NIH, cid, part))
+    weights = [np.ones((config.size, config.size), dtype=bool)] * len(meta)
+    return write_cache(out, images, masks, labelled, weights, meta, config, model=np.array(model))

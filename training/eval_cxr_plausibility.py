@@ -5,8 +5,7 @@
 Prints one JSON object: for all NIH films, the adults (age >= 18, from index.csv), and the validation split of
 ``cxr_pseudo_labels.nih_anatomy_splits`` (films no pseudo-label training saw), the share of ragged hearts (solidity
 under postprocess.HEART_MIN_SOLIDITY, or none found) and of films with both clavicles found. ``--sheet`` draws 12
-validation films with the structures' outlines (heart red, clavicles green/cyan, lungs yellow/orange) for a look;
-the picture holds NIH pixels, so it stays outside git.
+validation films as the task's QC overlays for a look; the picture holds NIH pixels, so it stays outside git.
 """
 
 from __future__ import annotations
@@ -23,10 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lungx_core.postprocess import HEART_MIN_SOLIDITY  # noqa: E402
 from lungx_core.tasks.cxr_segmentation import CXRSegmenter  # noqa: E402
-from training.cxr_pseudo_labels import NIH, nih_anatomy_splits  # noqa: E402
-
-OUTLINE = {"heart": (255, 0, 0), "clavicle_left": (0, 255, 0), "clavicle_right": (0, 255, 255),
-           "lung_left": (255, 255, 0), "lung_right": (255, 128, 0)}
+from training.cxr_pseudo_labels import nih_anatomy_splits  # noqa: E402
+from training.synthesis_data import NIH  # noqa: E402
 
 
 def film_plausibility(data_root: Path, segmenter: CXRSegmenter) -> list[dict]:
@@ -57,23 +54,26 @@ def summarise(rows: list[dict]) -> dict:
     return out
 
 
-def contact_sheet(data_root: Path, segmenters: list[CXRSegmenter], ids: list[str], out: Path, tile: int = 320) -> None:
-    """Rows of films, one column per segmenter, each film with its structures outlined."""
-    from PIL import Image
-    from scipy import ndimage as ndi
+def sheet_ids(data_root: Path, n: int = 12) -> list[str]:
+    """The held-out films the contact sheet shows: every sixth of them in id order, ``n`` at most."""
+    return sorted(i for i, s in nih_anatomy_splits(data_root).items() if s == "val")[::6][:n]
 
+
+def contact_sheet(data_root: Path, segmenters: list[CXRSegmenter], ids: list[str], out: Path, tile: int = 320) -> None:
+    """Two films a row, one column per segmenter, each film drawn as the task's QC overlay."""
+    from PIL import Image
+
+    from lungx_core.anatomy import CXR_STRUCTURES
     from lungx_core.io.readers import read_radiograph
+    from lungx_core.io.writers import render_overlay
 
     sheet = Image.new("RGB", (tile * len(segmenters) * 2, tile * ((len(ids) + 1) // 2)))
     for k, cid in enumerate(ids):
         image = read_radiograph(data_root / NIH / "images" / f"{cid}.png")
-        gray = np.asarray(Image.open(data_root / NIH / "images" / f"{cid}.png").convert("L"))
         for j, seg in enumerate(segmenters):
-            rgb = np.repeat(gray[..., None], 3, axis=2)
-            for name, mask in seg.segment(image).masks.items():
-                rgb[mask & ~ndi.binary_erosion(mask, iterations=2)] = OUTLINE[name]
+            picture = render_overlay(image, seg.segment(image).masks, CXR_STRUCTURES, max_side=tile)
             col = (k % 2) * len(segmenters) + j
-            sheet.paste(Image.fromarray(rgb).resize((tile, tile)), (col * tile, (k // 2) * tile))
+            sheet.paste(Image.fromarray(picture).resize((tile, tile)), (col * tile, (k // 2) * tile))
     sheet.save(out)
 
 
@@ -86,8 +86,7 @@ def main(argv=None) -> None:
     segmenter = CXRSegmenter(args.model, device="cpu")
     print(json.dumps(summarise(film_plausibility(args.data, segmenter))), flush=True)
     if args.sheet:
-        ids = sorted(i for i, s in nih_anatomy_splits(args.data).items() if s == "val")[::6][:12]
-        contact_sheet(args.data, [segmenter], ids, args.sheet)
+        contact_sheet(args.data, [segmenter], sheet_ids(args.data), args.sheet)
 
 
 if __name__ == "__main__":

@@ -31,8 +31,7 @@ from lungx_core.models.store import WEIGHTS_DIR, save_model  # noqa: E402
 from lungx_core.tasks.cxr_segmentation import CXRSegmenter  # noqa: E402
 from training.common import fp16_agreement  # noqa: E402
 from training.cxr_data import DATASETS, SPLITS_DIR  # noqa: E402
-from training.cxr_pseudo_labels import nih_anatomy_splits  # noqa: E402
-from training.eval_cxr_plausibility import contact_sheet, film_plausibility, summarise  # noqa: E402
+from training.eval_cxr_plausibility import contact_sheet, film_plausibility, sheet_ids, summarise  # noqa: E402
 
 NAME = "cxr_anatomy"
 
@@ -103,8 +102,7 @@ def main(argv=None) -> None:
         model_cfg["pseudo_labels_kept"] = {"films": int(len(kept)), **{c: float(v) for c, v in
                                                                       zip(CXR_CLASSES, kept.mean(0), strict=True)}}
         print("plausibility on NIH", json.dumps(model_cfg["plausibility_nih"]), flush=True)
-        ids = sorted(i for i, s in nih_anatomy_splits(args.data).items() if s == "val")[::6][:12]
-        contact_sheet(args.data, [before_segmenter, segmenter], ids, args.run / "plausibility_nih.png")
+        contact_sheet(args.data, [before_segmenter, segmenter], sheet_ids(args.data), args.run / "plausibility_nih.png")
     save_model(state, model_cfg, name)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     card = model_card(name, model_cfg, metrics, agreement, commit, args.run, args.train_config)

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import itertools
 import json
 import logging
 import os
@@ -157,6 +158,7 @@ def run_cases(
     on_row: Callable[[dict[str, Any]], None] | None = None,
     fingerprint: str | None = None,
     command: str | None = None,
+    overlap: int = 1,
 ) -> list[dict[str, Any]]:
     """Run ``step`` on every case; return the rows in the order of ``cases``.
 
@@ -176,6 +178,10 @@ def run_cases(
             the inner step's.
         command: the command this run belongs to (``segment``, ``classify``, ...): ``out_dir`` is refused when
             it holds another command's run (:func:`claim_output`).
+        overlap: in this process (``workers`` 1, no scheduler), how many cases are in flight at once, each in
+            its own thread, so one film is read and written while another is computed (numpy, torch, zlib and
+            Pillow release the GIL). Only for steps that are thread-safe: models shared read-only, no global
+            random state (the ``segment`` command's radiograph step; measured in benchmarks/bench_cxr_segment.py).
 
     Returns:
         One row per case; a case that failed anywhere (bad input, a worker that died too often) is an error
@@ -199,7 +205,7 @@ def run_cases(
                 on_row(done)
         else:
             todo.append(i)
-    results = _local(cases, todo, step) if scheduler is None and workers <= 1 else _dask(
+    results = _local(cases, todo, step, overlap) if scheduler is None and workers <= 1 else _dask(
         cases, todo, step, workers, scheduler, out_dir.absolute())
     for i, row in results:
         if row.get("status") == "ok":
@@ -210,9 +216,26 @@ def run_cases(
     return [r for r in rows if r is not None]
 
 
-def _local(cases: list[Case], todo: list[int], step: Step) -> Iterator[tuple[int, dict[str, Any]]]:
-    for i in todo:
-        yield i, step(cases[i])
+def _local(cases: list[Case], todo: list[int], step: Step, overlap: int = 1) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Rows in this process: one case after another, or ``overlap`` cases in flight in threads (rows as they
+    complete; a case starts as soon as one finishes)."""
+    if overlap <= 1:
+        for i in todo:
+            yield i, step(cases[i])
+        return
+    from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+
+    queue = iter(todo)
+    with ThreadPoolExecutor(overlap, thread_name_prefix="lungx-case") as pool:
+        pending = {pool.submit(step, cases[i]): i for i in itertools.islice(queue, overlap)}
+        while pending:
+            done, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for future in done:
+                i = pending.pop(future)
+                following = next(queue, None)
+                if following is not None:
+                    pending[pool.submit(step, cases[following])] = following
+                yield i, future.result()
 
 
 def _missing_paths(paths: list[str]) -> list[str]:

@@ -211,7 +211,10 @@ def segment(
     if "ct" in kinds:
         steps["ct"] = partial(ct_lungs.run_one, **common, model=model or ct_lungs.DEFAULT_MODEL,
                               method=method.value, series=series)
-    rows = _run_batch(cases, partial(by_kind, steps=steps), output, run, "segmenting", _write_results)
+    # radiographs only: two films in flight in this process, one read and written while the other is computed
+    # (CT volumes stay one at a time: memory)
+    overlap = 2 if {k or "cxr" for k in kinds} == {"cxr"} else 1
+    rows = _run_batch(cases, partial(by_kind, steps=steps), output, run, "segmenting", _write_results, overlap)
     failed = [r for r in rows if r["status"] != "ok"]
     flagged = [r for r in rows if r["status"] == "ok" and r.get("qc_flags")]
     err.print(
@@ -223,7 +226,7 @@ def segment(
         raise typer.Exit(1)
 
 
-def _run_batch(cases, step, output, run: _Batch, description, write_results) -> list[dict]:
+def _run_batch(cases, step, output, run: _Batch, description, write_results, overlap: int = 1) -> list[dict]:
     """Every command's batch loop: run ``step`` over ``cases`` (here, or on Dask workers; see lungx_core.batch)
     with a progress bar over completed cases, errors printed as they come, and results.csv rewritten every 20
     cases and at the end (also on Ctrl-C: every finished case keeps its row next to its outputs)."""
@@ -248,7 +251,7 @@ def _run_batch(cases, step, output, run: _Batch, description, write_results) -> 
                     write_results(results_path, rows)
 
             ordered = run_cases(cases, step, output, workers=run.workers, scheduler=run.scheduler,
-                                resume=run.resume, on_row=on_row)
+                                resume=run.resume, on_row=on_row, overlap=overlap)
     finally:
         write_results(results_path, rows)
     write_results(results_path, ordered)  # the final table in input order, whatever order cases completed in

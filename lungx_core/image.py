@@ -32,6 +32,9 @@ class MedicalImage:
     spacing_known: bool = False  # False when the file carries no physical pixel size (PNG, JPEG)
     source: str = ""
     metadata: dict[str, Any] = field(default_factory=dict)
+    # windowed views computed so far, with the array they came from (windowed()); never compared, copied or shown
+    _windows: dict[tuple[float, float], tuple[np.ndarray, np.ndarray]] = field(
+        default_factory=dict, init=False, repr=False, compare=False)
 
     @property
     def is_radiograph(self) -> bool:
@@ -46,6 +49,21 @@ class MedicalImage:
         if array.shape != self.array.shape:
             raise ValueError(f"shape {array.shape} does not match the image's {self.array.shape}")
         return replace(self, array=array, metadata=dict(self.metadata))
+
+    def windowed(self, low_percentile: float = 0.5, high_percentile: float = 99.5) -> np.ndarray:
+        """The pixels windowed to their own percentiles, float32 in [0, 1]
+        (:func:`lungx_core.preprocess.normalise_intensity`), computed once per image and window: the gate, the
+        mirrored-film check, the network input and the QC picture of one film share it. Read-only; the image's
+        ``array`` must not be changed in place after the first call."""
+        key = (float(low_percentile), float(high_percentile))
+        cached = self._windows.get(key)
+        if cached is None or cached[0] is not self.array:  # a new array assigned to the image: compute again
+            from lungx_core.preprocess import normalise_intensity
+
+            view = normalise_intensity(self.array, *key)
+            view.flags.writeable = False
+            cached = self._windows[key] = (self.array, view)
+        return cached[1]
 
     def ijk_to_lps(self) -> np.ndarray:
         """4x4 matrix mapping (i, j, k) voxel indices to LPS mm."""

@@ -120,9 +120,15 @@ def unletterbox(channels: np.ndarray, box: Letterbox) -> np.ndarray:
     return out[0].numpy()
 
 
-def preprocess_radiograph(image: np.ndarray, config: PreprocessConfig) -> tuple[np.ndarray, Letterbox]:
-    """The full chain for one radiograph: (rows, cols) any dtype -> ((size, size) float32 in [0, 1], letterbox)."""
-    img = normalise_intensity(image, config.low_percentile, config.high_percentile)
+def preprocess_radiograph(
+    image: np.ndarray, config: PreprocessConfig, windowed: np.ndarray | None = None
+) -> tuple[np.ndarray, Letterbox]:
+    """The full chain for one radiograph: (rows, cols) any dtype -> ((size, size) float32 in [0, 1], letterbox).
+    ``windowed``: ``image`` already windowed to the config's percentiles (``MedicalImage.windowed``), used as is."""
+    if windowed is not None and np.shape(windowed) != np.shape(image):
+        raise ValueError(f"windowed view {np.shape(windowed)} does not match the image {np.shape(image)}")
+    img = windowed if windowed is not None else normalise_intensity(image, config.low_percentile,
+                                                                    config.high_percentile)
     img, box = letterbox(img, config.size)
     if config.clahe:
         img = clahe(img, config.clahe_clip_limit)

@@ -66,6 +66,34 @@ def test_local_run_records_each_good_case_and_lists_the_broken_one(tmp_path):
     assert all(record_path(out, f"film{i}").is_file() for i in range(4))
 
 
+def test_overlapped_cases_give_the_rows_and_files_of_one_case_after_another(tmp_path):
+    """Issue 38: ``overlap`` keeps two films in flight in threads; the outputs must not change, and two cases
+    must really run at once."""
+    import threading
+
+    films = _films(tmp_path / "in", n=5)
+    in_flight, most = [0], [0]
+    lock = threading.Lock()
+
+    def watched(case, inner):
+        with lock:
+            in_flight[0] += 1
+            most[0] = max(most[0], in_flight[0])
+        try:
+            time.sleep(0.05)  # long enough for the other thread to start its case
+            return inner(case)
+        finally:
+            with lock:
+                in_flight[0] -= 1
+
+    one = run_cases(collect_cases([films]), _step(tmp_path / "one"), tmp_path / "one")
+    two = run_cases(collect_cases([films]), partial(watched, inner=_step(tmp_path / "two")), tmp_path / "two",
+                    overlap=2, fingerprint="same step")
+    assert most[0] == 2
+    assert _rows(two) == _rows(one)  # in the order of the cases, whatever order they finished in
+    assert _files(tmp_path / "two") == _files(tmp_path / "one")
+
+
 def test_resume_after_an_interrupted_run_gives_the_uninterrupted_outputs(tmp_path):
     films = _films(tmp_path / "in")
     whole = tmp_path / "whole"

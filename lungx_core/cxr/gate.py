@@ -41,13 +41,19 @@ _LOOKS_LIKE = {
 def gate_input(array: np.ndarray, size: int = GATE_SIZE) -> np.ndarray:
     """The gate's view of a 2-D image: windowed to its 0.5-99.5 percentiles (as the segmentation input is),
     letterboxed onto a black square, resized. (H, W) finite values, any dtype -> (size, size) float32 in [0, 1]."""
-    from PIL import Image
-
     from lungx_core.preprocess import normalise_intensity
 
     if np.ndim(array) != 2:
         raise ValueError(f"the gate takes a 2-D image, got shape {np.shape(array)}")
-    a = normalise_intensity(array, 0.5, 99.5)
+    return thumbnail(normalise_intensity(array, 0.5, 99.5), size)
+
+
+def thumbnail(windowed: np.ndarray, size: int = GATE_SIZE) -> np.ndarray:
+    """:func:`gate_input` of an image already windowed to its 0.5-99.5 percentiles (``MedicalImage.windowed``):
+    letterboxed onto a black square and resized, (size, size) float32."""
+    from PIL import Image
+
+    a = np.ascontiguousarray(windowed, dtype=np.float32)
     rows, cols = a.shape
     scale = size / max(rows, cols)
     r, c = max(1, round(rows * scale)), max(1, round(cols * scale))
@@ -72,9 +78,13 @@ class FrontalChestGate:
 
     def probabilities(self, array: np.ndarray) -> dict[str, float]:
         """Class probabilities of one display-oriented 2-D image."""
+        return self.thumbnail_probabilities(gate_input(array))
+
+    def thumbnail_probabilities(self, view: np.ndarray) -> dict[str, float]:
+        """Class probabilities of one image's :func:`gate_input` view."""
         import torch
 
-        x = torch.as_tensor(gate_input(array))[None, None].to(self.device)
+        x = torch.as_tensor(view)[None, None].to(self.device)
         with torch.inference_mode():
             p = torch.softmax(self.net(x).float(), dim=1)[0].cpu().numpy()
         return {name: float(v) for name, v in zip(self.classes, p, strict=True)}
@@ -83,11 +93,13 @@ class FrontalChestGate:
         """Raise InputError naming the file and what it looks like unless ``image`` (a 2-D radiograph, shown in
         standard display by its DICOM PatientOrientation) is a frontal chest radiograph; returns the
         probabilities otherwise."""
-        from lungx_core.orientation import display_view
+        from lungx_core.orientation import display_flips, flip_display
 
         if image.array.ndim != 2:
             raise InputError(image.source or "input", f"not a radiograph: a {image.array.ndim}-D image")
-        probs = self.probabilities(display_view(image, None)[0])
+        # the image's shared window turned to display (windowing commutes with the flips)
+        flip_rows, flip_cols, _ = display_flips(image.metadata)
+        probs = self.thumbnail_probabilities(thumbnail(flip_display(image.windowed(), flip_rows, flip_cols)))
         if probs["frontal_chest"] >= self.threshold:
             return probs
         other = max((k for k in probs if k != "frontal_chest"), key=probs.get)

@@ -36,19 +36,19 @@ class MirrorCheck:
         self.threshold = float(self.config.get("threshold", 0.5))
         self.device = next(self.net.parameters()).device
 
-    def probability_mirrored(self, display: np.ndarray) -> float:
+    def probability_mirrored(self, display: np.ndarray, view: np.ndarray | None = None) -> float:
         """The probability that a 2-D film, in standard display orientation (the patient's left on the image
-        right), is in fact mirrored."""
+        right), is in fact mirrored. ``view``: the film's ``gate_input`` when the caller has it already."""
         import torch
 
         from lungx_core.cxr.gate import gate_input
 
-        x = torch.as_tensor(gate_input(display))[None, None].to(self.device)
+        x = torch.as_tensor(gate_input(display) if view is None else view)[None, None].to(self.device)
         with torch.inference_mode():
             # the film compared with its own mirror image: a film and its mirror get opposite answers
             logits = self.net(x).float() - self.net(torch.flip(x, dims=(-1,))).float()
             p = torch.softmax(logits, dim=1)[0].cpu().numpy()
         return float(p[LATERALITY_CLASSES.index("mirrored")])
 
-    def is_mirrored(self, display: np.ndarray) -> bool:
-        return self.probability_mirrored(display) >= self.threshold
+    def is_mirrored(self, display: np.ndarray, view: np.ndarray | None = None) -> bool:
+        return self.probability_mirrored(display, view) >= self.threshold

@@ -118,19 +118,46 @@ def write_seg_nrrd(
         mask = masks[s.name]
         if mask.shape != image.array.shape:
             raise ValueError(f"mask {s.name} has shape {mask.shape}, image has {image.array.shape}")
-        slicerio.add_segment(
-            seg,
-            _kji_to_ijk(mask.astype(bool)),
-            {
-                "id": s.name,
-                "name": s.name,
-                "color": list(s.color),
-                "terminology": terminology_entry_from_string(s.terminology()),
-            },
-        )
+    fields = [{"id": s.name, "name": s.name, "color": list(s.color),
+               "terminology": terminology_entry_from_string(s.terminology())} for s in structures]
+    if image.array.ndim == 2:
+        seg["voxels"], seg["segments"] = _radiograph_layers([masks[s.name] for s in structures], fields)
+    else:
+        for mask, segment in zip((masks[s.name] for s in structures), fields, strict=True):
+            slicerio.add_segment(seg, _kji_to_ijk(mask.astype(bool)), segment)
     with atomic_path(path) as tmp:
         # gzip level 1: several times faster than slicerio's default 9, and masks compress well anyway
         slicerio.write_segmentation(str(tmp), seg, compression_level=1)
+
+
+def _radiograph_layers(masks: list[np.ndarray], fields: list[dict]) -> tuple[np.ndarray, list[dict]]:
+    """The voxels and segments ``slicerio.add_segment`` makes of 2-D masks added in order (each segment in the
+    first layer it does not overlap, label = that layer's highest + 1, extent in i, j, k), computed inside each
+    mask's bounding box: add_segment scans the whole film several times per segment, a quarter of a second per
+    2k film."""
+    layers: list[np.ndarray] = []
+    labels: list[int] = []
+    segments = []
+    for mask, segment in zip(masks, fields, strict=True):
+        mask = np.asarray(mask, dtype=bool)
+        rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+        box = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1)) if rows.size else (slice(0, 0),) * 2
+        inside = mask[box]
+        layer = next((k for k, voxels in enumerate(layers) if labels[k] < 255 and not voxels[box][inside].any()),
+                     None)
+        if layer is None:
+            layers.append(np.zeros(mask.shape, np.uint8))
+            labels.append(0)
+            layer = len(layers) - 1
+        labels[layer] += 1
+        layers[layer][box][inside] = labels[layer]
+        extent = [int(cols[0]), int(cols[-1]), int(rows[0]), int(rows[-1]), 0, 0] if rows.size else [0, -1] * 3
+        segments.append({**segment, "labelValue": labels[layer], "layer": layer, "extent": extent})
+    if not layers:
+        layers.append(np.zeros(masks[0].shape if masks else (1, 1), np.uint8))
+    # slicerio's voxel order (i, j, k): columns, rows, one slice; several layers stack in front
+    voxels = np.stack([_kji_to_ijk(v) for v in layers])
+    return (voxels if len(layers) > 1 else voxels[0]), segments
 
 
 def labelmap_from_masks(masks: dict[str, np.ndarray], structures: Sequence[Structure]) -> np.ndarray:
@@ -174,11 +201,23 @@ def to_uint8_display(array: np.ndarray) -> np.ndarray:
 def render_overlay(
     image: MedicalImage, masks: dict[str, np.ndarray], structures: Sequence[Structure], max_side: int = 1024
 ) -> np.ndarray:
-    """RGB QC picture: the radiograph in grey, each structure tinted and outlined in its colour."""
-
-    gray = to_uint8_display(image.array).astype(np.float32) / 255
+    """RGB QC picture: the radiograph in grey, each structure tinted and outlined in its colour, at most
+    ``max_side`` px. A larger film is reduced to that size first, picture and masks together (area-weighted
+    bilinear), so the tint never touches more pixels than it shows."""
+    # the image's shared window (MedicalImage.windowed), rounded to 8 bits as to_uint8_display does
+    gray = (image.windowed() * 255).round().astype(np.uint8).astype(np.float32) / 255
     scale = min(1.0, max_side / max(gray.shape))
     shape = (max(1, round(gray.shape[0] * scale)), max(1, round(gray.shape[1] * scale)))
+    if shape != gray.shape:
+        import torch
+        import torch.nn.functional as F
+
+        stack = np.stack([gray] + [np.asarray(masks[s.name], dtype=np.float32) for s in structures])
+        with torch.inference_mode():
+            small = F.interpolate(torch.from_numpy(stack)[None], size=shape, mode="bilinear", align_corners=False,
+                                  antialias=True)[0].numpy()
+        gray = small[0]
+        masks = {s.name: small[1 + k] >= 0.5 for k, s in enumerate(structures)}
     return tint(gray, masks, structures, shape)
 
 
@@ -190,18 +229,23 @@ def tint(
 
     if gray01.shape != shape:
         gray01 = resize(gray01, shape, order=1, anti_aliasing=True)
-    rgb = np.repeat(gray01[..., None], 3, axis=2)
+    planes = np.repeat(np.asarray(gray01, dtype=np.float32)[None], 3, axis=0)  # one plane per colour
     for s in structures:
         m = masks[s.name]
         if m.shape != shape:
             m = resize(m.astype(np.float32), shape, order=1) >= 0.5
-        m = m.astype(bool)
-        if not m.any():
+        m = m.astype(bool, copy=False)
+        rows = np.flatnonzero(m.any(axis=1))
+        if rows.size == 0:
             continue
-        color = np.asarray(s.color, dtype=np.float32)
-        rgb[m] = 0.7 * rgb[m] + 0.3 * color
-        rgb[_outline(m)] = color
-    return (np.clip(rgb, 0, 1) * 255).round().astype(np.uint8)
+        cols = np.flatnonzero(m.any(axis=0))
+        box = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))  # work inside the mask's box only
+        inside, edge = m[box], _outline(m)[box]
+        for plane, value in zip(planes, np.asarray(s.color, dtype=np.float32), strict=True):
+            part = plane[box]
+            part[...] = np.where(inside, 0.7 * part + 0.3 * value, part)
+            part[edge] = value
+    return np.ascontiguousarray((np.clip(planes, 0, 1) * 255).round().astype(np.uint8).transpose(1, 2, 0))
 
 
 def render_ct_overlay(

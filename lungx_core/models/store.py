@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import threading
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -101,7 +102,11 @@ def shared_model(cls: type, *args: Any, **kwargs: Any) -> Any:
     """
     bound = inspect.signature(cls).bind(*args, **kwargs)
     bound.apply_defaults()  # bound.args/kwargs: the normal form of this call
-    return _made_once(cls, bound.args, tuple(sorted(bound.kwargs.items())))
+    with _MAKING:  # cases in flight in threads (batch overlap) load a model once, not once each
+        return _made_once(cls, bound.args, tuple(sorted(bound.kwargs.items())))
+
+
+_MAKING = threading.RLock()  # a model may load another in its constructor
 
 
 @lru_cache(maxsize=16)

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from lungx_core.anatomy import CXR_STRUCTURES
-from lungx_core.cxr.gate import FrontalChestGate, optional_gate
+from lungx_core.cxr.gate import FrontalChestGate, optional_gate, thumbnail
 from lungx_core.image import MedicalImage
 from lungx_core.io.inputs import Case
 from lungx_core.models.store import shared_model
@@ -52,12 +52,13 @@ class CXRSegmenter:
         self.preprocess = PreprocessConfig.from_dict(self.config["preprocess"])
         self.threshold = float(threshold if threshold is not None else self.config.get("threshold", 0.5))
 
-    def predict_probabilities(self, image: np.ndarray) -> np.ndarray:
-        """(rows, cols) radiograph in display orientation -> (C, rows, cols) probabilities."""
+    def predict_probabilities(self, image: np.ndarray, windowed: np.ndarray | None = None) -> np.ndarray:
+        """(rows, cols) radiograph in display orientation -> (C, rows, cols) probabilities. ``windowed``: the
+        radiograph already windowed to the model's percentiles (``MedicalImage.windowed``, turned to display)."""
         import torch
         from scipy.special import expit
 
-        x, box = preprocess_radiograph(image, self.preprocess)
+        x, box = preprocess_radiograph(image, self.preprocess, windowed)
         with torch.inference_mode():
             logits = self.net(torch.from_numpy(x)[None, None].to(self.device))[0].float().cpu().numpy()
         # Upsample the logits, not the probabilities: smooth full-resolution borders after the sigmoid.
@@ -66,7 +67,12 @@ class CXRSegmenter:
     def segment(self, image: MedicalImage) -> CXRResult:
         flip_rows, flip_cols, readable = display_flips(image.metadata)
         display = np.ascontiguousarray(flip_display(image.array, flip_rows, flip_cols))
-        probs = self.predict_probabilities(display)
+        pre = self.preprocess
+        # one window of the film for the network, the mirrored-film check (and the gate and QC picture before
+        # and after this): windowing commutes with the display flips
+        windowed = np.ascontiguousarray(
+            flip_display(image.windowed(pre.low_percentile, pre.high_percentile), flip_rows, flip_cols))
+        probs = self.predict_probabilities(display, windowed)
         masks = clean_masks(probs, self.threshold)
         pixel_area = image.pixel_area_mm2 if image.spacing_known else None
         meas = measure(masks, probs, pixel_area)
@@ -82,7 +88,8 @@ class CXRSegmenter:
             meas.flags.append("modality_unverified")
         if str(image.metadata.get("view_position", "")).upper() == "AP":
             meas.flags.append("ap_view_ctr_magnified")  # AP (often portable) films magnify the heart
-        if "left_right_inconsistent" not in meas.flags and mirror_check().is_mirrored(display):
+        if "left_right_inconsistent" not in meas.flags and mirror_check().is_mirrored(display, view=thumbnail(
+                flip_display(image.windowed(), flip_rows, flip_cols))):
             meas.flags.append("left_right_inconsistent")  # the lungs' labels follow the image, not the patient
         back = {k: np.ascontiguousarray(flip_display(m, flip_rows, flip_cols)) for k, m in masks.items()}
         return CXRResult(back, np.ascontiguousarray(flip_display(probs, flip_rows, flip_cols)), meas)

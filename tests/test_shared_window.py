@@ -1,0 +1,95 @@
+"""Issue 38: one window per film, shared by the gate, the mirrored-film check, the network input and the QC
+picture, and a faster QC tint; the answers must stay exactly what they were."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from lungx_core.anatomy import CXR_STRUCTURES
+from lungx_core.image import MedicalImage
+from lungx_core.preprocess import normalise_intensity
+
+
+def test_an_image_windows_itself_once_and_again_only_for_new_pixels():
+    rng = np.random.default_rng(0)
+    image = MedicalImage(rng.integers(0, 4096, (64, 80)).astype(np.uint16))
+    first = image.windowed()
+    assert np.array_equal(first, normalise_intensity(image.array, 0.5, 99.5))
+    assert image.windowed() is first  # computed once
+    assert not first.flags.writeable  # shared: nobody may change it under the others
+    assert np.array_equal(image.windowed(2, 98), normalise_intensity(image.array, 2, 98))
+    image.array = image.array[::-1].copy()  # new pixels: a new window
+    assert np.array_equal(image.windowed(), normalise_intensity(image.array, 0.5, 99.5))
+    other = image.with_array(image.array * 2)
+    assert other.windowed() is not image.windowed()
+
+
+def test_the_gate_view_from_the_shared_window_is_the_gate_input_of_the_displayed_film():
+    from lungx_core.cxr.gate import gate_input, thumbnail
+    from lungx_core.orientation import display_view
+
+    rng = np.random.default_rng(1)
+    image = MedicalImage(rng.normal(1000, 200, (90, 70)).astype(np.float32),
+                         metadata={"patient_orientation": ["R", "H"]})  # stored mirrored and upside down
+    display = display_view(image, None)[0]
+    shared = thumbnail(display_view(MedicalImage(image.windowed(), metadata=image.metadata), None)[0])
+    assert np.array_equal(shared, gate_input(display))
+
+
+def _tint_one_pixel_at_a_time(gray01, masks, structures):
+    """The QC tint as first written (boolean indexing over the whole picture): the reference."""
+    from lungx_core.io.writers import _outline
+
+    rgb = np.repeat(gray01[..., None], 3, axis=2)
+    for s in structures:
+        m = masks[s.name].astype(bool)
+        if not m.any():
+            continue
+        color = np.asarray(s.color, dtype=np.float32)
+        rgb[m] = 0.7 * rgb[m] + 0.3 * color
+        rgb[_outline(m)] = color
+    return (np.clip(rgb, 0, 1) * 255).round().astype(np.uint8)
+
+
+def test_the_faster_tint_draws_the_same_picture_bit_for_bit():
+    from lungx_core.io.writers import tint
+
+    rng = np.random.default_rng(2)
+    gray = rng.random((120, 100)).astype(np.float32)
+    rows, cols = np.mgrid[:120, :100]
+    masks = {}
+    for k, s in enumerate(CXR_STRUCTURES):  # overlapping discs, one touching the border, one empty
+        masks[s.name] = np.hypot(rows - 20 - 20 * k, cols - 15 - 15 * k) < 25 if k < 4 else np.zeros((120, 100), bool)
+    out = tint(gray, masks, CXR_STRUCTURES, gray.shape)
+    assert out.flags.c_contiguous and out.shape == (120, 100, 3)
+    assert np.array_equal(out, _tint_one_pixel_at_a_time(gray, masks, CXR_STRUCTURES))
+
+
+def test_segmenting_with_the_shared_window_gives_the_masks_of_the_film_windowed_on_its_own(segmenter):
+    from lungx_core.io.sample import sample_radiograph
+    from lungx_core.postprocess import clean_masks
+
+    image = sample_radiograph()
+    result = segmenter.segment(image)
+    alone = clean_masks(segmenter.predict_probabilities(image.array), segmenter.threshold)
+    for name, mask in alone.items():
+        assert np.array_equal(result.masks[name], mask), name
+
+
+def test_radiograph_segments_are_layered_as_slicerio_layers_them():
+    import slicerio
+
+    from lungx_core.io.writers import _radiograph_layers
+
+    rows, cols = np.mgrid[:60, :50]
+    masks = [np.hypot(rows - 20, cols - 15) < 12, np.hypot(rows - 40, cols - 30) < 12,  # apart: one layer
+             np.hypot(rows - 30, cols - 22) < 15,  # overlaps both: a second layer
+             np.zeros((60, 50), bool), rows < 3]  # empty; touching the border
+    fields = [{"id": f"s{k}", "name": f"s{k}", "color": [0.1, 0.2, 0.3]} for k in range(len(masks))]
+    reference = slicerio.create_segmentation((50, 60, 1), np.eye(4))
+    for mask, segment in zip(masks, fields, strict=True):
+        slicerio.add_segment(reference, mask.T[..., None], segment)
+    voxels, segments = _radiograph_layers(masks, fields)
+    assert voxels.shape == reference["voxels"].shape == (2, 50, 60, 1)
+    assert np.array_equal(voxels, reference["voxels"])
+    assert segments == reference["segments"]

@@ -264,3 +264,20 @@ def test_a_simulated_nodule_pasted_into_a_film_keeps_its_contrast_after_suppress
     after = (measure_contrast(suppressed(with_nodule), *at, nodule.diameter)
              - measure_contrast(suppressed(film), *at, nodule.diameter))
     assert after >= 0.9 * before
+
+
+def test_the_nodule_stage_config_fine_tunes_each_des_fold_and_is_the_one_scored():
+    """Issue 39: bone_cxr_keep_nodules.json trains drr and des as bone_cxr.json does, then a nodule stage per fold."""
+    from pathlib import Path
+
+    from training.schemas import BoneRun, read_config
+    from training.train_bone import final_stage, stage_folder
+
+    configs = Path(__file__).resolve().parents[1] / "training" / "configs"
+    keep = read_config(configs / "bone_cxr_keep_nodules.json", BoneRun)
+    plain = read_config(configs / "bone_cxr.json", BoneRun)
+    assert {k: keep[k] for k in ("drr", "des", "arch_options")} == {k: plain[k] for k in ("drr", "des", "arch_options")}
+    assert keep["nodules"]["stages"] == ["nodules"] and final_stage(keep) == "nodules" and final_stage(plain) == "des"
+    run = Path("run")
+    assert stage_folder(run, "drr", "x") == run / "drr"
+    assert stage_folder(run, "nodules", "gusarev_des_031") == run / "nodules_gusarev_des_031"

@@ -1,12 +1,13 @@
 """Leave-one-out scores of the bone-layer model on the real dual-energy pairs (bs_gusarev_des_samples).
 
 For every DES pair: the model fine-tuned without it (``<run>/des_<id>/best.pt``, ``train_bone --stage des
---fold <id>``); its inference settings, the edge refinement (none or one of ``GUIDED``: guided-filter radius
-and eps) and the strength alpha (a grid 0-2), chosen by the mean PSNR gain on the other five films; then the
-pair scored exactly as ``lungx evaluate bone-suppression`` scores it (lung field from the anatomy model,
-least-squares linear match, PSNR/SSIM/BSR). The stage-1 model (CT-derived pairs only, ``<run>/drr/best.pt``)
+--fold <id>``; ``<run>/nodules_<id>/best.pt`` when the config has a nodule stage, the stage that ships); its
+inference settings, the edge refinement (none or one of ``GUIDED``: guided-filter radius and eps) and the
+strength alpha (a grid 0-2), chosen by the mean PSNR gain on the other five films; then the pair scored exactly
+as ``lungx evaluate bone-suppression`` scores it (lung field from the anatomy model, least-squares linear match,
+PSNR/SSIM/BSR). The stage-1 model (CT-derived pairs only, ``<run>/drr/best.pt``)
 never saw a DES film: it is scored the same way. Writes ``<run>/loo.json``; ``chosen_all`` (settings chosen on
-all six with ``des_all``) is what ``--export`` ships.
+all six with the final stage's ``<stage>_all``) is what ``--export`` ships.
 
     python -m training.eval_bone_loo --config training/configs/bone_cxr.json --run ../runs/bone
 """
@@ -25,6 +26,7 @@ from lungx_core.eval.evaluate import bone_suppression_scores
 from lungx_core.models.networks import build_network
 from training.bone_data import bone_inference_config, psnr_gain, read_des_pairs
 from training.schemas import BoneRun, read_config
+from training.train_bone import final_stage, stage_folder
 
 ALPHAS = np.round(np.arange(0.0, 2.0001, 0.05), 2)
 GUIDED = (None, (0.004, 1e-2), (0.008, 1e-2), (0.008, 1e-3), (0.016, 1e-3))  # (radius fraction, eps)
@@ -90,16 +92,17 @@ def main(argv=None) -> None:
     stage1 = bone_images(args.run / "drr" / "best.pt", cfg, pairs)
     report["ct_only"] = loo(pairs, [stage1] * len(pairs))
     print("CT-derived pairs only:", report["ct_only"]["mean"], flush=True)
-    if all((args.run / f"des_{p['id']}" / "best.pt").exists() for p in pairs):
-        folds = [bone_images(args.run / f"des_{p['id']}" / "best.pt", cfg, pairs) for p in pairs]
-        report["des_finetuned"] = loo(pairs, folds)
-        print("fine-tuned on the other DES pairs:", report["des_finetuned"]["mean"], flush=True)
-    final = args.run / "des_all" / "best.pt"
-    shipped = "des_all" if final.exists() else "drr"
+    stage = final_stage(cfg)  # the folds of the stage that ships (a nodule stage's des folds are only its start)
+    weights = [stage_folder(args.run, stage, p["id"]) / "best.pt" for p in pairs]
+    if all(w.exists() for w in weights):
+        report[f"{stage}_finetuned"] = loo(pairs, [bone_images(w, cfg, pairs) for w in weights])
+        print(f"{stage} stage, without the scored pair:", report[f"{stage}_finetuned"]["mean"], flush=True)
+    final = stage_folder(args.run, stage)
+    shipped = final.name if (final / "best.pt").exists() else "drr"
     bones = bone_images(args.run / shipped / "best.pt", cfg, pairs)
     setting, alpha, gain = fit_settings(pairs, [refinements(p, b) for p, b in zip(pairs, bones, strict=True)])
     report["chosen_all"] = {"guided": setting, "alpha": alpha, "mean_gain_on_all_six": round(gain, 4)}
-    best = report.get("des_finetuned", report["ct_only"])
+    best = report.get("nodules_finetuned", report.get("des_finetuned", report["ct_only"]))
     report["summary"] = {"shipped_stage": shipped, "loo_des": best["mean"],
                          "ct_only_loo_des": report["ct_only"]["mean"]}
     (args.run / "loo.json").write_text(json.dumps(report, indent=2))

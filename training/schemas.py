@@ -149,7 +149,8 @@ class BoneNodules:
     mm_per_px: float  # the 256-px training images' pixel size, about (a 360-mm film)
     delta_mu: list  # [min, max] attenuation above aerated lung, 1/mm (soft tissue -100..+100 HU: 0.015-0.019)
     disc_weight: float  # extra loss weight inside each nodule's disc
-    invariance_fraction: float  # des stage: share of each batch that is a real normal film with nodules added
+    invariance_fraction: float  # des/nodules stage: share of each batch that is a real normal film with nodules
+    stages: list = field(default_factory=lambda: ["drr", "des"])  # the stages whose batches carry nodules
 
 
 @dataclass
@@ -169,6 +170,7 @@ class BoneRun:
     tta_sizes: list = field(default_factory=list)
     tta_shifts: list = field(default_factory=list)
     nodules: BoneNodules | None = None
+    nodule_stage: BoneStage | None = None  # a third stage: fine-tune each des model to keep nodules
 
 
 @dataclass

@@ -10,14 +10,18 @@ Two stages, one script:
 
 Loss: 1 - BSR over the batch (``bone_loss``).
 
-A config with a ``nodules`` section (``bone_cxr_nodules.json``, issue 39; measured in cxr_bone.md, not shipped)
-adds simulated soft-tissue nodules that never belong in the bone image: into both CT line integrals before
-rendering, into the DES films (their soft-tissue target keeps them), each disc weighted ``disc_weight`` more; and
-in the des stage a share of each batch is real normal films (JSRT JPCNN, NIH no-finding) with nodules added,
-whose target is the network's own bone image of the film without them.
+A config with a ``nodules`` section (issue 39) adds simulated soft-tissue nodules that never belong in the bone
+image, in the stages it lists: into both CT line integrals before rendering, into the DES films (their
+soft-tissue target keeps them), each disc weighted ``disc_weight`` more; and outside the drr stage a share of
+each batch is real normal films (JSRT JPCNN, NIH no-finding) with nodules added, whose target is the network's
+own bone image of the film without them. ``bone_cxr_nodules.json`` adds them to the drr and des stages (measured
+in cxr_bone.md, not kept); ``bone_cxr_keep_nodules.json`` trains drr and des as ``bone_cxr.json`` does and then
+fine-tunes each des model in a third stage, ``--stage nodules --fold ID`` (``nodule_stage``), that carries them.
 
     python -m training.train_bone --config training/configs/bone_cxr.json --run ../runs/bone --stage drr
     python -m training.train_bone --config training/configs/bone_cxr.json --run ../runs/bone --stage des --fold all
+    python -m training.train_bone --config training/configs/bone_cxr_keep_nodules.json --run ../runs/bone \
+        --stage nodules --fold all   # after drr and des with that config
     python -m training.train_bone --config training/configs/bone_cxr.json --run ../runs/bone --export
 """
 
@@ -47,17 +51,29 @@ from training.common import append_log, random_affine, resume, save_checkpoint, 
 from training.rib_data import build_rib_cache
 from training.schemas import BoneRun, read_config
 
+# stage name -> its config key; each fine-tuning stage starts from the previous stage's model of the same fold
+STAGE_KEYS = {"drr": "drr", "des": "des", "nodules": "nodule_stage"}
+
+
+def final_stage(cfg: dict) -> str:
+    """The stage whose models ship and are scored leave-one-out: ``nodules`` when the config has one."""
+    return "nodules" if cfg.get("nodule_stage") else "des"
+
+
+def stage_folder(run: Path, stage: str, fold: str = "all") -> Path:
+    return run / ("drr" if stage == "drr" else f"{stage}_{fold}")
+
 
 def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", type=Path, required=True)
     ap.add_argument("--data", type=Path, default=Path("../shared/data"))
     ap.add_argument("--run", type=Path, required=True, help="run folder (cache, checkpoints, logs; outside git)")
-    ap.add_argument("--stage", choices=["drr", "des"], default="drr")
-    ap.add_argument("--fold", default="all", help="des stage: the DES pair left out, or 'all'")
+    ap.add_argument("--stage", choices=list(STAGE_KEYS), default="drr")
+    ap.add_argument("--fold", default="all", help="des and nodules stages: the DES pair left out, or 'all'")
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
-    ap.add_argument("--export", action="store_true", help="ship <run>/des_all/best.pt as cxr_bone with the "
-                    "inference settings eval_bone_loo chose")
+    ap.add_argument("--export", action="store_true", help="ship the last stage's all-pair model "
+                    "(<run>/des_all or nodules_all) as cxr_bone with the inference settings eval_bone_loo chose")
     return ap.parse_args(argv)
 
 
@@ -123,15 +139,18 @@ def main(argv=None) -> None:
     if args.export:
         return export_model(args, cfg, net, des, ids)
 
-    stage = cfg[args.stage]
-    folder = args.run / ("drr" if args.stage == "drr" else f"des_{args.fold}")
+    stage = cfg.get(STAGE_KEYS[args.stage])
+    if stage is None:
+        raise SystemExit(f"{args.config}: no {STAGE_KEYS[args.stage]} section for --stage {args.stage}")
+    folder = stage_folder(args.run, args.stage, args.fold)
     folder.mkdir(exist_ok=True)
     train_des = [i for i, case in enumerate(ids) if case != args.fold]
-    if args.stage == "des":
+    if args.stage != "drr":
         if args.fold != "all" and args.fold not in ids:
             raise SystemExit(f"--fold {args.fold}: not a DES pair ({', '.join(ids)})")
         if not (folder / "last.pt").exists():
-            net.load_state_dict(torch.load(args.run / "drr" / "best.pt", weights_only=True))
+            previous = stage_folder(args.run, "drr" if args.stage == "des" else "des", args.fold)
+            net.load_state_dict(torch.load(previous / "best.pt", weights_only=True))
     opt = torch.optim.AdamW(net.parameters(), lr=stage["lr"], weight_decay=cfg["weight_decay"])
     total = stage["epochs"] * stage["steps_per_epoch"]
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, stage["lr"], total_steps=total, pct_start=stage["warmup"])
@@ -139,7 +158,9 @@ def main(argv=None) -> None:
     rng = np.random.default_rng(cfg["seed"] + start + (0 if args.fold == "all" else 1000 * ids.index(args.fold)))
     batch = cfg["batch_size"]
     ncfg = cfg.get("nodules")
-    use_normals = ncfg and args.stage == "des"  # the invariance term trains in the des stage only
+    if ncfg and args.stage not in ncfg.get("stages", ["drr", "des"]):
+        ncfg = None
+    use_normals = ncfg and args.stage != "drr"  # the invariance term needs real films: not in the drr stage
     normals = read_normal_films(args.data, args.run / "normal_films.npz", cfg["size"]) if use_normals else None
     # a DES film's polarity: its bone image is positive over the lungs unless the film is inverted
     polarity = np.sign((des["bone"] * des["lung"]).sum(axis=(1, 2, 3)))
@@ -147,7 +168,7 @@ def main(argv=None) -> None:
         net.train()
         t0, losses = time.perf_counter(), []
         for _ in range(stage["steps_per_epoch"]):
-            n_des = round(batch * stage.get("des_fraction", 0.5)) if args.stage == "des" else 0
+            n_des = round(batch * stage.get("des_fraction", 0.5)) if args.stage != "drr" else 0
             n_inv = round(batch * ncfg["invariance_fraction"]) if use_normals else 0
             idx = rng.choice(train_idx, batch - n_des - n_inv)
             if ncfg:
@@ -189,10 +210,10 @@ def main(argv=None) -> None:
             losses.append(loss.item())
         drr_gain = drr_score(net, val_films, val_bones)
         gains = des_scores(net, des, ids)
-        # stage 1 keeps its best epoch (neither the held-out CT nor the DES films are trained on); stage 2 keeps
-        # the last: its only unseen film is the one it is scored on, never to be selected on
+        # stage 1 keeps its best epoch (neither the held-out CT nor the DES films are trained on); the others keep
+        # the last: their only unseen film is the one they are scored on, never to be selected on
         score = drr_gain + float(np.mean(list(gains.values())))
-        if args.stage == "des" or score > best:
+        if args.stage != "drr" or score > best:
             best = max(best, score)
             torch.save(net.state_dict(), folder / "best.pt")
         save_checkpoint(folder, net, opt, sched, epoch, best)
@@ -203,11 +224,12 @@ def main(argv=None) -> None:
 
 
 def export_model(args, cfg, net, des, ids) -> None:
-    """Ship ``des_all/best.pt`` as ``lungx_core/weights/cxr_bone`` (fp16 safetensors + JSON) with the alpha
-    fitted on all six DES films (``training/eval_bone_loo.py`` reports the leave-one-out numbers)."""
+    """Ship the final stage's all-pair model (``des_all`` or ``nodules_all``) as ``lungx_core/weights/cxr_bone``
+    (fp16 safetensors + JSON) with the settings fitted on all six DES films (``training/eval_bone_loo.py``
+    reports the leave-one-out numbers)."""
     from lungx_core.models.store import WEIGHTS_DIR, save_model
 
-    state = torch.load(args.run / "des_all" / "best.pt", weights_only=True)
+    state = torch.load(stage_folder(args.run, final_stage(cfg)) / "best.pt", weights_only=True)
     loo = json.loads((args.run / "loo.json").read_text())
     chosen = loo["chosen_all"]
     config = {

@@ -217,25 +217,25 @@ def run_cases(
 
 
 def _local(cases: list[Case], todo: list[int], step: Step, overlap: int = 1) -> Iterator[tuple[int, dict[str, Any]]]:
-    """Rows in this process: one case after another, or ``overlap`` cases in flight in threads (rows as they
-    complete; a case starts as soon as one finishes)."""
+    """Rows in this process, in the order of ``todo``: one case after another, or ``overlap`` cases running at
+    once in threads (one more queued, so a thread never waits for the next case to be handed over)."""
     if overlap <= 1:
         for i in todo:
             yield i, step(cases[i])
         return
-    from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
 
     queue = iter(todo)
     with ThreadPoolExecutor(overlap, thread_name_prefix="lungx-case") as pool:
-        pending = {pool.submit(step, cases[i]): i for i in itertools.islice(queue, overlap)}
+        pending = deque((i, pool.submit(step, cases[i])) for i in itertools.islice(queue, overlap + 1))
         while pending:
-            done, _ = wait(pending, return_when=FIRST_COMPLETED)
-            for future in done:
-                i = pending.pop(future)
-                following = next(queue, None)
-                if following is not None:
-                    pending[pool.submit(step, cases[following])] = following
-                yield i, future.result()
+            i, future = pending.popleft()
+            row = future.result()  # the oldest case: rows, errors and progress keep the input order
+            following = next(queue, None)
+            if following is not None:
+                pending.append((following, pool.submit(step, cases[following])))
+            yield i, row
 
 
 def _missing_paths(paths: list[str]) -> list[str]:

@@ -17,6 +17,7 @@ The int8 models are not shipped; this script is how the decision was measured (R
 from __future__ import annotations
 
 import argparse
+import copy
 import statistics
 import tempfile
 import time
@@ -111,7 +112,7 @@ def main() -> None:
 
         int8 = OnnxNetwork(quantise(onnx_seg.net.path, [net_input(p) for p in calibration], tmp / "anatomy.onnx"),
                            "cpu")
-        int8_seg = CXRSegmenter("cxr_anatomy", "cpu", backend="onnx")
+        int8_seg = copy.copy(onnx_seg)
         int8_seg.net = int8
         scores: dict[str, list[float]] = {}
         for path in validation:

@@ -89,7 +89,7 @@ def test_radiograph_segments_are_layered_as_slicerio_layers_them():
     reference = slicerio.create_segmentation((50, 60, 1), np.eye(4))
     for mask, segment in zip(masks, fields, strict=True):
         slicerio.add_segment(reference, mask.T[..., None], segment)
-    voxels, segments = _radiograph_layers(masks, fields)
+    voxels, segments = _radiograph_layers((60, 50), masks, fields)
     assert voxels.shape == reference["voxels"].shape == (2, 50, 60, 1)
     assert np.array_equal(voxels, reference["voxels"])
     assert segments == reference["segments"]

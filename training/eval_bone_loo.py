@@ -102,7 +102,7 @@ def main(argv=None) -> None:
     bones = bone_images(args.run / shipped / "best.pt", cfg, pairs)
     setting, alpha, gain = fit_settings(pairs, [refinements(p, b) for p, b in zip(pairs, bones, strict=True)])
     report["chosen_all"] = {"guided": setting, "alpha": alpha, "mean_gain_on_all_six": round(gain, 4)}
-    best = report.get("nodules_finetuned", report.get("des_finetuned", report["ct_only"]))
+    best = report.get(f"{stage}_finetuned", report["ct_only"])
     report["summary"] = {"shipped_stage": shipped, "loo_des": best["mean"],
                          "ct_only_loo_des": report["ct_only"]["mean"]}
     (args.run / "loo.json").write_text(json.dumps(report, indent=2))

@@ -64,6 +64,16 @@ def thumbnail(windowed: np.ndarray, size: int = GATE_SIZE) -> np.ndarray:
     return out
 
 
+def display_thumbnail(image: MedicalImage) -> np.ndarray:
+    """:func:`gate_input` of a radiograph turned to standard display, from its shared window
+    (``MedicalImage.windowed``; windowing commutes with the display flips): what the gate and the mirrored-film
+    check look at."""
+    from lungx_core.orientation import display_flips, flip_display
+
+    flip_rows, flip_cols, _ = display_flips(image.metadata)
+    return thumbnail(flip_display(image.windowed(), flip_rows, flip_cols))
+
+
 class FrontalChestGate:
     """Holds the gate model (loaded once); ``threshold`` is the least probability of ``frontal_chest`` a film
     needs to pass (the model card's operating point)."""
@@ -93,13 +103,9 @@ class FrontalChestGate:
         """Raise InputError naming the file and what it looks like unless ``image`` (a 2-D radiograph, shown in
         standard display by its DICOM PatientOrientation) is a frontal chest radiograph; returns the
         probabilities otherwise."""
-        from lungx_core.orientation import display_flips, flip_display
-
         if image.array.ndim != 2:
             raise InputError(image.source or "input", f"not a radiograph: a {image.array.ndim}-D image")
-        # the image's shared window turned to display (windowing commutes with the flips)
-        flip_rows, flip_cols, _ = display_flips(image.metadata)
-        probs = self.thumbnail_probabilities(thumbnail(flip_display(image.windowed(), flip_rows, flip_cols)))
+        probs = self.thumbnail_probabilities(display_thumbnail(image))
         if probs["frontal_chest"] >= self.threshold:
             return probs
         other = max((k for k in probs if k != "frontal_chest"), key=probs.get)

@@ -121,7 +121,8 @@ def write_seg_nrrd(
     fields = [{"id": s.name, "name": s.name, "color": list(s.color),
                "terminology": terminology_entry_from_string(s.terminology())} for s in structures]
     if image.array.ndim == 2:
-        seg["voxels"], seg["segments"] = _radiograph_layers([masks[s.name] for s in structures], fields)
+        seg["voxels"], seg["segments"] = _radiograph_layers(image.array.shape, [masks[s.name] for s in structures],
+                                                            fields)
     else:
         for mask, segment in zip((masks[s.name] for s in structures), fields, strict=True):
             slicerio.add_segment(seg, _kji_to_ijk(mask.astype(bool)), segment)
@@ -130,13 +131,14 @@ def write_seg_nrrd(
         slicerio.write_segmentation(str(tmp), seg, compression_level=1)
 
 
-def _radiograph_layers(masks: list[np.ndarray], fields: list[dict]) -> tuple[np.ndarray, list[dict]]:
+def _radiograph_layers(
+    shape: tuple[int, int], masks: list[np.ndarray], fields: list[dict]
+) -> tuple[np.ndarray, list[dict]]:
     """The voxels and segments ``slicerio.add_segment`` makes of 2-D masks added in order (each segment in the
     first layer it does not overlap, label = that layer's highest + 1, extent in i, j, k), computed inside each
     mask's bounding box: add_segment scans the whole film several times per segment, a quarter of a second per
     2k film."""
-    layers: list[np.ndarray] = []
-    labels: list[int] = []
+    layers, labels = [np.zeros(shape, np.uint8)], [0]  # as create_segmentation: one empty layer
     segments = []
     for mask, segment in zip(masks, fields, strict=True):
         mask = np.asarray(mask, dtype=bool)
@@ -153,8 +155,6 @@ def _radiograph_layers(masks: list[np.ndarray], fields: list[dict]) -> tuple[np.
         layers[layer][box][inside] = labels[layer]
         extent = [int(cols[0]), int(cols[-1]), int(rows[0]), int(rows[-1]), 0, 0] if rows.size else [0, -1] * 3
         segments.append({**segment, "labelValue": labels[layer], "layer": layer, "extent": extent})
-    if not layers:
-        layers.append(np.zeros(masks[0].shape if masks else (1, 1), np.uint8))
     # slicerio's voxel order (i, j, k): columns, rows, one slice; several layers stack in front
     voxels = np.stack([_kji_to_ijk(v) for v in layers])
     return (voxels if len(layers) > 1 else voxels[0]), segments
@@ -195,7 +195,12 @@ def write_tiff(path: str | Path, array: np.ndarray) -> None:
 def to_uint8_display(array: np.ndarray) -> np.ndarray:
     from lungx_core.preprocess import normalise_intensity
 
-    return (normalise_intensity(array) * 255).round().astype(np.uint8)
+    return to_uint8(normalise_intensity(array))
+
+
+def to_uint8(windowed01: np.ndarray) -> np.ndarray:
+    """A [0, 1] picture as 8-bit grey levels (rounded)."""
+    return (np.asarray(windowed01) * 255).round().astype(np.uint8)
 
 
 def render_overlay(
@@ -204,8 +209,7 @@ def render_overlay(
     """RGB QC picture: the radiograph in grey, each structure tinted and outlined in its colour, at most
     ``max_side`` px. A larger film is reduced to that size first, picture and masks together (area-weighted
     bilinear), so the tint never touches more pixels than it shows."""
-    # the image's shared window (MedicalImage.windowed), rounded to 8 bits as to_uint8_display does
-    gray = (image.windowed() * 255).round().astype(np.uint8).astype(np.float32) / 255
+    gray = to_uint8(image.windowed()).astype(np.float32) / 255  # the image's shared window, in 8 bits
     scale = min(1.0, max_side / max(gray.shape))
     shape = (max(1, round(gray.shape[0] * scale)), max(1, round(gray.shape[1] * scale)))
     if shape != gray.shape:

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from lungx_core.anatomy import CXR_STRUCTURES
-from lungx_core.cxr.gate import FrontalChestGate, optional_gate, thumbnail
+from lungx_core.cxr.gate import FrontalChestGate, display_thumbnail, optional_gate
 from lungx_core.image import MedicalImage
 from lungx_core.io.inputs import Case
 from lungx_core.models.store import shared_model
@@ -88,8 +88,8 @@ class CXRSegmenter:
             meas.flags.append("modality_unverified")
         if str(image.metadata.get("view_position", "")).upper() == "AP":
             meas.flags.append("ap_view_ctr_magnified")  # AP (often portable) films magnify the heart
-        if "left_right_inconsistent" not in meas.flags and mirror_check().is_mirrored(display, view=thumbnail(
-                flip_display(image.windowed(), flip_rows, flip_cols))):
+        if "left_right_inconsistent" not in meas.flags and mirror_check().is_mirrored(
+                display, view=display_thumbnail(image)):
             meas.flags.append("left_right_inconsistent")  # the lungs' labels follow the image, not the patient
         back = {k: np.ascontiguousarray(flip_display(m, flip_rows, flip_cols)) for k, m in masks.items()}
         return CXRResult(back, np.ascontiguousarray(flip_display(probs, flip_rows, flip_cols)), meas)

@@ -2,6 +2,11 @@
 ``lungx segment`` in a child process; prints wall seconds and the child's peak RSS.
 
     python benchmarks/bench_ct_segment.py [--ct PATH] [--slices 300] [--method net|classical] [--device cpu]
+                                          [--steady] [--network]
+
+``--steady`` also runs three copies in one ``lungx segment`` call: (that time - one CT's) / 2 is a CT's share in
+a batch, start-up (Python, torch, MONAI, weights) paid once. ``--network`` times the network alone on the same
+slices (the limit; net method only).
 
 Default CT: ../shared/data/ct_tcia_dicom_samples/lidc-idri-0001/ct.nii.gz when present, else the CT that the
 slicerio package ships (both upsampled; timing depends on the grid, not on the anatomy's fine detail).
@@ -32,12 +37,48 @@ def upsampled(ct: Path, size: tuple[int, int, int], out: Path) -> None:
     sitk.WriteImage(sitk.Cast(big, sitk.sitkInt16), str(out), useCompression=True)
 
 
+def run_cli(inputs: list[Path], out: Path, method: str, device: str) -> float:
+    """Wall seconds of one ``lungx segment`` child process over ``inputs``."""
+    cmd = [sys.executable, "-m", "lungx_core", "segment", *map(str, inputs), "-o", str(out), "-q"]
+    cmd += ["--task", "ct-lungs", "--method", method, "--device", device]
+    t0 = time.perf_counter()
+    subprocess.run(cmd, check=True)
+    return time.perf_counter() - t0
+
+
+def network_seconds(volume: Path, device: str) -> float:
+    """The CT network alone over every slice of ``volume`` (as the task batches them), after one warm batch."""
+    import torch
+
+    from lungx_core.io.ct import read_ct
+    from lungx_core.orientation import reorientation
+    from lungx_core.preprocess import ct_slices_to_input
+    from lungx_core.tasks.ct_lungs import CTLungSegmenter
+
+    seg = CTLungSegmenter(device=device)
+    image = read_ct(volume)
+    orient = reorientation(image.direction, image.spacing)
+    hu = orient.to_canonical(image.array)
+    inputs = [ct_slices_to_input(hu[z : z + seg.batch_slices], seg.size, orient.spacing[1:])[0]
+              for z in range(0, hu.shape[0], seg.batch_slices)]
+    total = 0.0
+    with torch.inference_mode():
+        seg.net(torch.from_numpy(inputs[0]).to(seg.device))
+        for x in inputs:
+            t0 = time.perf_counter()
+            seg.net(torch.from_numpy(x).to(seg.device)).cpu()
+            total += time.perf_counter() - t0
+    return total
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--ct", type=Path)
     ap.add_argument("--slices", type=int, default=300)
     ap.add_argument("--method", default="net")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--steady", action="store_true", help="also time three CTs in one run")
+    ap.add_argument("--network", action="store_true", help="also time the network alone")
     args = ap.parse_args()
     ct = args.ct or DEFAULT_CT / "lidc-idri-0001" / "ct.nii.gz"
     if not ct.exists():
@@ -47,16 +88,24 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         volume = Path(tmp) / "ct_512.nii.gz"
         upsampled(ct, (512, 512, args.slices), volume)
-        cmd = [sys.executable, "-m", "lungx_core", "segment", str(volume), "-o", str(Path(tmp) / "out"), "-q"]
-        cmd += ["--task", "ct-lungs", "--method", args.method, "--device", args.device]
-        t0 = time.perf_counter()
-        subprocess.run(cmd, check=True)
-        seconds = time.perf_counter() - t0
+        seconds = run_cli([volume], Path(tmp) / "out", args.method, args.device)
         peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
         row = (Path(tmp) / "out" / "results.csv").read_text().splitlines()
+        if args.steady:  # three CTs, one start-up (folders name the cases)
+            copies = []
+            for k in range(3):
+                (Path(tmp) / f"copy{k}").mkdir()
+                copies.append(Path(tmp) / f"copy{k}" / volume.name)
+                copies[-1].hardlink_to(volume)
+            three = run_cli(copies, Path(tmp) / "out3", args.method, args.device)
+        network = network_seconds(volume, args.device) if args.network and args.method == "net" else None
     print(f"input: {ct} resampled to 512x512x{args.slices}")
     print(f"method {args.method} on {args.device}: {seconds:.1f} s end to end (read, segment, write seg + overlay)")
     print(f"peak RSS of the lungx process: {peak_mb:.0f} MB")
+    if args.steady:
+        print(f"three CTs in one run: {three:.1f} s; each CT after the first: {(three - seconds) / 2:.1f} s")
+    if network is not None:
+        print(f"the network alone over the {args.slices} slices: {network:.1f} s")
     print(row[0])
     print(row[1])
 

@@ -29,6 +29,18 @@ HEART_MIN_SOLIDITY = 0.9
 HEART_SMOOTH_SIGMA = 0.01
 
 
+def bounding_box(mask: np.ndarray) -> tuple[slice, ...] | None:
+    """The smallest box (one slice per axis) holding every non-zero voxel of ``mask``, or None when there is
+    none; ``ndi.find_objects(mask.astype(np.uint8))[0]`` without the full-size copy and labelled scan: the first
+    axis from a contiguous projection, the others from the projection of that range alone."""
+    mask = np.asarray(mask)
+    hit = np.flatnonzero(mask.reshape(mask.shape[0], -1).any(axis=1))
+    if hit.size == 0:
+        return None
+    first = slice(int(hit[0]), int(hit[-1]) + 1)
+    return (first, *bounding_box(mask[first].any(axis=0))) if mask.ndim > 1 else (first,)
+
+
 def keep_components(mask: np.ndarray, keep_fraction: float = 0.0) -> np.ndarray:
     """Largest connected component, plus any other at least ``keep_fraction`` of its size."""
     labels, n = ndi.label(mask)

@@ -4,6 +4,7 @@ picture, and a faster QC tint; the answers must stay exactly what they were."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from lungx_core.anatomy import CXR_STRUCTURES
 from lungx_core.image import MedicalImage
@@ -76,20 +77,30 @@ def test_segmenting_with_the_shared_window_gives_the_masks_of_the_film_windowed_
         assert np.array_equal(result.masks[name], mask), name
 
 
-def test_radiograph_segments_are_layered_as_slicerio_layers_them():
+def _layer_case(ndim: int) -> list[np.ndarray]:
+    grid = np.mgrid[:60, :50] if ndim == 2 else np.mgrid[:9, :60, :50]
+    rows, cols = grid[-2], grid[-1]
+    depth = 0 if ndim == 2 else grid[0] - 4
+    def ball(r, c, radius):
+        return np.sqrt((rows - r) ** 2 + (cols - c) ** 2 + depth**2) < radius
+
+    return [ball(20, 15, 12), ball(40, 30, 12),  # apart: one layer
+            ball(30, 22, 15),  # overlaps both: a second layer
+            np.zeros(rows.shape, bool), rows < 3]  # empty; touching the border
+
+
+@pytest.mark.parametrize("ndim", [2, 3])
+def test_segments_are_layered_as_slicerio_layers_them(ndim):
     import slicerio
 
-    from lungx_core.io.writers import _radiograph_layers
+    from lungx_core.io.writers import _kji_to_ijk, _segment_layers
 
-    rows, cols = np.mgrid[:60, :50]
-    masks = [np.hypot(rows - 20, cols - 15) < 12, np.hypot(rows - 40, cols - 30) < 12,  # apart: one layer
-             np.hypot(rows - 30, cols - 22) < 15,  # overlaps both: a second layer
-             np.zeros((60, 50), bool), rows < 3]  # empty; touching the border
+    masks = _layer_case(ndim)
     fields = [{"id": f"s{k}", "name": f"s{k}", "color": [0.1, 0.2, 0.3]} for k in range(len(masks))]
-    reference = slicerio.create_segmentation((50, 60, 1), np.eye(4))
+    reference = slicerio.create_segmentation(_kji_to_ijk(masks[0]).shape, np.eye(4))
     for mask, segment in zip(masks, fields, strict=True):
-        slicerio.add_segment(reference, mask.T[..., None], segment)
-    voxels, segments = _radiograph_layers((60, 50), masks, fields)
-    assert voxels.shape == reference["voxels"].shape == (2, 50, 60, 1)
+        slicerio.add_segment(reference, _kji_to_ijk(mask), segment)
+    voxels, segments = _segment_layers(masks[0].shape, masks, fields)
+    assert voxels.shape == reference["voxels"].shape == (2, 50, 60, 1 if ndim == 2 else 9)
     assert np.array_equal(voxels, reference["voxels"])
     assert segments == reference["segments"]

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage as ndi
 
-from lungx_core.postprocess import fill_holes, keep_components, per_slice
+from lungx_core.postprocess import bounding_box, fill_holes, keep_components, per_slice
 
 BODY_HU = -500.0  # tissue versus air, halfway between air (-1000) and water (0)
 LUNG_HU = -400.0  # aerated and ground-glass lung below; consolidation and soft tissue above
@@ -174,7 +174,7 @@ def split_left_right(lungs: np.ndarray, spacing, max_erosion_mm: float = 20.0) -
     right_first = centroids[0] < centroids[1]  # canonical x grows towards the patient's left
     seeds[markers[0]] = RIGHT if right_first else LEFT
     seeds[markers[1]] = LEFT if right_first else RIGHT
-    box = ndi.find_objects(lungs.astype(np.uint8))[0]
+    box = bounding_box(lungs)
     _, nearest = ndi.distance_transform_edt(seeds[box] == 0, sampling=spacing, return_indices=True)
     inside = lungs[box]
     out[box][inside] = seeds[box][tuple(idx[inside] for idx in nearest)]

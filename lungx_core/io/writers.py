@@ -120,30 +120,29 @@ def write_seg_nrrd(
             raise ValueError(f"mask {s.name} has shape {mask.shape}, image has {image.array.shape}")
     fields = [{"id": s.name, "name": s.name, "color": list(s.color),
                "terminology": terminology_entry_from_string(s.terminology())} for s in structures]
-    if image.array.ndim == 2:
-        seg["voxels"], seg["segments"] = _radiograph_layers(image.array.shape, [masks[s.name] for s in structures],
-                                                            fields)
-    else:
-        for mask, segment in zip((masks[s.name] for s in structures), fields, strict=True):
-            slicerio.add_segment(seg, _kji_to_ijk(mask.astype(bool)), segment)
+    seg["voxels"], seg["segments"] = _segment_layers(image.array.shape, [masks[s.name] for s in structures], fields)
     with atomic_path(path) as tmp:
         # gzip level 1: several times faster than slicerio's default 9, and masks compress well anyway
         slicerio.write_segmentation(str(tmp), seg, compression_level=1)
 
 
-def _radiograph_layers(
-    shape: tuple[int, int], masks: list[np.ndarray], fields: list[dict]
+def _segment_layers(
+    shape: tuple[int, ...], masks: list[np.ndarray], fields: list[dict]
 ) -> tuple[np.ndarray, list[dict]]:
-    """The voxels and segments ``slicerio.add_segment`` makes of 2-D masks added in order (each segment in the
-    first layer it does not overlap, label = that layer's highest + 1, extent in i, j, k), computed inside each
-    mask's bounding box: add_segment scans the whole film several times per segment, a quarter of a second per
-    2k film."""
+    """The voxels and segments ``slicerio.add_segment`` makes of 2-D or 3-D masks (array order) added in order
+    (each segment in the first layer it does not overlap, label = that layer's highest + 1, extent in i, j, k),
+    computed inside each mask's bounding box: add_segment scans the whole image several times per segment, a
+    quarter of a second per 2k film and seconds per CT."""
     layers, labels = [np.zeros(shape, np.uint8)], [0]  # as create_segmentation: one empty layer
     segments = []
     for mask, segment in zip(masks, fields, strict=True):
         mask = np.asarray(mask, dtype=bool)
-        rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
-        box = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1)) if rows.size else (slice(0, 0),) * 2
+        spans = []  # (first, last) index along each array axis
+        for axis in range(mask.ndim):
+            hit = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
+            spans.append((int(hit[0]), int(hit[-1])) if hit.size else None)
+        empty = spans[0] is None
+        box = tuple(slice(0, 0) if empty else slice(a, b + 1) for a, b in (s or (0, -1) for s in spans))
         inside = mask[box]
         layer = next((k for k, voxels in enumerate(layers) if labels[k] < 255 and not voxels[box][inside].any()),
                      None)
@@ -153,9 +152,10 @@ def _radiograph_layers(
             layer = len(layers) - 1
         labels[layer] += 1
         layers[layer][box][inside] = labels[layer]
-        extent = [int(cols[0]), int(cols[-1]), int(rows[0]), int(rows[-1]), 0, 0] if rows.size else [0, -1] * 3
+        ijk = spans[::-1] + ([(0, 0)] if mask.ndim == 2 else [])  # i = columns, j = rows, k = slices
+        extent = [0, -1] * 3 if empty else [v for span in ijk for v in span]
         segments.append({**segment, "labelValue": labels[layer], "layer": layer, "extent": extent})
-    # slicerio's voxel order (i, j, k): columns, rows, one slice; several layers stack in front
+    # slicerio's voxel order (i, j, k); several layers stack in front
     voxels = np.stack([_kji_to_ijk(v) for v in layers])
     return (voxels if len(layers) > 1 else voxels[0]), segments
 

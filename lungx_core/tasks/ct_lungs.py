@@ -27,7 +27,7 @@ from lungx_core.image import MedicalImage
 from lungx_core.io.ct import TILT_TOLERANCE_DEG
 from lungx_core.io.inputs import Case
 from lungx_core.orientation import reorientation
-from lungx_core.postprocess import fill_holes, keep_components, per_slice
+from lungx_core.postprocess import bounding_box, fill_holes, keep_components, per_slice
 from lungx_core.preprocess import CT_HU_WINDOW
 from lungx_core.tasks.common import Progress, ok_row, run_guarded
 
@@ -59,9 +59,9 @@ def _keep_lung_components(mask: np.ndarray, keep_fraction: float = 0.2) -> np.nd
 
     Done inside the mask's bounding box: a lung is a small part of a 512x512x1000 volume.
     """
-    if not mask.any():
+    box = bounding_box(mask)
+    if box is None:
         return mask
-    box = ndi.find_objects(mask.astype(np.uint8))[0]
     out = np.zeros_like(mask)
     out[box] = per_slice(keep_components(mask[box], keep_fraction), fill_holes)
     return out
@@ -76,10 +76,10 @@ def drop_below_lungs(labels: np.ndarray) -> np.ndarray:
     the bottom of that range is below the diaphragm and is dropped, unless it is a quarter of the largest
     component's size or more.
     """
-    lungs = labels > 0
-    if not lungs.any():
+    box = bounding_box(labels)
+    if box is None:
         return labels
-    components, n = ndi.label(lungs)
+    components, n = ndi.label(labels[box] > 0)  # inside the lungs' box: the same components, a fraction of the scan
     if n <= 1:
         return labels
     boxes = ndi.find_objects(components)
@@ -99,7 +99,7 @@ def drop_below_lungs(labels: np.ndarray) -> np.ndarray:
     if not below:
         return labels
     out = labels.copy()
-    out[np.isin(components, below)] = 0
+    out[box][np.isin(components, below)] = 0
     return out
 
 
@@ -138,19 +138,23 @@ def remove_airway(labels: np.ndarray, hu: np.ndarray, spacing: tuple[float, floa
     classical pipeline; airways enclosed by lung in their slice are refilled later with the holes."""
     from lungx_core.ct.classical import find_trachea_seed, grow_airway
 
-    lung = labels > 0
-    if not lung.any():
+    box = bounding_box(labels)
+    if box is None:
         return labels
-    box = ndi.find_objects(lung.astype(np.uint8))[0]
-    sub_lung, sub_hu = lung[box], hu[box]
+    sub_lung, sub_hu = labels[box] > 0, hu[box]
     seed = find_trachea_seed(sub_lung, sub_lung, sub_hu, spacing)
     if seed is None:
         return labels
     # Grown in all dark voxels, not only the network's mask: the network may label the trachea only in part,
     # and the leak control of grow_airway stops before the lungs themselves are reached.
     airway = grow_airway(sub_hu, seed, np.ones_like(sub_lung), spacing)
-    airway = ndi.binary_dilation(airway) & sub_lung
-    labels[box][airway] = 0
+    near = bounding_box(airway)
+    if near is None:
+        return labels
+    # dilated by one voxel inside the airway's box grown by one: the same voxels as dilating the whole box
+    near = tuple(slice(max(0, b.start - 1), b.stop + 1) for b in near)
+    grown = ndi.binary_dilation(airway[near]) & sub_lung[near]
+    labels[box][near][grown] = 0
     return labels
 
 

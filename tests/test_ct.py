@@ -353,6 +353,12 @@ def test_a_lung_cut_by_the_field_of_view_stays_inside_the_body():
     x3 = x.copy()
     x3[8:44, 40:52] = 0.0  # the body no longer reaches the edge: an open air region is outside
     assert not inside_body(x3, box, lung)[20, 50]
+    x4 = x.copy()  # the field cuts the lung at its widest: the edge shows lung (rows 12-40), tissue only at the ends
+    wide = np.zeros_like(lung)
+    wide[12:41, 30:52] = True
+    x4[wide] = 0.1
+    assert (x4[8:44, 51] > 0.2).mean() < 0.25  # under the tissue-only share that closes an edge
+    assert inside_body(x4, box, wide)[wide].all()
 
 
 def test_body_cut_sides_tells_a_one_sided_field_of_view():

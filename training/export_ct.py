@@ -174,10 +174,10 @@ def model_card(cfg: dict, metrics: dict, agreement: float, commit: str, run: Pat
     if fields.exists():
         lines += [
             "## Fields of view and grids as scanners send them",
-            "Each shared CT segmented whole, then cut or resampled and segmented again; Dice of each lung with at",
-            "least 50 mL in the cut (the lower one shown) against the whole CT's labels cut the same way",
-            "(`training/eval_ct_fields.py`: hemi = 55 % of the columns from that side, lung = that lung's box with",
-            "15 mm margin, tight = 10 % off every edge, off-centre = rows 10-80 % and columns 25-100 %, thick =",
+            "Each shared CT segmented whole, then cut or resampled and segmented again, and scored against the",
+            "whole CT's labels cut the same way (`training/eval_ct_fields.py`: hemi = 55 % of the columns from",
+            "that side, lung = that lung's box with 15 mm margin, tight = 10 % off every edge, off-centre = rows",
+            "10-80 % and columns 25-100 %, thick =",
             "slabs averaged to 5 / 8 mm, aspect = columns averaged in pairs / fours).",
             "",
             fields.read_text().strip(),

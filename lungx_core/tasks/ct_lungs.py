@@ -112,21 +112,21 @@ CUT_EDGE_SHARE = 0.25
 def inside_body(slice01: np.ndarray, box, lung: np.ndarray) -> np.ndarray:
     """The body and everything it encloses on one letterboxed network input slice (values on [0, 1]).
 
-    Where the field of view cuts through the body (soft tissue over ``CUT_EDGE_SHARE`` of an edge of the image)
-    and a lung reaches that edge (``lung``: the network's lung pixels), the edge closes the body: a lung cut by
-    the field is inside it, not outside air. Other edges stay open, so the air between back and table is still
-    outside."""
+    Where the field of view cuts through the body (soft tissue or the network's lung, ``lung``, over
+    ``CUT_EDGE_SHARE`` of an edge of the image) and a lung reaches that edge, the edge closes the body: a lung cut
+    by the field is inside it, not outside air (lung counts: a field cutting through a lung's widest part shows
+    mostly lung at its edge). Other edges stay open, so the air between back and table is still outside."""
     (r0, c0), (h, w) = box.offset, box.resized_shape
     body = slice01[r0 : r0 + h, c0 : c0 + w] > BODY_LEVEL
     lung = lung[r0 : r0 + h, c0 : c0 + w]
     framed = np.pad(body, 1)
     for edge, lung_edge, frame in (
-        (body[0], lung[:2], (0, slice(None))),
-        (body[-1], lung[-2:], (-1, slice(None))),
-        (body[:, 0], lung[:, :2], (slice(None), 0)),
-        (body[:, -1], lung[:, -2:], (slice(None), -1)),
+        (body[0], lung[:2].any(axis=0), (0, slice(None))),
+        (body[-1], lung[-2:].any(axis=0), (-1, slice(None))),
+        (body[:, 0], lung[:, :2].any(axis=1), (slice(None), 0)),
+        (body[:, -1], lung[:, -2:].any(axis=1), (slice(None), -1)),
     ):
-        if edge.mean() >= CUT_EDGE_SHARE and lung_edge.any():
+        if lung_edge.any() and (edge | lung_edge).mean() >= CUT_EDGE_SHARE:
             framed[frame] = True
     out = np.zeros(slice01.shape, dtype=bool)
     out[r0 : r0 + h, c0 : c0 + w] = fill_holes(keep_components(framed))[1:-1, 1:-1]

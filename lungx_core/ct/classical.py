@@ -121,14 +121,17 @@ def grow_airway(hu: np.ndarray, seed: tuple[int, int, int], candidate: np.ndarra
 
     A sudden jump in volume means the region leaked into lung parenchyma; the last threshold before it is kept.
     """
+    from skimage.segmentation import flood
+
     best = np.zeros_like(candidate, dtype=bool)
     previous_ml = None
     for threshold in np.arange(max(AIRWAY_START_HU, float(hu[seed]) + 1), AIRWAY_MAX_HU + 1, 25.0):
         region = candidate & (hu < threshold)
-        labels, _ = ndi.label(region)
-        if labels[seed] == 0:
+        if not region[seed]:
             continue
-        grown = labels == labels[seed]
+        # the seed's face-connected component (ndi.label's default), filled from the seed alone instead of
+        # labelling every air component of the volume
+        grown = flood(region, seed, connectivity=1)
         ml = grown.sum() * _voxel_ml(spacing)
         if ml > 300.0 or (previous_ml is not None and ml > 2.0 * previous_ml and ml - previous_ml > 40.0):
             break

@@ -63,10 +63,13 @@ def _inputs(folder: Path | None, n: int, long_side: int, tmp: Path) -> list[Path
     return written
 
 
-def cli_seconds(folder: Path, out: Path, device: str, backend: str, workers: int) -> float:
+def cli_seconds(files: list[Path], out: Path, device: str, backend: str, workers: int) -> float:
+    """Wall seconds of one ``lungx segment`` process over exactly ``files`` (not their folder, which may hold
+    more films than were asked for)."""
     t0 = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "lungx_core", "segment", str(folder), "-o", str(out), "--device", device,
-                    "--backend", backend, "--workers", str(workers), "--quiet"], check=True, capture_output=True)
+    subprocess.run([sys.executable, "-m", "lungx_core", "segment", *map(str, files), "-o", str(out), "--device",
+                    device, "--backend", backend, "--workers", str(workers), "--quiet"], check=True,
+                   capture_output=True)
     return time.perf_counter() - t0
 
 
@@ -159,7 +162,7 @@ def main() -> None:
         print(f"inputs: {len(files)} radiographs of {shape[1]}x{shape[0]} px; device {args.device}; backend "
               f"{args.backend}; torch threads {torch.get_num_threads()}; workers {args.workers}")
         if not args.no_cli:
-            seconds = cli_seconds(files[0].parent, tmp / "cli", args.device, args.backend, args.workers)
+            seconds = cli_seconds(files, tmp / "cli", args.device, args.backend, args.workers)
             print(f"`lungx segment` (new process, start-up and model loading included): {len(files) / seconds:.2f} "
                   f"films/s ({seconds:.1f} s for {len(files)})")
 

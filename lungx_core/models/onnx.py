@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import os
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -100,10 +101,14 @@ def _threads() -> int | None:
     return int(value) if value.isdigit() and int(value) > 0 else None
 
 
-def onnx_network(net: Any, config: dict[str, Any], weights: Path, name: str, device: str = "auto") -> OnnxNetwork:
-    """The ONNX Runtime twin of ``net``: exported on first use to ``cache_dir()/<name>-<weights hash>.onnx``."""
+def onnx_network(
+    make_net: Callable[[], Any], config: dict[str, Any], weights: Path, name: str, device: str = "auto"
+) -> OnnxNetwork:
+    """The ONNX Runtime twin of the network ``make_net()`` builds (torch, eval mode, on CPU): exported on first
+    use to ``cache_dir()/<name>-<weights hash>.onnx``. Once cached, the torch network is never built (nor MONAI
+    imported: two seconds of a CT's start-up)."""
     size = int(config.get("size") or config.get("preprocess", {}).get("size", 256))
     path = cache_dir() / f"{name}-{weights_hash(weights)}.onnx"
     if not path.is_file():
-        export(net, int(config["in_channels"]), size, path)
+        export(make_net(), int(config["in_channels"]), size, path)
     return OnnxNetwork(path, device)

@@ -50,22 +50,27 @@ def load_model(name_or_path: str | Path, device: str = "auto", backend: str = "t
     and cached by the weights' hash; it is called like the torch module."""
     if backend not in ("torch", "onnx"):
         raise ValueError(f"unknown backend {backend!r}; choose torch or onnx")
+    weights, _ = model_paths(name_or_path)
+    config = read_model_config(name_or_path)
+    if backend == "onnx":
+        from lungx_core.models.onnx import onnx_network
+
+        def make_net():
+            return _torch_network(weights, config, "cpu")
+
+        return onnx_network(make_net, config, weights, weights.name[: -len(".safetensors")], device), config
+    return _torch_network(weights, config, device), config
+
+
+def _torch_network(weights: Path, config: dict[str, Any], device: str):
+    """The config's network with the weights (float32) in eval mode on ``device``."""
     from safetensors.torch import load_file
 
     from lungx_core.models.networks import build_network
 
-    weights, _ = model_paths(name_or_path)
-    config = read_model_config(name_or_path)
-    dev = resolve_device(device)
     net = build_network(config["arch"], config["in_channels"], len(config["classes"]), **config.get("arch_options", {}))
-    state = {k: v.float() for k, v in load_file(str(weights)).items()}
-    net.load_state_dict(state)
-    net.eval().to(dev)
-    if backend == "onnx":
-        from lungx_core.models.onnx import onnx_network
-
-        return onnx_network(net, config, weights, weights.name[: -len(".safetensors")], device), config
-    return net, config
+    net.load_state_dict({k: v.float() for k, v in load_file(str(weights)).items()})
+    return net.eval().to(resolve_device(device))
 
 
 def network_device(net: Any) -> Any:

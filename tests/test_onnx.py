@@ -36,6 +36,23 @@ def test_cxr_onnx_masks_equal_torch_masks(cache):
     assert onnx_segmenter.net.path.stat().st_mtime_ns == mtime
 
 
+def test_a_cached_onnx_network_needs_no_torch_network(cache, monkeypatch):
+    """Once exported, the ONNX twin loads without building the torch network (a CT run then imports no MONAI)."""
+    from lungx_core.models import store
+
+    first, _ = store.load_model("ct_lungs", "cpu", "onnx")
+
+    def no_torch(*args, **kwargs):
+        raise AssertionError("the torch network was built although its ONNX file is cached")
+
+    monkeypatch.setattr(store, "_torch_network", no_torch)
+    again, config = store.load_model("ct_lungs", "cpu", "onnx")
+    assert again.path == first.path and config["classes"] == ["lung_right", "lung_left"]
+    (cache / first.path.name).unlink()
+    with pytest.raises(AssertionError, match="torch network was built"):  # no file: the export needs it
+        store.load_model("ct_lungs", "cpu", "onnx")
+
+
 def test_ct_onnx_labels_equal_torch_labels(cache):
     from lungx_core.io.sample import sample_ct
     from lungx_core.tasks.ct_lungs import CTLungSegmenter

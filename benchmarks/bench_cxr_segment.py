@@ -37,6 +37,7 @@ def _inputs(folder: Path | None, n: int, long_side: int, tmp: Path) -> list[Path
     from PIL import Image
 
     from lungx_core.io.writers import write_png
+    from lungx_core.preprocess import normalise_intensity
 
     folder = folder or next((DATA / name / "images" for name in ("cxr_nih_nofinding_pneumonia", "jsrt_scr")
                              if (DATA / name / "images").is_dir()), None)
@@ -57,9 +58,8 @@ def _inputs(folder: Path | None, n: int, long_side: int, tmp: Path) -> list[Path
         scale = long_side / max(film.shape)
         size = (round(film.shape[1] * scale), round(film.shape[0] * scale))
         big = np.asarray(Image.fromarray(film).resize(size, Image.BICUBIC), dtype=np.float32)
-        low, high = np.percentile(big, [0.5, 99.5])
         written.append(out / f"{path.stem}_{i:03d}.png")
-        write_png(written[-1], (np.clip((big - low) / max(high - low, 1e-6), 0, 1) * 65535).astype(np.uint16))
+        write_png(written[-1], (normalise_intensity(big) * 65535).astype(np.uint16))
     return written
 
 

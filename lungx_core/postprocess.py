@@ -29,16 +29,19 @@ HEART_MIN_SOLIDITY = 0.9
 HEART_SMOOTH_SIGMA = 0.01
 
 
-def bounding_box(mask: np.ndarray) -> tuple[slice, ...] | None:
-    """The smallest box (one slice per axis) holding every non-zero voxel of ``mask``, or None when there is
-    none; ``ndi.find_objects(mask.astype(np.uint8))[0]`` without the full-size copy and labelled scan: the first
-    axis from a contiguous projection, the others from the projection of that range alone."""
+def bounding_box(mask: np.ndarray, margin: int = 0) -> tuple[slice, ...] | None:
+    """The smallest box (one slice per axis) holding every non-zero voxel of ``mask``, grown by ``margin`` voxels
+    on every side within the array, or None when there is none; ``ndi.find_objects(mask.astype(np.uint8))[0]``
+    without the full-size copy and labelled scan: the first axis from a contiguous projection, the others from
+    the projection of that range alone."""
     mask = np.asarray(mask)
     hit = np.flatnonzero(mask.reshape(mask.shape[0], -1).any(axis=1))
     if hit.size == 0:
         return None
     first = slice(int(hit[0]), int(hit[-1]) + 1)
-    return (first, *bounding_box(mask[first].any(axis=0))) if mask.ndim > 1 else (first,)
+    box = (first, *bounding_box(mask[first].any(axis=0))) if mask.ndim > 1 else (first,)
+    return tuple(slice(max(0, b.start - margin), min(n, b.stop + margin)) for b, n in zip(box, mask.shape,
+                                                                                           strict=True))
 
 
 def keep_components(mask: np.ndarray, keep_fraction: float = 0.0) -> np.ndarray:
@@ -77,13 +80,10 @@ def per_slice(mask: np.ndarray, fn) -> np.ndarray:
 
 def _clean_one(mask: np.ndarray, keep_fraction: float) -> np.ndarray:
     """Components and holes are computed in the structure's bounding box (plus a 1-px frame), not the frame."""
-    rows, cols = np.nonzero(mask.any(axis=1))[0], np.nonzero(mask.any(axis=0))[0]
-    if rows.size == 0:
-        return np.zeros_like(mask, dtype=bool)
-    r0, r1 = max(rows[0] - 1, 0), min(rows[-1] + 2, mask.shape[0])
-    c0, c1 = max(cols[0] - 1, 0), min(cols[-1] + 2, mask.shape[1])
+    box = bounding_box(mask, margin=1)
     out = np.zeros_like(mask, dtype=bool)
-    out[r0:r1, c0:c1] = fill_holes(keep_components(mask[r0:r1, c0:c1], keep_fraction))
+    if box is not None:
+        out[box] = fill_holes(keep_components(mask[box], keep_fraction))
     return out
 
 

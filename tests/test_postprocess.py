@@ -18,3 +18,6 @@ def test_bounding_box_is_find_objects_box(shape):
         boxes = ndi.find_objects(mask.astype(np.uint8))
         assert bounding_box(mask) == (boxes[0] if boxes else None)
         assert bounding_box(mask.astype(np.uint8) * 2) == bounding_box(mask)  # any non-zero label counts
+        if boxes:  # grown by a margin, never past the array
+            grown = tuple(slice(max(0, b.start - 2), min(n, b.stop + 2)) for b, n in zip(boxes[0], shape, strict=True))
+            assert bounding_box(mask, margin=2) == grown

@@ -141,7 +141,7 @@ def main(argv=None) -> None:
                         major[lung] = dice[lung]
             ref_all, got_all = v_ref > 0, result.labels > 0
             union = 2 * (ref_all & got_all).sum() / max(1, ref_all.sum() + got_all.sum())
-            ref_ml = float((v_ref > 0).sum() * voxel_ml)
+            ref_ml = float(ref_all.sum() * voxel_ml)
             rows.append(row | {
                 "dice_right": round(dice.get("right", float("nan")), 4),
                 "dice_left": round(dice.get("left", float("nan")), 4),
@@ -176,8 +176,7 @@ def main(argv=None) -> None:
     table.append("")
     for key, what in (("dice_min_major", "lungs mostly in the cut, each"), ("dice_lungs", "both lungs together"),
                       ("dice_min", "every lung with 50 mL or more in the cut, slivers included")):
-        values = [r.get(key, 0.0) for r in rows]
-        values = [v for v in values if v == v]  # nan: no such lung in the cut
+        values = [r[key] for r in rows if r[key] == r[key]]  # nan: no such lung in the cut
         table.append(f"{what}: Dice >= 0.95 on {sum(d >= 0.95 for d in values)} of {len(values)}, >= 0.90 on "
                      f"{sum(d >= 0.90 for d in values)}; median {np.median(values):.3f}, lowest {min(values):.3f}.")
     print("\n" + "\n".join(table))

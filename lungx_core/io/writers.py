@@ -232,17 +232,17 @@ def tint(
 
     if gray01.shape != shape:
         gray01 = resize(gray01, shape, order=1, anti_aliasing=True)
+    from lungx_core.postprocess import bounding_box
+
     planes = np.repeat(np.asarray(gray01, dtype=np.float32)[None], 3, axis=0)  # one plane per colour
     for s in structures:
         m = masks[s.name]
         if m.shape != shape:
             m = resize(m.astype(np.float32), shape, order=1) >= 0.5
         m = m.astype(bool, copy=False)
-        rows = np.flatnonzero(m.any(axis=1))
-        if rows.size == 0:
+        box = bounding_box(m)  # work inside the mask's box only
+        if box is None:
             continue
-        cols = np.flatnonzero(m.any(axis=0))
-        box = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))  # work inside the mask's box only
         inside, edge = m[box], _outline(m)[box]
         for plane, value in zip(planes, np.asarray(s.color, dtype=np.float32), strict=True):
             part = plane[box]

@@ -148,11 +148,9 @@ def remove_airway(labels: np.ndarray, hu: np.ndarray, spacing: tuple[float, floa
     # Grown in all dark voxels, not only the network's mask: the network may label the trachea only in part,
     # and the leak control of grow_airway stops before the lungs themselves are reached.
     airway = grow_airway(sub_hu, seed, np.ones_like(sub_lung), spacing)
-    near = bounding_box(airway)
+    near = bounding_box(airway, margin=1)  # dilated inside it: the same voxels as dilating the whole box
     if near is None:
         return labels
-    # dilated by one voxel inside the airway's box grown by one: the same voxels as dilating the whole box
-    near = tuple(slice(max(0, b.start - 1), b.stop + 1) for b in near)
     grown = ndi.binary_dilation(airway[near]) & sub_lung[near]
     labels[box][near][grown] = 0
     return labels

@@ -287,3 +287,20 @@ def test_plausibility_summary_counts_ragged_hearts_and_clavicles():
     s = summarise(rows)
     assert s["all"]["n"] == 3 and s["all"]["heart_ragged"] == 2 / 3 and s["all"]["clavicles_both"] == 2 / 3
     assert s["val_adults"] == {"n": 1, "heart_ragged": 1.0, "median_heart_solidity": 0.8, "clavicles_both": 0.0}
+
+
+def test_nodule_crops_centre_on_hard_negatives():
+    """With ``hard_negatives`` 1, every crop holds the mined place (a marked pixel), whatever film kind is drawn."""
+    from training.train_nodules import sample
+
+    x = np.zeros((1, 96, 96), np.float16)
+    x[0, 70, 20] = 1.0  # the hard negative
+    lung = np.ones((1, 96, 96), bool)
+    films = {"x": x, "lung": lung, "ids": np.array(["JPCNN001"]), "source": np.array(["jsrt"])}
+    cfg = {"crop": 48, "mix": [0.0, 1.0, 0.0], "simulate": 0.0, "centred": 0.0, "sigma_fraction": 0.25,
+           "hard_negatives": 1.0}
+    rng = np.random.default_rng(0)
+    hard = np.array([[0, 70, 20]], np.float32)
+    for _ in range(20):
+        crop, heat, _, _ = sample(films, [[], [0], []], {}, cfg, rng, hard)
+        assert crop.max() > 0.5 and not heat.any()  # the place is in the crop, and it is no nodule

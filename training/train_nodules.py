@@ -13,7 +13,9 @@ of the JSRT range; 5-30 mm, solid, lobulated or part-solid; 10 % outside the lun
 of its nodules (jittered) with probability ``centred``, else anywhere in the lung field's bounding box; then a
 mirror flip and a grey-level gamma. Targets: a Gaussian of sigma ``max(2, sigma_fraction * d)`` at each centre (the
 penalty-reduced focal loss of CenterNet) and log(d) within half a radius of it (L1, weight ``size_weight``).
-The encoder and decoder start from the shipped anatomy network (``init``), the output layer fresh.
+The encoder and decoder start from the shipped anatomy network (``init``), the output layer fresh; or, with
+``start_run``, from that run's same fold (a second stage), where ``hard_negatives`` of the crops are centred on
+the starting model's own false positives on the training films (mined once, ``hard_floor`` and up).
 
 After training, the held-out fold's films are scored (``<run>/fold_<k>/candidates.csv``: every candidate above
 the floor) and ``--report`` pools the five folds into the cross-validated FROC (``lungx_core.eval.metrics``).
@@ -157,10 +159,18 @@ def groups(films, train: np.ndarray, real: dict) -> list[list[int]]:
             [i for i in train if films["source"][i] == "nih"]]
 
 
-def sample(films, kinds: list[list[int]], real: dict, cfg: dict, rng: np.random.Generator):
-    """One training crop: (input (1, c, c), heat, log-diameter, size weight) as arrays."""
+def sample(films, kinds: list[list[int]], real: dict, cfg: dict, rng: np.random.Generator,
+           hard: np.ndarray | None = None):
+    """One training crop: (input (1, c, c), heat, log-diameter, size weight) as arrays. With ``hard`` (rows of
+    film index, row, col: :func:`mine_hard_negatives`), a share ``hard_negatives`` of the crops is centred on one
+    of them instead."""
     c = cfg["crop"]
-    i = int(rng.choice(kinds[int(rng.choice(3, p=cfg["mix"]))]))
+    focus = None
+    if hard is not None and len(hard) and rng.random() < cfg["hard_negatives"]:
+        i, *focus = hard[int(rng.integers(len(hard)))]
+        i = int(i)
+    else:
+        i = int(rng.choice(kinds[int(rng.choice(3, p=cfg["mix"]))]))
     x = films["x"][i].astype(np.float32)
     lung = films["lung"][i]
     nodules = [Nodule(px, py, d, 0.0, "real") for px, py, d in real.get(str(films["ids"][i]), [])]
@@ -169,7 +179,9 @@ def sample(films, kinds: list[list[int]], real: dict, cfg: dict, rng: np.random.
                              anywhere=0.1)
         x = x + render_nodules(x.shape, sim, rng)
         nodules += sim
-    if nodules and rng.random() < cfg["centred"]:
+    if focus is not None:
+        cy, cx = focus[0] + rng.uniform(-0.3, 0.3) * c, focus[1] + rng.uniform(-0.3, 0.3) * c
+    elif nodules and rng.random() < cfg["centred"]:
         n = nodules[int(rng.integers(len(nodules)))]
         cy, cx = n.y + rng.uniform(-0.4, 0.4) * c, n.x + rng.uniform(-0.4, 0.4) * c
     else:
@@ -199,18 +211,21 @@ def train(args, cfg, films, real) -> Path:
     opt = torch.optim.AdamW(net.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, cfg["lr"], total_steps=cfg["steps"], pct_start=0.05)
     start, _ = resume(folder, net, opt, sched)  # counted in steps here, not epochs
-    if start == 0:
+    if start == 0 and cfg.get("start_run"):
+        net.load_state_dict(starting_state(cfg, args.fold))
+    elif start == 0:
         warm_start(net, cfg["init"])
         with torch.no_grad():  # a rare-event prior: the heatmap starts near 0.01 everywhere
             last = [m for m in net.modules() if isinstance(m, torch.nn.Conv2d | torch.nn.ConvTranspose2d)][-1]
             if last.bias is not None:
                 last.bias[0] = -4.6
+    hard = mine_hard_negatives(cfg, args.fold, films, train_idx, real, folder) if cfg.get("hard_negatives") else None
     kinds = groups(films, train_idx, real)
     rng = np.random.default_rng(cfg["seed"] + 7919 * start + (99 if args.fold == "all" else int(args.fold)))
     net.train()
     t0, losses = time.perf_counter(), []
     for step in range(start, cfg["steps"]):
-        parts = [sample(films, kinds, real, cfg, rng) for _ in range(cfg["batch_size"])]
+        parts = [sample(films, kinds, real, cfg, rng, hard) for _ in range(cfg["batch_size"])]
         x, heat, size, weight = (torch.from_numpy(np.stack(p)) for p in zip(*parts, strict=True))
         out = net(x)
         loss = focal_loss(out[:, :1], heat)
@@ -228,6 +243,43 @@ def train(args, cfg, films, real) -> Path:
             print(row, flush=True)
             t0, losses = time.perf_counter(), []
     return folder
+
+
+def starting_state(cfg: dict, fold: str) -> dict:
+    """The weights fold ``fold`` starts from when the config names a ``start_run``: that run's same fold."""
+    return torch.load(Path(cfg["start_run"]) / f"fold_{fold}" / "last.pt", weights_only=False)["model"]
+
+
+def mine_hard_negatives(cfg: dict, fold: str, films, train_idx: np.ndarray, real: dict, folder: Path) -> np.ndarray:
+    """The starting model's false positives on this fold's training films: (film index, row, col) of every
+    candidate at or above ``hard_floor`` that lies outside every real nodule's hit radius (its radius, at least
+    4 mm at 0.7 mm/px). Mined once with the weights the fold starts from, cached in ``<folder>/hard_negatives.npy``
+    so a resumed run centres on the same places. Every film trained on is mined (NIH normals too): a held-out
+    film is never looked at."""
+    from lungx_core.preprocess import Letterbox
+
+    cached = folder / "hard_negatives.npy"
+    if cached.exists():
+        return np.load(cached)
+    if not cfg.get("start_run"):
+        raise ValueError("hard_negatives needs a start_run: the trained model whose false positives are mined")
+    net = build(cfg)
+    net.load_state_dict(starting_state(cfg, fold))
+    net.eval()
+    size = cfg["size"]
+    box = Letterbox((size, size), (size, size), (0, 0), size)
+    found = []
+    for i in train_idx:
+        x = films["x"][i].astype(np.float32)
+        nodules = real.get(str(films["ids"][i]), [])
+        for c in decode(predict_heat(net, x), box, cfg["hard_floor"], cfg["min_distance"], cfg["max_candidates"],
+                        blank_regions(x)):
+            if all(np.hypot(c.col - nx, c.row - ny) > max(d / 2, 4 / 0.7) for nx, ny, d in nodules):
+                found.append((i, c.row, c.col))
+    hard = np.array(found, np.float32).reshape(-1, 3)
+    np.save(cached, hard)
+    print(f"hard negatives: {len(hard)} on {len(train_idx)} training films", flush=True)
+    return hard
 
 
 def score_fold(args, cfg, films, folder: Path) -> None:

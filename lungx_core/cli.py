@@ -417,7 +417,8 @@ def synthesize(
     side: Annotated[LesionSide, typer.Option(help="insert and lesion-guided cyclegan: the patient's side(s); "
                                                   "any = drawn.")] = LesionSide.any,
     kind: Annotated[LesionKind, typer.Option(help="insert and lesion-guided cyclegan: ground glass, consolidation, "
-                                             "or consolidated cores in ground glass.")] = LesionKind.mixed,
+                                             "consolidated cores in ground glass, or a basal/lateral white-out "
+                                             "reaching the lung border.")] = LesionKind.mixed,
     seed: Annotated[
         int | None, typer.Option(help="insert and lesion-guided cyclegan: seeds the lesion draw, mixed with a "
                                  "digest of each film's pixels (default 0; lx.synthesize draws the same); other "

@@ -42,7 +42,7 @@ def test_split_lungs_names_the_patients_sides():
     assert ((sides["right"] | sides["left"]) == lung).all()
 
 
-@pytest.mark.parametrize("kind", ["ggo", "consolidation", "mixed"])
+@pytest.mark.parametrize("kind", ["ggo", "consolidation", "mixed", "whiteout"])
 def test_insertion_changes_only_the_lung_and_raises_density(kind):
     image, lung = chest()
     result = insert_lesions(image, lung, LesionRequest(area=0.3, side="both", kind=kind), seed=3)
@@ -87,6 +87,28 @@ def test_consolidation_is_denser_than_ground_glass():
         r = insert_lesions(image, lung, LesionRequest(area=0.3, side="both", kind=kind, strokes=0), seed=5)
         lift[kind] = float((r.array.astype(float) - image)[r.lesion.hard].mean())
     assert lift["consolidation"] > lift["ggo"] > 0
+
+
+def test_whiteout_reaches_the_border_and_takes_its_contrast_away():
+    image, lung = chest()
+    from scipy import ndimage as ndi
+
+    border = lung & ~ndi.binary_erosion(lung, iterations=2)
+    lesions = {kind: plan_lesion(lung, LesionRequest(area=0.4, side="both", kind=kind, strokes=0), seed=6)
+               for kind in ("consolidation", "whiteout")}
+    # the other kinds keep a rim of aerated lung; a white-out is opaque up to the lung's own edge
+    assert (lesions["consolidation"].alpha[border] > 0.5).sum() == 0
+    assert (lesions["whiteout"].alpha[border] > 0.5).sum() > 0.2 * border.sum()
+    assert lesions["whiteout"].local_level and not lesions["consolidation"].local_level
+    assert lesions["whiteout"].alpha.max() > lesions["consolidation"].alpha.max()
+    # lower zones first: the lesion's centre lies below the lung field's
+    assert np.nonzero(lesions["whiteout"].hard)[0].mean() > np.nonzero(lung)[0].mean()
+    out = apply_lesion(image.astype(np.float32), lung, lesions["whiteout"])
+    edge = border & (lesions["whiteout"].alpha > 0.8)
+    wall = ndi.binary_dilation(edge, iterations=3) & ~lung  # the tissue just outside those border pixels
+    before = abs(image[edge].astype(float).mean() - image[wall].astype(float).mean())
+    after = abs(out[edge].mean() - out[wall].mean())
+    assert after < 0.3 * before  # the lung's edge against the chest wall has (almost) gone: the silhouette sign
 
 
 def test_oracle_removal_gives_back_the_clear_film():

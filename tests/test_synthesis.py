@@ -334,6 +334,25 @@ def test_augmentation_keeps_masks_aligned(phantom, tiny_generator, monkeypatch):
     assert 0.4 < swapped < 0.6
     with pytest.raises(ValueError):
         SyntheticSwap(synthetic, has, 1.5, seed=0)
+    # several versions per film: one drawn per swap, always of that film
+    versions = np.stack([synthetic, synthetic + 10])
+    many = SyntheticSwap(versions, has, 1.0, seed=0)
+    drawn = {float(many.image(3, originals[3])[0, 0]) for _ in range(50)}
+    assert drawn == {3.0, 13.0}
+
+
+def test_insertion_versions_are_drawn_per_film_and_kind(phantom):
+    from lungx_core.preprocess import PreprocessConfig
+    from training.synthetic_augment import synthetic_versions
+
+    pre = PreprocessConfig(size=64)
+    lung = phantom_lung(phantom.shape)
+    one = synthetic_versions([phantom, phantom], [lung, lung], pre, method="insert", kind="whiteout")
+    three = synthetic_versions([phantom, phantom], [lung, lung], pre, method="insert",
+                               kind=["whiteout", "ggo"], versions=3)
+    assert one.shape == (2, 64, 64) and three.shape == (3, 2, 64, 64)
+    assert np.array_equal(three[0, 0], one[0])  # version 0 of film 0: seed 0, the first kind
+    assert not np.array_equal(three[0, 0], three[1, 0]) and not np.array_equal(three[0, 0], three[0, 1])
 
 
 def test_shipped_generator_and_classifier_load_and_are_small():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from training.cxr_data import Sample, make_splits, split_by_side
 from training.train_cxr import mirror
@@ -304,3 +305,34 @@ def test_nodule_crops_centre_on_hard_negatives():
     for _ in range(20):
         crop, heat, _, _ = sample(films, [[], [0], []], {}, cfg, rng, hard)
         assert crop.max() > 0.5 and not heat.any()  # the place is in the crop, and it is no nodule
+
+
+def test_distractors_darken_only_outside_the_lungs():
+    """Drawn regions never touch the (grown) lung field, so the masks stay the label; they are darker than the
+    tissue they replace, and films without a lung label pass unchanged."""
+    from training.distractors import Distractors, draw_distractors
+
+    rows, cols = np.mgrid[:128, :128]
+    lung = np.zeros((128, 128), bool)
+    for centre in (40, 88):
+        lung |= ((rows - 55) / 35) ** 2 + ((cols - centre) / 18) ** 2 < 1
+    image = np.where(lung, 0.3, 0.8).astype(np.float32)
+    changed_any = False
+    for seed in range(5):
+        out = draw_distractors(image, lung, np.random.default_rng(seed))
+        assert out.shape == image.shape and out.dtype == image.dtype
+        assert np.array_equal(out[lung], image[lung])
+        moved = out != image
+        changed_any |= bool(moved.any())
+        assert (out[moved] <= image[moved] + 1e-6).mean() > 0.9
+    assert changed_any
+    masks = np.zeros((5, 128, 128), np.uint8)
+    assert Distractors({"p": 1.0}, seed=0)(image, masks) is image
+
+
+def test_healthy_runs_are_not_selected_by_pathological_masks():
+    from training.train_cxr import selection_score
+
+    val = {"jsrt/lung": 0.9, "jsrt/heart": 0.8, "covid/lung": 0.1, "covid/heart": 0.1}
+    assert selection_score(val, {"jsrt"}) == pytest.approx(0.85)
+    assert selection_score(val) == pytest.approx(0.475)

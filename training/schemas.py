@@ -42,6 +42,7 @@ class CXRSegmentationRun:
     init: str | None = None  # a shipped model to start from
     train_datasets: list | None = None  # train on these datasets only
     synthesis: dict | None = None  # swap in synthetic pathological films
+    distractors: dict | None = None  # dark regions outside the lungs (training/distractors.py): {"p", "count"}
     pseudo_labels: dict | None = None  # {"model": ...}: NIH films labelled by that model where plausible
 
 

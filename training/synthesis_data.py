@@ -158,9 +158,10 @@ def load_domain_cache(path: Path) -> dict[str, np.ndarray]:
 def lesion_region(lung: np.ndarray, rng: np.random.Generator, area: tuple[float, float]):
     """A lesion of the lesion model planned in ``lung`` (bool, a crop), with a drawn area in ``area``, kind and
     side: the :class:`lungx_core.generative.lesions.Lesion`."""
-    from lungx_core.generative.lesions import KINDS, LesionRequest, plan_lesion
+    from lungx_core.generative.lesions import LesionRequest, plan_lesion
 
-    request = LesionRequest(area=float(rng.uniform(*area)), kind=KINDS[int(rng.integers(len(KINDS)))])
+    kinds = ("ggo", "consolidation", "mixed")  # the kinds the shipped translation models were trained with
+    request = LesionRequest(area=float(rng.uniform(*area)), kind=kinds[int(rng.integers(len(kinds)))])
     return plan_lesion(lung, request, rng)
 
 

@@ -25,6 +25,7 @@ from lungx_core.preprocess import PreprocessConfig  # noqa: E402
 from training.common import append_log, build_once, resume, save_checkpoint, start_run, warm_start  # noqa: E402
 from training.cxr_data import Sample, _read_png, build_cache, load_cache, load_targets  # noqa: E402
 from training.cxr_pseudo_labels import build_pseudo_cache  # noqa: E402
+from training.distractors import Distractors  # noqa: E402
 from training.losses import SegmentationLoss  # noqa: E402
 from training.schemas import CXRSegmentationRun  # noqa: E402
 from training.synthetic_augment import SyntheticSwap, synthetic_versions  # noqa: E402
@@ -116,8 +117,11 @@ def validate(net, data: dict, idx: np.ndarray, batch: int = 16) -> dict[str, flo
     return {k: float(np.mean(v)) for k, v in sorted(scores.items())}
 
 
-def selection_score(val: dict[str, float]) -> float:
+def selection_score(val: dict[str, float], sources: set[str] | None = None) -> float:
+    """The validation score that picks ``best.pt``; with ``sources`` (e.g. ``{"jsrt"}``), only those sources'
+    Dice count: a run trained on healthy films alone must not be picked by the pathological films' masks."""
     keys = ["jsrt/lung", "covid/lung", "jsrt/heart", "covid/heart", "jsrt/clavicle_left", "jsrt/clavicle_right"]
+    keys = [k for k in keys if sources is None or k.split("/")[0] in sources]
     terms = [val[k] for k in keys if k in val]
     if "cxr/heart_ragged" in val:  # films without masks (NIH) count by their plausibility
         terms += [1 - val["cxr/heart_ragged"], val["cxr/clavicles_both"]]
@@ -142,7 +146,8 @@ def synthetic_swap(
             masks = load_targets(args.data, Sample(ds, cid, ""))[0]
             lungs.append(masks[0] | masks[1])
         synthetic = synthetic_versions(images, lungs, pre, syn.get("model", "cxr_synthesis"),
-                                       method=syn.get("method", "cyclegan"), kind=syn.get("kind", "mixed"))
+                                       method=syn.get("method", "cyclegan"), kind=syn.get("kind", "mixed"),
+                                       versions=syn.get("versions", 1))
         made_by = str(syn.get("model", syn.get("method")))
         np.savez_compressed(path, synthetic=synthetic, has_synthetic=has, model=np.array(made_by))
         print(f"{len(images)} synthetic films made in {time.time() - t0:.0f}s", flush=True)
@@ -182,6 +187,9 @@ def main(argv=None) -> None:
     augment = make_augment(cfg, cfg["seed"] + start_epoch)
     # seeded per start epoch, as augment: a resumed run draws afresh
     swap = synthetic_swap(args, cfg, data, train_idx, pre, cfg["seed"] + start_epoch) if "synthesis" in cfg else None
+    # the validation sources that may choose the epoch: those trained on (all, when unrestricted)
+    sources = {d.split("_")[0] for d in cfg["train_datasets"]} if "train_datasets" in cfg else None
+    distract = Distractors(cfg["distractors"], cfg["seed"] + start_epoch) if cfg.get("distractors") else None
     log_path = args.run / "log.csv"
     bs = cfg["batch_size"]
     for epoch in range(start_epoch, cfg["epochs"]):
@@ -190,14 +198,13 @@ def main(argv=None) -> None:
         losses = []
         for b in range(steps_per_epoch):
             sel = order[b * bs : (b + 1) * bs]
-            items = [
-                augment(
-                    (data["images"][i] if swap is None else swap.image(i, data["images"][i]))[None].astype(np.float32),
-                    data["masks"][i].astype(np.float32),
-                    data["weights"][i][None].astype(np.float32),
-                )
-                for i in sel
-            ]
+            items = []
+            for i in sel:
+                image = data["images"][i] if swap is None else swap.image(i, data["images"][i])
+                if distract is not None:
+                    image = distract(image, data["masks"][i])
+                items.append(augment(image[None].astype(np.float32), data["masks"][i].astype(np.float32),
+                                     data["weights"][i][None].astype(np.float32)))
             x, y, w = (torch.stack(t) for t in zip(*items, strict=True))
             lab = torch.as_tensor(data["labelled"][sel], dtype=torch.float32)
             loss = loss_fn(net(x), y, lab, w)
@@ -207,7 +214,7 @@ def main(argv=None) -> None:
             sched.step()
             losses.append(loss.item())
         val = validate(net, data, val_idx)
-        score = selection_score(val)
+        score = selection_score(val, sources)
         if score > best:
             best = score
             torch.save({"model": net.state_dict(), "epoch": epoch, "val": val}, args.run / "best.pt")

@@ -36,7 +36,12 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage as ndi
 
-KINDS = ("ggo", "consolidation", "mixed")
+KINDS = ("ggo", "consolidation", "mixed", "whiteout")
+# white-out: dense consolidation of the lower and outer lung that runs up to the lung's own border, so the border
+# against the diaphragm and the chest wall vanishes (what defeats a lung model trained on healthy films)
+WHITEOUT_AREA = (0.25, 0.7)  # share of the chosen side's lung field when no area is asked for
+WHITEOUT_GAIN = (0.85, 1.0)  # how far towards soft tissue: from almost to fully opaque
+WHITEOUT_DAMP = 0.9  # vessels hidden
 SIDES = ("any", "both", "left", "right")  # the patient's sides
 MODEL_FILE = Path(__file__).parents[1] / "weights" / "cxr_lesions.json"
 WORK_SIZE = 256  # shapes are drawn on a grid of about this many pixels across, then enlarged: resolution-free
@@ -77,7 +82,9 @@ def shipped_model() -> LesionModel:
 class LesionRequest:
     """What to insert. ``area``: share of the lung field covered (0-1), None draws it from the model; ``side``:
     the patient's ``left``, ``right``, ``both``, or ``any`` (drawn); ``kind``: ``ggo``, ``consolidation`` or
-    ``mixed`` (consolidated cores in ground glass); ``strokes``: chance of adding Bezier brush strokes."""
+    ``mixed`` (consolidated cores in ground glass) or ``whiteout`` (near-opaque consolidation of the lower and
+    outer zones reaching the lung border, which then vanishes); ``strokes``: chance of adding Bezier brush
+    strokes."""
 
     area: float | None = None
     side: str = "any"
@@ -101,6 +108,9 @@ class Lesion:
     damp: np.ndarray  # float32 in [0, 1]: share of the fine detail hidden (consolidation), 0 where alpha is 0
     hard: np.ndarray  # bool: the lesion itself (before feathering), what a mask of it would say
     sides: tuple[str, ...] = field(default=())  # the patient's sides it was drawn in
+    # lift towards the tissue just outside the lung (diaphragm, chest wall) rather than the chest's median soft
+    # tissue, so a lesion reaching the border takes the border's contrast away (the silhouette sign)
+    local_level: bool = False
 
     @property
     def support(self) -> np.ndarray:
@@ -209,12 +219,21 @@ def plan_lesion(
     region = np.zeros(small_shape, bool)
     score = np.full(small_shape, -np.inf, np.float32)
     field = _smooth_field(small_shape, float(rng.uniform(0.05, 0.1)) * height, rng)
+    whiteout = request.kind == "whiteout"
     for side in sides:
-        inner = ndi.binary_erosion(sides_all[side], iterations=max(1, int(0.015 * height)))
+        # other kinds keep a rim of aerated lung; a white-out runs into the border (and the border's own lung)
+        inner = sides_all[side] if whiteout else ndi.binary_erosion(sides_all[side],
+                                                                    iterations=max(1, int(0.015 * height)))
         inner = inner if inner.any() else sides_all[side]
         region |= inner
-        score = np.where(inner, field + _zone_prior(sides_all[side], side, model), score)
-    area = request.area if request.area is not None else float(rng.uniform(*model.area))
+        prior = _zone_prior(sides_all[side], side, model) * (3.0 if whiteout else 1.0)  # basal and lateral
+        score = np.where(inner, field + prior, score)
+    if request.area is not None:
+        area = request.area
+    elif whiteout:  # of the sides drawn, not of the whole field
+        area = float(rng.uniform(*WHITEOUT_AREA)) * region.sum() / max(small.sum(), 1)
+    else:
+        area = float(rng.uniform(*model.area))
     target = min(area * small.sum(), 0.95 * region.sum())
     strokes = np.zeros(small_shape, bool)
     if rng.random() < request.strokes:
@@ -238,7 +257,9 @@ def plan_lesion(
     texture = _smooth_field(small_shape, max(1.0, 0.02 * height), rng)
     ggo = rng.uniform(*model.gain_ggo)
     cons = rng.uniform(*model.gain_consolidation)
-    if request.kind == "ggo":
+    if whiteout:
+        gain[:], damp[:] = rng.uniform(*WHITEOUT_GAIN), WHITEOUT_DAMP
+    elif request.kind == "ggo":
         gain[:] = ggo
     elif request.kind == "consolidation":
         gain[:], damp[:] = cons, model.damp_consolidation
@@ -248,14 +269,18 @@ def plan_lesion(
         gain = (ggo + (cons - ggo) * core).astype(np.float32)
         damp = (model.damp_consolidation * core).astype(np.float32)
     gain *= np.clip(1 + 0.15 * texture, 0.6, 1.4)  # mottled, not a flat wash
-    soft = ndi.gaussian_filter(hard.astype(np.float32), max(0.8, 0.025 * height))  # fuzzy margins
-    alpha_small = np.clip(soft * gain, 0, 0.95)
+    if whiteout:  # no fading margin where the lesion meets the lung's border: extend it past the border first
+        hard_out = hard | (ndi.binary_dilation(hard, iterations=max(1, int(0.05 * height))) & ~small)
+        soft = ndi.gaussian_filter(hard_out.astype(np.float32), max(0.8, 0.025 * height))
+    else:
+        soft = ndi.gaussian_filter(hard.astype(np.float32), max(0.8, 0.025 * height))  # fuzzy margins
+    alpha_small = np.clip(soft * gain, 0, 1.0 if whiteout else 0.95)
 
     alpha = _enlarge(alpha_small, lung.shape) * lung  # nothing outside the lung field, at full resolution
     alpha[alpha < 1e-3] = 0.0
     damp_full = np.where(alpha > 0, _enlarge(damp, lung.shape), 0.0)
     hard_full = (_enlarge(hard.astype(np.float32), lung.shape) >= 0.5) & lung
-    return Lesion(alpha.astype(np.float32), damp_full.astype(np.float32), hard_full, tuple(sides))
+    return Lesion(alpha.astype(np.float32), damp_full.astype(np.float32), hard_full, tuple(sides), whiteout)
 
 
 def soft_tissue_level(image: np.ndarray, lung: np.ndarray) -> float:
@@ -269,6 +294,15 @@ def soft_tissue_level(image: np.ndarray, lung: np.ndarray) -> float:
     return float(np.median(values)) if values.size else float(np.percentile(image, 90))
 
 
+def local_tissue_level(image: np.ndarray, lung: np.ndarray, sigma: float) -> np.ndarray:
+    """Per pixel, the Gaussian-weighted mean (``sigma`` px) of the film outside the lung field: near the base the
+    diaphragm's and abdomen's level, near the chest wall the wall's."""
+    outside = (~np.asarray(lung, bool)).astype(np.float32)
+    weight = ndi.gaussian_filter(outside, sigma)
+    level = ndi.gaussian_filter(np.asarray(image, np.float32) * outside, sigma) / np.maximum(weight, 1e-3)
+    return np.where(weight > 1e-3, level, soft_tissue_level(image, lung)).astype(np.float32)
+
+
 def apply_lesion(image: np.ndarray, lung: np.ndarray, lesion: Lesion) -> np.ndarray:
     """The film with ``lesion`` drawn in: the input's dtype; pixels where ``lesion.alpha`` is 0 are the input's,
     bit for bit."""
@@ -280,7 +314,7 @@ def apply_lesion(image: np.ndarray, lung: np.ndarray, lesion: Lesion) -> np.ndar
         return np.array(image, copy=True)
     height = np.ptp(np.nonzero(lung.any(axis=1))[0]) + 1
     background = ndi.gaussian_filter(x, 0.02 * height)
-    level = soft_tissue_level(x, lung)
+    level = local_tissue_level(x, lung, 0.08 * height) if lesion.local_level else soft_tissue_level(x, lung)
     lifted = x + lesion.alpha * (level - background) - lesion.damp * lesion.alpha * (x - background)
     out = np.array(image, copy=True)
     out[support] = to_dtype(lifted[support], image.dtype)

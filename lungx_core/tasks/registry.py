@@ -129,8 +129,9 @@ TASKS: dict[str, TaskInfo] = {
                        "lesions; any = drawn.",
                        choices=("any", "both", "left", "right")),
             TaskOption("kind", "choice", "mixed", "insert, lesion-guided cyclegan: ground glass (ggo), "
-                       "consolidation, or consolidated cores in ground glass (mixed).",
-                       choices=("mixed", "ggo", "consolidation")),
+                       "consolidation, consolidated cores in ground glass (mixed), or a near-opaque basal and "
+                       "lateral white-out that runs into the lung border (whiteout).",
+                       choices=("mixed", "ggo", "consolidation", "whiteout")),
         ),
     ),
     "cxr-opacity-removal": TaskInfo(

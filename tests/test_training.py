@@ -336,3 +336,21 @@ def test_healthy_runs_are_not_selected_by_pathological_masks():
     val = {"jsrt/lung": 0.9, "jsrt/heart": 0.8, "covid/lung": 0.1, "covid/heart": 0.1}
     assert selection_score(val, {"jsrt"}) == pytest.approx(0.85)
     assert selection_score(val) == pytest.approx(0.475)
+
+
+def test_retrocardiac_lungs_run_straight_down_behind_the_heart():
+    from training.lung_convention import retrocardiac_lungs
+
+    right = np.zeros((100, 100), bool)  # the patient's right lung: the image's left
+    left = np.zeros((100, 100), bool)
+    right[10:90, 10:40] = True
+    left[10:90, 60:90] = True
+    heart = np.zeros((100, 100), bool)
+    heart[55:90, 30:80] = True
+    right[55:90, 30:40] = left[55:90, 60:80] = False  # SCR: each lung stops at the heart's border
+    new_left, new_right = retrocardiac_lungs(left, right, heart)
+    assert new_left[55:90, 60:80].all() and new_right[55:90, 30:40].all()  # behind the heart, straight down
+    assert not (new_left | new_right)[:, 40:60].any()  # the middle (spine, mediastinum) stays out
+    assert (new_left >= left).all() and (new_right >= right).all()
+    same = retrocardiac_lungs(left, right, np.zeros_like(heart))
+    assert np.array_equal(same[0], left) and np.array_equal(same[1], right)

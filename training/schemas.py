@@ -43,6 +43,7 @@ class CXRSegmentationRun:
     train_datasets: list | None = None  # train on these datasets only
     synthesis: dict | None = None  # swap in synthetic pathological films
     distractors: dict | None = None  # dark regions outside the lungs (training/distractors.py): {"p", "count"}
+    lung_convention: str | None = None  # "retrocardiac": JSRT training lungs redrawn behind the heart
     pseudo_labels: dict | None = None  # {"model": ...}: NIH films labelled by that model where plausible
 
 

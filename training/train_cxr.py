@@ -27,6 +27,7 @@ from training.cxr_data import Sample, _read_png, build_cache, load_cache, load_t
 from training.cxr_pseudo_labels import build_pseudo_cache  # noqa: E402
 from training.distractors import Distractors  # noqa: E402
 from training.losses import SegmentationLoss  # noqa: E402
+from training.lung_convention import retrocardiac_lungs  # noqa: E402
 from training.schemas import CXRSegmentationRun  # noqa: E402
 from training.synthetic_augment import SyntheticSwap, synthetic_versions  # noqa: E402
 
@@ -170,6 +171,12 @@ def main(argv=None) -> None:
     if "train_datasets" in cfg:  # e.g. healthy films only, to measure what synthesis adds
         train_idx = train_idx[np.isin(data["dataset"][train_idx], cfg["train_datasets"])]
     val_idx = np.nonzero(data["split"] == "val")[0]
+    if cfg.get("lung_convention") == "retrocardiac":  # the training films' lungs drawn as the COVID sets draw them
+        for i in train_idx[data["dataset"][train_idx] == "jsrt_scr"]:
+            m = data["masks"][i]
+            m[0], m[1] = retrocardiac_lungs(m[0], m[1], m[2])
+    elif cfg.get("lung_convention"):
+        raise ValueError(f"{args.config}: lung_convention must be 'retrocardiac', not {cfg['lung_convention']!r}")
     print(f"train {len(train_idx)}  val {len(val_idx)}", flush=True)
 
     net = build_network(cfg["arch"], 1, len(CXR_CLASSES), **cfg.get("arch_options", {}))

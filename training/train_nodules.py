@@ -45,6 +45,7 @@ from training.schemas import NoduleRun, read_config
 
 FOLDS = 5
 JSRT = "jsrt_scr"
+PIXEL_MM = 0.7  # the staged 512-px JSRT films' pixel size, for the 4-mm least hit radius
 NIH = "cxr_nih_nofinding_pneumonia"
 
 
@@ -252,29 +253,24 @@ def starting_state(cfg: dict, fold: str) -> dict:
 
 def mine_hard_negatives(cfg: dict, fold: str, films, train_idx: np.ndarray, real: dict, folder: Path) -> np.ndarray:
     """The starting model's false positives on this fold's training films: (film index, row, col) of every
-    candidate at or above ``hard_floor`` that lies outside every real nodule's hit radius (its radius, at least
-    4 mm at 0.7 mm/px). Mined once with the weights the fold starts from, cached in ``<folder>/hard_negatives.npy``
-    so a resumed run centres on the same places. Every film trained on is mined (NIH normals too): a held-out
-    film is never looked at."""
-    from lungx_core.preprocess import Letterbox
+    candidate at or above ``hard_floor`` that lies outside every real nodule's hit radius (as ``lungx evaluate
+    nodules`` scores a hit). Mined once with the weights the fold starts from, cached in
+    ``<folder>/hard_negatives.npy`` so a resumed run centres on the same places. Every film trained on is mined
+    (NIH normals too): a held-out film is never looked at."""
+    from lungx_core.eval.evaluate import nodule_hit_radius
 
     cached = folder / "hard_negatives.npy"
     if cached.exists():
         return np.load(cached)
     if not cfg.get("start_run"):
         raise ValueError("hard_negatives needs a start_run: the trained model whose false positives are mined")
-    net = build(cfg)
-    net.load_state_dict(starting_state(cfg, fold))
-    net.eval()
-    size = cfg["size"]
-    box = Letterbox((size, size), (size, size), (0, 0), size)
+    net = eval_net(cfg, starting_state(cfg, fold))
     found = []
     for i in train_idx:
-        x = films["x"][i].astype(np.float32)
         nodules = real.get(str(films["ids"][i]), [])
-        for c in decode(predict_heat(net, x), box, cfg["hard_floor"], cfg["min_distance"], cfg["max_candidates"],
-                        blank_regions(x)):
-            if all(np.hypot(c.col - nx, c.row - ny) > max(d / 2, 4 / 0.7) for nx, ny, d in nodules):
+        for c in film_candidates(net, cfg, films["x"][i], cfg["hard_floor"]):
+            if all(np.hypot(c.col - nx, c.row - ny) > nodule_hit_radius({"diameter_px": d}, PIXEL_MM)
+                   for nx, ny, d in nodules):
                 found.append((i, c.row, c.col))
     hard = np.array(found, np.float32).reshape(-1, 3)
     np.save(cached, hard)
@@ -282,21 +278,31 @@ def mine_hard_negatives(cfg: dict, fold: str, films, train_idx: np.ndarray, real
     return hard
 
 
-def score_fold(args, cfg, films, folder: Path) -> None:
-    """Every candidate above the floor on the held-out fold's JSRT films: ``<folder>/candidates.csv``."""
+def eval_net(cfg: dict, state: dict):
+    """The detector with ``state`` loaded, in eval mode."""
+    net = build(cfg)
+    net.load_state_dict(state)
+    return net.eval()
+
+
+def film_candidates(net, cfg: dict, x: np.ndarray, floor: float) -> list:
+    """Every candidate at or above ``floor`` on one staged film's detector input (the JSRT films are 512 px
+    square, so the model grid is the film's), as the shipped detector decodes them."""
     from lungx_core.preprocess import Letterbox
 
-    net = build(cfg)
-    net.load_state_dict(torch.load(folder / "last.pt", weights_only=False)["model"])
-    net.eval()
-    fold = fold_of(films["ids"], films["source"])
     size = cfg["size"]
-    box = Letterbox((size, size), (size, size), (0, 0), size)  # the JSRT films are 512 px square
+    x = np.asarray(x, np.float32)
+    box = Letterbox((size, size), (size, size), (0, 0), size)
+    return decode(predict_heat(net, x), box, floor, cfg["min_distance"], cfg["max_candidates"], blank_regions(x))
+
+
+def score_fold(args, cfg, films, folder: Path) -> None:
+    """Every candidate above the floor on the held-out fold's JSRT films: ``<folder>/candidates.csv``."""
+    net = eval_net(cfg, torch.load(folder / "last.pt", weights_only=False)["model"])
+    fold = fold_of(films["ids"], films["source"])
     rows = []
     for i in np.where(fold == int(args.fold))[0]:
-        x = films["x"][i].astype(np.float32)
-        found = decode(predict_heat(net, x), box, cfg["floor"], cfg["min_distance"], cfg["max_candidates"],
-                       blank_regions(x))
+        found = film_candidates(net, cfg, films["x"][i], cfg["floor"])
         for c in found:
             rows.append({"case_id": str(films["ids"][i]), "rank": c.rank, "col": round(c.col, 2),
                          "row": round(c.row, 2), "diameter_px": round(c.diameter_px, 2),
@@ -325,7 +331,7 @@ def report(args) -> dict:
                     lst.append((float(r["col"]), float(r["row"]), float(r["probability"])))
                     widths.setdefault(r["case_id"], []).append(float(r["diameter_px"]))
     truth = read_nodules(args.data / JSRT / "nodules.csv")
-    summary = froc_summary(candidates, truth, pixel_mm=0.7)
+    summary = froc_summary(candidates, truth, pixel_mm=PIXEL_MM)
     summary["diameter"] = diameter_calibration(candidates, widths, truth)
     (args.run / "cv.json").write_text(json.dumps(summary, indent=2))
     print(json.dumps({k: v for k, v in summary.items() if k != "curve"}, indent=2))
@@ -342,7 +348,7 @@ def diameter_calibration(candidates: dict, widths: dict, truth: list[dict]) -> d
 
     ratios, true_d = [], []
     for nodule in truth:
-        x, y, radius = float(nodule["x"]), float(nodule["y"]), nodule_hit_radius(nodule, 0.7)
+        x, y, radius = float(nodule["x"]), float(nodule["y"]), nodule_hit_radius(nodule, PIXEL_MM)
         found = [(p, w) for (cx, cy, p), w in zip(candidates.get(nodule["id"], []), widths.get(nodule["id"], []),
                                                   strict=True) if (cx - x) ** 2 + (cy - y) ** 2 <= radius**2]
         if found:
@@ -394,7 +400,7 @@ def review(args, candidates: dict, truth: list[dict], summary: dict) -> None:
     threshold = curve["thresholds"][int(within[np.argmax(sens[within])])]  # the 2-FP/image operating point
     rows = []
     for r in truth:
-        r_px = nodule_hit_radius(r, 0.7)
+        r_px = nodule_hit_radius(r, PIXEL_MM)
         best = max((c[2] for c in candidates.get(r["id"], []) if np.hypot(c[0] - float(r["x"]),
                                                                           c[1] - float(r["y"])) <= r_px), default=0)
         if best < threshold:
@@ -403,7 +409,7 @@ def review(args, candidates: dict, truth: list[dict], summary: dict) -> None:
                          "diagnosis": r["diagnosis"]})
     nodules = {}
     for r in truth:
-        nodules.setdefault(r["id"], []).append((float(r["x"]), float(r["y"]), nodule_hit_radius(r, 0.7)))
+        nodules.setdefault(r["id"], []).append((float(r["x"]), float(r["y"]), nodule_hit_radius(r, PIXEL_MM)))
     fps = []
     for film, cands in candidates.items():
         for c in cands:

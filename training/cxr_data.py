@@ -44,7 +44,8 @@ def _read_png(path: Path) -> np.ndarray:
     return np.asarray(Image.open(path).convert("L"))
 
 
-def _read_mask(path: Path) -> np.ndarray:
+def read_mask(path: Path) -> np.ndarray:
+    """A 0/255 mask PNG as bool."""
     return _read_png(path) > 127
 
 
@@ -130,32 +131,32 @@ def load_targets(data_root: Path, s: Sample) -> tuple[np.ndarray, np.ndarray, np
     labelled = np.zeros(len(CXR_CLASSES), dtype=bool)
     ignore = None
     if s.dataset == "jsrt_scr":
-        masks[0] = _read_mask(d / "lung_left" / f"{s.id}.png")
-        masks[1] = _read_mask(d / "lung_right" / f"{s.id}.png")
-        masks[2] = _read_mask(d / "heart" / f"{s.id}.png")
-        sides = split_by_side(_read_mask(d / "clavicles" / f"{s.id}.png"), min_fraction=0.1)
+        masks[0] = read_mask(d / "lung_left" / f"{s.id}.png")
+        masks[1] = read_mask(d / "lung_right" / f"{s.id}.png")
+        masks[2] = read_mask(d / "heart" / f"{s.id}.png")
+        sides = split_by_side(read_mask(d / "clavicles" / f"{s.id}.png"), min_fraction=0.1)
         if sides is not None:
             masks[3], masks[4] = sides
             labelled[3:5] = True
         labelled[:3] = True
     elif s.dataset == "covid_cxr_gb_seg":
-        masks[0] = _read_mask(d / "lung_left" / f"{s.id}.png")
-        masks[1] = _read_mask(d / "lung_right" / f"{s.id}.png")
+        masks[0] = read_mask(d / "lung_left" / f"{s.id}.png")
+        masks[1] = read_mask(d / "lung_right" / f"{s.id}.png")
         if not (masks[0].any() and masks[1].any()):
             return None
         labelled[:2] = True
-        cardiomediastinum = _read_mask(d / "cardiomediastinum" / f"{s.id}.png")
+        cardiomediastinum = read_mask(d / "cardiomediastinum" / f"{s.id}.png")
         masks[2] = heart_from_cardiomediastinum(cardiomediastinum, masks[0] | masks[1])
         labelled[2] = bool(masks[2].any())
     else:
-        sides = split_by_side(_read_mask(d / "lung" / f"{s.id}.png"))
+        sides = split_by_side(read_mask(d / "lung" / f"{s.id}.png"))
         if sides is None:
             return None
         masks[0], masks[1] = sides
         labelled[:2] = True
         ignore_path = d / "ignore" / f"{s.id}.png"
         if ignore_path.exists():
-            ignore = _read_mask(ignore_path)
+            ignore = read_mask(ignore_path)
     return masks, labelled, ignore
 
 

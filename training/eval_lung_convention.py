@@ -26,15 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from lungx_core.eval.metrics import dice
-
-SETS = ("jsrt_scr", "covid_cxr_gb_seg", "covid_cxr_v7labs")
-SPLITS = Path(__file__).parent / "splits"
-
-
-def read_mask(path: Path) -> np.ndarray:
-    from training.synthesis_data import read_gray
-
-    return read_gray(path) > 127
+from training.cxr_data import DATASETS, SPLITS_DIR, read_mask
 
 
 def film_measures(pred: np.ndarray, ref: np.ndarray, heart: np.ndarray, opacity: np.ndarray | None,
@@ -63,7 +55,7 @@ def main(argv=None) -> None:
     ap.add_argument("--data", type=Path, default=Path("../shared/data"))
     ap.add_argument("--models", default="cxr_lung_probe,cxr_anatomy", help="comma-separated model names or files")
     ap.add_argument("--heart-model", default="cxr_anatomy", help="whose heart region is left out")
-    ap.add_argument("--sets", default=",".join(SETS))
+    ap.add_argument("--sets", default=",".join(DATASETS))
     args = ap.parse_args(argv)
 
     from lungx_core.anatomy import class_mask
@@ -73,27 +65,27 @@ def main(argv=None) -> None:
 
     models = args.models.split(",")
     segmenters = {m: CXRSegmenter(model=m) for m in models}
-    heart_model = segmenters.get(args.heart_model) or CXRSegmenter(model=args.heart_model)
-    report = {}
+    heart_model = None if args.heart_model in segmenters else CXRSegmenter(model=args.heart_model)
     for name in args.sets.split(","):
         root = args.data / name
         per_model: dict[str, list[dict]] = {m: [] for m in models}
-        for cid in (SPLITS / f"{name}_val.txt").read_text().split():
+        for cid in (SPLITS_DIR / f"{name}_val.txt").read_text().split():
             ref = read_mask(root / "masks" / "lung" / f"{cid}.png")
             if not ref.any():  # unannotated, as lungx evaluate cxr skips it
                 continue
             film = MedicalImage(read_radiograph(root / "images" / f"{cid}.png").array.astype(np.float32))
-            heart = heart_model.segment(film).masks["heart"]
+            results = {m: segmenter.segment(film) for m, segmenter in segmenters.items()}
+            heart = (results.get(args.heart_model) or heart_model.segment(film)).masks["heart"]
             extra = {}
             for cls in ("opacity", "cardiomediastinum"):
                 path = root / "masks" / cls / f"{cid}.png"
                 extra[cls] = read_mask(path) if path.exists() else None
-            for m, segmenter in segmenters.items():
-                pred = class_mask(segmenter.segment(film).masks, "lung")
+            for m, result in results.items():
+                pred = class_mask(result.masks, "lung")
                 per_model[m].append(film_measures(pred, ref, heart, extra["opacity"], extra["cardiomediastinum"]))
-        report[name] = {m: {"n": len(rows), **{k: round(float(np.mean([r[k] for r in rows if k in r])), 4)
-                                                for k in rows[0]}} for m, rows in per_model.items() if rows}
-        print(json.dumps({name: report[name]}, indent=1), flush=True)
+        summary = {m: {"n": len(rows), **{k: round(float(np.mean([r[k] for r in rows if k in r])), 4)
+                                          for k in rows[0]}} for m, rows in per_model.items() if rows}
+        print(json.dumps({name: summary}, indent=1), flush=True)
 
 
 if __name__ == "__main__":

@@ -97,7 +97,7 @@ def validate(net, data: dict, idx: np.ndarray, batch: int = 16) -> dict[str, flo
         probs = torch.sigmoid(net(x)).numpy()
         pred = probs > 0.5
         for j, i in enumerate(sel):
-            ds = str(data["dataset"][i]).split("_")[0]
+            ds = source_of(data["dataset"][i])
             gt = data["masks"][i]
             for c, name in enumerate(CXR_CLASSES):
                 if not data["labelled"][i, c]:
@@ -116,6 +116,11 @@ def validate(net, data: dict, idx: np.ndarray, batch: int = 16) -> dict[str, flo
                     float(masks["clavicle_left"].any() and masks["clavicle_right"].any()))
     net.train()
     return {k: float(np.mean(v)) for k, v in sorted(scores.items())}
+
+
+def source_of(dataset: str) -> str:
+    """The source a dataset's validation Dice is logged under: ``jsrt`` (jsrt_scr), ``covid`` (both COVID sets)."""
+    return str(dataset).split("_")[0]
 
 
 def selection_score(val: dict[str, float], sources: set[str] | None = None) -> float:
@@ -195,7 +200,7 @@ def main(argv=None) -> None:
     # seeded per start epoch, as augment: a resumed run draws afresh
     swap = synthetic_swap(args, cfg, data, train_idx, pre, cfg["seed"] + start_epoch) if "synthesis" in cfg else None
     # the validation sources that may choose the epoch: those trained on (all, when unrestricted)
-    sources = {d.split("_")[0] for d in cfg["train_datasets"]} if "train_datasets" in cfg else None
+    sources = {source_of(d) for d in cfg["train_datasets"]} if "train_datasets" in cfg else None
     distract = Distractors(cfg["distractors"], cfg["seed"] + start_epoch) if cfg.get("distractors") else None
     log_path = args.run / "log.csv"
     bs = cfg["batch_size"]

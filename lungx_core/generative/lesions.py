@@ -301,7 +301,10 @@ def local_tissue_level(image: np.ndarray, lung: np.ndarray, sigma: float) -> np.
     outside = (~np.asarray(lung, bool)[::step, ::step]).astype(np.float32)
     weight = ndi.gaussian_filter(outside, sigma / step)
     level = ndi.gaussian_filter(np.asarray(image, np.float32)[::step, ::step] * outside, sigma / step)
-    level = np.where(weight > 1e-3, level / np.maximum(weight, 1e-3), soft_tissue_level(image, lung))
+    covered = weight > 1e-3
+    level = level / np.maximum(weight, 1e-3)
+    if not covered.all():  # far from any non-lung pixel: the chest's median soft tissue
+        level[~covered] = soft_tissue_level(image, lung)
     return _enlarge(level, np.shape(image)) if step > 1 else level.astype(np.float32)
 
 

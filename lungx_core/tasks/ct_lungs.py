@@ -293,7 +293,7 @@ class CTLungSegmenter:
 
 
 # a lung below this share of the other one on a one-sided field of view: the other hemithorax is not in the image.
-# Not a quarter: on a right-hemithorax crop the network can call the liver dome under the cut "left lung" (300 mL
+# Not a quarter: on a right-hemithorax crop the network can call the liver dome under the cut "left lung" (455 mL
 # against 1.1 L), and whole chests cut on one side keep both lungs far above half of each other.
 HEMITHORAX_RATIO = 0.45
 

@@ -21,6 +21,12 @@ CTR_PLAUSIBLE = (0.35, 0.75)
 # A clavicle smaller than this share of its side's lung field is a speck, not a clavicle (SCR clavicles are
 # 3-10 % of the lung field).
 CLAVICLE_MIN_FRACTION_OF_LUNG = 0.01
+# A clavicle is a long, narrow bone reaching across much of its lung field: on the 200 shared SCR films its long
+# axis (4 standard deviations of its pixels along it) is 0.52-1.0 of its lung's width (1st percentile 0.54) and
+# 2.5-7 times its short axis (1st percentile 2.8). Below these limits (about three quarters of SCR's lowest) it
+# is a fragment, a blob at the apex or another bone, not a clavicle.
+CLAVICLE_MIN_LENGTH_OF_LUNG = 0.4
+CLAVICLE_MIN_ELONGATION = 2.0
 # Reference hearts are nearly convex: the 200 SCR heart masks have solidity 0.974-0.999 (median 0.989)
 HEART_MIN_SOLIDITY = 0.9
 # Where its border is hidden (portable films, effusion, consolidation) the network's heart frays into notches and
@@ -97,7 +103,13 @@ def clean_masks(probabilities: np.ndarray, threshold: float = 0.5) -> dict[str, 
     both = masks["lung_left"] & masks["lung_right"]
     masks["lung_left"] &= ~(both & (probs["lung_right"] > probs["lung_left"]))
     masks["lung_right"] &= ~(both & (probs["lung_left"] >= probs["lung_right"]))
-    return {name: _clean_one(m, LUNG_KEEP_FRACTION if name.startswith("lung") else 0.0) for name, m in masks.items()}
+    return {name: clean_structure(name, m) for name, m in masks.items()}
+
+
+def clean_structure(name: str, mask: np.ndarray) -> np.ndarray:
+    """One structure's thresholded mask cleaned as :func:`clean_masks` cleans it: holes filled and, for a lung,
+    components under LUNG_KEEP_FRACTION of the largest dropped."""
+    return _clean_one(mask, LUNG_KEEP_FRACTION if name.startswith("lung") else 0.0)
 
 
 def smooth_heart(logits: np.ndarray) -> np.ndarray:
@@ -188,6 +200,19 @@ def structure_confidence(probability: np.ndarray, mask: np.ndarray) -> float:
     return float(np.mean(np.maximum(p, 1 - p)))
 
 
+def clavicle_shape_plausible(clavicle: np.ndarray, lung: np.ndarray) -> bool:
+    """Is ``clavicle`` long and narrow as a clavicle is (CLAVICLE_MIN_LENGTH_OF_LUNG of its ``lung``'s width,
+    CLAVICLE_MIN_ELONGATION)? Its axes come from its pixels' second moments; (H, W) bool masks, both non-empty."""
+    rows, cols = np.nonzero(clavicle)
+    if rows.size < 3:
+        return False
+    minor, major = np.linalg.eigvalsh(np.cov(np.stack([rows, cols]).astype(np.float64)))
+    lung_cols = np.nonzero(lung.any(axis=0))[0]
+    length = 4 * np.sqrt(max(major, 0.0))
+    return bool(length >= CLAVICLE_MIN_LENGTH_OF_LUNG * (lung_cols[-1] - lung_cols[0] + 1)
+                and major >= CLAVICLE_MIN_ELONGATION**2 * max(minor, 1e-6))
+
+
 def measure(
     masks: dict[str, np.ndarray],
     probabilities: np.ndarray,
@@ -226,6 +251,8 @@ def measure(
             flags.append(f"{clavicle}_not_found")
         elif lung_area and area_px[clavicle] < CLAVICLE_MIN_FRACTION_OF_LUNG * lung_area:
             flags.append(f"implausible_{clavicle}_area")
+        elif lung_area and not clavicle_shape_plausible(masks[clavicle], masks[f"lung_{side}"]):
+            flags.append(f"implausible_{clavicle}_shape")
     for name in CXR_CLASSES:
         if masks[name].any() and confidence[name] < 0.85:
             flags.append(f"low_confidence_{name}")

@@ -104,6 +104,15 @@ def test_clavicles_are_checked():
     speck["clavicle_right"][:] = False
     speck["clavicle_right"][32:34, 50:53] = True
     assert "implausible_clavicle_right_area" in _flags(speck)
+    blob = _masks()  # as large as a clavicle but round: a blob at the apex, not a clavicle
+    blob["clavicle_left"][:] = False
+    blob["clavicle_left"][35:55, 120:140] = True
+    assert "implausible_clavicle_left_shape" in _flags(blob)
+    stub = _masks()  # clavicle-shaped but a quarter of the lung's width: a fragment
+    stub["clavicle_left"][:] = False
+    stub["clavicle_left"][30:36, 140:160] = True
+    flags = _flags(stub)
+    assert "implausible_clavicle_left_shape" in flags and not any("clavicle_right" in f for f in flags)
 
 
 def test_ctr_outside_the_plausible_range_is_flagged():

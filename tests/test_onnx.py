@@ -26,8 +26,11 @@ def test_cxr_onnx_masks_equal_torch_masks(cache):
     torch_masks = CXRSegmenter("cxr_anatomy", "cpu", None, "torch").segment(image).masks
     onnx_segmenter = CXRSegmenter("cxr_anatomy", "cpu", None, "onnx")
     onnx_masks = onnx_segmenter.segment(image).masks
-    assert [p.name for p in cache.iterdir()] == [onnx_segmenter.net.path.name]  # cached by the weights' hash
+    # both networks (the anatomy network and its clavicle band network) cached by their weights' hash
+    assert sorted(p.name for p in cache.iterdir()) == [onnx_segmenter.net.path.name,
+                                                       onnx_segmenter.refiner.net.path.name]
     assert onnx_segmenter.net.path.name.startswith("cxr_anatomy-")
+    assert onnx_segmenter.refiner.net.path.name.startswith("cxr_clavicles-")
     assert torch_masks["lung_left"].any() and torch_masks["lung_right"].any()
     for name, mask in torch_masks.items():
         assert _dice(mask, onnx_masks[name]) >= 0.999, name

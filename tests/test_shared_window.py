@@ -66,10 +66,13 @@ def test_the_faster_tint_draws_the_same_picture_bit_for_bit():
     assert np.array_equal(out, _tint_one_pixel_at_a_time(gray, masks, CXR_STRUCTURES))
 
 
-def test_segmenting_with_the_shared_window_gives_the_masks_of_the_film_windowed_on_its_own(segmenter):
+def test_segmenting_with_the_shared_window_gives_the_masks_of_the_film_windowed_on_its_own():
     from lungx_core.io.sample import sample_radiograph
     from lungx_core.postprocess import clean_masks
+    from lungx_core.tasks.cxr_segmentation import CXRSegmenter
 
+    # the anatomy network alone: predict_probabilities has no clavicle band (test_clavicles.py tests that)
+    segmenter = CXRSegmenter("cxr_anatomy", device="cpu", refine_clavicles=False)
     image = sample_radiograph()
     result = segmenter.segment(image)
     alone = clean_masks(segmenter.predict_probabilities(image.array), segmenter.threshold)

@@ -57,8 +57,9 @@ def test_every_training_config_fits_its_schema_and_misspelt_keys_are_refused(tmp
 
     from training import schemas
 
-    by_prefix = (("bone", schemas.BoneRun), ("ct_unet", schemas.CTSegmentationRun), ("cxr_unet",
-                 schemas.CXRSegmentationRun), ("deopacifier", schemas.DeopacifierRun), ("gate", schemas.GateRun),
+    by_prefix = (("bone", schemas.BoneRun), ("clavicles", schemas.ClavicleRun),
+                 ("ct_unet", schemas.CTSegmentationRun), ("cxr_unet", schemas.CXRSegmentationRun),
+                 ("deopacifier", schemas.DeopacifierRun), ("gate", schemas.GateRun),
                  ("inpainting", schemas.InpaintingRun), ("laterality", schemas.LateralityRun),
                  ("nodules", schemas.NoduleRun),
                  ("opacity_removal", schemas.TranslationRun),
@@ -282,12 +283,17 @@ def test_nih_films_are_split_by_patient(tmp_path):
 def test_plausibility_summary_counts_ragged_hearts_and_clavicles():
     from training.eval_cxr_plausibility import summarise
 
-    rows = [{"id": "a", "split": "train", "adult": True, "heart_solidity": 0.97, "clavicles_found": 2},
-            {"id": "b", "split": "val", "adult": True, "heart_solidity": 0.80, "clavicles_found": 1},
-            {"id": "c", "split": "val", "adult": False, "heart_solidity": None, "clavicles_found": 2}]
+    rows = [{"id": "a", "split": "train", "adult": True, "heart_solidity": 0.97, "clavicles_found": 2,
+             "clavicles_plausible": 2},
+            {"id": "b", "split": "val", "adult": True, "heart_solidity": 0.80, "clavicles_found": 1,
+             "clavicles_plausible": 1},
+            {"id": "c", "split": "val", "adult": False, "heart_solidity": None, "clavicles_found": 2,
+             "clavicles_plausible": 1}]
     s = summarise(rows)
     assert s["all"]["n"] == 3 and s["all"]["heart_ragged"] == 2 / 3 and s["all"]["clavicles_both"] == 2 / 3
-    assert s["val_adults"] == {"n": 1, "heart_ragged": 1.0, "median_heart_solidity": 0.8, "clavicles_both": 0.0}
+    assert s["all"]["clavicles_both_plausible"] == 1 / 3
+    assert s["val_adults"] == {"n": 1, "heart_ragged": 1.0, "median_heart_solidity": 0.8, "clavicles_both": 0.0,
+                               "clavicles_both_plausible": 0.0}
 
 
 def test_nodule_crops_centre_on_hard_negatives():

@@ -27,7 +27,8 @@ from training.synthesis_data import NIH  # noqa: E402
 
 
 def film_plausibility(data_root: Path, segmenter: CXRSegmenter) -> list[dict]:
-    """One row per NIH film: id, split, adult, heart_solidity (None without a heart), clavicles_found."""
+    """One row per NIH film: id, split, adult, heart_solidity (None without a heart), clavicles_found, and
+    clavicles_plausible (those found without an ``implausible_clavicle_*`` flag: too small, or not clavicle-shaped)."""
     from lungx_core.io.readers import read_radiograph
 
     with open(data_root / NIH / "index.csv", newline="") as f:
@@ -37,12 +38,15 @@ def film_plausibility(data_root: Path, segmenter: CXRSegmenter) -> list[dict]:
     for r in index:
         m = segmenter.segment(read_radiograph(data_root / NIH / "images" / f"{r['id']}.png")).measurements
         rows.append({"id": r["id"], "split": splits[r["id"]], "adult": int(r["age"]) >= 18,
-                     "heart_solidity": m.heart_solidity, "clavicles_found": m.clavicles_found})
+                     "heart_solidity": m.heart_solidity, "clavicles_found": m.clavicles_found,
+                     "clavicles_plausible": m.clavicles_found - sum(f.startswith("implausible_clavicle")
+                                                                    for f in m.flags)})
     return rows
 
 
 def summarise(rows: list[dict]) -> dict:
-    """Shares of ragged hearts and of both clavicles found, over all films, adults, and the validation split."""
+    """Shares of ragged hearts, of both clavicles found and of both found and plausible, over all films, adults,
+    and the validation split."""
     groups = {"all": rows, "adults": [r for r in rows if r["adult"]], "val": [r for r in rows if r["split"] == "val"],
               "val_adults": [r for r in rows if r["split"] == "val" and r["adult"]]}
     out = {}
@@ -50,7 +54,8 @@ def summarise(rows: list[dict]) -> dict:
         ragged = [r["heart_solidity"] is None or r["heart_solidity"] < HEART_MIN_SOLIDITY for r in g]
         out[name] = {"n": len(g), "heart_ragged": float(np.mean(ragged)),
                      "median_heart_solidity": float(np.median([r["heart_solidity"] or 0.0 for r in g])),
-                     "clavicles_both": float(np.mean([r["clavicles_found"] == 2 for r in g]))}
+                     "clavicles_both": float(np.mean([r["clavicles_found"] == 2 for r in g])),
+                     "clavicles_both_plausible": float(np.mean([r["clavicles_plausible"] == 2 for r in g]))}
     return out
 
 

@@ -27,7 +27,7 @@ from lungx_core.anatomy import CXR_CLASSES  # noqa: E402
 from lungx_core.eval.evaluate import evaluate_cxr  # noqa: E402
 from lungx_core.io.readers import read_radiograph  # noqa: E402
 from lungx_core.io.writers import write_text_atomic  # noqa: E402
-from lungx_core.models.store import WEIGHTS_DIR, save_model  # noqa: E402
+from lungx_core.models.store import WEIGHTS_DIR, model_paths, read_model_config, save_model  # noqa: E402
 from lungx_core.tasks.cxr_segmentation import CXRSegmenter  # noqa: E402
 from training.common import fp16_agreement  # noqa: E402
 from training.cxr_data import DATASETS, SPLITS_DIR  # noqa: E402
@@ -76,6 +76,9 @@ def main(argv=None) -> None:
         "threshold": 0.5,
         "training": {"config": cfg, "best_epoch": int(ck["epoch"]), "val_at_training_resolution": ck["val"]},
     }
+    if model_paths(name)[1].exists() and read_model_config(name).get("clavicle_refiner"):
+        # the band network trained apart (training/export_clavicles.py) stays in use by this model's task
+        model_cfg["clavicle_refiner"] = read_model_config(name)["clavicle_refiner"]
     before = None
     if cfg.get("pseudo_labels") and cfg.get("init"):  # plausibility on the NIH films, before and after
         before_segmenter = CXRSegmenter(cfg["init"], device="cpu")
@@ -126,6 +129,14 @@ def model_card(
         "`clavicle_left`, `clavicle_right`. Multi-label sigmoid outputs at 256x256 (letterboxed), mapped back to the",
         "input grid (the heart's probability first smoothed over 1 % of the frame), thresholded at 0.5, then cleaned",
         "(largest plausible component, holes filled).",
+    ]
+    if cfg.get("clavicle_refiner"):
+        lines += [
+            f"In the task (`lungx segment`, `CXRSegmenter`) the clavicles come from `{cfg['clavicle_refiner']}`, a",
+            "second network on the band of the film above the lungs at about twice this resolution (its own card);",
+            "the validation table below scores the task, so its clavicle rows are that network's.",
+        ]
+    lines += [
         "",
         "## Architecture and training",
         f"- MONAI `{cfg['arch']}` {cfg['arch_options']}, {n_params / 1e6:.2f} M parameters, stored in fp16 "

@@ -48,6 +48,28 @@ class CXRSegmentationRun:
 
 
 @dataclass
+class ClavicleRun:
+    """``train_clavicles.py`` (clavicles_cxr.json): the clavicle band network."""
+
+    name: str
+    arch: str
+    arch_options: dict
+    augment: dict  # rotate_deg, scale, gamma
+    loss: dict
+    lr: float
+    batch_size: int
+    epochs: int
+    films_per_epoch: int  # bands drawn (with replacement) per epoch
+    box_jitter: float  # the lung box's edges moved by up to this share of its height/width
+    seed: int
+    weight_decay: float = 0.0
+    band_rows: list | None = None  # the band as fractions of the lung box (default cxr/clavicles.BAND_ROWS)
+    band_cols: list | None = None
+    band_shape: list | None = None  # (rows, cols) the network sees (default BAND_SHAPE)
+    band_shift: float = 0.0  # the whole band moved up or down by up to this share of its height
+
+
+@dataclass
 class CTSegmentationRun:
     """``train_ct.py`` (ct_unet.json)."""
 

@@ -13,13 +13,14 @@ from typing import Any
 
 import numpy as np
 
-from lungx_core.anatomy import CXR_STRUCTURES
+from lungx_core.anatomy import CXR_CLASSES, CXR_STRUCTURES
+from lungx_core.cxr.clavicles import ClavicleRefiner
 from lungx_core.cxr.gate import FrontalChestGate, display_thumbnail, optional_gate
 from lungx_core.image import MedicalImage
 from lungx_core.io.inputs import Case
 from lungx_core.models.store import shared_model
 from lungx_core.orientation import display_flips, flip_display
-from lungx_core.postprocess import Measurements, clean_masks, measure, smooth_heart
+from lungx_core.postprocess import Measurements, clean_masks, clean_structure, measure, smooth_heart
 from lungx_core.preprocess import PreprocessConfig, preprocess_radiograph, unletterbox
 from lungx_core.tasks.common import Progress, ok_row, read_checked_radiograph, run_guarded
 
@@ -43,7 +44,11 @@ class CXRSegmenter:
         device: str = "auto",
         threshold: float | None = None,
         backend: str = "torch",
+        refine_clavicles: bool = True,
     ):
+        """``model``: a shipped anatomy model's name or a weights path. Where its config names a
+        ``clavicle_refiner`` (``cxr_anatomy``: ``cxr_clavicles``), the clavicles come from that band network
+        (``lungx_core/cxr/clavicles.py``) unless ``refine_clavicles`` is False."""
         from lungx_core.models.store import load_model, network_device
 
         self.net, self.config = load_model(model, device, backend)
@@ -51,10 +56,13 @@ class CXRSegmenter:
         self.name = str(self.config.get("name", model))
         self.preprocess = PreprocessConfig.from_dict(self.config["preprocess"])
         self.threshold = float(threshold if threshold is not None else self.config.get("threshold", 0.5))
+        refiner = self.config.get("clavicle_refiner") if refine_clavicles else None
+        self.refiner = ClavicleRefiner(refiner, device, backend) if refiner else None
 
     def predict_probabilities(self, image: np.ndarray, windowed: np.ndarray | None = None) -> np.ndarray:
-        """(rows, cols) radiograph in display orientation -> (C, rows, cols) probabilities. ``windowed``: the
-        radiograph already windowed to the model's percentiles (``MedicalImage.windowed``, turned to display)."""
+        """(rows, cols) radiograph in display orientation -> (C, rows, cols) probabilities of the anatomy network
+        alone (no clavicle refinement: :meth:`segment` adds it). ``windowed``: the radiograph already windowed
+        to the model's percentiles (``MedicalImage.windowed``, turned to display)."""
         import torch
         from scipy.special import expit
 
@@ -74,6 +82,15 @@ class CXRSegmenter:
             flip_display(image.windowed(pre.low_percentile, pre.high_percentile), flip_rows, flip_cols))
         probs = self.predict_probabilities(display, windowed)
         masks = clean_masks(probs, self.threshold)
+        if self.refiner is not None:  # the clavicles looked at again at about twice the resolution
+            refined = self.refiner.logits(windowed, masks["lung_left"] | masks["lung_right"])
+            if refined is not None:
+                from scipy.special import expit
+
+                for name, logit in zip(self.refiner.classes, refined, strict=True):
+                    c = CXR_CLASSES.index(name)
+                    probs[c] = expit(logit)
+                    masks[name] = clean_structure(name, probs[c] >= self.threshold)
         pixel_area = image.pixel_area_mm2 if image.spacing_known else None
         meas = measure(masks, probs, pixel_area)
         if not readable:

@@ -22,7 +22,16 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lungx_core.cxr.clavicles import BAND_COLS, BAND_ROWS, BAND_SHAPE, band_box, crop_band, paste_band  # noqa: E402
+from lungx_core.cxr.clavicles import (  # noqa: E402
+    BAND_COLS,
+    BAND_ROWS,
+    BAND_SHAPE,
+    band_box,
+    crop_band,
+    paste_band,
+    resample_box,
+)
+from lungx_core.eval.metrics import dice  # noqa: E402
 from lungx_core.models.networks import build_network  # noqa: E402
 from lungx_core.postprocess import fill_holes  # noqa: E402
 from lungx_core.preprocess import normalise_intensity  # noqa: E402
@@ -83,16 +92,7 @@ def jittered_box(lungs: np.ndarray, rng: np.random.Generator, jitter: float, ban
 
 def band_masks(masks: np.ndarray, box, shape: tuple[int, int]) -> np.ndarray:
     """(2, H, W) bool -> (2, band rows, band cols) float {0, 1}, resampled as the film (area-weighted, >= 0.5)."""
-    import torch.nn.functional as F
-
-    r0, r1, c0, c1 = box
-    rows, cols = masks.shape[1:]
-    band = np.zeros((2, r1 - r0, c1 - c0), dtype=np.float32)
-    rr0, rr1, cc0, cc1 = max(r0, 0), min(r1, rows), max(c0, 0), min(c1, cols)
-    band[:, rr0 - r0 : rr1 - r0, cc0 - c0 : cc1 - c0] = masks[:, rr0:rr1, cc0:cc1]
-    out = F.interpolate(torch.from_numpy(band)[None], size=shape, mode="bilinear", align_corners=False,
-                        antialias=True)[0]
-    return (out >= 0.5).float().numpy()
+    return (resample_box(masks.astype(np.float32), box, shape) >= 0.5).astype(np.float32)
 
 
 def make_augment(cfg: dict, seed: int):
@@ -116,10 +116,6 @@ def make_augment(cfg: dict, seed: int):
     ])
     t.set_random_state(seed)
     return t
-
-
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    return float(2 * (a & b).sum() / max(a.sum() + b.sum(), 1))
 
 
 def band_geometry(cfg: dict) -> tuple[tuple, tuple[int, int]]:

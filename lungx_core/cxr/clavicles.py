@@ -36,20 +36,26 @@ def band_box(lungs: np.ndarray, band_rows: tuple[float, float] = BAND_ROWS,
     return r0, r1, c0, c1
 
 
-def crop_band(image: np.ndarray, box: tuple[int, int, int, int], shape: tuple[int, int] = BAND_SHAPE) -> np.ndarray:
-    """(rows, cols) film in [0, 1] -> the band resampled to ``shape`` (anti-aliased bilinear; outside the film 0),
-    stretched to its own 1-99 percentiles: the network sees the same contrast whatever the film's window."""
+def resample_box(channels: np.ndarray, box: tuple[int, int, int, int], shape: tuple[int, int]) -> np.ndarray:
+    """(C, rows, cols) float maps -> their ``box`` (r0, r1, c0, c1; may reach beyond the maps, 0 there) resampled
+    to (C, *shape): anti-aliased bilinear, pixel-centre aligned."""
     import torch
     import torch.nn.functional as F
 
     r0, r1, c0, c1 = box
-    rows, cols = image.shape
-    band = np.zeros((r1 - r0, c1 - c0), dtype=np.float32)
+    rows, cols = channels.shape[1:]
+    band = np.zeros((channels.shape[0], r1 - r0, c1 - c0), dtype=np.float32)
     rr0, rr1, cc0, cc1 = max(r0, 0), min(r1, rows), max(c0, 0), min(c1, cols)
     if rr1 > rr0 and cc1 > cc0:
-        band[rr0 - r0 : rr1 - r0, cc0 - c0 : cc1 - c0] = image[rr0:rr1, cc0:cc1]
-    out = F.interpolate(torch.from_numpy(band)[None, None], size=shape, mode="bilinear", align_corners=False,
-                        antialias=True)[0, 0].numpy()
+        band[:, rr0 - r0 : rr1 - r0, cc0 - c0 : cc1 - c0] = channels[:, rr0:rr1, cc0:cc1]
+    return F.interpolate(torch.from_numpy(band)[None], size=shape, mode="bilinear", align_corners=False,
+                         antialias=True)[0].numpy()
+
+
+def crop_band(image: np.ndarray, box: tuple[int, int, int, int], shape: tuple[int, int] = BAND_SHAPE) -> np.ndarray:
+    """(rows, cols) film in [0, 1] -> the band resampled to ``shape`` (:func:`resample_box`), stretched to its own
+    1-99 percentiles: the network sees the same contrast whatever the film's window."""
+    out = resample_box(np.asarray(image, dtype=np.float32)[None], box, shape)[0]
     lo, hi = np.percentile(out, [1, 99])
     return np.clip((out - lo) / max(hi - lo, 1e-6), 0, 1).astype(np.float32)
 

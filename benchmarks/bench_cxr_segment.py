@@ -11,8 +11,8 @@ PNG first (what a 2k detector export looks like to the readers). Printed, never 
   results.csv): films/s including start-up;
 - the same step in this process after one warm-up film (``batch.run_cases`` with ``cxr_segmentation.run_one``,
   the default outputs): films/s in steady state;
-- the networks alone (anatomy U-Net, gate, mirrored-film check on one film's inputs): films/s if nothing else
-  took time;
+- the networks alone (anatomy U-Net, gate, mirrored-film check, clavicle band on one film's inputs): films/s if
+  nothing else took time;
 - a per-stage breakdown (median ms) and peak RSS.
 """
 
@@ -87,6 +87,9 @@ def network_ms(seg, image, repeat: int = 20) -> dict[str, float]:
     gate, mirror = shared_model(FrontalChestGate, device="cpu"), mirror_check()
     calls = {"anatomy U-Net": lambda: seg.net(x), "gate": lambda: gate.net(thumb),
              "mirror check (film and mirror)": lambda: (mirror.net(thumb), mirror.net(thumb.flip(-1)))}
+    if seg.refiner is not None:  # the clavicle band network (cxr_clavicles), on a band of its own shape
+        band = torch.zeros(1, 1, *seg.refiner.shape)
+        calls["clavicle band U-Net"] = lambda: seg.refiner.net(band)
     out = {}
     with torch.inference_mode():
         for name, call in calls.items():

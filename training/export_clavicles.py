@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lungx_core.cxr.clavicles import band_box, crop_band
+from lungx_core.cxr.clavicles import band_box, band_geometry, crop_band
 from lungx_core.eval.evaluate import evaluate_cxr
 from lungx_core.io.readers import read_radiograph
 from lungx_core.io.writers import write_text_atomic
@@ -34,7 +34,7 @@ ANATOMY = "cxr_anatomy"
 
 
 def export(run: Path, cfg: dict, data: Path = Path("../shared/data")) -> None:
-    from training.train_clavicles import CLASSES, band_geometry, load_films
+    from training.train_clavicles import CLASSES, load_films
 
     ck = torch.load(run / "best.pt", weights_only=False)
     val = load_films(data, "val")

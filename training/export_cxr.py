@@ -76,9 +76,9 @@ def main(argv=None) -> None:
         "threshold": 0.5,
         "training": {"config": cfg, "best_epoch": int(ck["epoch"]), "val_at_training_resolution": ck["val"]},
     }
-    if model_paths(name)[1].exists() and read_model_config(name).get("clavicle_refiner"):
-        # the band network trained apart (training/export_clavicles.py) stays in use by this model's task
-        model_cfg["clavicle_refiner"] = read_model_config(name)["clavicle_refiner"]
+    refiner = read_model_config(name).get("clavicle_refiner") if model_paths(name)[1].exists() else None
+    if refiner:  # the band network trained apart (training/export_clavicles.py) stays in use by this model's task
+        model_cfg["clavicle_refiner"] = refiner
     before = None
     if cfg.get("pseudo_labels") and cfg.get("init"):  # plausibility on the NIH films, before and after
         before_segmenter = CXRSegmenter(cfg["init"], device="cpu")

@@ -22,15 +22,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lungx_core.cxr.clavicles import (  # noqa: E402
-    BAND_COLS,
-    BAND_ROWS,
-    BAND_SHAPE,
-    band_box,
-    crop_band,
-    paste_band,
-    resample_box,
-)
+from lungx_core.cxr.clavicles import band_box, band_geometry, band_logits, crop_band, resample_box  # noqa: E402
 from lungx_core.eval.metrics import dice  # noqa: E402
 from lungx_core.models.networks import build_network  # noqa: E402
 from lungx_core.postprocess import fill_holes  # noqa: E402
@@ -118,12 +110,6 @@ def make_augment(cfg: dict, seed: int):
     return t
 
 
-def band_geometry(cfg: dict) -> tuple[tuple, tuple[int, int]]:
-    """((band rows, band cols) as fractions of the lung box, (rows, cols) the network sees) of a run's config."""
-    return ((tuple(cfg.get("band_rows", BAND_ROWS)), tuple(cfg.get("band_cols", BAND_COLS))),
-            tuple(cfg.get("band_shape", BAND_SHAPE)))
-
-
 @torch.no_grad()
 def validate(net, val: dict, anatomy: dict, band: tuple, shape: tuple[int, int]) -> dict[str, float]:
     """Dice of both clavicles together on the films' grid (the SCR measure), band placed by the anatomy model's
@@ -132,9 +118,7 @@ def validate(net, val: dict, anatomy: dict, band: tuple, shape: tuple[int, int])
     ours, base = [], []
     for f, gt, lungs, prev in zip(val["films"], val["clavicles"], anatomy["lungs"], anatomy["clavicles"],
                                   strict=True):
-        box = band_box(lungs, *band)
-        x = torch.from_numpy(crop_band(f, box, shape))[None, None]
-        logits = paste_band(net(x)[0].numpy(), box, f.shape)
+        logits = band_logits(net, f, lungs, band, shape)
         pred = np.stack([fill_holes(m) for m in logits > 0])
         ours.append(dice(pred[0] | pred[1], gt[0] | gt[1]))
         base.append(dice(prev[0] | prev[1], gt[0] | gt[1]))

@@ -77,6 +77,29 @@ def paste_band(logits: np.ndarray, box: tuple[int, int, int, int], shape: tuple[
     return out
 
 
+def band_geometry(config: dict) -> tuple[tuple[tuple[float, float], tuple[float, float]], tuple[int, int]]:
+    """((band rows, band cols) as fractions of the lung box, (rows, cols) the network sees) of a band network's
+    config (the shipped model's or a training run's): its ``band_rows``, ``band_cols``, ``band_shape`` keys, else the
+    module's defaults."""
+    return ((tuple(config.get("band_rows", BAND_ROWS)), tuple(config.get("band_cols", BAND_COLS))),
+            tuple(config.get("band_shape", BAND_SHAPE)))
+
+
+def band_logits(net, windowed: np.ndarray, lungs: np.ndarray, band=(BAND_ROWS, BAND_COLS),
+                shape: tuple[int, int] = BAND_SHAPE, device="cpu") -> np.ndarray | None:
+    """``net`` (a band network: torch module or ONNX twin) on the band of ``windowed`` (rows, cols, [0, 1]) placed
+    by ``lungs`` -> (C, rows, cols) logits on the film (:func:`paste_band`); None without lung fields."""
+    import torch
+
+    box = band_box(lungs, *band)
+    if box is None:
+        return None
+    x = crop_band(windowed, box, shape)
+    with torch.inference_mode():
+        out = net(torch.from_numpy(x)[None, None].to(device))[0].float().cpu().numpy()
+    return paste_band(out, box, windowed.shape)
+
+
 class ClavicleRefiner:
     """The clavicle band network; :meth:`logits` gives (clavicle_left, clavicle_right) logits on the film."""
 
@@ -85,19 +108,10 @@ class ClavicleRefiner:
 
         self.net, self.config = load_model(model, device, backend)
         self.device = network_device(self.net)
-        self.shape = tuple(self.config.get("band_shape", BAND_SHAPE))
-        self.band = (tuple(self.config.get("band_rows", BAND_ROWS)), tuple(self.config.get("band_cols", BAND_COLS)))
+        self.band, self.shape = band_geometry(self.config)
         self.classes: tuple[str, ...] = tuple(self.config["classes"])  # CXR_CLASSES names
 
     def logits(self, windowed: np.ndarray, lungs: np.ndarray) -> np.ndarray | None:
         """(rows, cols) film windowed to [0, 1] in display orientation and its lung fields -> (2, rows, cols)
         logits, one per name in ``classes``; None without lung fields to place the band."""
-        import torch
-
-        box = band_box(lungs, *self.band)
-        if box is None:
-            return None
-        x = crop_band(windowed, box, self.shape)
-        with torch.inference_mode():
-            out = self.net(torch.from_numpy(x)[None, None].to(self.device))[0].float().cpu().numpy()
-        return paste_band(out, box, windowed.shape)
+        return band_logits(self.net, windowed, lungs, self.band, self.shape, self.device)

@@ -49,6 +49,22 @@ def test_splits_keep_patients_together():
     assert 0.1 < sum(v == "val" for v in splits.values()) / len(splits) < 0.3
 
 
+def test_the_committed_splits_are_the_split_every_run_uses(shared_data):
+    """A run with its own seed (a second probe, a seed-spread study) must train and validate on the committed
+    films: the cache's split comes from SPLIT_SEED, never from the run's seed (it once rewrote the files)."""
+    import inspect
+
+    from training.cxr_data import DATASETS, SPLITS_DIR, build_cache, list_samples
+
+    assert "seed" not in inspect.signature(build_cache).parameters
+    samples = list_samples(shared_data)
+    splits = make_splits(samples)
+    for ds in DATASETS:
+        for part in ("train", "val"):
+            expected = [s.id for s in samples if s.dataset == ds and splits[f"{ds}/{s.id}"] == part]
+            assert (SPLITS_DIR / f"{ds}_{part}.txt").read_text().split() == expected, f"{ds}_{part}.txt"
+
+
 def test_every_training_config_fits_its_schema_and_misspelt_keys_are_refused(tmp_path):
     import json
     from pathlib import Path

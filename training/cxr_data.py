@@ -69,7 +69,10 @@ def list_samples(data_root: Path) -> list[Sample]:
     return samples
 
 
-def make_splits(samples: list[Sample], val_fraction: float = 0.2, seed: int = 0) -> dict[str, str]:
+SPLIT_SEED = 0  # the committed split (training/splits/); a training run's own seed never changes it
+
+
+def make_splits(samples: list[Sample], val_fraction: float = 0.2, seed: int = SPLIT_SEED) -> dict[str, str]:
     """Assign each patient group to train or val; returns {'dataset/id': split}."""
     rng = random.Random(seed)
     groups = sorted({s.group for s in samples})
@@ -160,10 +163,12 @@ def load_targets(data_root: Path, s: Sample) -> tuple[np.ndarray, np.ndarray, np
     return masks, labelled, ignore
 
 
-def build_cache(data_root: Path, out: Path, config: PreprocessConfig, seed: int = 0) -> Path:
-    """Preprocess every sample once (the slow CLAHE step) and store arrays in one compressed .npz."""
+def build_cache(data_root: Path, out: Path, config: PreprocessConfig) -> Path:
+    """Preprocess every sample once (the slow CLAHE step) and store arrays in one compressed .npz, split as
+    ``training/splits/`` says (SPLIT_SEED: every run, whatever its own seed, trains and validates on the same
+    films)."""
     samples = list_samples(data_root)
-    splits = make_splits(samples, seed=seed)
+    splits = make_splits(samples)
     write_split_files(samples, splits)
     images, masks, labelled, weights, meta = [], [], [], [], []
     for s in samples:

@@ -165,7 +165,7 @@ def main(argv=None) -> None:
     args, cfg = start_run(__doc__, CXRSegmentationRun, argv)
 
     pre = PreprocessConfig.from_dict(cfg["preprocess"])
-    cache = build_once(args.run / "cache.npz", lambda path: build_cache(args.data, path, pre, seed=cfg["seed"]))
+    cache = build_once(args.run / "cache.npz", lambda path: build_cache(args.data, path, pre))
     data = load_cache(cache)
     if "pseudo_labels" in cfg:  # films without masks, labelled by a shipped model where plausible
         pseudo = build_once(args.run / "pseudo.npz", lambda path: build_pseudo_cache(

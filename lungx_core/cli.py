@@ -697,7 +697,9 @@ def suppress_ribs(
     """Suppress the bone (ribs, clavicles, scapulae) of chest radiographs: estimate the bone image, subtract it.
 
     Measured on the 6 dual-energy pairs of bs_gusarev_des_samples, leave-one-out: see the cxr_bone model card
-    (lungx_core/weights/cxr_bone.md) for PSNR, SSIM and BSR against the soft-tissue images. Writes
+    (lungx_core/weights/cxr_bone.md) for PSNR, SSIM and BSR against the soft-tissue images. Known limit: the
+    bone image also takes part of a nodule (JSRT: 92 % of nodules dimmed, about 40 % of a nodule's contrast
+    taken): look for nodules on the original film, not on this one. Writes
     <id>_ribs_suppressed.<png|nrrd|nii.gz|dcm> (the input's grid and format family; DICOM as a derived image in a
     new series), <id>_bone.<same> (the subtracted bone image), <id>_bone.seg.nrrd (where it is strong),
     <id>_rib_suppression.png (before | bone | after) and results.csv; the diffusion modes write

@@ -13,7 +13,7 @@ import pytest
 from conftest import phantom_radiograph
 from PIL import Image
 
-from lungx_core.eval.metrics import nodule_conspicuity
+from lungx_core.eval.metrics import nodule_conspicuity, nodule_contrast
 
 
 def _disc_film(size: int = 64, radius: float = 4.0, contrast: float = 10.0) -> np.ndarray:
@@ -39,6 +39,22 @@ def test_conspicuity_is_exact_on_a_fixture():
     assert nodule_conspicuity(edge, (3, 3), 4.0) > 0  # cut by the image edge: the pixels inside count
     with pytest.raises(ValueError, match="outside the image"):
         nodule_conspicuity(film, (400, 400), 4.0)
+
+
+def test_contrast_is_exact_and_counts_only_the_nodule():
+    film = _disc_film()
+    yy, xx = np.mgrid[:64, :64]
+    d = np.hypot(yy - 32, xx - 32)
+    expected = film[d <= 2.8].mean() - film[(d >= 5.2) & (d <= 8.8)].mean()
+    assert nodule_contrast(film, (32, 32), 4.0) == pytest.approx(expected)
+    assert nodule_contrast(film, (32, 32), 4.0) == pytest.approx(10.0)  # the disc's +10, the ring flat
+    ribbed = film.copy()
+    ribbed[:, 44:48] += 30  # a rib beyond the ring: conspicuity falls (more spread), the nodule's contrast does not
+    assert nodule_contrast(ribbed, (32, 32), 4.0) == pytest.approx(10.0)
+    assert nodule_conspicuity(ribbed, (32, 32), 4.0) < nodule_conspicuity(film, (32, 32), 4.0)
+    assert nodule_contrast(film * 3 + 7, (32, 32), 4.0) == pytest.approx(30.0)  # grey levels, not invariant
+    with pytest.raises(ValueError, match="outside the image"):
+        nodule_contrast(film, (400, 400), 4.0)
 
 
 def _nodule_folder(root: Path) -> Path:
@@ -69,9 +85,12 @@ def test_evaluation_reports_before_after_ratio_and_dimmed_share(tmp_path):
     summary = evaluate_nodule_conspicuity(root, dim, lambda a: np.ones(a.shape, bool),
                                           on_case=lambda cid, s: cases.update({cid: s}))
     assert summary["n"] == 2 and summary["dimmed_share"] == 1.0 and summary["median_ratio"] < 1
+    # half of each disc's +40 taken away: both keep a share of their contrast well under 0.8
+    assert summary["contrast_kept"] < 0.8 and summary["kept_below_0.8_share"] == 1.0
     assert set(summary["per_subtlety"]) == {"2", "5"} and summary["per_subtlety"]["5"]["n"] == 1
     same = evaluate_nodule_conspicuity(root, lambda image, lung: image.array, lambda a: np.ones(a.shape, bool))
     assert same["median_ratio"] == 1.0 and same["dimmed_share"] == 0.0
+    assert same["contrast_kept"] == 1.0 and same["kept_below_0.8_share"] == 0.0
     assert set(cases) == {"N0", "N1"} and cases["N0"]["conspicuity_before"] > 1  # the drawn nodule stands out
 
 

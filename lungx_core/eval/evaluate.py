@@ -481,6 +481,9 @@ def evaluate_nodules(
     return froc_summary(candidates, truth)
 
 
+KEPT_LOW = 0.8  # a nodule keeping less of its own contrast than this after bone suppression counts as taken
+
+
 def evaluate_nodule_conspicuity(
     root: Path,
     suppress: Callable[[MedicalImage, np.ndarray], np.ndarray],
@@ -490,8 +493,10 @@ def evaluate_nodule_conspicuity(
     """Each nodule's :func:`~lungx_core.eval.metrics.nodule_conspicuity` on the film and on ``suppress(image,
     lung)``, for ``root/nodules.csv`` and ``root/images/<id>.<ext>`` (centres and sizes given on a 512-px
     image are scaled to the film's width). Returns the medians before and after, the median ratio (after /
-    before), the share of nodules dimmed (after < before), and the same per subtlety grade."""
-    from lungx_core.eval.metrics import nodule_conspicuity
+    before), the share of nodules dimmed (after < before), the median share of each nodule's own contrast kept
+    (:func:`~lungx_core.eval.metrics.nodule_contrast` after / before) and the share of nodules keeping less
+    than ``KEPT_LOW`` of it, and the same per subtlety grade."""
+    from lungx_core.eval.metrics import nodule_conspicuity, nodule_contrast
     from lungx_core.io.readers import read_radiograph
 
     root = Path(root)
@@ -511,8 +516,10 @@ def evaluate_nodule_conspicuity(
             radius = max(float(nodule["diameter_px"]) * scale / 2, 1.0)
             before = nodule_conspicuity(image.array, centre, radius)
             after = nodule_conspicuity(output, centre, radius)
+            contrast = nodule_contrast(image.array, centre, radius)
             case = {"conspicuity_before": before, "conspicuity_after": after,
                     "ratio": after / before if before else float("nan"),
+                    "contrast_kept": nodule_contrast(output, centre, radius) / contrast if contrast else float("nan"),
                     "subtlety": int(nodule.get("subtlety") or 0)}
             results.append(case)
             if on_case:
@@ -525,11 +532,15 @@ def evaluate_nodule_conspicuity(
 
 
 def conspicuity_summary(results: list[dict]) -> dict:
-    """n, median conspicuity before and after, median ratio, share dimmed."""
+    """n, median conspicuity before and after, median ratio, share dimmed, median contrast kept and the share
+    of nodules keeping less than KEPT_LOW of their contrast."""
     before = np.array([r["conspicuity_before"] for r in results])
     after = np.array([r["conspicuity_after"] for r in results])
     ratio = np.array([r["ratio"] for r in results])
+    kept = np.array([r["contrast_kept"] for r in results])
     return {"n": len(results), "conspicuity_before": round(float(np.median(before)), 4),
             "conspicuity_after": round(float(np.median(after)), 4),
             "median_ratio": round(float(np.nanmedian(ratio)), 4),
-            "dimmed_share": round(float(np.mean(after < before)), 4)}
+            "dimmed_share": round(float(np.mean(after < before)), 4),
+            "contrast_kept": round(float(np.nanmedian(kept)), 4),
+            f"kept_below_{KEPT_LOW}_share": round(float(np.mean(kept < KEPT_LOW)), 4)}

@@ -77,11 +77,9 @@ def ssim(reference: np.ndarray, test: np.ndarray, data_range: float | None = Non
     )
 
 
-def nodule_conspicuity(image: np.ndarray, centre_xy: tuple[float, float], radius: float) -> float:
-    """How much a nodule stands out from what surrounds it: (mean in a disc of 0.7 radius - mean in a ring at
-    1.3-2.2 radii) / standard deviation within 4 radii, in the image's own grey levels (so a linear rescale of
-    the film leaves it unchanged). ``centre_xy`` is (column, row) in pixels; pixels outside the image are left
-    out. Bone suppression should raise it: less rib clutter around a nodule, the nodule kept."""
+def _nodule_regions(image: np.ndarray, centre_xy: tuple[float, float], radius: float):
+    """(disc, ring, window) pixel values around a nodule: disc of 0.7 radius, ring at 1.3-2.2 radii, all pixels
+    within 4 radii; pixels outside the image are left out."""
     if radius <= 0:
         raise ValueError(f"radius must be positive, got {radius}")
     x, y = float(centre_xy[0]), float(centre_xy[1])
@@ -94,7 +92,25 @@ def nodule_conspicuity(image: np.ndarray, centre_xy: tuple[float, float], radius
     disc, ring = window[distance <= 0.7 * radius], window[(distance >= 1.3 * radius) & (distance <= 2.2 * radius)]
     if disc.size == 0 or ring.size == 0:
         raise ValueError(f"nodule at ({x:.1f}, {y:.1f}) with radius {radius:.1f} px lies outside the image")
-    spread = float(window[distance <= reach].std())
+    return disc, ring, window[distance <= reach]
+
+
+def nodule_contrast(image: np.ndarray, centre_xy: tuple[float, float], radius: float) -> float:
+    """A nodule's own contrast in the image's grey levels: mean in a disc of 0.7 radius minus mean in a ring at
+    1.3-2.2 radii. Its ratio after / before bone suppression is the share of the nodule the suppression kept: 1
+    when the bone image carries none of it, whatever the clutter around it (which
+    :func:`nodule_conspicuity` also counts)."""
+    disc, ring, _ = _nodule_regions(image, centre_xy, radius)
+    return float(disc.mean() - ring.mean())
+
+
+def nodule_conspicuity(image: np.ndarray, centre_xy: tuple[float, float], radius: float) -> float:
+    """How much a nodule stands out from what surrounds it: (mean in a disc of 0.7 radius - mean in a ring at
+    1.3-2.2 radii) / standard deviation within 4 radii, in the image's own grey levels (so a linear rescale of
+    the film leaves it unchanged). ``centre_xy`` is (column, row) in pixels; pixels outside the image are left
+    out. Bone suppression should raise it: less rib clutter around a nodule, the nodule kept."""
+    disc, ring, window = _nodule_regions(image, centre_xy, radius)
+    spread = float(window.std())
     return float((disc.mean() - ring.mean()) / spread) if spread > 0 else 0.0
 
 

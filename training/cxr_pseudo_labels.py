@@ -1,12 +1,13 @@
 """Pseudo-labels for CXR anatomy on films without masks (issue 40 item 2: learn from the NIH films).
 
-A shipped anatomy model labels the NIH films of the training split at the cache's resolution, its probabilities
-averaged over a few intensity variants of each film (so a label must hold under augmentation, not only once),
-then each structure is kept only where it is plausible on that film; what fails a check stays unlabelled (its
-loss is masked), so a ragged heart or a speck of clavicle never becomes a target. The NIH films are split by
-patient (20 % validation, kept out of training), so plausibility on them measures what the training did not see.
+A shipped anatomy model labels the NIH films of the training split at its own input size (its probabilities
+resized to the cache's), averaged over a few intensity variants of each film (so a label must hold under
+augmentation, not only once), then each structure is kept only where it is plausible on that film; what fails a
+check stays unlabelled (its loss is masked), so a ragged heart or a speck of clavicle never becomes a target.
+The NIH films are split by patient (20 % validation, kept out of training), so plausibility on them measures what
+the training did not see.
 
-The checks (on the cleaned 256-px masks, ``lungx_core.postprocess.measure``):
+The checks (on the cleaned masks at the cache's size, ``lungx_core.postprocess.measure``):
 - lungs: both found, no implausible area, left/right ratio or side flags, each side's confidence >= LUNG_MIN_CONF;
 - heart: lungs kept, solidity >= HEART_MIN_SOLIDITY, CTR within HEART_CTR, confidence >= HEART_MIN_CONF;
 - each clavicle: lungs kept, found (its largest piece) over at least 1 % of its lung, confidence >= CLAVICLE_MIN_CONF.
@@ -67,15 +68,23 @@ def build_pseudo_cache(data_root: Path, out: Path, config: PreprocessConfig, mod
 
     from lungx_core.models.store import load_model
 
-    net, _ = load_model(model, device="cpu")
+    net, model_config = load_model(model, device="cpu")
+    # the labeller sees each film at its own input size; its probabilities are resized to the cache's (both
+    # letterboxes keep the aspect and are square, so they differ by a scale only)
+    own = PreprocessConfig.from_dict(model_config["preprocess"])
     splits = nih_anatomy_splits(data_root)
     images, masks, labelled, meta = [], [], [], []
     for cid, part in sorted(splits.items()):
         film = np.asarray(Image.open(data_root / NIH / "images" / f"{cid}.png").convert("L"))
         img, _ = preprocess_radiograph(film, config)
-        x = torch.as_tensor(np.stack([img ** g for g in GAMMAS])[:, None], dtype=torch.float32)
+        seen = img if own == config else preprocess_radiograph(film, own)[0]
+        x = torch.as_tensor(np.stack([seen ** g for g in GAMMAS])[:, None], dtype=torch.float32)
         with torch.inference_mode():
-            prob = torch.sigmoid(net(x)).mean(0).numpy()
+            prob = torch.sigmoid(net(x)).mean(0)
+            if own.size != config.size:
+                prob = torch.nn.functional.interpolate(prob[None], size=(config.size, config.size),
+                                                       mode="bilinear", align_corners=False)[0]
+            prob = prob.numpy()
         clean = clean_masks(prob)
         lab = accepted(clean, prob) if part == "train" else np.zeros(len(CXR_CLASSES), dtype=bool)
         images.append(img.astype(np.float16))

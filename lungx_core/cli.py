@@ -767,16 +767,24 @@ def evaluate_opacity_removal_cmd(
     probe: Annotated[
         str, typer.Option(help="Lung model that scores the films (trained on clear films only).")
     ] = "cxr_lung_probe",
+    second_probe: Annotated[
+        str, typer.Option(help="A second clear-film lung model scoring the same films ('none' skips it).")
+    ] = "cxr_lung_probe_attention",
     device: Annotated[Device, typer.Option(help="Where the models run.")] = Device.auto,
     per_case: Annotated[Path | None, typer.Option(help="Also write per-case scores to this CSV.")] = None,
 ):
     """{"n", "lung_dice_before", "lung_dice_after", "lung_dice_ceiling", "lung_recall_in_opacity_before",
-    "lung_recall_in_opacity_after", "change_outside_mask", "opacity_score_before",
-    "opacity_score_after"} as one JSON object."""
+    "lung_recall_in_opacity_after", "recovered_share", "change_outside_mask", "change_outside_activation",
+    "brighter_share", "gradient_energy_ratio_outside", "opacity_score_before", "opacity_score_after",
+    "second_probe_lung_recall_in_opacity_before", "second_probe_lung_recall_in_opacity_after",
+    "second_probe_recovered_share"} as one JSON object. recovered_share: (recall after - before) / (1 - before) of
+    the probe's lung recall under the reference opacity; brighter_share: of the changed pixels, those made
+    brighter; gradient_energy_ratio_outside: edges outside the opacity, after over before."""
     from lungx_core.eval.runners import score_opacity_removal
 
     scores = _CaseScores()
-    summary = score_opacity_removal(directory, _id_list(ids), model, probe, device.value, on_case=scores)
+    summary = score_opacity_removal(directory, _id_list(ids), model, probe, device.value, on_case=scores,
+                                    second_probe=None if second_probe.lower() == "none" else second_probe)
     scores.report(summary, per_case)
 
 

@@ -299,27 +299,37 @@ def test_evaluate_opacity_removal_scores(tmp_path, phantom):
     def darken_opacity(image):
         out = image.astype(np.float32)
         out[opacity] -= 0.1 * span
-        return out
+        return out, opacity
 
     def probe(image):  # sees all of the lung only once the opacity is darkened
         return lung if image.dtype == np.float32 else half
 
     result = evaluate_opacity_removal(tmp_path, darken_opacity, probe,
-                                      lambda image, m: 0.2 if image.dtype == np.float32 else 0.9)
+                                      lambda image, m: 0.2 if image.dtype == np.float32 else 0.9,
+                                      second_probe=lambda image: half)  # a probe that removal does not move
     half_dice = 2 * half.sum() / (half.sum() + lung.sum())
     hidden = lung & opacity
     ceiling = 2 * (half | hidden).sum() / ((half | hidden).sum() + lung.sum())
+    recall = round(float(half[hidden].mean()), 4)
     assert result == {"n": 2, "lung_dice_before": round(half_dice, 4), "lung_dice_after": 1.0,
                       "lung_dice_ceiling": round(ceiling, 4),
-                      "lung_recall_in_opacity_before": round(float(half[hidden].mean()), 4),
-                      "lung_recall_in_opacity_after": 1.0,
-                      "change_outside_mask": 0.0, "opacity_score_before": 0.9, "opacity_score_after": 0.2}
+                      "lung_recall_in_opacity_before": recall, "lung_recall_in_opacity_after": 1.0,
+                      "recovered_share": 1.0, "change_outside_mask": 0.0, "change_outside_activation": 0.0,
+                      "brighter_share": 0.0, "gradient_energy_ratio_outside": 1.0,
+                      "opacity_score_before": 0.9, "opacity_score_after": 0.2,
+                      "second_probe_lung_recall_in_opacity_before": recall,
+                      "second_probe_lung_recall_in_opacity_after": recall, "second_probe_recovered_share": 0.0}
 
-    def change_everything(image):
-        return image.astype(np.float32) + 0.5 * span
+    yy, xx = np.mgrid[: phantom.shape[0], : phantom.shape[1]]
+    stripes = (yy // 6) % 2 == 0
 
-    assert evaluate_opacity_removal(tmp_path, change_everything, probe, lambda i, m: 0.5)[
-        "change_outside_mask"] == pytest.approx(0.5)
+    def change_everything(image):  # brighter everywhere, with new edges (stripes) outside the opacity
+        return image.astype(np.float32) + 0.5 * span + 0.2 * span * stripes, None
+
+    scores = evaluate_opacity_removal(tmp_path, change_everything, probe, lambda i, m: 0.5)
+    assert scores["change_outside_mask"] == pytest.approx(0.6, abs=0.05) and scores["brighter_share"] == 1.0
+    assert scores["gradient_energy_ratio_outside"] > 1.05 and scores["change_outside_activation"] is None
+    assert "second_probe_recovered_share" not in scores
 
 
 @pytest.mark.slow
@@ -333,16 +343,18 @@ def test_evaluate_opacity_removal_cli_prints_one_json_object(tmp_path, phantom, 
     assert proc.stdout.count("\n") == 1
     result = json.loads(proc.stdout)
     assert set(result) == {"n", "lung_dice_before", "lung_dice_after", "lung_dice_ceiling",
-                           "lung_recall_in_opacity_before",
-                           "lung_recall_in_opacity_after", "change_outside_mask", "opacity_score_before",
-                           "opacity_score_after"}
+                           "lung_recall_in_opacity_before", "lung_recall_in_opacity_after", "recovered_share",
+                           "change_outside_mask", "change_outside_activation", "brighter_share",
+                           "gradient_energy_ratio_outside", "opacity_score_before", "opacity_score_after",
+                           "second_probe_lung_recall_in_opacity_before",
+                           "second_probe_lung_recall_in_opacity_after", "second_probe_recovered_share"}
     assert result["n"] == 2 and 0 <= result["lung_dice_after"] <= 1 and 0 <= result["change_outside_mask"] < 1
 
 
 def test_shipped_opacity_models_load_and_are_small():
     from lungx_core.models.store import model_paths, read_model_config
 
-    for name in ("cxr_opacity", "cxr_opacity_removal", "cxr_lung_probe"):
+    for name in ("cxr_opacity", "cxr_opacity_removal", "cxr_lung_probe", "cxr_lung_probe_attention"):
         weights, _ = model_paths(name)
         if not weights.exists():
             pytest.skip(f"{name} not exported yet")
@@ -351,3 +363,6 @@ def test_shipped_opacity_models_load_and_are_small():
     config = read_model_config("cxr_opacity_removal")
     assert config["conditioning"] == "mask" and config["region_aware"]["opacity_model"] == "cxr_opacity"
     assert read_model_config("cxr_lung_probe")["training"]["config"]["train_datasets"] == ["jsrt_scr"]
+    second = read_model_config("cxr_lung_probe_attention")["training"]["config"]  # another network, another seed
+    assert second["train_datasets"] == ["jsrt_scr"] and second["arch"] != read_model_config("cxr_lung_probe")["arch"]
+    assert second["seed"] != read_model_config("cxr_lung_probe")["training"]["config"]["seed"]

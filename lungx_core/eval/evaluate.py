@@ -217,30 +217,58 @@ def evaluate_synthesis(
 
 
 OUTSIDE_MASK_DILATION = 0.02  # of the image's longer side: the reference opacity border is not sharp
+CHANGED = 1e-4  # of the film's grey range: a pixel moved by less is unchanged (rounding of the written film)
+
+
+def recovered_share(before: float | None, after: float | None) -> float | None:
+    """The share of the lung hidden from the probe that removal gave back: (after - before) / (1 - before) of
+    the probe's lung recall under the opacity; None when nothing was hidden (recall 1) or unknown."""
+    if before is None or after is None or before >= 1:
+        return None
+    return (after - before) / (1 - before)
+
+
+def gradient_energy(image: np.ndarray, region: np.ndarray) -> float:
+    """Sum of squared forward differences (rows and columns) over the pixels of ``region``: the edges there."""
+    img = np.asarray(image, dtype=np.float64)
+    dr, dc = np.zeros_like(img), np.zeros_like(img)
+    dr[:-1] = np.diff(img, axis=0)
+    dc[:, :-1] = np.diff(img, axis=1)
+    return float(((dr**2 + dc**2)[region]).sum())
 
 
 def evaluate_opacity_removal(
     root: Path,
-    remove: Callable[[np.ndarray], np.ndarray],
+    remove: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray | None]],
     segment_lungs: Callable[[np.ndarray], np.ndarray],
     opacity_probability: Callable[[np.ndarray, np.ndarray], float],
     ids: Iterable[str] | None = None,
     on_case: Callable[[str, dict[str, float]], None] | None = None,
+    second_probe: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> dict:
     """Scores of opacity removal on films with reference lung and opacity masks.
 
-    ``remove(image)`` returns the opacity-removed version of a display-oriented film. Per film:
+    ``remove(image)`` returns the opacity-removed version of a display-oriented film and the remover's
+    activation mask (the pixels it may change; None if it has none). Per film:
     - lung_dice_before/after: Dice of ``segment_lungs`` (a probe model trained on clear films only) on the
       original and on the result, against the reference lung mask: opacity hides lung from such a model;
     - change_outside_mask: mean |result - original| (intensities scaled to [0, 1] by the original's range)
       over the pixels outside the reference opacity mask dilated by 2 % of the image's longer side;
+    - change_outside_activation: the same outside the remover's activation mask (only density it meant to take);
+    - brighter_share: of the pixels changed by more than CHANGED of the range, the share made brighter (more
+      attenuating): removal should only ever take density away;
+    - gradient_energy_ratio_outside: the result's gradient energy over the original's, outside the dilated
+      reference opacity: 1 when removal draws no new edges (rib bands, painted lung borders) elsewhere;
     - lung_recall_in_opacity_before/after: the share of the reference lung under the reference opacity that the
       probe calls lung (films whose lung has no opacity are left out of its mean). What removal alone can move:
       the probe's other errors (lung it misses or adds away from any opacity, e.g. where its training masks
       drew the lung border differently from the reference) bound how far the Dice can rise;
+    - recovered_share: (recall after - before) / (1 - before), per film and, in the summary, of the mean recalls;
     - lung_dice_ceiling: that bound, the probe's Dice on the original had it also found every reference lung
       pixel under the opacity;
-    - opacity_score_before/after: the opacity classifier's probability, on the reference lung field.
+    - opacity_score_before/after: the opacity classifier's probability, on the reference lung field;
+    - with ``second_probe`` (another lung model trained on clear films), its recall before/after and recovered
+      share too (``second_probe_*``): a recovered share that only one probe sees is that probe's illusion.
     """
     from scipy import ndimage as ndi
 
@@ -260,31 +288,53 @@ def evaluate_opacity_removal(
         opacity = _read_mask(root / "masks" / "opacity" / f"{case.case_id}.png")
         if lung.shape != original.shape or opacity.shape != original.shape:
             raise ValueError(f"{case.image}: reference masks do not match the image size {original.shape}")
-        result = remove(original)
+        result, activation = remove(original)
         radius = max(1, round(OUTSIDE_MASK_DILATION * max(original.shape)))
         outside = ~ndi.binary_dilation(opacity, ndi.generate_binary_structure(2, 1), iterations=radius)
         scale = float(original.max() - original.min()) or 1.0
-        change = np.abs(result.astype(np.float64) - original.astype(np.float64)) / scale
+        delta = (result.astype(np.float64) - original.astype(np.float64)) / scale
+        changed = np.abs(delta) > CHANGED
         found_before, found_after = segment_lungs(original), segment_lungs(result)
         hidden = lung & opacity
+        before = float(found_before[hidden].mean()) if hidden.any() else None
+        after = float(found_after[hidden].mean()) if hidden.any() else None
+        energy = gradient_energy(original, outside) if outside.any() else 0.0
         per_case = {
             "lung_dice_before": dice(found_before, lung),
             "lung_dice_after": dice(found_after, lung),
             "lung_dice_ceiling": dice(found_before | hidden, lung),
-            "lung_recall_in_opacity_before": float(found_before[hidden].mean()) if hidden.any() else None,
-            "lung_recall_in_opacity_after": float(found_after[hidden].mean()) if hidden.any() else None,
-            "change_outside_mask": float(change[outside].mean()) if outside.any() else 0.0,
+            "lung_recall_in_opacity_before": before,
+            "lung_recall_in_opacity_after": after,
+            "recovered_share": recovered_share(before, after),
+            "change_outside_mask": float(np.abs(delta)[outside].mean()) if outside.any() else 0.0,
+            "change_outside_activation": (None if activation is None or activation.all()
+                                          else float(np.abs(delta)[~activation].mean())),
+            "brighter_share": float((delta[changed] > 0).mean()) if changed.any() else None,
+            "gradient_energy_ratio_outside": gradient_energy(result, outside) / energy if energy else None,
             "opacity_score_before": opacity_probability(original, lung),
             "opacity_score_after": opacity_probability(result, lung),
         }
+        if second_probe is not None:
+            b2 = float(second_probe(original)[hidden].mean()) if hidden.any() else None
+            a2 = float(second_probe(result)[hidden].mean()) if hidden.any() else None
+            per_case.update({"second_probe_lung_recall_in_opacity_before": b2,
+                             "second_probe_lung_recall_in_opacity_after": a2,
+                             "second_probe_recovered_share": recovered_share(b2, a2)})
         for k, v in per_case.items():
             scores.setdefault(k, [])
             if v is not None:
                 scores[k].append(v)
         if on_case:
             on_case(case.case_id, per_case)
-    return {"n": len(cases), **{k: round(float(np.mean(v)), 4 if k.startswith("lung_") else 5) if v else None
-                                for k, v in scores.items()}}
+    summary = {"n": len(cases), **{k: round(float(np.mean(v)), 4 if "lung_" in k else 5) if v else None
+                                   for k, v in scores.items()}}
+    # the summary's recovered share is that of the mean recalls (the issue's definition), not a mean of ratios
+    for prefix in ("", "second_probe_"):
+        if f"{prefix}recovered_share" in summary:
+            share = recovered_share(summary[f"{prefix}lung_recall_in_opacity_before"],
+                                    summary[f"{prefix}lung_recall_in_opacity_after"])
+            summary[f"{prefix}recovered_share"] = None if share is None else round(share, 4)
+    return summary
 
 
 def linear_match(image: np.ndarray, reference: np.ndarray, region: np.ndarray) -> np.ndarray:

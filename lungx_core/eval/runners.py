@@ -237,6 +237,7 @@ def score_opacity_removal(
     probe: str = "cxr_lung_probe",
     device: str = "auto",
     on_case: OnCase | None = None,
+    second_probe: str | None = "cxr_lung_probe_attention",
 ) -> dict:
     """Opacity removal scored by a lung model trained on clear films only (``lungx evaluate opacity-removal``).
 
@@ -247,10 +248,15 @@ def score_opacity_removal(
         probe: the lung model that scores films before and after.
         device: ``auto``, ``cpu`` or ``cuda``.
         on_case: called with (case_id, scores) after each film.
+        second_probe: another clear-film lung model (another architecture and seed) scoring the same films;
+            None skips it.
 
     Returns:
         ``{"n", "lung_dice_before", "lung_dice_after", "lung_dice_ceiling", "lung_recall_in_opacity_before",
-        "lung_recall_in_opacity_after", "change_outside_mask", "opacity_score_before", "opacity_score_after"}``.
+        "lung_recall_in_opacity_after", "recovered_share", "change_outside_mask", "change_outside_activation",
+        "brighter_share", "gradient_energy_ratio_outside", "opacity_score_before", "opacity_score_after"}`` and,
+        with a second probe, ``second_probe_lung_recall_in_opacity_before/after`` and
+        ``second_probe_recovered_share`` (see :func:`lungx_core.eval.evaluate.evaluate_opacity_removal`).
     """
     from lungx_core.cxr.pathology import PathologyClassifier
     from lungx_core.eval.evaluate import evaluate_opacity_removal
@@ -261,9 +267,11 @@ def score_opacity_removal(
     find_lungs = lung_finder(CXRSegmenter(device=device))
     classifier = PathologyClassifier(device=device)
 
-    def remove(array: np.ndarray) -> np.ndarray:
+    def remove(array: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         # evaluation folders hold display-oriented bitmaps; the remover finds the lungs itself, as in use
-        return remover.remove_display(array, find_lungs(array))[0]
+        result, changeable, _ = remover.remove_display(array, find_lungs(array))
+        return result, changeable
 
+    second = lung_finder(CXRSegmenter(second_probe, device)) if second_probe else None
     return evaluate_opacity_removal(Path(directory), remove, lung_finder(CXRSegmenter(probe, device)),
-                                    classifier.probability, ids, on_case=on_case)
+                                    classifier.probability, ids, on_case=on_case, second_probe=second)

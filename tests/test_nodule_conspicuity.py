@@ -94,6 +94,19 @@ def test_evaluation_reports_before_after_ratio_and_dimmed_share(tmp_path):
     assert set(cases) == {"N0", "N1"} and cases["N0"]["conspicuity_before"] > 1  # the drawn nodule stands out
 
 
+def test_a_nodule_without_measurable_contrast_has_no_kept_share(tmp_path):
+    from lungx_core.eval.evaluate import evaluate_nodule_conspicuity
+
+    (tmp_path / "images").mkdir()
+    film = np.full((256, 256), 100, np.uint8)
+    film[np.hypot(*np.mgrid[-100:156, -80:176]) <= 6] = 140  # a nodule at (80, 100); (200, 200) is flat
+    film[0, 0] = 0  # the film's grey range: 140
+    Image.fromarray(film).save(tmp_path / "images" / "F.png")
+    (tmp_path / "nodules.csv").write_text("id,x,y,diameter_px,subtlety\nF,160,200,24,3\nF,400,400,24,3\n")
+    summary = evaluate_nodule_conspicuity(tmp_path, lambda image, lung: image.array, lambda a: np.ones(a.shape, bool))
+    assert summary["n"] == 2 and summary["contrast_n"] == 1 and summary["contrast_kept"] == 1.0
+
+
 @pytest.mark.slow
 def test_cli_scores_a_nodule_folder_without_soft_tissue_targets(tmp_path):
     root = _nodule_folder(tmp_path / "jsrt")

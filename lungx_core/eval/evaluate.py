@@ -532,6 +532,9 @@ def evaluate_nodules(
 
 
 KEPT_LOW = 0.8  # a nodule keeping less of its own contrast than this after bone suppression counts as taken
+# a nodule whose own contrast (disc minus ring) is under this share of the film's grey range has no kept share:
+# the ratio of two near-zero numbers is noise
+CONTRAST_FLOOR = 0.005
 
 
 def evaluate_nodule_conspicuity(
@@ -544,8 +547,9 @@ def evaluate_nodule_conspicuity(
     lung)``, for ``root/nodules.csv`` and ``root/images/<id>.<ext>`` (centres and sizes given on a 512-px
     image are scaled to the film's width). Returns the medians before and after, the median ratio (after /
     before), the share of nodules dimmed (after < before), the median share of each nodule's own contrast kept
-    (:func:`~lungx_core.eval.metrics.nodule_contrast` after / before) and the share of nodules keeping less
-    than ``KEPT_LOW`` of it, and the same per subtlety grade."""
+    (:func:`~lungx_core.eval.metrics.nodule_contrast` after / before; nodules whose contrast is under
+    ``CONTRAST_FLOOR`` of the film's grey range are left out of it) and the share of those keeping less than
+    ``KEPT_LOW`` of it, and the same per subtlety grade."""
     from lungx_core.eval.metrics import nodule_conspicuity, nodule_contrast
     from lungx_core.io.readers import read_radiograph
 
@@ -561,15 +565,17 @@ def evaluate_nodule_conspicuity(
         image = read_radiograph(paths[0])
         output = suppress(image, segment_lungs(image.array))
         scale = image.array.shape[1] / 512.0
+        grey_range = float(np.ptp(image.array))
         for k, nodule in enumerate(nodules):
             centre = (float(nodule["x"]) * scale, float(nodule["y"]) * scale)
             radius = max(float(nodule["diameter_px"]) * scale / 2, 1.0)
             before = nodule_conspicuity(image.array, centre, radius)
             after = nodule_conspicuity(output, centre, radius)
             contrast = nodule_contrast(image.array, centre, radius)
+            measurable = abs(contrast) >= CONTRAST_FLOOR * grey_range
             case = {"conspicuity_before": before, "conspicuity_after": after,
                     "ratio": after / before if before else float("nan"),
-                    "contrast_kept": nodule_contrast(output, centre, radius) / contrast if contrast else float("nan"),
+                    "contrast_kept": nodule_contrast(output, centre, radius) / contrast if measurable else float("nan"),
                     "subtlety": int(nodule.get("subtlety") or 0)}
             results.append(case)
             if on_case:
@@ -582,15 +588,17 @@ def evaluate_nodule_conspicuity(
 
 
 def conspicuity_summary(results: list[dict]) -> dict:
-    """n, median conspicuity before and after, median ratio, share dimmed, median contrast kept and the share
-    of nodules keeping less than KEPT_LOW of their contrast."""
+    """n, median conspicuity before and after, median ratio, share dimmed; over the nodules with a measurable
+    contrast (``contrast_n``), the median contrast kept and the share keeping less than KEPT_LOW of it."""
     before = np.array([r["conspicuity_before"] for r in results])
     after = np.array([r["conspicuity_after"] for r in results])
     ratio = np.array([r["ratio"] for r in results])
     kept = np.array([r["contrast_kept"] for r in results])
+    kept = kept[np.isfinite(kept)]
     return {"n": len(results), "conspicuity_before": round(float(np.median(before)), 4),
             "conspicuity_after": round(float(np.median(after)), 4),
             "median_ratio": round(float(np.nanmedian(ratio)), 4),
             "dimmed_share": round(float(np.mean(after < before)), 4),
-            "contrast_kept": round(float(np.nanmedian(kept)), 4),
-            f"kept_below_{KEPT_LOW}_share": round(float(np.mean(kept < KEPT_LOW)), 4)}
+            "contrast_n": int(kept.size),
+            "contrast_kept": round(float(np.median(kept)), 4) if kept.size else None,
+            f"kept_below_{KEPT_LOW}_share": round(float(np.mean(kept < KEPT_LOW)), 4) if kept.size else None}

@@ -181,8 +181,8 @@ def score_bone_suppression(
     Returns:
         ``{"n", "psnr_input", "psnr_output", "ssim_input", "ssim_output", "bsr", "seconds_per_image"}`` for
         pairs; ``"nodules"``: ``{"n", "conspicuity_before", "conspicuity_after", "median_ratio",
-        "dimmed_share", "contrast_kept", "kept_below_0.8_share", "per_subtlety"}`` (medians over nodules; ratio =
-        after / before; contrast kept = the nodule's disc-minus-ring contrast after / before).
+        "dimmed_share", "contrast_n", "contrast_kept", "kept_below_0.8_share", "per_subtlety"}`` (medians over
+        nodules; ratio = after / before; contrast kept = the nodule's disc-minus-ring contrast after / before).
     """
     from lungx_core.eval.evaluate import evaluate_bone_suppression, evaluate_nodule_conspicuity
     from lungx_core.tasks.cxr_segmentation import CXRSegmenter

@@ -228,6 +228,11 @@ def recovered_share(before: float | None, after: float | None) -> float | None:
     return (after - before) / (1 - before)
 
 
+def recall_under(found: np.ndarray, hidden: np.ndarray) -> float | None:
+    """The share of the ``hidden`` pixels that ``found`` covers; None when nothing is hidden."""
+    return float(found[hidden].mean()) if hidden.any() else None
+
+
 def gradient_energy(image: np.ndarray, region: np.ndarray) -> float:
     """Sum of squared forward differences (rows and columns) over the pixels of ``region``: the edges there."""
     img = np.asarray(image, dtype=np.float64)
@@ -296,8 +301,7 @@ def evaluate_opacity_removal(
         changed = np.abs(delta) > CHANGED
         found_before, found_after = segment_lungs(original), segment_lungs(result)
         hidden = lung & opacity
-        before = float(found_before[hidden].mean()) if hidden.any() else None
-        after = float(found_after[hidden].mean()) if hidden.any() else None
+        before, after = recall_under(found_before, hidden), recall_under(found_after, hidden)
         energy = gradient_energy(original, outside) if outside.any() else 0.0
         per_case = {
             "lung_dice_before": dice(found_before, lung),
@@ -315,8 +319,7 @@ def evaluate_opacity_removal(
             "opacity_score_after": opacity_probability(result, lung),
         }
         if second_probe is not None:
-            b2 = float(second_probe(original)[hidden].mean()) if hidden.any() else None
-            a2 = float(second_probe(result)[hidden].mean()) if hidden.any() else None
+            b2, a2 = recall_under(second_probe(original), hidden), recall_under(second_probe(result), hidden)
             per_case.update({"second_probe_lung_recall_in_opacity_before": b2,
                              "second_probe_lung_recall_in_opacity_after": a2,
                              "second_probe_recovered_share": recovered_share(b2, a2)})

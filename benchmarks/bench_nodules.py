@@ -49,7 +49,7 @@ def main() -> None:
         alone = (time.perf_counter() - t0) / (args.repeat * len(arrays))
         shape = "x".join(str(n) for n in arrays[0].shape)
         print(f"nodule detection, {args.threads} threads, film {shape}: {end_to_end:.3f} s per film end to end, "
-              f"{alone:.3f} s detector alone (input, network x2 views, peaks)")
+              f"{alone:.3f} s detector alone (input, network: 2 views at each scale, peaks)")
 
 
 if __name__ == "__main__":

@@ -90,6 +90,25 @@ def test_an_obvious_nodule_is_found_within_its_radius_and_the_clean_film_scores_
     assert max(near, default=0.0) < top["probability"]
 
 
+def test_scales_average_logits_on_the_input_grid_and_one_scale_is_the_plain_pass():
+    import torch
+
+    from lungx_core.cxr.nodules import predict_heat
+
+    class Echo(torch.nn.Module):  # logit = the input, whatever the grid: the scales must map it back in place
+        def forward(self, t):
+            return torch.cat([t, torch.zeros_like(t)], dim=1)
+
+    yy, xx = np.mgrid[:200, :184]
+    x = 4 * np.exp(-((yy - 60) ** 2 + (xx - 130) ** 2) / (2 * 12.0**2)) - 2  # a smooth, off-centre blob
+    one = predict_heat(Echo(), x)
+    assert np.allclose(one, 1 / (1 + np.exp(-x)), atol=1e-6)  # the mirror pass, mirrored back, agrees
+    both = predict_heat(Echo(), x, scales=(1.0, 0.75))
+    assert both.shape == x.shape
+    assert np.unravel_index(both.argmax(), both.shape) == np.unravel_index(one.argmax(), one.shape)
+    assert np.abs(both - one).max() < 0.02  # resampling a smooth map down and back changes it little
+
+
 @pytest.mark.slow
 def test_positions_follow_the_stored_orientation():
     """A film stored mirrored with PatientOrientation saying so: the candidate is reported on the stored array."""

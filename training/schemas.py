@@ -226,6 +226,7 @@ class NoduleRun:
     start_run: str | None = None  # a run folder whose fold_<k>/last.pt starts fold k (instead of ``init``)
     hard_negatives: float = 0.0  # share of crops centred on the starting model's false positives
     hard_floor: float = 0.1  # the least probability of a false positive mined as a hard negative
+    scales: list = field(default_factory=lambda: [1.0])  # test-time input scales whose logits are averaged
 
 
 @dataclass

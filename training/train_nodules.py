@@ -293,7 +293,8 @@ def film_candidates(net, cfg: dict, x: np.ndarray, floor: float) -> list:
     size = cfg["size"]
     x = np.asarray(x, np.float32)
     box = Letterbox((size, size), (size, size), (0, 0), size)
-    return decode(predict_heat(net, x), box, floor, cfg["min_distance"], cfg["max_candidates"], blank_regions(x))
+    heat = predict_heat(net, x, scales=cfg.get("scales", [1.0]))
+    return decode(heat, box, floor, cfg["min_distance"], cfg["max_candidates"], blank_regions(x))
 
 
 def score_fold(args, cfg, films, folder: Path) -> None:
@@ -471,6 +472,7 @@ def export(args, cfg) -> None:
         "arch": cfg["arch"], "arch_options": cfg["arch_options"], "in_channels": 1,
         "classes": ["nodule_centre", "log_diameter"], "size": cfg["size"], "floor": cfg["floor"],
         "min_distance": cfg["min_distance"], "max_candidates": cfg["max_candidates"],
+        "scales": cfg.get("scales", [1.0]),
         "threshold": cv["operating_point"]["probability"], "metrics": {k: v for k, v in cv.items() if k != "curve"},
         # blob width -> diameter: 1 / the median (blob width / true diameter) over the CV hits (report)
         "diameter_scale": round(1 / cv["diameter"]["blob_width_median_ratio_before_scale"], 3),

@@ -143,26 +143,39 @@ class NoduleDetector:
         self.max_candidates = int(self.config.get("max_candidates", 20))
         self.size = int(self.config.get("size", MODEL_SIZE))
         self.diameter_scale = float(self.config.get("diameter_scale", 1.0))
+        self.scales = tuple(float(v) for v in self.config.get("scales", [1.0]))
         self.device = next(self.net.parameters()).device
 
     def detect(self, display: np.ndarray) -> list[NoduleCandidate]:
         """Candidates on a 2-D film in standard display orientation (pixel coordinates of ``display``)."""
         x, box = detector_input(display, self.size)
-        heat = predict_heat(self.net, x, self.device)
+        heat = predict_heat(self.net, x, self.device, self.scales)
         return decode(heat, box, self.floor, self.min_distance, self.max_candidates, blank_regions(x),
                       self.diameter_scale)
 
 
-def predict_heat(net, x: np.ndarray, device=None) -> np.ndarray:
-    """The nodule-centre probability of a (size, size) input through ``net``, its logit averaged with the
-    mirrored film's mirrored back (training scores folds with it too, so the validation is what ships). The
-    network's second output, the log diameter, is not used (see :func:`decode`)."""
+def predict_heat(net, x: np.ndarray, device=None, scales=(1.0,)) -> np.ndarray:
+    """The nodule-centre probability of a (size, size) input through ``net``: its logit averaged over the film and
+    its mirror image (mirrored back) at each of ``scales`` (the input resized by that factor, rounded to a multiple
+    of 16 px, and the logit resized back; scale 1 is the input as it is). Training scores its folds with it too, so
+    the validation is what ships; the model card says which scales were measured. The network's second output,
+    the log diameter, is not used (see :func:`decode`)."""
     import torch
+    import torch.nn.functional as F
 
     t = torch.as_tensor(np.asarray(x, np.float32))[None, None]
     if device is not None:
         t = t.to(device)
+    size = tuple(t.shape[-2:])
+    total = None
     with torch.inference_mode():
-        out = net(torch.cat([t, torch.flip(t, dims=(-1,))]))[:, 0].float()
-        logit = (out[0] + torch.flip(out[1], dims=(-1,))) / 2
+        for s in scales:
+            shape = size if s == 1 else tuple(max(16, int(round(n * s / 16)) * 16) for n in size)
+            ts = t if shape == size else F.interpolate(t, size=shape, mode="bilinear", align_corners=False)
+            out = net(torch.cat([ts, torch.flip(ts, dims=(-1,))]))[:, :1].float()
+            logit = (out[0:1] + torch.flip(out[1:2], dims=(-1,))) / 2
+            if shape != size:
+                logit = F.interpolate(logit, size=size, mode="bilinear", align_corners=False)
+            total = logit if total is None else total + logit
+        logit = total[0, 0] / len(scales)
     return torch.sigmoid(logit).cpu().numpy()

@@ -265,10 +265,12 @@ def mine_hard_negatives(cfg: dict, fold: str, films, train_idx: np.ndarray, real
     if not cfg.get("start_run"):
         raise ValueError("hard_negatives needs a start_run: the trained model whose false positives are mined")
     net = eval_net(cfg, starting_state(cfg, fold))
+    # mined on the 512-px reading alone: the shipped run's negatives were mined before test-time scales existed
+    at_512 = {**cfg, "scales": [1.0]}
     found = []
     for i in train_idx:
         nodules = real.get(str(films["ids"][i]), [])
-        for c in film_candidates(net, cfg, films["x"][i], cfg["hard_floor"]):
+        for c in film_candidates(net, at_512, films["x"][i], cfg["hard_floor"]):
             if all(np.hypot(c.col - nx, c.row - ny) > nodule_hit_radius({"diameter_px": d}, PIXEL_MM)
                    for nx, ny, d in nodules):
                 found.append((i, c.row, c.col))

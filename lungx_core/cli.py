@@ -639,6 +639,10 @@ def evaluate_nodules_cmd(
     model: Annotated[str, typer.Option(help="Nodule model name or a .safetensors path.")] = "cxr_nodules",
     device: Annotated[Device, typer.Option(help="Where the model runs.")] = Device.auto,
     per_case: Annotated[Path | None, typer.Option(help="Also write per-film counts to this CSV.")] = None,
+    suppress_ribs: Annotated[str | None, typer.Option(
+        "--suppress-ribs", help="Bone model name or .safetensors path (e.g. cxr_bone): detect on each film after "
+                                "its bone suppression (bone mode), to see what suppression does to the nodules a "
+                                "detector finds. Compare with a run without it.")] = None,
 ):
     """{"n_films", "n_nodules", "sensitivity" at 0.125-8 false positives per image, "cpm", "auc",
     "sensitivity_at_2fp_by_subtlety", ...} as one JSON object. A hit is a candidate within the nodule's radius
@@ -647,7 +651,7 @@ def evaluate_nodules_cmd(
     from lungx_core.eval.runners import score_nodules
 
     scores = _CaseScores(digits=4)
-    summary = score_nodules(directory, model, device.value, on_case=scores)
+    summary = score_nodules(directory, model, device.value, on_case=scores, bone_model=suppress_ribs)
     scores.report(summary, per_case)
 
 

@@ -109,6 +109,29 @@ def test_scales_average_logits_on_the_input_grid_and_one_scale_is_the_plain_pass
     assert np.abs(both - one).max() < 0.02  # resampling a smooth map down and back changes it little
 
 
+def test_evaluate_nodules_can_detect_on_bone_suppressed_films(tmp_path):
+    """`lungx evaluate nodules --suppress-ribs cxr_bone` scores the detector on each film after suppression: the
+    same candidates as suppressing and detecting by hand, and not those of the film as it is."""
+    from lungx_core.eval.runners import score_nodules
+    from lungx_core.io.readers import read_radiograph
+
+    (tmp_path / "images").mkdir()
+    film = _film_with_nodule(contrast=0.1)
+    Image.fromarray(film).save(tmp_path / "images" / "N1.png")
+    scale = 512 / film.shape[1]  # nodules.csv is on the 512-px film
+    (tmp_path / "nodules.csv").write_text(f"id,x,y,diameter_px,subtlety\nN1,{300 * scale},{200 * scale},"
+                                          f"{16 * scale},5\n")
+    seen: dict[str, dict] = {}
+    plain = score_nodules(tmp_path, device="cpu", on_case=lambda case, row: seen.setdefault("plain", row))
+    suppressed = score_nodules(tmp_path, device="cpu", bone_model="cxr_bone",
+                               on_case=lambda case, row: seen.setdefault("suppressed", row))
+    assert plain["n_nodules"] == suppressed["n_nodules"] == 1
+    by_hand = lx.detect_nodules(lx.suppress_ribs(read_radiograph(tmp_path / "images" / "N1.png"), device="cpu",
+                                                 input_check=False).output, device="cpu")
+    assert seen["suppressed"]["max_probability"] == pytest.approx(by_hand.measurements["max_probability"], abs=1e-6)
+    assert seen["suppressed"]["max_probability"] != pytest.approx(seen["plain"]["max_probability"], abs=1e-6)
+
+
 @pytest.mark.slow
 def test_positions_follow_the_stored_orientation():
     """A film stored mirrored with PatientOrientation saying so: the candidate is reported on the stored array."""

@@ -207,12 +207,15 @@ def score_bone_suppression(
 
 
 def score_nodules(
-    directory: str | Path, model: str = "cxr_nodules", device: str = "auto", on_case: OnCase | None = None
+    directory: str | Path, model: str = "cxr_nodules", device: str = "auto", on_case: OnCase | None = None,
+    bone_model: str | None = None,
 ) -> dict:
     """Nodule detection scored by FROC (``lungx evaluate nodules``): ``directory/images/`` and
     ``directory/nodules.csv`` (id, x, y, diameter_px on the 512-px film, optional diameter_mm and subtlety;
     films without a row are normals). Every candidate above the model's floor is scored; a hit lies within the
     nodule's radius (at least 4 mm), each nodule counts once, every other candidate is a false positive.
+    ``bone_model``: the detector reads each film after bone suppression with this model (bone mode, the card's
+    strength) instead: what suppression does to the nodules a detector finds.
 
     Returns:
         ``{"n_films", "n_nodules", "sensitivity": {fp rate: value} at 0.125-8 FP/image, "cpm", "auc",
@@ -223,8 +226,17 @@ def score_nodules(
     from lungx_core.tasks.nodule_detection import find_nodules
 
     detector = NoduleDetector(model, device=device)
+    suppress = None
+    if bone_model:
+        from lungx_core.tasks.rib_suppression import RibSuppressor, SuppressionSettings
+
+        suppressor, settings = RibSuppressor(bone_model, device=device), SuppressionSettings("bone")
+
+        def suppress(image: MedicalImage) -> MedicalImage:
+            return image.with_array(suppressor.suppress(image, None, settings).array)
 
     def detect(image: MedicalImage) -> list[tuple[float, float, float]]:
+        image = suppress(image) if suppress else image
         return [(c["col"], c["row"], c["probability"]) for c in find_nodules(detector, image).candidates]
 
     return evaluate_nodules(Path(directory), detect, on_case=on_case)

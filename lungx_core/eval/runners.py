@@ -224,19 +224,14 @@ def score_nodules(
     from lungx_core.cxr.nodules import NoduleDetector
     from lungx_core.eval.evaluate import evaluate_nodules
     from lungx_core.tasks.nodule_detection import find_nodules
+    from lungx_core.tasks.rib_suppression import RibSuppressor, SuppressionSettings
 
     detector = NoduleDetector(model, device=device)
-    suppress = None
-    if bone_model:
-        from lungx_core.tasks.rib_suppression import RibSuppressor, SuppressionSettings
-
-        suppressor, settings = RibSuppressor(bone_model, device=device), SuppressionSettings("bone")
-
-        def suppress(image: MedicalImage) -> MedicalImage:
-            return image.with_array(suppressor.suppress(image, None, settings).array)
+    suppressor = RibSuppressor(bone_model, device=device) if bone_model else None
 
     def detect(image: MedicalImage) -> list[tuple[float, float, float]]:
-        image = suppress(image) if suppress else image
+        if suppressor is not None:
+            image = image.with_array(suppressor.suppress(image, None, SuppressionSettings("bone")).array)
         return [(c["col"], c["row"], c["probability"]) for c in find_nodules(detector, image).candidates]
 
     return evaluate_nodules(Path(directory), detect, on_case=on_case)

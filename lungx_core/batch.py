@@ -30,6 +30,7 @@ import json
 import logging
 import os
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -227,7 +228,7 @@ def _local(cases: list[Case], todo: list[int], step: Step, overlap: int = 1) -> 
     from concurrent.futures import ThreadPoolExecutor
 
     queue = iter(todo)
-    with ThreadPoolExecutor(overlap, thread_name_prefix="lungx-case") as pool:
+    with _shared_intra_op_threads(overlap), ThreadPoolExecutor(overlap, thread_name_prefix="lungx-case") as pool:
         pending = deque((i, pool.submit(step, cases[i])) for i in itertools.islice(queue, overlap + 1))
         while pending:
             i, future = pending.popleft()
@@ -236,6 +237,21 @@ def _local(cases: list[Case], todo: list[int], step: Step, overlap: int = 1) -> 
             if following is not None:
                 pending.append((following, pool.submit(step, cases[following])))
             yield i, row
+
+
+@contextmanager
+def _shared_intra_op_threads(cases_in_flight: int):
+    """While ``cases_in_flight`` cases run in threads, torch's intra-op pool is split between them (restored
+    after): two films each calling the networks on every core oversubscribe them (512-px films, 2 cores: 14.5
+    films/s with 2 threads each, 16.2 with 1)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(max(1, before // cases_in_flight))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _missing_paths(paths: list[str]) -> list[str]:

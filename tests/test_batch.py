@@ -75,10 +75,15 @@ def test_overlapped_cases_give_the_rows_and_files_of_one_case_after_another(tmp_
     in_flight, most = [0], [0]
     lock = threading.Lock()
 
+    import torch
+
+    threads_before, threads_seen = torch.get_num_threads(), set()
+
     def watched(case, inner):
         with lock:
             in_flight[0] += 1
             most[0] = max(most[0], in_flight[0])
+            threads_seen.add(torch.get_num_threads())
         try:
             time.sleep(0.05)  # long enough for the other thread to start its case
             return inner(case)
@@ -90,6 +95,8 @@ def test_overlapped_cases_give_the_rows_and_files_of_one_case_after_another(tmp_
     two = run_cases(collect_cases([films]), partial(watched, inner=_step(tmp_path / "two")), tmp_path / "two",
                     overlap=2, fingerprint="same step")
     assert most[0] == 2
+    # the two cases share torch's intra-op threads instead of each asking for all of them; restored after
+    assert threads_seen == {max(1, threads_before // 2)} and torch.get_num_threads() == threads_before
     assert _rows(two) == _rows(one)  # in the order of the cases, whatever order they finished in
     assert _files(tmp_path / "two") == _files(tmp_path / "one")
 

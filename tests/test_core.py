@@ -57,6 +57,19 @@ def test_letterbox_round_trip(rows, cols, size):
     assert metrics.dice(back > 0.5, mask > 0.5) > 0.9
 
 
+@pytest.mark.parametrize("shape, out", [((512, 512), (256, 256)), ((420, 512), (210, 256)), ((2048, 1785), (256, 223)),
+                                        ((100, 70), (256, 179)), ((257, 3), (256, 3))])
+def test_resize_linear_is_scikit_images_resize(shape, out):
+    from skimage.transform import resize
+
+    img = np.random.default_rng(sum(shape)).random(shape, dtype=np.float32)
+    anti_aliasing = out[0] < shape[0]
+    fast = preprocess.resize_linear(img, out, anti_aliasing=anti_aliasing)
+    slow = resize(img, out, order=1, anti_aliasing=anti_aliasing, preserve_range=True)
+    assert fast.dtype == np.float32 and fast.shape == out
+    np.testing.assert_allclose(fast, slow, rtol=0, atol=1e-6)
+
+
 def test_preprocess_config_round_trip():
     cfg = preprocess.PreprocessConfig(size=128, tophat_radius=3)
     assert preprocess.PreprocessConfig.from_dict(cfg.to_dict()) == cfg

@@ -21,3 +21,25 @@ def test_bounding_box_is_find_objects_box(shape):
         if boxes:  # grown by a margin, never past the array
             grown = tuple(slice(max(0, b.start - 2), min(n, b.stop + 2)) for b, n in zip(boxes[0], shape, strict=True))
             assert bounding_box(mask, margin=2) == grown
+
+
+def test_mean_column_is_the_mean_of_every_pixels_column():
+    from lungx_core.postprocess import mean_column
+
+    rng = np.random.default_rng(3)
+    for shape, density in (((1, 1), 1.0), ((5, 9), 0.3), ((300, 257), 0.01), ((64, 64), 0.9)):
+        mask = rng.random(shape) < density
+        mask.flat[0] = True
+        assert mean_column(mask) == np.nonzero(mask)[1].mean()  # exactly: integer sums, one division
+
+
+def test_sigmoid_is_expit_within_one_float32_step():
+    from scipy.special import expit
+
+    from lungx_core.postprocess import sigmoid
+
+    logits = np.concatenate([np.linspace(-30, 30, 2001), [0.0, -0.0, 1e-8]]).astype(np.float32).reshape(1, 1, -1)
+    p = sigmoid(logits)
+    assert p.dtype == np.float32 and p.shape == logits.shape
+    np.testing.assert_allclose(p, expit(logits), rtol=0, atol=np.finfo(np.float32).eps)
+    assert (p[logits >= 0] >= 0.5).all() and (p[logits < 0] < 0.5).all()  # a 0.5 threshold sees the logit's sign

@@ -20,7 +20,7 @@ from lungx_core.image import MedicalImage
 from lungx_core.io.inputs import Case
 from lungx_core.models.store import shared_model
 from lungx_core.orientation import display_flips, flip_display
-from lungx_core.postprocess import Measurements, clean_masks, clean_structure, measure, smooth_heart
+from lungx_core.postprocess import Measurements, clean_masks, clean_structure, measure, sigmoid, smooth_heart
 from lungx_core.preprocess import PreprocessConfig, preprocess_radiograph, unletterbox
 from lungx_core.tasks.common import Progress, ok_row, read_checked_radiograph, run_guarded
 
@@ -64,13 +64,12 @@ class CXRSegmenter:
         alone (no clavicle refinement: :meth:`segment` adds it). ``windowed``: the radiograph already windowed
         to the model's percentiles (``MedicalImage.windowed``, turned to display)."""
         import torch
-        from scipy.special import expit
 
         x, box = preprocess_radiograph(image, self.preprocess, windowed)
         with torch.inference_mode():
             logits = self.net(torch.from_numpy(x)[None, None].to(self.device))[0].float().cpu().numpy()
         # Upsample the logits, not the probabilities: smooth full-resolution borders after the sigmoid.
-        return expit(unletterbox(smooth_heart(logits), box))
+        return sigmoid(unletterbox(smooth_heart(logits), box))
 
     def segment(self, image: MedicalImage) -> CXRResult:
         flip_rows, flip_cols, readable = display_flips(image.metadata)
@@ -85,11 +84,9 @@ class CXRSegmenter:
         if self.refiner is not None:  # the clavicles looked at again at about twice the resolution
             refined = self.refiner.logits(windowed, masks["lung_left"] | masks["lung_right"])
             if refined is not None:
-                from scipy.special import expit
-
                 for name, logit in zip(self.refiner.classes, refined, strict=True):
                     c = CXR_CLASSES.index(name)
-                    probs[c] = expit(logit)
+                    probs[c] = sigmoid(logit)
                     masks[name] = clean_structure(name, probs[c] >= self.threshold)
         pixel_area = image.pixel_area_mm2 if image.spacing_known else None
         meas = measure(masks, probs, pixel_area)

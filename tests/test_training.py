@@ -376,3 +376,33 @@ def test_retrocardiac_lungs_run_straight_down_behind_the_heart():
     assert (new_left >= left).all() and (new_right >= right).all()
     same = retrocardiac_lungs(left, right, np.zeros_like(heart))
     assert np.array_equal(same[0], left) and np.array_equal(same[1], right)
+
+
+def test_placebo_sets_match_each_healthy_film_to_several_pathological_films():
+    from training.style import PLACEBOS, match_histogram
+    from training.train_pathology import PLACEBO_DRAWS, placebo_sets
+
+    rng = np.random.default_rng(0)
+    images = rng.random((7, 20, 20), dtype=np.float32)
+    images[4:] **= 3  # the "pathological" films have another intensity distribution
+    labels = np.array([0, 0, 0, 0, 1, 1, 1])
+    sets = placebo_sets(images, labels, 16)
+    healthy, sick = sets["healthy"], sets["pathological"]
+    assert healthy.shape == (4, 16, 16) and sick.shape == (3, 16, 16)
+    assert sets["histogram_matched"].shape == (PLACEBO_DRAWS * 4, 16, 16)
+    assert all(sets[k].shape == healthy.shape for k in PLACEBOS if k != "histogram_matched")
+    for k, matched in enumerate(sets["histogram_matched"]):  # every one is its healthy film matched to a sick one
+        assert any(np.allclose(matched, match_histogram(healthy[k % 4], s)) for s in sick)
+
+
+def test_style_augment_histogram_chance():
+    from training.style import augment, match_histogram
+
+    x = np.linspace(0, 1, 64 * 64, dtype=np.float32).reshape(64, 64)
+    other = x**4
+    seeds = range(40)
+    # with chance 1 every crop is matched first; with chance 0 none is, so outputs follow x's own distribution
+    matched = [augment(x, other, np.random.default_rng(s), histogram_p=1.0) for s in seeds]
+    plain = [augment(x, other, np.random.default_rng(s), histogram_p=0.0) for s in seeds]
+    assert np.mean([m.mean() for m in matched]) < np.mean([p.mean() for p in plain]) - 0.1
+    assert match_histogram(x, other).mean() < x.mean() - 0.2

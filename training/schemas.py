@@ -300,6 +300,8 @@ class PathologyRun:
     # weight of the auxiliary opacity map (reference opacity masks), and the classifier layer it reads; 0 = off
     opacity_aux: float = 0.0
     opacity_tap: int = 2
+    # chance that a training crop is histogram matched to a film of the other class (style.augment)
+    histogram_p: float = 0.5
 
 
 @dataclass

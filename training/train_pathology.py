@@ -5,8 +5,8 @@
 
 It judges synthetic images (``lungx evaluate synthesis``: the share called pathological) and scores opacity.
 Domains, splits and crops are those of the translation models (``training/synthesis_data.py``). Sampling is
-balanced between the classes; the epoch with the best validation AUC is exported to lungx_core/weights with its
-metrics (overall and per source, to show how much it leans on dataset style rather than pathology).
+balanced between the classes; the epoch with the best validation AUC is written to the run folder (``--out``) with
+its metrics (overall and per source, to show how much it leans on dataset style rather than pathology).
 
 With ``"style_augment": true`` (v2, ``pathology_cxr_v2.json``) it is trained to be style-proof: sources are
 balanced within each class and every training film is restyled (``training/style.py``: histogram matching to a
@@ -88,17 +88,21 @@ def report(probs: np.ndarray, labels: np.ndarray, datasets: np.ndarray, threshol
     return out
 
 
+PLACEBO_DRAWS = 5  # pathological films each healthy film is histogram matched to: one draw is a noisy share
+
+
 def placebo_sets(images: np.ndarray, labels: np.ndarray, size: int) -> dict[str, np.ndarray]:
     """The validation films' centre crops: 'healthy' and 'pathological' as they are, and every placebo of
-    ``style.PLACEBOS`` applied to the healthy ones (histogram matching to a pathological film of the set, drawn
-    with a fixed seed)."""
+    ``style.PLACEBOS`` applied to the healthy ones; histogram matching to PLACEBO_DRAWS pathological films of the
+    set each (drawn with a fixed seed), all pooled: its share comes from 5 x 49 films, not 49."""
     crops = centre_window(images, size).astype(np.float32)
     healthy, sick = crops[labels == 0], crops[labels == 1]
     rng = np.random.default_rng(7)
-    refs = sick[rng.integers(0, len(sick), len(healthy))]
+    refs = [sick[rng.integers(0, len(sick), len(healthy))] for _ in range(PLACEBO_DRAWS)]
     out = {"healthy": healthy, "pathological": sick}
     for name, fn in PLACEBOS.items():
-        out[name] = np.stack([fn(x, r) for x, r in zip(healthy, refs, strict=True)])
+        draws = refs if name == "histogram_matched" else refs[:1]  # the others do not look at the reference
+        out[name] = np.stack([fn(x, r) for ref in draws for x, r in zip(healthy, ref, strict=True)])
     return out
 
 
@@ -120,12 +124,13 @@ def placebo_table(scores: dict[str, np.ndarray], threshold: float) -> dict[str, 
     return {k: float((v >= threshold).mean()) for k, v in scores.items()}
 
 
-def style_batch(data, idx, partners, size, rng) -> tuple[torch.Tensor, torch.Tensor]:
+def style_batch(data, idx, partners, size, rng, histogram_p: float = 0.5) -> tuple[torch.Tensor, torch.Tensor]:
     """(B, 1, size, size) random windows in [0, 1], each restyled (``style.augment``) with a film of the other
     class as its histogram partner, and the same windows of the reference opacity masks."""
     windows, opacity = random_windows([data["images"], data["opacity"]], np.concatenate([idx, partners]), size, rng)
     windows = windows.astype(np.float32)
-    out = np.stack([augment(a, b, rng) for a, b in zip(windows[: len(idx)], windows[len(idx) :], strict=True)])
+    out = np.stack([augment(a, b, rng, histogram_p)
+                    for a, b in zip(windows[: len(idx)], windows[len(idx) :], strict=True)])
     return torch.from_numpy(out[:, None]), torch.from_numpy(opacity[: len(idx), None].astype(np.float32))
 
 
@@ -192,6 +197,10 @@ def main(argv=None) -> None:
     ap.add_argument("--run", type=Path, required=True)
     ap.add_argument("--cache", type=Path)
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--out", type=Path, help="the model written (default: the run folder's cxr_pathology; "
+                    "to ship, copy its .safetensors and .json into lungx_core/weights)")
+    ap.add_argument("--evaluate", metavar="MODEL", help="only score MODEL (a shipped name or a path) on the "
+                    "validation films and their placebos, at its own threshold; print the table as JSON")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -202,6 +211,16 @@ def main(argv=None) -> None:
     labels = (data["domain"] == "pathological").astype(np.float32)
     train = np.nonzero(data["split"] == "train")[0]
     val = np.nonzero(data["split"] == "val")[0]
+    if args.evaluate:
+        from lungx_core.models.store import load_model
+
+        judge, judge_cfg = load_model(args.evaluate, "cpu")
+        scores = score_sets(judge, placebo_sets(data["images"][val], labels[val], judge_cfg["arch_options"]["size"]),
+                            judge_cfg["arch_options"]["size"])
+        print(json.dumps({"model": args.evaluate, "threshold": judge_cfg["threshold"],
+                          "style_auc": round(style_auc(scores)[0], 4),
+                          **{k: round(v, 4) for k, v in placebo_table(scores, judge_cfg["threshold"]).items()}}))
+        return
     by_class = [train[labels[train] == c] for c in (0, 1)]
     sources = [[by_class[c][data["dataset"][by_class[c]] == ds] for ds in sorted(set(data["dataset"][by_class[c]]))]
                for c in (0, 1)]
@@ -240,7 +259,8 @@ def main(argv=None) -> None:
             if style_proof:  # sources balanced within each class; every film restyled against the other class
                 idx = np.concatenate([balanced_draw(sources[0], half, rng), balanced_draw(sources[1], half, rng)])
                 partners = np.concatenate([rng.choice(by_class[1], half), rng.choice(by_class[0], half)])
-                x, opacity = style_batch(data, idx, partners, size, rng)
+                x, opacity = style_batch(data, idx, partners, size, rng,
+                                          cfg.get("histogram_p", 0.5))
             else:
                 idx = np.concatenate([rng.choice(by_class[0], half), rng.choice(by_class[1], half)])
                 x, _ = random_crops(data["images"], data["lungs"], idx, size, rng)
@@ -299,7 +319,7 @@ def main(argv=None) -> None:
         "threshold": round(best_metrics.pop("threshold"), 4),
         "validation": {"n": int(len(val)), **{k: round(v, 4) for k, v in best_metrics.items()}},
     }
-    save_model(best_state, config, MODEL_NAME)
+    save_model(best_state, config, args.out or args.run / MODEL_NAME)
     print(json.dumps(config["validation"]))
 
 

@@ -302,6 +302,7 @@ class PathologyRun:
     opacity_tap: int = 2
     # chance that a training crop is histogram matched to a film of the other class (style.augment)
     histogram_p: float = 0.5
+    clahe_p: float = 0.3  # chance of CLAHE (style.augment)
 
 
 @dataclass

@@ -38,13 +38,14 @@ PLACEBOS = {
 }
 
 
-def augment(x: np.ndarray, other: np.ndarray, rng: np.random.Generator, histogram_p: float = 0.5) -> np.ndarray:
+def augment(x: np.ndarray, other: np.ndarray, rng: np.random.Generator, histogram_p: float = 0.5,
+            clahe_p: float = 0.3) -> np.ndarray:
     """One random style change of a crop: histogram matching to ``other`` (a crop of a film of the other class,
-    so that a class's intensity distribution says nothing; chance ``histogram_p``), gamma 0.5-1.8, CLAHE, blur,
-    noise; each with its own chance, so the plain film is seen too."""
+    so that a class's intensity distribution says nothing; chance ``histogram_p``), CLAHE (chance ``clahe_p``),
+    gamma 0.5-1.8, blur, noise; each with its own chance, so the plain film is seen too."""
     if rng.random() < histogram_p:
         x = match_histogram(x, other)
-    if rng.random() < 0.3:
+    if rng.random() < clahe_p:
         x = clahe(x, float(rng.uniform(0.005, 0.03)))
     if rng.random() < 0.7:
         x = gamma(x, float(np.exp(rng.uniform(np.log(0.5), np.log(1.8)))))

@@ -124,12 +124,13 @@ def placebo_table(scores: dict[str, np.ndarray], threshold: float) -> dict[str, 
     return {k: float((v >= threshold).mean()) for k, v in scores.items()}
 
 
-def style_batch(data, idx, partners, size, rng, histogram_p: float = 0.5) -> tuple[torch.Tensor, torch.Tensor]:
+def style_batch(data, idx, partners, size, rng, histogram_p: float = 0.5,
+                clahe_p: float = 0.3) -> tuple[torch.Tensor, torch.Tensor]:
     """(B, 1, size, size) random windows in [0, 1], each restyled (``style.augment``) with a film of the other
     class as its histogram partner, and the same windows of the reference opacity masks."""
     windows, opacity = random_windows([data["images"], data["opacity"]], np.concatenate([idx, partners]), size, rng)
     windows = windows.astype(np.float32)
-    out = np.stack([augment(a, b, rng, histogram_p)
+    out = np.stack([augment(a, b, rng, histogram_p, clahe_p)
                     for a, b in zip(windows[: len(idx)], windows[len(idx) :], strict=True)])
     return torch.from_numpy(out[:, None]), torch.from_numpy(opacity[: len(idx), None].astype(np.float32))
 
@@ -259,8 +260,8 @@ def main(argv=None) -> None:
             if style_proof:  # sources balanced within each class; every film restyled against the other class
                 idx = np.concatenate([balanced_draw(sources[0], half, rng), balanced_draw(sources[1], half, rng)])
                 partners = np.concatenate([rng.choice(by_class[1], half), rng.choice(by_class[0], half)])
-                x, opacity = style_batch(data, idx, partners, size, rng,
-                                          cfg.get("histogram_p", 0.5))
+                x, opacity = style_batch(data, idx, partners, size, rng, cfg.get("histogram_p", 0.5),
+                                          cfg.get("clahe_p", 0.3))
             else:
                 idx = np.concatenate([rng.choice(by_class[0], half), rng.choice(by_class[1], half)])
                 x, _ = random_crops(data["images"], data["lungs"], idx, size, rng)

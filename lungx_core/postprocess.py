@@ -112,12 +112,20 @@ def clean_structure(name: str, mask: np.ndarray) -> np.ndarray:
     return _clean_one(mask, LUNG_KEEP_FRACTION if name.startswith("lung") else 0.0)
 
 
-def sigmoid(logits: np.ndarray) -> np.ndarray:
+def sigmoid(logits: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """Probabilities from a logit map of any shape, float32. torch's logistic: multi-threaded, about 3.5 times
-    faster than ``scipy.special.expit`` on a 2k film's five channels, and equal to it within one float32 ulp."""
+    faster than ``scipy.special.expit`` on a 2k film's five channels, and equal to it within one float32 ulp.
+    ``out``: a C-contiguous float32 array of that shape to write them into (``logits`` itself, when it is no
+    longer needed): on a 2k film a fresh 80-MB result costs more (page faults) than the sigmoid."""
     import torch
 
-    return torch.sigmoid(torch.from_numpy(np.ascontiguousarray(logits, dtype=np.float32))).numpy()
+    x = torch.from_numpy(np.ascontiguousarray(logits, dtype=np.float32))
+    if out is None:
+        return torch.sigmoid(x).numpy()
+    if out.dtype != np.float32 or not out.flags.c_contiguous or out.shape != x.shape:
+        raise ValueError(f"out must be a C-contiguous float32 array of shape {tuple(x.shape)}")
+    torch.sigmoid(x, out=torch.from_numpy(out))
+    return out
 
 
 def smooth_heart(logits: np.ndarray) -> np.ndarray:

@@ -43,3 +43,17 @@ def test_sigmoid_is_expit_within_one_float32_step():
     assert p.dtype == np.float32 and p.shape == logits.shape
     np.testing.assert_allclose(p, expit(logits), rtol=0, atol=np.finfo(np.float32).eps)
     assert (p[logits >= 0] >= 0.5).all() and (p[logits < 0] < 0.5).all()  # a 0.5 threshold sees the logit's sign
+
+
+def test_sigmoid_into_an_array_gives_the_same_probabilities():
+    from lungx_core.postprocess import sigmoid
+
+    logits = np.random.default_rng(0).normal(0, 6, (3, 37, 41)).astype(np.float32)
+    expected = sigmoid(logits)
+    same = logits.copy()
+    assert sigmoid(same, out=same) is same and np.array_equal(same, expected)  # in place, bit for bit
+    rows = np.zeros((3, 37, 41), np.float32)
+    sigmoid(logits[1], out=rows[1])  # one channel of a larger array
+    assert np.array_equal(rows[1], expected[1]) and not rows[0].any()
+    with pytest.raises(ValueError, match="float32"):
+        sigmoid(logits, out=np.zeros((3, 37, 41)))

@@ -69,7 +69,8 @@ class CXRSegmenter:
         with torch.inference_mode():
             logits = self.net(torch.from_numpy(x)[None, None].to(self.device))[0].float().cpu().numpy()
         # Upsample the logits, not the probabilities: smooth full-resolution borders after the sigmoid.
-        return sigmoid(unletterbox(smooth_heart(logits), box))
+        full = unletterbox(smooth_heart(logits), box)
+        return sigmoid(full, out=full)  # in place: a fresh array of this size costs more than the sigmoid
 
     def segment(self, image: MedicalImage) -> CXRResult:
         flip_rows, flip_cols, readable = display_flips(image.metadata)
@@ -86,7 +87,7 @@ class CXRSegmenter:
             if refined is not None:
                 for name, logit in zip(self.refiner.classes, refined, strict=True):
                     c = CXR_CLASSES.index(name)
-                    probs[c] = sigmoid(logit)
+                    sigmoid(logit, out=probs[c])
                     masks[name] = clean_structure(name, probs[c] >= self.threshold)
         pixel_area = image.pixel_area_mm2 if image.spacing_known else None
         meas = measure(masks, probs, pixel_area)

@@ -215,12 +215,13 @@ def render_overlay(
         import torch
         import torch.nn.functional as F
 
-        stack = np.stack([gray] + [np.asarray(masks[s.name], dtype=np.float32) for s in structures])
-        with torch.inference_mode():
-            small = F.interpolate(torch.from_numpy(stack)[None], size=shape, mode="bilinear", align_corners=False,
-                                  antialias=True)[0].numpy()
-        gray = small[0]
-        masks = {s.name: small[1 + k] >= 0.5 for k, s in enumerate(structures)}
+        def shrink(plane: np.ndarray) -> np.ndarray:  # one plane at a time: no 100-MB stack of a 2k film's six
+            with torch.inference_mode():
+                return F.interpolate(torch.from_numpy(np.ascontiguousarray(plane, dtype=np.float32))[None, None],
+                                     size=shape, mode="bilinear", align_corners=False, antialias=True)[0, 0].numpy()
+
+        gray = shrink(gray)
+        masks = {s.name: shrink(masks[s.name]) >= 0.5 for s in structures}
     return tint(gray, masks, structures, shape)
 
 

@@ -288,7 +288,7 @@ def measure(
         flags.append("left_right_inconsistent")
     if area_px["heart"] and lungs.any():
         cols = np.nonzero(lungs.any(axis=0))[0]
-        if mean_column(masks["heart"]) < (cols[0] + cols[-1]) / 2 - 0.15 * _width(lungs):
+        if mean_column(masks["heart"]) < (cols[0] + cols[-1]) / 2 - 0.15 * int(cols[-1] - cols[0] + 1):
             flags.append("heart_on_patient_right")
     clavicles = sum(bool(masks[f"clavicle_{side}"].any()) for side in ("left", "right"))
     return Measurements(area_px, area_cm2, ctr, confidence, flags, heart_solidity, clavicles)

@@ -216,8 +216,8 @@ def main(argv=None) -> None:
         from lungx_core.models.store import load_model
 
         judge, judge_cfg = load_model(args.evaluate, "cpu")
-        scores = score_sets(judge, placebo_sets(data["images"][val], labels[val], judge_cfg["arch_options"]["size"]),
-                            judge_cfg["arch_options"]["size"])
+        judge_size = judge_cfg["arch_options"]["size"]
+        scores = score_sets(judge, placebo_sets(data["images"][val], labels[val], judge_size), judge_size)
         print(json.dumps({"model": args.evaluate, "threshold": judge_cfg["threshold"],
                           "style_auc": round(style_auc(scores)[0], 4),
                           **{k: round(v, 4) for k, v in placebo_table(scores, judge_cfg["threshold"]).items()}}))

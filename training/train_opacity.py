@@ -81,6 +81,8 @@ def main(argv=None) -> None:
     ap.add_argument("--run", type=Path, required=True)
     ap.add_argument("--cache", type=Path)
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--out", default=MODEL_NAME,
+                    help="model name or .safetensors path to write (default: the shipped model's)")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -147,7 +149,7 @@ def main(argv=None) -> None:
                        **{k: round(float(v), 4) for k, v in best_metrics.items()}},
         "training": {"config": cfg},
     }
-    save_model(best_state, config, MODEL_NAME)
+    save_model(best_state, config, args.out)
     print(json.dumps(config["validation"]))
 
 

@@ -779,11 +779,13 @@ def evaluate_opacity_removal_cmd(
 ):
     """{"n", "lung_dice_before", "lung_dice_after", "lung_dice_ceiling", "lung_recall_in_opacity_before",
     "lung_recall_in_opacity_after", "recovered_share", "change_outside_mask", "change_outside_activation",
-    "brighter_share", "gradient_energy_ratio_outside", "opacity_score_before", "opacity_score_after",
+    "brighter_share", "gradient_energy_ratio_outside", "structure_kept_inside", "opacity_score_before",
+    "opacity_score_after",
     "second_probe_lung_recall_in_opacity_before", "second_probe_lung_recall_in_opacity_after",
     "second_probe_recovered_share"} as one JSON object. recovered_share: (recall after - before) / (1 - before) of
     the probe's lung recall under the reference opacity; brighter_share: of the changed pixels, those made
-    brighter; gradient_energy_ratio_outside: edges outside the opacity, after over before."""
+    brighter; gradient_energy_ratio_outside: edges outside the opacity, after over before; structure_kept_inside:
+    inside the remover's mask, the correlation of the vessel-to-rib band before and after."""
     from lungx_core.eval.runners import score_opacity_removal
 
     scores = _CaseScores()

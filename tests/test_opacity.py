@@ -307,6 +307,7 @@ def test_evaluate_opacity_removal_scores(tmp_path, phantom):
     result = evaluate_opacity_removal(tmp_path, darken_opacity, probe,
                                       lambda image, m: 0.2 if image.dtype == np.float32 else 0.9,
                                       second_probe=lambda image: half)  # a probe that removal does not move
+    assert result.pop("structure_kept_inside") > 0.99  # a uniform darkening keeps what lies under it
     half_dice = 2 * half.sum() / (half.sum() + lung.sum())
     hidden = lung & opacity
     ceiling = 2 * (half | hidden).sum() / ((half | hidden).sum() + lung.sum())
@@ -329,6 +330,7 @@ def test_evaluate_opacity_removal_scores(tmp_path, phantom):
     scores = evaluate_opacity_removal(tmp_path, change_everything, probe, lambda i, m: 0.5)
     assert scores["change_outside_mask"] == pytest.approx(0.6, abs=0.05) and scores["brighter_share"] == 1.0
     assert scores["gradient_energy_ratio_outside"] > 1.05 and scores["change_outside_activation"] is None
+    assert scores["structure_kept_inside"] is None  # no activation mask, nothing to keep structure in
     assert "second_probe_recovered_share" not in scores
 
 
@@ -345,7 +347,8 @@ def test_evaluate_opacity_removal_cli_prints_one_json_object(tmp_path, phantom, 
     assert set(result) == {"n", "lung_dice_before", "lung_dice_after", "lung_dice_ceiling",
                            "lung_recall_in_opacity_before", "lung_recall_in_opacity_after", "recovered_share",
                            "change_outside_mask", "change_outside_activation", "brighter_share",
-                           "gradient_energy_ratio_outside", "opacity_score_before", "opacity_score_after",
+                           "gradient_energy_ratio_outside", "structure_kept_inside", "opacity_score_before",
+                           "opacity_score_after",
                            "second_probe_lung_recall_in_opacity_before",
                            "second_probe_lung_recall_in_opacity_after", "second_probe_recovered_share"}
     assert result["n"] == 2 and 0 <= result["lung_dice_after"] <= 1 and 0 <= result["change_outside_mask"] < 1
@@ -366,3 +369,22 @@ def test_shipped_opacity_models_load_and_are_small():
     second = read_model_config("cxr_lung_probe_attention")["training"]["config"]  # another network, another seed
     assert second["train_datasets"] == ["jsrt_scr"] and second["arch"] != read_model_config("cxr_lung_probe")["arch"]
     assert second["seed"] != read_model_config("cxr_lung_probe")["training"]["config"]["seed"]
+
+
+def test_structure_kept_sees_erased_or_carved_structure():
+    from scipy import ndimage as ndi
+
+    from lungx_core.eval.evaluate import structure_kept
+
+    yy, xx = np.mgrid[:200, :200]
+    film = 100.0 + 20.0 * ((yy // 8) % 2)  # rib-like stripes
+    zone = np.zeros(film.shape, bool)
+    zone[40:160, 40:160] = True
+    darker = film - 30.0 * ndi.gaussian_filter(zone.astype(float), 20)  # broad density away: the stripes stay
+    flat = np.where(zone, 90.0, film)  # the stripes erased
+    carved = darker - 80.0 * ((xx > 100) & zone)  # a new border drawn through the zone
+    assert structure_kept(film, darker, zone) > 0.95
+    assert structure_kept(film, flat, zone) < 0.3
+    assert structure_kept(film, 0.2 * flat + 0.8 * film, zone) > 0.95  # faded stripes are still the stripes
+    assert structure_kept(film, carved, zone) < 0.8
+    assert structure_kept(film, darker, None) is None and structure_kept(film, darker, zone & False) is None

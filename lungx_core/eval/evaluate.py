@@ -218,6 +218,8 @@ def evaluate_synthesis(
 
 OUTSIDE_MASK_DILATION = 0.02  # of the image's longer side: the reference opacity border is not sharp
 CHANGED = 1e-4  # of the film's grey range: a pixel moved by less is unchanged (rounding of the written film)
+# difference-of-Gaussians band, sigmas as fractions of the film's longer side: from vessels to rib shadows
+STRUCTURE_BAND = (0.004, 0.02)
 
 
 def recovered_share(before: float | None, after: float | None) -> float | None:
@@ -231,6 +233,35 @@ def recovered_share(before: float | None, after: float | None) -> float | None:
 def recall_under(found: np.ndarray, hidden: np.ndarray) -> float | None:
     """The share of the ``hidden`` pixels that ``found`` covers; None when nothing is hidden."""
     return float(found[hidden].mean()) if hidden.any() else None
+
+
+def structure_kept(original: np.ndarray, result: np.ndarray, activation: np.ndarray | None) -> float | None:
+    """Correlation of the :data:`STRUCTURE_BAND` images (a difference of Gaussians: vessels, rib shadows,
+    borders) of ``original`` and ``result`` inside ``activation``, less a border as wide as twice the band's
+    coarse scale (the mask's own soft edge is no structure). 1 when removal takes broad density away and keeps
+    what lies in it; lower when it erases rib shadows or carves new borders. None without a mask or with
+    nothing left of it."""
+    from scipy import ndimage as ndi
+
+    if activation is None or not activation.any():
+        return None
+    border = max(1, round(2 * STRUCTURE_BAND[1] * max(activation.shape)))
+    core = ndi.binary_erosion(activation, iterations=border)
+    if core.sum() < 2:
+        return None
+    before, after = structure_band(original)[core], structure_band(result)[core]
+    if before.std() == 0 or after.std() == 0:
+        return None
+    return float(np.corrcoef(before, after)[0, 1])
+
+
+def structure_band(image: np.ndarray) -> np.ndarray:
+    """The image's :data:`STRUCTURE_BAND`, sigmas scaled to its longer side (float64)."""
+    from scipy import ndimage as ndi
+
+    img = np.asarray(image, dtype=np.float64)
+    fine, coarse = (s * max(img.shape) for s in STRUCTURE_BAND)
+    return ndi.gaussian_filter(img, fine) - ndi.gaussian_filter(img, coarse)
 
 
 def gradient_energy(image: np.ndarray, region: np.ndarray) -> float:
@@ -264,6 +295,9 @@ def evaluate_opacity_removal(
       attenuating): removal should only ever take density away;
     - gradient_energy_ratio_outside: the result's gradient energy over the original's, outside the dilated
       reference opacity: 1 when removal draws no new edges (rib bands, painted lung borders) elsewhere;
+    - structure_kept_inside: :func:`structure_kept` inside the remover's activation mask: 1 when removal takes
+      broad density away and keeps the vessels and rib shadows in it; lower when it erases them or carves new
+      borders (a dark, featureless patch with a drawn border, which lung probes readily call lung);
     - lung_recall_in_opacity_before/after: the share of the reference lung under the reference opacity that the
       probe calls lung (films whose lung has no opacity are left out of its mean). What removal alone can move:
       the probe's other errors (lung it misses or adds away from any opacity, e.g. where its training masks
@@ -315,6 +349,7 @@ def evaluate_opacity_removal(
                                           else float(np.abs(delta)[~activation].mean())),
             "brighter_share": float((delta[changed] > 0).mean()) if changed.any() else None,
             "gradient_energy_ratio_outside": gradient_energy(result, outside) / energy if energy else None,
+            "structure_kept_inside": structure_kept(original, result, activation),
             "opacity_score_before": opacity_probability(original, lung),
             "opacity_score_after": opacity_probability(result, lung),
         }

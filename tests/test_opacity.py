@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
+from conftest import REPO
 from PIL import Image
 from test_synthesis import _inputs, assert_bad_mask_inputs_fail_cleanly, phantom_lung
 
@@ -369,6 +370,22 @@ def test_shipped_opacity_models_load_and_are_small():
     second = read_model_config("cxr_lung_probe_attention")["training"]["config"]  # another network, another seed
     assert second["train_datasets"] == ["jsrt_scr"] and second["arch"] != read_model_config("cxr_lung_probe")["arch"]
     assert second["seed"] != read_model_config("cxr_lung_probe")["training"]["config"]["seed"]
+
+
+def test_the_two_lung_probes_agree_on_clear_films(shared_data):
+    """Issue 37: the second probe is another model, yet on clear films it finds the same lungs (Dice >= 0.95)."""
+    from lungx_core.eval.runners import lung_finder
+    from lungx_core.io.readers import read_radiograph
+    from lungx_core.tasks.cxr_segmentation import CXRSegmenter
+
+    first, second = (lung_finder(CXRSegmenter(name, "cpu")) for name in ("cxr_lung_probe", "cxr_lung_probe_attention"))
+    ids = (REPO / "training" / "splits" / "jsrt_scr_val.txt").read_text().split()
+    normals = [i for i in ids if i.startswith("JPCNN")][:6]
+    assert normals
+    for cid in normals:
+        film = read_radiograph(shared_data / "jsrt_scr" / "images" / f"{cid}.png").array
+        a, b = first(film), second(film)
+        assert 2 * (a & b).sum() / (a.sum() + b.sum()) >= 0.95, cid
 
 
 def test_structure_kept_sees_erased_or_carved_structure():

@@ -25,6 +25,8 @@ from scipy import ndimage as ndi
 from lungx_core.generative.lesions import LesionRequest, apply_lesion, plan_lesion
 from lungx_core.generative.opacity import soften_mask
 
+REAL_GAIN = (0.7, 1.5)  # the shipped recipe's range of the factor a transplanted real residual is scaled by
+
 
 @dataclass
 class Triple:
@@ -58,8 +60,10 @@ def activation_like(lesion: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return soften_mask(lesion, int(rng.integers(1, 5)), 1.5)
 
 
-def make_triple(clear: np.ndarray, lung: np.ndarray, rng: np.random.Generator, bank: list[tuple]) -> Triple:
-    """One triple from a clear crop in [0, 1] and its lung mask."""
+def make_triple(
+    clear: np.ndarray, lung: np.ndarray, rng: np.random.Generator, bank: list[tuple], gain: tuple = REAL_GAIN
+) -> Triple:
+    """One triple from a clear crop in [0, 1] and its lung mask; a real residual is scaled by a random ``gain``."""
     if bank and rng.random() < 0.5:
         residual, where = bank[int(rng.integers(len(bank)))]
         if rng.random() < 0.5:  # the other side's lung
@@ -67,8 +71,7 @@ def make_triple(clear: np.ndarray, lung: np.ndarray, rng: np.random.Generator, b
         inner = ndi.binary_erosion(lung, iterations=2)
         lesion = where & inner
         feather = ndi.gaussian_filter(lesion.astype(np.float32), 2.0) * lung
-        gain = rng.uniform(0.7, 1.5)
-        opaque = np.clip(clear + gain * feather * residual, 0, 1)
+        opaque = np.clip(clear + rng.uniform(*gain) * feather * residual, 0, 1)
         if lesion.sum() >= 0.01 * lung.sum():
             return Triple(opaque.astype(np.float32), clear, activation_like(lesion, rng), lesion)
     request = LesionRequest(area=float(rng.uniform(0.05, 0.6)), kind=("ggo", "consolidation", "mixed")[rng.integers(3)])
@@ -78,14 +81,15 @@ def make_triple(clear: np.ndarray, lung: np.ndarray, rng: np.random.Generator, b
 
 
 def batch(
-    images: np.ndarray, lungs: np.ndarray, idx: np.ndarray, size: int, rng: np.random.Generator, bank: list[tuple]
+    images: np.ndarray, lungs: np.ndarray, idx: np.ndarray, size: int, rng: np.random.Generator, bank: list[tuple],
+    gain: tuple = REAL_GAIN,
 ) -> tuple[np.ndarray, ...]:
     """(opaque, clear, mask, lesion) arrays (B, size, size): a triple per cached crop in ``idx``, then a random
     ``size`` window of it, flipped left-right half of the time."""
     out = [[], [], [], []]
     load = images.shape[-1]
     for i in idx:
-        t = make_triple(images[i].astype(np.float32), lungs[i], rng, bank)
+        t = make_triple(images[i].astype(np.float32), lungs[i], rng, bank, gain)
         r, c = rng.integers(0, load - size + 1, 2)
         flip = rng.random() < 0.5
         for k, a in enumerate((t.opaque, t.clear, t.mask, t.lesion)):

@@ -256,6 +256,8 @@ class DeopacifierRun:
     ssim_weight: float
     steps: int
     activation: dict = field(default_factory=dict)
+    real_gain: list = field(default_factory=lambda: [0.7, 1.5])  # [low, high]: opacity_pairs.REAL_GAIN by default
+    gb_backgrounds: bool = False  # also draw lesions into the clear lung of the GB training films
     probe: ProbeGuidance | None = None  # a fine-tuning stage: also a loss through the lung probe on real films
 
 

@@ -30,7 +30,7 @@ import torch
 from lungx_core.models.networks import build_network
 from lungx_core.models.store import save_model
 from training.common import append_log, centre_window, resume, save_checkpoint, seed_everything
-from training.opacity_pairs import batch, real_residuals
+from training.opacity_pairs import REAL_GAIN, batch, real_residuals
 from training.schemas import DeopacifierRun, read_config
 from training.synthesis_data import domain_data
 
@@ -67,6 +67,22 @@ def inference_change(net, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 def psnr(a: np.ndarray, b: np.ndarray, where: np.ndarray) -> float:
     mse = float(((a - b) ** 2)[where].mean()) if where.any() else 0.0
     return float(10 * np.log10(1.0 / max(mse, 1e-10)))
+
+
+def gb_clear_lungs(data: dict, margin: int = 4, least: float = 0.2) -> tuple[np.ndarray, np.ndarray]:
+    """The cache's lung masks with each GB training film's lung cut back to its clear part (``margin`` px away
+    from the reference opacity), and the indices of the GB training films with at least ``least`` of it clear."""
+    from scipy import ndimage as ndi
+
+    lungs = data["lungs"].copy()
+    pick = (data["dataset"] == "covid_cxr_gb_seg") & (data["split"] == "train") & data["opacity_known"]
+    keep = []
+    for i in np.nonzero(pick)[0]:
+        clear = lungs[i] & ~ndi.binary_dilation(data["opacity"][i], iterations=margin)
+        if clear.sum() >= least * max(lungs[i].sum(), 1):
+            lungs[i] = clear
+            keep.append(i)
+    return lungs, np.array(keep, dtype=int)
 
 
 def validation_set(data: dict, val: np.ndarray, size: int) -> tuple[np.ndarray, ...]:
@@ -123,6 +139,10 @@ def main(argv=None) -> None:
     train = np.nonzero(healthy & (data["split"] == "train"))[0]
     val = np.nonzero(healthy & (data["split"] == "val"))[0]
     bank = real_residuals(data)
+    lungs = data["lungs"]
+    if cfg.get("gb_backgrounds"):  # the films the remover meets: lesions go into their lung away from the opacity
+        lungs, gb = gb_clear_lungs(data)
+        train = np.concatenate([train, gb])
     size = cfg["crop"]["size"]
     triples = validation_set(data, val, size)
     print(f"{len(train)} clear training crops, {len(val)} validation, {len(bank)} real residuals", flush=True)
@@ -150,7 +170,7 @@ def main(argv=None) -> None:
         for _ in range(cfg["steps"]):
             idx = rng.choice(train, cfg["batch_size"])
             opaque, clear, mask, lesion = (torch.from_numpy(a)[:, None] for a in batch(
-                data["images"], data["lungs"], idx, size, rng, bank))
+                data["images"], lungs, idx, size, rng, bank, tuple(cfg.get("real_gain", REAL_GAIN))))
             out = restore(net, opaque, mask)
             weight = 1 + cfg["lesion_weight"] * lesion
             loss = (weight * (out - clear).abs()).mean() + cfg["ssim_weight"] * ssim(out.clamp(0, 1), clear)

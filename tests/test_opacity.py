@@ -405,3 +405,18 @@ def test_structure_kept_sees_erased_or_carved_structure():
     assert structure_kept(film, 0.2 * flat + 0.8 * film, zone) > 0.95  # faded stripes are still the stripes
     assert structure_kept(film, carved, zone) < 0.8
     assert structure_kept(film, darker, None) is None and structure_kept(film, darker, zone & False) is None
+
+
+def test_hysteresis_grows_the_mask_into_the_uncertain_border_it_touches():
+    yy, xx = np.mgrid[:64, :64]
+    radius = np.hypot(yy - 20, xx - 20)
+    probability = np.full((64, 64), 0.05, np.float32)
+    probability[radius < 12] = 0.3  # the uncertain border of an opacity
+    probability[radius < 8] = 0.9  # its confident core
+    probability[45:55, 45:55] = 0.3  # an uncertain blob touching nothing confident
+    lung = np.ones((64, 64), bool)
+    plain = ActivationSpec(image_floor=0.0, min_fraction=0.0, grow=0, soften=0.0)
+    core = activation_mask(probability, lung, plain) > 0
+    grown = activation_mask(probability, lung, ActivationSpec(**{**plain.as_dict(), "hysteresis": 0.5})) > 0
+    assert np.array_equal(core, radius < 8)
+    assert np.array_equal(grown, radius < 12)  # the border joins; the lone blob stays out

@@ -25,6 +25,8 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--cache", type=Path, required=True, help="domain cache of training/synthesis_data.py")
     ap.add_argument("--model", default="cxr_opacity", help="opacity model name or .safetensors path")
+    ap.add_argument("--split", default="val", choices=("train", "val"), help="tune on train, report on val")
+    ap.add_argument("--hysteresis", type=float, default=1.0, help="ActivationSpec.hysteresis")
     args = ap.parse_args(argv)
 
     from lungx_core.cxr.thoracic import resize
@@ -34,8 +36,8 @@ def main(argv=None) -> None:
     data = load_domain_cache(args.cache)
     model = OpacityModel(args.model, "cpu")
     size = model.spec.size
-    val = np.nonzero(data["split"] == "val")[0]
-    spec = ActivationSpec()
+    val = np.nonzero(data["split"] == args.split)[0]
+    spec = ActivationSpec(hysteresis=args.hysteresis)
     hit = mask_total = ref_total = inter = pred_total = 0
     passed = {"healthy": [], "pathological": []}
     for i in val:
@@ -55,6 +57,8 @@ def main(argv=None) -> None:
                 pred_total += int(pred.sum())
     print(json.dumps({
         "model": str(args.model),
+        "split": args.split,
+        "hysteresis": args.hysteresis,
         "n_val": int(len(val)),
         "activation_recall_gb": round(hit / max(ref_total, 1), 4),
         "activation_precision_gb": round(hit / max(mask_total, 1), 4),

@@ -30,6 +30,8 @@ class ActivationSpec:
     min_fraction: float = 0.005  # components smaller than this share of the crop are dropped
     grow: int = 2  # px of the crop the hard mask is dilated by
     soften: float = 1.5  # Gaussian sigma (crop px) of the soft edge
+    hysteresis: float = 1.0  # < 1: also take the uncertain border, pixels above this share of the cut that touch
+    # the mask (hysteresis thresholding); 1 keeps the plain cut
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -65,7 +67,13 @@ def activation_mask(probability: np.ndarray, lung: np.ndarray, spec: ActivationS
     region = ndi.binary_dilation(lung, iterations=spec.lung_margin) if lung.any() else np.ones_like(lung, bool)
     if image_score(probability, region, spec.image_fraction) < spec.image_floor:
         return np.zeros(probability.shape, dtype=np.float32)
-    hard = (probability > adaptive_threshold(probability, region, spec)) & region
+    cut = adaptive_threshold(probability, region, spec)
+    if spec.hysteresis < 1:
+        from skimage.filters import apply_hysteresis_threshold
+
+        hard = apply_hysteresis_threshold(np.where(region, probability, 0.0), spec.hysteresis * cut, cut)
+    else:
+        hard = (probability > cut) & region
     labels, n = ndi.label(hard)
     if n:
         sizes = np.bincount(labels.ravel())[1:]

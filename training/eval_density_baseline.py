@@ -41,13 +41,14 @@ def score_pairs(cache: Path, percentile: float, detail: float) -> dict:
     from lungx_core.tasks.opacity_removal import OpacityRemover
     from training.opacity_pairs import make_triple, real_residuals
     from training.synthesis_data import load_domain_cache
+    from training.train_deopacifier import psnr
 
     data = load_domain_cache(cache)
     bank = real_residuals(data)
     network = OpacityRemover(device="cpu")
     margin = (data["images"].shape[-1] - network.spec.size) // 2
     rng = np.random.default_rng(1234)
-    psnr: dict[str, list[float]] = {"input": [], "network": [], "density": []}
+    scores: dict[str, list[float]] = {"input": [], "network": [], "density": []}
     for i in np.nonzero((data["split"] == "val") & (data["domain"] == "healthy"))[0]:
         t = make_triple(data["images"][i].astype(np.float32), data["lungs"][i], rng, bank)
         window = (slice(margin, margin + network.spec.size),) * 2
@@ -58,8 +59,9 @@ def score_pairs(cache: Path, percentile: float, detail: float) -> dict:
         outputs = {"input": opaque, "network": network.translate_crops(opaque[None], mask[None])[0],
                    "density": opaque - mask * excess_density(opaque, mask, lung, percentile, detail)}
         for name, out in outputs.items():
-            psnr[name].append(float(10 * np.log10(1 / max(float(((out - clear)[lesion] ** 2).mean()), 1e-10))))
-    return {"n": len(psnr["input"]), **{f"psnr_in_lesion_{k}": round(float(np.mean(v)), 2) for k, v in psnr.items()}}
+            scores[name].append(psnr(out, clear, lesion))
+    return {"n": len(scores["input"]),
+            **{f"psnr_in_lesion_{k}": round(float(np.mean(v)), 2) for k, v in scores.items()}}
 
 
 def main(argv=None) -> None:
@@ -81,13 +83,13 @@ def main(argv=None) -> None:
         ap.error("--data is required without --pairs")
 
     from lungx_core.cxr.pathology import PathologyClassifier
-    from lungx_core.cxr.thoracic import apply_residual, resize, thoracic_crop
+    from lungx_core.cxr.thoracic import resize, thoracic_crop
     from lungx_core.eval.evaluate import discover_cases, evaluate_opacity_removal
     from lungx_core.eval.runners import lung_finder
-    from lungx_core.generative.opacity import activation_mask, soften_mask
+    from lungx_core.generative.opacity import soften_mask
     from lungx_core.io.readers import read_radiograph
     from lungx_core.tasks.cxr_segmentation import CXRSegmenter
-    from lungx_core.tasks.opacity_removal import OpacityRemover
+    from lungx_core.tasks.opacity_removal import OpacityRemover, put_back
 
     remover = OpacityRemover(device="cpu")  # for its crop spec, opacity model and activation spec only
     find_lungs = lung_finder(CXRSegmenter(device="cpu"))
@@ -112,16 +114,9 @@ def main(argv=None) -> None:
             hard = resize(opacity[box.r0 : box.r1, box.c0 : box.c1].astype(np.float32), crop.image.shape) >= 0.5
             mask = soften_mask(hard, remover.activation.grow, remover.activation.soften)
         else:
-            probability = remover.opacity.probability_of_crops(crop.image[None])[0]
-            mask = activation_mask(probability, crop.lung, remover.activation)
-        changeable = np.zeros(image.shape, dtype=bool)
-        if not mask.any():
-            return np.array(image, copy=True), changeable
-        clear = crop.image - mask * excess_density(crop.image, mask, crop.lung, args.percentile, args.detail)
-        out = apply_residual(image, crop, clear)
-        box = crop.box
-        changeable[box.r0 : box.r1, box.c0 : box.c1] = resize((mask > 0).astype(np.float32), box.shape) > 0
-        return np.where(changeable, out, image), changeable
+            mask = remover.activation_of(crop)
+        cleared = crop.image - mask * excess_density(crop.image, mask, crop.lung, args.percentile, args.detail)
+        return put_back(image, crop, cleared, mask)
 
     summary = evaluate_opacity_removal(
         root, remove, lung_finder(CXRSegmenter("cxr_lung_probe", "cpu")),

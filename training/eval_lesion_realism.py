@@ -26,6 +26,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from training.opacity_pairs import REAL_GAIN  # noqa: E402
+
 
 def patches_at(image: np.ndarray, region: np.ndarray, n: int, size: int, rng: np.random.Generator) -> list:
     """Up to ``n`` patches of ``image`` centred on random pixels of ``region`` (kept whole inside the image)."""
@@ -42,11 +44,13 @@ def patches_at(image: np.ndarray, region: np.ndarray, n: int, size: int, rng: np
 def patch_sets(data: dict, split: str, size: int, rng: np.random.Generator, gain: tuple) -> dict[str, np.ndarray]:
     """{real, procedural, transplanted, gb_clear, clear, procedural_in_gb, transplanted_in_gb} patch stacks of one
     split."""
+    from scipy import ndimage as ndi
+
     from training.opacity_pairs import make_triple, real_residuals
 
     bank = real_residuals(data)  # GB *training* residuals only
-    from scipy import ndimage as ndi
-
+    # without a bank make_triple draws procedural lesions only: no "transplanted" sets then
+    kinds = (("procedural", []), ("transplanted", bank)) if bank else (("procedural", []),)
     sets: dict[str, list] = {k: [] for k in ("real", "procedural", "transplanted", "gb_clear", "clear",
                                              "procedural_in_gb", "transplanted_in_gb")}
     in_split = data["split"] == split
@@ -58,16 +62,14 @@ def patch_sets(data: dict, split: str, size: int, rng: np.random.Generator, gain
         clear_lung = lung & ~ndi.binary_dilation(opacity, iterations=4)
         sets["gb_clear"] += patches_at(image, clear_lung, 6, size, rng)
         if clear_lung.sum() > 0.2 * lung.sum():  # synthetic lesions drawn into the same film's clear lung
-            for kind, use in (("procedural_in_gb", []), ("transplanted_in_gb", bank)):
+            for kind, use in kinds:
                 t = make_triple(image, clear_lung, rng, use, gain)
-                sets[kind] += patches_at(t.opaque, t.lesion & clear_lung, 3, size, rng)
+                sets[f"{kind}_in_gb"] += patches_at(t.opaque, t.lesion & clear_lung, 3, size, rng)
     for i in np.nonzero(in_split & (data["domain"] == "healthy"))[0]:
         image, lung = data["images"][i].astype(np.float32), data["lungs"][i]
         sets["clear"] += patches_at(image, lung, 2, size, rng)
-        for kind, use in (("procedural", []), ("transplanted", bank)):
+        for kind, use in kinds:
             t = make_triple(image, lung, rng, use, gain)
-            if kind == "transplanted" and not use:
-                continue
             sets[kind] += patches_at(t.opaque, t.lesion, 2, size, rng)
     return {k: np.stack(v).astype(np.float32) for k, v in sets.items() if v}
 
@@ -107,7 +109,7 @@ def main(argv=None) -> None:
     ap.add_argument("--cache", type=Path, required=True, help="domain cache of training/synthesis_data.py")
     ap.add_argument("--patch", type=int, default=32)
     ap.add_argument("--steps", type=int, default=600)
-    ap.add_argument("--real-gain", type=float, nargs=2, default=(0.7, 1.5), help="of transplanted residuals")
+    ap.add_argument("--real-gain", type=float, nargs=2, default=REAL_GAIN, help="of transplanted residuals")
     ap.add_argument("--seeds", type=int, default=3, help="classifiers trained per comparison (AUCs averaged)")
     args = ap.parse_args(argv)
 

@@ -26,7 +26,7 @@ import numpy as np
 
 from lungx_core.cxr.crops import Box
 from lungx_core.cxr.gate import FrontalChestGate, optional_gate
-from lungx_core.cxr.thoracic import apply_residual, resize, thoracic_crop
+from lungx_core.cxr.thoracic import ThoracicCrop, apply_residual, resize, thoracic_crop
 from lungx_core.generative.opacity import ActivationSpec, OpacityModel, activation_mask, composite
 from lungx_core.image import MedicalImage
 from lungx_core.io.inputs import Case
@@ -74,25 +74,38 @@ class OpacityRemover:
             y = self.net(x * 2 - 1)[:, 0].float().cpu().numpy()
         return composite(crops, np.clip((y + 1) / 2, 0.0, 1.0), masks)
 
+    def activation_of(self, crop: ThoracicCrop) -> np.ndarray:
+        """The soft activation mask of a thoracic crop: where the opacity model lets the remover change it."""
+        probability = self.opacity.probability_of_crops(crop.image[None])[0]
+        return activation_mask(probability, crop.lung, self.activation)
+
     def remove_display(self, image: np.ndarray, lung: np.ndarray) -> tuple[np.ndarray, np.ndarray, Box]:
         """A display-oriented radiograph and its lung-field mask -> (result, changeable pixels, crop box)."""
         crop = thoracic_crop(image, lung, self.spec)
-        probability = self.opacity.probability_of_crops(crop.image[None])[0]
-        mask = activation_mask(probability, crop.lung, self.activation)
-        changeable = np.zeros(image.shape, dtype=bool)
-        if not mask.any():
-            return np.array(image, copy=True), changeable, crop.box
-        out = apply_residual(image, crop, self.translate_crops(crop.image[None], mask[None])[0])
-        box = crop.box
-        # the support of the upsampled mask covers every pixel the upsampled change can touch
-        changeable[box.r0 : box.r1, box.c0 : box.c1] = resize((mask > 0).astype(np.float32), box.shape) > 0
-        return np.where(changeable, out, image), changeable, box
+        mask = self.activation_of(crop)
+        cleared = self.translate_crops(crop.image[None], mask[None])[0] if mask.any() else crop.image
+        out, changeable = put_back(image, crop, cleared, mask)
+        return out, changeable, crop.box
 
     def remove(self, image: MedicalImage, lung: np.ndarray) -> RemovalResult:
         """``lung`` (bool, the image's shape and orientation) -> result in the image's orientation."""
         display, lung_display, undo = checked_display_view(image, lung)
         out, changeable, box = self.remove_display(display, lung_display)
         return RemovalResult(undo(out), undo(changeable), box)
+
+
+def put_back(image: np.ndarray, crop: ThoracicCrop, cleared: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, ...]:
+    """A cleared version of ``crop`` (its size, [0, 1]) brought back onto the full film as a residual, changing
+    only the support of the upsampled activation ``mask`` -> (result, changeable pixels). An empty mask gives
+    back a copy of the film."""
+    changeable = np.zeros(image.shape, dtype=bool)
+    if not mask.any():
+        return np.array(image, copy=True), changeable
+    out = apply_residual(image, crop, cleared)
+    box = crop.box
+    # the support of the upsampled mask covers every pixel the upsampled change can touch
+    changeable[box.r0 : box.r1, box.c0 : box.c1] = resize((mask > 0).astype(np.float32), box.shape) > 0
+    return np.where(changeable, out, image), changeable
 
 
 def write_outputs(out_dir: Path, case_id: str, image: MedicalImage, result: RemovalResult) -> list[Path]:

@@ -192,16 +192,38 @@ def test_classical_pipeline_on_shared_chest4(shared_data):
 # --- synthetic pathology -----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("kind", ["consolidation", "ground_glass", "dependent", "nodule"])
+@pytest.mark.parametrize("kind", ["consolidation", "ground_glass", "dependent", "nodule", "mass"])
 def test_synthetic_pathology_changes_only_the_lung(kind):
     from training.synthetic_pathology import insert_pathology
 
     hu = chest_phantom((24, 96, 96))[12].astype(np.float32)
     lung = hu == -850
+    if kind == "mass":  # a mass lies against the chest wall: it needs ribs beside the lung
+        from scipy import ndimage as ndi
+
+        no_ribs = insert_pathology(hu, lung, np.random.default_rng(1), kind)
+        np.testing.assert_array_equal(no_ribs, hu)  # not against the mediastinum
+        hu[ndi.binary_dilation(lung, iterations=3) & ~ndi.binary_dilation(lung)] = 400
     out = insert_pathology(hu, lung, np.random.default_rng(1), kind)
     np.testing.assert_array_equal(out[~lung], hu[~lung])
     assert out[lung].mean() > hu[lung].mean() + 1  # denser inside
     assert out[lung].max() <= 200
+
+
+def test_a_mass_lies_against_the_chest_wall_inside_its_lung():
+    from training.synthetic_pathology import insert_mass
+
+    hu = chest_phantom((40, 96, 96)).astype(np.float32)
+    lung = hu == -850
+    right = lung & (np.arange(96) < 48)[None, None, :]  # canonical columns run to the patient's left
+    out, mass = insert_mass(hu, right, (2.0, 1.5, 1.5), 20.0, np.random.default_rng(0), "right")
+    np.testing.assert_array_equal(out[~mass], hu[~mass])
+    assert mass.any() and not (mass & ~right).any()  # drawn only inside its lung: the label stays valid
+    assert 5 < mass.sum() * 2.0 * 1.5 * 1.5 / 1000 < 25  # about the size asked, less what the wall cuts off
+    assert np.median(out[mass]) > -50 and out[mass].max() < 200  # soft tissue
+    # its outer face is the lung's lateral or posterior border: it touches what is not lung there
+    _, _, cols = np.nonzero(mass)
+    assert cols.min() <= np.nonzero(right)[2].min() + 1 or np.nonzero(mass)[1].max() >= np.nonzero(right)[1].max() - 1
 
 
 # --- task: QC, geometry of outputs, evaluation ---------------------------------------------------------------

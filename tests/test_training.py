@@ -242,6 +242,36 @@ def test_field_of_view_crops_cut_image_and_labels_together_and_letterbox_like_in
     assert len(body_cols) < 0.7 * size and abs((body_cols[0] + body_cols[-1]) / 2 - size / 2) < 3  # centred
 
 
+def test_lung_levels_run_from_the_bases_to_the_apices_per_case():
+    from training.ct_data import lung_levels
+
+    labels = np.zeros((7, 8, 8), np.uint8)
+    labels[1:4, 2:5, 2:5] = 1  # case a: lung on slices 1-3 of 0-3
+    labels[5:7, 2:5, 2:5] = 2  # case b: slices 5-6 of 4-6
+    data = {"case": np.array(["a"] * 4 + ["b"] * 3), "labels": labels}
+    np.testing.assert_allclose(lung_levels(data), [-1, 0, 0.5, 1, -1, 0, 1])
+
+
+def test_no_mass_is_painted_near_the_lung_bases(monkeypatch):
+    import training.train_ct as train_ct
+
+    seen = []
+
+    def record(h, side, rng, kind=None, kinds=()):
+        seen.append((int(h[0, 0]) - 40, "mass" in kinds))  # the slice, told by its corner, and whether a mass may come
+        return h
+
+    monkeypatch.setattr(train_ct, "insert_pathology", record)
+    labels = np.zeros((4, 32, 32), np.uint8)
+    labels[:, 8:24, 4:14], labels[:, 8:24, 18:28] = 1, 2
+    hu = np.where(labels > 0, -850, 40 + np.arange(4)[:, None, None]).astype(np.int16)
+    cfg = {"augment": {"pathology_prob": 1.0, "hu_shift": 0, "noise_hu": 0, "rotate_deg": 0, "scale": 1.0,
+                       "translate": 0.0, "pathology_kinds": ["dependent", "mass"], "mass_min_level": 0.25}}
+    train_ct.make_batch(hu, labels, cfg, np.random.default_rng(0), np.array([0.1, 0.2, 0.3, 0.9]))
+    assert {i for i, _ in seen} == {0, 1, 2, 3}
+    assert all(may_mass == (i >= 2) for i, may_mass in seen)  # levels 0.1 and 0.2 lie below 0.25
+
+
 def test_field_variants_cut_labels_as_they_cut_the_volume():
     from training.eval_ct_fields import VARIANTS, block_labels, variant
 
@@ -249,11 +279,15 @@ def test_field_variants_cut_labels_as_they_cut_the_volume():
     hu = rng.normal(0, 1, (16, 40, 60)).astype(np.float32)
     labels = np.zeros(hu.shape, np.uint8)
     labels[2:14, 10:30, 8:26], labels[2:14, 10:30, 34:52] = 1, 2
+    masses = np.zeros_like(labels)
+    masses[5:9, 12:16, 8:12] = 1  # against the right lung's lateral border
     for name in VARIANTS:
-        v_hu, v_lab, spacing = variant(hu, labels, (1.0, 0.7, 0.7), name)
-        assert v_hu.shape == v_lab.shape, name
+        v_hu, v_lab, spacing, v_mass = variant(hu, labels, (1.0, 0.7, 0.7), name, masses)
+        assert v_hu.shape == v_lab.shape == v_mass.shape, name
         assert np.prod(spacing) * v_hu.size <= 0.7 * 0.7 * hu.size + 1e-6, name
+        assert not (v_mass & (v_lab != 1)).any(), name  # cut with the labels, not on its own
     assert variant(hu, labels, (1.0, 0.7, 0.7), "thick5")[2][0] == 5.0
+    np.testing.assert_array_equal(variant(hu, labels, (1.0, 0.7, 0.7), "whole")[1], labels)
     np.testing.assert_array_equal(block_labels(labels, 2, 2)[2:14, 10:30, 4:13], 1)
 
 

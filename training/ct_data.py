@@ -90,6 +90,18 @@ def build_cache(data: Path, cache: Path, size: int) -> None:
     )
 
 
+def lung_levels(data: dict[str, np.ndarray]) -> np.ndarray:
+    """Each cached slice's height within its case's lungs: 0 at the lowest slice with lung (the bases; slices
+    run inferior to superior), 1 at the apices; slices without lung get -1."""
+    levels = np.full(len(data["case"]), -1.0, dtype=np.float32)
+    for case in np.unique(data["case"]):
+        idx = np.nonzero(data["case"] == case)[0]
+        with_lung = idx[(data["labels"][idx] > 0).any(axis=(1, 2))]
+        if len(with_lung) > 1:
+            levels[with_lung] = (with_lung - with_lung[0]) / (with_lung[-1] - with_lung[0])
+    return levels
+
+
 def load_cache(cache: Path) -> dict[str, np.ndarray]:
     with np.load(cache) as z:
         return {k: z[k] for k in z.files}

@@ -2,7 +2,7 @@
 ../shared/data: each CT is segmented whole, then cut or resampled and segmented again, and the result compared
 with the whole CT's labels cut or resampled the same way.
 
-    python training/eval_ct_fields.py --data ../shared/data [--model ct_lungs] [--out table.csv]
+    python training/eval_ct_fields.py --data ../shared/data [--model ct_lungs] [--out table.csv] [--mass 150]
 
 Variants, in canonical (S, P, L) order (columns run from the patient's right to left):
 - ``hemi_right`` / ``hemi_left``: 55 % of the columns from that side (one hemithorax, the cut past the midline);
@@ -16,6 +16,12 @@ lung that the cut leaves, 50-400 mL bounded mostly by the image edge, is left ou
 (``dice_lungs``); total volume against the reference's, and the flags raised. Prints a markdown table
 (``--out x.csv`` also writes ``x.md``, which training/export_ct.py puts in the model card when it lies in the
 run folder as fields.md).
+
+``--mass ML`` first paints a lobulated soft-tissue mass of about ML mL against the chest wall of each lung (inside
+the whole CT's labels, so the reference stays valid: ``training.synthetic_pathology.insert_mass``), adds the
+``whole`` variant, and reports for each mass with at least half of it in the cut the share of it labelled lung
+(``mass_inside``; the lowest is ``mass_inside_min``): a peripheral tumour must stay inside the lung whatever the
+field of view.
 """
 
 from __future__ import annotations
@@ -61,30 +67,32 @@ def block_labels(labels: np.ndarray, axis: int, factor: int) -> np.ndarray:
     return out
 
 
-def variant(hu: np.ndarray, labels: np.ndarray, spacing, name: str):
-    """(HU, reference labels, spacing) of one variant, all canonical."""
+def variant(hu: np.ndarray, labels: np.ndarray, spacing, name: str, masses: np.ndarray | None = None):
+    """(HU, reference labels, spacing, masses) of one variant, all canonical; ``masses`` (a label volume or None)
+    is cut or resampled as the labels are."""
     n_s, n_r, n_c = hu.shape
     sz, sr, sc = spacing
+    box = (slice(None),) * 3
     if name.startswith("hemi_"):
         cols = slice(0, int(0.55 * n_c)) if name == "hemi_right" else slice(int(0.45 * n_c), n_c)
-        return hu[:, :, cols], labels[:, :, cols], spacing
-    if name.startswith("lung_"):
+        box = (slice(None), slice(None), cols)
+    elif name.startswith("lung_"):
         _, rr, cc = np.nonzero(labels == (1 if name == "lung_right" else 2))
         mr, mc = int(15 / sr), int(15 / sc)
         rows, cols = slice(max(rr.min() - mr, 0), rr.max() + mr + 1), slice(max(cc.min() - mc, 0), cc.max() + mc + 1)
         box = (slice(None), rows, cols)
-        return hu[box], labels[box], spacing
-    if name == "tight":
+    elif name == "tight":
         box = (slice(None), slice(int(0.1 * n_r), int(0.9 * n_r)), slice(int(0.1 * n_c), int(0.9 * n_c)))
-        return hu[box], labels[box], spacing
-    if name == "off_centre":
+    elif name == "off_centre":
         box = (slice(None), slice(int(0.1 * n_r), int(0.8 * n_r)), slice(int(0.25 * n_c), n_c))
-        return hu[box], labels[box], spacing
-    if name.startswith("thick"):
-        factor = max(1, round(float(name[5:]) / sz))
-        return block_mean(hu, 0, factor), block_labels(labels, 0, factor), (sz * factor, sr, sc)
-    factor = int(name[6:])
-    return block_mean(hu, 2, factor), block_labels(labels, 2, factor), (sz, sr, sc * factor)
+    elif name.startswith(("thick", "aspect")):
+        axis, factor = (0, max(1, round(float(name[5:]) / sz))) if name.startswith("thick") else (2, int(name[6:]))
+        grid = (sz * factor, sr, sc) if axis == 0 else (sz, sr, sc * factor)
+        return (block_mean(hu, axis, factor), block_labels(labels, axis, factor), grid,
+                None if masses is None else block_labels(masses, axis, factor))
+    elif name != "whole":
+        raise ValueError(f"unknown variant {name!r}")
+    return hu[box], labels[box], spacing, None if masses is None else masses[box]
 
 
 def canonical_image(hu: np.ndarray, spacing):
@@ -104,13 +112,18 @@ def main(argv=None) -> None:
     from lungx_core.image import MedicalImage
     from lungx_core.orientation import reorientation
     from lungx_core.tasks.ct_lungs import CTLungSegmenter
+    from training.synthetic_pathology import insert_mass
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, default=Path("../shared/data"))
     ap.add_argument("--model", default="ct_lungs")
     ap.add_argument("--variants", nargs="*", default=list(VARIANTS))
     ap.add_argument("--out", type=Path, help="per-case CSV (and the table beside it as .md)")
+    ap.add_argument("--mass", type=float, default=0.0, help="paint a mass of about this many mL into each lung")
+    ap.add_argument("--seed", type=int, default=0, help="the masses' random seed")
     args = ap.parse_args(argv)
+    if args.mass and "whole" not in args.variants:
+        args.variants = ["whole", *args.variants]
     segmenter = CTLungSegmenter(model=args.model, device="cpu")
     rows = []
     for case, split in CASES:
@@ -122,8 +135,14 @@ def main(argv=None) -> None:
         hu = orient.to_canonical(image.array)
         whole = segmenter.segment(canonical_image(hu, orient.spacing))
         whole_voxels = {value: int((whole.labels == value).sum()) for value in (1, 2)}
+        masses = np.zeros(hu.shape, np.uint8)  # 1 the right lung's mass, 2 the left's
+        if args.mass:
+            rng = np.random.default_rng(args.seed)
+            for value, side, level in ((1, "right", 0.45), (2, "left", 0.55)):
+                hu, mass = insert_mass(hu, whole.labels == value, orient.spacing, args.mass, rng, side, level)
+                masses[mass] = value
         for name in args.variants:
-            v_hu, v_ref, v_spacing = variant(hu, whole.labels, orient.spacing, name)
+            v_hu, v_ref, v_spacing, v_mass = variant(hu, whole.labels, orient.spacing, name, masses)
             row = {"case": Path(case).name, "split": split, "variant": name}
             try:
                 result = segmenter.segment(canonical_image(v_hu, v_spacing))
@@ -139,6 +158,12 @@ def main(argv=None) -> None:
                     dice[lung] = 2 * (ref & got).sum() / (ref.sum() + got.sum())
                     if ref.sum() >= 0.25 * whole_voxels[value] * np.prod(orient.spacing) / np.prod(v_spacing):
                         major[lung] = dice[lung]
+            inside = {}
+            for value, lung in ((1, "right"), (2, "left")):
+                mass = v_mass == value if args.mass else None
+                if args.mass and mass.sum() >= 0.5 * (masses == value).sum() * np.prod(orient.spacing) / np.prod(
+                        v_spacing):
+                    inside[lung] = float((result.labels[mass] > 0).mean())
             ref_all, got_all = v_ref > 0, result.labels > 0
             union = 2 * (ref_all & got_all).sum() / max(1, ref_all.sum() + got_all.sum())
             ref_ml = float(ref_all.sum() * voxel_ml)
@@ -150,10 +175,11 @@ def main(argv=None) -> None:
                 "dice_lungs": round(float(union), 4),
                 "volume_ratio": round(sum(result.volumes_ml.values()) / max(ref_ml, 1e-6), 4),
                 "flags": " ".join(result.flags),
-            })
+            } | ({"mass_ml": round(float((v_mass > 0).sum() * voxel_ml), 1),
+                  "mass_inside_min": round(min(inside.values()), 4) if inside else float("nan")} if args.mass else {}))
             print(rows[-1], flush=True)
     columns = ["case", "split", "variant", "dice_right", "dice_left", "dice_min", "dice_min_major", "dice_lungs",
-               "volume_ratio", "flags"]
+               "volume_ratio", "flags"] + (["mass_ml", "mass_inside_min"] if args.mass else [])
     if args.out:
         with args.out.open("w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
@@ -167,7 +193,9 @@ def main(argv=None) -> None:
         if row["flags"].startswith("refused"):
             return "refused"
         text = f"{row['dice_min_major']:.3f} / {row['dice_lungs']:.3f}"
-        return text + (f" ({row['dice_min']:.2f})" if row["dice_min"] < row["dice_min_major"] else "")
+        text += f" ({row['dice_min']:.2f})" if row["dice_min"] < row["dice_min_major"] else ""
+        mass = row.get("mass_inside_min", float("nan"))
+        return text + (f", mass {mass:.2f}" if mass == mass else "")
 
     for case, split in CASES:
         mine = {r["variant"]: r for r in rows if r["case"] == Path(case).name}
@@ -175,9 +203,11 @@ def main(argv=None) -> None:
             table.append(f"| {Path(case).name} | {split} | " + " | ".join(cell(mine[v]) for v in args.variants) + " |")
     table.append("")
     for key, what in (("dice_min_major", "lungs mostly in the cut, each"), ("dice_lungs", "both lungs together"),
-                      ("dice_min", "every lung with 50 mL or more in the cut, slivers included")):
-        values = [r[key] for r in rows if r[key] == r[key]]  # nan: no such lung in the cut
-        table.append(f"{what}: Dice >= 0.95 on {sum(d >= 0.95 for d in values)} of {len(values)}, >= 0.90 on "
+                      ("dice_min", "every lung with 50 mL or more in the cut, slivers included"),
+                      *((("mass_inside_min", "share of each mass labelled lung"),) if args.mass else ())):
+        values = [r.get(key, 0.0) for r in rows if r.get(key, 0.0) == r.get(key, 0.0)]  # nan: none in the cut
+        table.append(f"{what}: {'' if key.startswith('mass') else 'Dice '}>= 0.95 on {sum(d >= 0.95 for d in values)} "
+                     f"of {len(values)}, >= 0.90 on "
                      f"{sum(d >= 0.90 for d in values)}; median {np.median(values):.3f}, lowest {min(values):.3f}.")
     print("\n" + "\n".join(table))
     if args.out:

@@ -31,6 +31,11 @@ from training.common import fp16_agreement  # noqa: E402
 from training.ct_data import SHOWCASE_CASES, TEST_CASES, TRAIN_CASES, VAL_CASES  # noqa: E402
 
 NAME = "ct_lungs"
+STAGES = (  # (config, checkpoint exported) of the shipped model's training, in order
+    ("training/configs/ct_unet.json", "best.pt"),
+    ("training/configs/ct_unet_fov.json", "last.pt"),
+    ("training/configs/ct_unet_mass.json", "last.pt"),
+)
 DENSE_HU = -300.0  # lung tissue denser than this is what thresholds lose: consolidation, masses, fluid
 
 
@@ -137,8 +142,9 @@ def model_card(cfg: dict, metrics: dict, agreement: float, commit: str, run: Pat
         f"  seed {tr['seed']}; exported checkpoint `{cfg['training']['checkpoint']}` (epoch "
         f"{cfg['training']['epoch']}).",
         f"- Augmentation: {tr['augment']}. `pathology_prob` is the share of slices that get synthetic",
-        "  consolidation, ground glass, dependent (fluid-like) density or juxtapleural nodules painted inside the",
-        "  lung mask (`training/synthetic_pathology.py`); the label stays lung.",
+        "  consolidation, ground glass, dependent (fluid-like) density, juxtapleural nodules or (where",
+        "  `pathology_kinds` names them) peripheral masses against the chest wall, none below `mass_min_level` of",
+        "  the lungs' height, painted inside the lung mask (`training/synthetic_pathology.py`); the label stays lung.",
         "",
         "## Data (../shared/data, research-only licences; nothing of it ships)",
         "Labels are pseudo-labels from the classical pipeline (`lungx_core/ct/classical.py`), except",
@@ -183,12 +189,13 @@ def model_card(cfg: dict, metrics: dict, agreement: float, commit: str, run: Pat
             fields.read_text().strip(),
             "",
         ]
-    stages = [("training/configs/ct_unet.json", "best.pt")]
-    if tr.get("init"):  # a fine-tune of the previously shipped model: that one is reproduced first
-        stages.append(("training/configs/ct_unet_fov.json", cfg["training"]["checkpoint"]))
+    # each stage fine-tunes the model the one before it shipped; the run's own config says which stage it is
+    known = [i for i, (config, _) in enumerate(STAGES) if json.loads(Path(config).read_text()) == tr]
+    stages = list(STAGES[: known[0] + 1]) if known else [*STAGES[:1], ("<this run's config>", "last.pt")]
+    stages[-1] = (stages[-1][0], cfg["training"]["checkpoint"])
     lines += ["## Reproduce", "```"]
     for i, (config, checkpoint) in enumerate(stages):
-        folder = f"{run}_base" if i < len(stages) - 1 else str(run)
+        folder = f"{run}_stage{i + 1}" if i < len(stages) - 1 else str(run)
         lines += [
             f"python training/train_ct.py --config {config} --data ../shared/data --run {folder}",
             f"python training/export_ct.py --run {folder} --data ../shared/data --checkpoint {checkpoint}",

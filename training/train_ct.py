@@ -24,21 +24,31 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from lungx_core.models.networks import build_network  # noqa: E402
 from lungx_core.preprocess import ct_window  # noqa: E402
 from training.common import append_log, build_once, resume, save_checkpoint, start_run, warm_start  # noqa: E402
-from training.ct_data import build_cache, load_cache  # noqa: E402
+from training.ct_data import build_cache, load_cache, lung_levels  # noqa: E402
 from training.losses import SegmentationLoss  # noqa: E402
 from training.schemas import CTSegmentationRun  # noqa: E402
-from training.synthetic_pathology import insert_pathology  # noqa: E402
+from training.synthetic_pathology import KINDS, insert_pathology  # noqa: E402
 
 
 def one_hot(labels: np.ndarray) -> np.ndarray:
     return np.stack([labels == 1, labels == 2], axis=-3).astype(np.float32)
 
 
-def make_batch(hu: np.ndarray, labels: np.ndarray, cfg: dict, rng: np.random.Generator):
-    """Synthetic pathology and intensity changes in HU, then one random affine per sample on the batch."""
+def make_batch(
+    hu: np.ndarray, labels: np.ndarray, cfg: dict, rng: np.random.Generator, levels: np.ndarray | None = None
+):
+    """Synthetic pathology and intensity changes in HU, then one random affine per sample on the batch.
+
+    ``levels`` (``training.ct_data.lung_levels`` of the slices): no mass is painted below the config's
+    ``mass_min_level`` of the lungs' height, where a mass beside the liver dome would teach that liver is lung."""
     a = cfg["augment"]
+    kinds = tuple(a.get("pathology_kinds", KINDS))
+    no_mass = tuple(k for k in kinds if k != "mass")
+    if levels is None:
+        levels = np.ones(len(hu), dtype=np.float32)
     images, cropped = [], []
-    for h, lab in zip(hu, labels, strict=True):
+    for h, lab, level in zip(hu, labels, levels, strict=True):
+        allowed = kinds if level >= a.get("mass_min_level", 0.0) else no_mass
         h = h.astype(np.float32)
         if rng.random() < a.get("fov_crop_prob", 0.0):
             h, lab = field_of_view_crop(h, lab, rng)
@@ -47,7 +57,7 @@ def make_batch(hu: np.ndarray, labels: np.ndarray, cfg: dict, rng: np.random.Gen
         if lung.sum() > 200 and rng.random() < a["pathology_prob"]:
             for _ in range(rng.integers(1, 3)):
                 side = lung if rng.random() < 0.4 else lab == rng.integers(1, 3)
-                h = insert_pathology(h, side, rng)
+                h = insert_pathology(h, side, rng, kinds=allowed)
         h = h * rng.uniform(0.95, 1.05) + rng.uniform(-a["hu_shift"], a["hu_shift"])
         if rng.random() < 0.5:
             h = h + rng.standard_normal(h.shape).astype(np.float32) * rng.uniform(0, a["noise_hu"])
@@ -163,6 +173,7 @@ def main(argv=None) -> None:
     args, cfg = start_run(__doc__, CTSegmentationRun, argv)
     cache = build_once(args.run / "cache.npz", lambda path: build_cache(args.data, path, cfg["size"]))
     data = load_cache(cache)
+    levels = lung_levels(data)
     train_idx = np.nonzero(data["split"] == "train")[0]
     print(f"train slices {len(train_idx)}", flush=True)
 
@@ -184,7 +195,7 @@ def main(argv=None) -> None:
         losses = []
         for b in range(steps):
             sel = np.sort(order[b * bs : (b + 1) * bs])
-            x, y = make_batch(data["hu"][sel], data["labels"][sel], cfg, rng)
+            x, y = make_batch(data["hu"][sel], data["labels"][sel], cfg, rng, levels[sel])
             loss = loss_fn(net(x), y)
             opt.zero_grad()
             loss.backward()

@@ -210,6 +210,24 @@ def test_synthetic_pathology_changes_only_the_lung(kind):
     assert out[lung].max() <= 200
 
 
+def test_gas_joined_to_a_lung_across_the_diaphragm_is_dropped_and_a_dark_lung_piece_is_not():
+    from lungx_core.tasks.ct_lungs import drop_gas_below_lungs
+
+    hu = np.full((30, 40, 40), 40.0, np.float32)
+    labels = np.zeros(hu.shape, np.uint8)
+    hu[10:30, 5:35, 3:18] = -850  # the right lung
+    hu[12:30, 5:35, 22:37] = -850  # the left lung, its base higher
+    labels[hu == -850] = 1
+    labels[:, :, 20:][labels[:, :, 20:] == 1] = 2
+    hu[0:11, 20:30, 24:34] = -1000  # stomach gas under the left hemidiaphragm, reaching lower than the lungs
+    labels[0:12, 20:30, 24:34] = 2  # labelled, with the diaphragm (slice 11, soft tissue) between them
+    out = drop_gas_below_lungs(labels, hu)
+    assert not out[0:11, 20:30, 24:34].any()
+    np.testing.assert_array_equal(out[12:], labels[12:])  # the lungs and the tissue bridging to them are kept
+    hu[0:11, 20:30, 24:34] = -850  # lung-dark, not gas-dark: a basal piece of lung cut off by dense tissue
+    np.testing.assert_array_equal(drop_gas_below_lungs(labels, hu), labels)
+
+
 def test_a_mass_lies_against_the_chest_wall_inside_its_lung():
     from training.synthetic_pathology import insert_mass
 
@@ -321,6 +339,36 @@ def test_non_square_pixels_give_the_volume_of_square_ones(shared_data):
         volume, flags = resampled(sx, sy)
         assert volume == pytest.approx(square, rel=0.02), (sx, sy)
         assert not [f for f in flags if f.startswith("truncated")], (sx, sy, flags)
+
+
+@pytest.mark.slow
+def test_a_peripheral_tumour_stays_inside_the_lung():
+    """Issue 34: a 150-mL mass against the chest wall of each lung of the CT slicerio ships (painted inside its
+    reference lungs, as training/eval_ct_fields.py --mass does) is labelled lung, not cut out of it as the
+    model before masses were in its training did (it kept 0.83 of a mass on this CT)."""
+    import slicerio
+
+    from lungx_core.io.sample import sample_ct, sample_ct_path
+    from lungx_core.tasks.ct_lungs import CTLungSegmenter
+    from training.eval_ct_fields import canonical_image
+    from training.synthetic_pathology import insert_mass
+
+    image = sample_ct()
+    seg = slicerio.read_segmentation(str(sample_ct_path().parent / "Segmentation.seg.nrrd"))
+    names = {s["name"]: s for s in seg["segments"]}
+    voxels = seg["voxels"].transpose(2, 1, 0) if seg["voxels"].ndim == 3 else seg["voxels"][..., 0].transpose(2, 1, 0)
+    r = reorientation(image.direction, image.spacing)
+    hu = r.to_canonical(image.array).astype(np.float32)
+    rng = np.random.default_rng(0)
+    masses = []
+    for name, side, level in (("right lung", "right", 0.45), ("left lung", "left", 0.55)):
+        lung = r.to_canonical(voxels == names[name]["labelValue"])
+        hu, mass = insert_mass(hu, lung, r.spacing, 150.0, rng, side, level)
+        masses.append((side, mass))
+    labels = CTLungSegmenter(device="cpu").segment(canonical_image(hu, r.spacing)).labels
+    for side, mass in masses:
+        assert mass.sum() * np.prod(r.spacing) / 1000 > 60, side  # a mass, not a nodule
+        assert (labels[mass] > 0).mean() >= 0.9, side
 
 
 def test_gantry_tilt_is_resampled_to_physical_volume_and_position(tmp_path):

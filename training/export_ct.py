@@ -202,6 +202,8 @@ def model_card(cfg: dict, metrics: dict, agreement: float, commit: str, run: Pat
         ]
     if fields.exists():
         lines.append(f"python training/eval_ct_fields.py --data ../shared/data --out {run}/fields.csv")
+        lines.append(f"python training/eval_ct_fields.py --data ../shared/data --mass 150 --variants hemi_right "
+                     f"hemi_left lung_right lung_left --out {run}/mass150.csv")
     lines += [
         "lungx evaluate ct ../shared/data/ct_slicerio_chest4",
         "```",

@@ -103,6 +103,38 @@ def drop_below_lungs(labels: np.ndarray) -> np.ndarray:
     return out
 
 
+AERATED_HU = -600.0  # lung air and bowel gas, not the diaphragm between them
+GAS_HU = -910.0  # mean of a pocket of bowel or stomach gas (aerated lung, vessels and all, is about -850)
+
+
+def drop_gas_below_lungs(labels: np.ndarray, hu: np.ndarray) -> np.ndarray:
+    """Network lung labels (canonical order) without gas in the stomach or colon under a hemidiaphragm that the
+    labels join to a lung across the diaphragm (the classical pipeline has its own rules).
+
+    Split at ``AERATED_HU`` the labelled air falls apart into the lungs and any such pocket. A part that is
+    small (under a quarter of the largest), reaches lower than every large part, and is as dark as gas (mean
+    under ``GAS_HU``) is dropped with it: aerated lung at the bases holds vessels and is never that dark, and
+    a gas pocket is bounded by tissue, not lung.
+    """
+    box = bounding_box(labels)
+    if box is None:
+        return labels
+    sub_hu = hu[box]
+    parts, n = ndi.label((labels[box] > 0) & (sub_hu < AERATED_HU))
+    if n <= 1:
+        return labels
+    sizes = np.bincount(parts.ravel())[1:]
+    bottoms = np.array([b[0].start for b in ndi.find_objects(parts)])
+    large = sizes >= 0.25 * sizes.max()
+    means = ndi.mean(sub_hu, parts, np.arange(1, n + 1))
+    gas = [i + 1 for i in range(n) if not large[i] and bottoms[i] < bottoms[large].min() and means[i] < GAS_HU]
+    if not gas:
+        return labels
+    out = labels.copy()
+    out[box][np.isin(parts, gas)] = 0
+    return out
+
+
 # HU -500 (tissue versus air) on the network's [0, 1] input scale
 BODY_LEVEL = (-500.0 - CT_HU_WINDOW[0]) / (CT_HU_WINDOW[1] - CT_HU_WINDOW[0])
 # an edge of the field of view runs through the body when soft tissue covers this share of it
@@ -283,6 +315,7 @@ class CTLungSegmenter:
         if self.method == "net":
             # canonical (slice, row, column) spacing: the network sees square pixels whatever the scanner sent
             labels = remove_airway(self._labels_net(hu, progress, (spacing[1], spacing[2])), hu, spacing)
+            labels = drop_gas_below_lungs(labels, hu)
         else:
             labels, flags = self._labels_classical(hu, spacing)
         for value in (RIGHT, LEFT):

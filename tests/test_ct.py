@@ -155,24 +155,29 @@ def _chest4(path):
     return image
 
 
-def test_classical_pipeline_matches_slicerio_reference_labels():
-    """The CT that slicerio ships has its lung segmentation beside it: always available, no ../shared needed."""
+def _sample_ct_with_lungs() -> tuple[MedicalImage, dict[str, np.ndarray]]:
+    """The CT that slicerio ships and its reference lungs ({"right lung", "left lung"}: bool, the array's order)."""
     import slicerio
 
-    from lungx_core.ct.classical import segment_lungs_classical
-    from lungx_core.eval.metrics import dice
     from lungx_core.io.sample import sample_ct, sample_ct_path
 
-    image = sample_ct()
     seg = slicerio.read_segmentation(str(sample_ct_path().parent / "Segmentation.seg.nrrd"))
     names = {s["name"]: s for s in seg["segments"]}
+    voxels = seg["voxels"].transpose(2, 1, 0) if seg["voxels"].ndim == 3 else seg["voxels"][..., 0].transpose(2, 1, 0)
+    return sample_ct(), {name: voxels == names[name]["labelValue"] for name in ("right lung", "left lung")}
+
+
+def test_classical_pipeline_matches_slicerio_reference_labels():
+    """The CT that slicerio ships has its lung segmentation beside it: always available, no ../shared needed."""
+    from lungx_core.ct.classical import segment_lungs_classical
+    from lungx_core.eval.metrics import dice
+
+    image, reference = _sample_ct_with_lungs()
     r = reorientation(image.direction, image.spacing)
     result = segment_lungs_classical(r.to_canonical(image.array), r.spacing)
     labels = r.from_canonical(result.labels)
-    voxels = seg["voxels"].transpose(2, 1, 0) if seg["voxels"].ndim == 3 else seg["voxels"][..., 0].transpose(2, 1, 0)
     for name, value in (("right lung", 1), ("left lung", 2)):
-        truth = voxels == names[name]["labelValue"]
-        assert dice(labels == value, truth) >= 0.95, name
+        assert dice(labels == value, reference[name]) >= 0.95, name
 
 
 @pytest.mark.shared_data
@@ -346,23 +351,17 @@ def test_a_peripheral_tumour_stays_inside_the_lung():
     """Issue 34: a 150-mL mass against the chest wall of each lung of the CT slicerio ships (painted inside its
     reference lungs, as training/eval_ct_fields.py --mass does) is labelled lung, not cut out of it as the
     model before masses were in its training did (it kept 0.83 of a mass on this CT)."""
-    import slicerio
-
-    from lungx_core.io.sample import sample_ct, sample_ct_path
     from lungx_core.tasks.ct_lungs import CTLungSegmenter
     from training.eval_ct_fields import canonical_image
     from training.synthetic_pathology import insert_mass
 
-    image = sample_ct()
-    seg = slicerio.read_segmentation(str(sample_ct_path().parent / "Segmentation.seg.nrrd"))
-    names = {s["name"]: s for s in seg["segments"]}
-    voxels = seg["voxels"].transpose(2, 1, 0) if seg["voxels"].ndim == 3 else seg["voxels"][..., 0].transpose(2, 1, 0)
+    image, reference = _sample_ct_with_lungs()
     r = reorientation(image.direction, image.spacing)
     hu = r.to_canonical(image.array).astype(np.float32)
     rng = np.random.default_rng(0)
     masses = []
     for name, side, level in (("right lung", "right", 0.45), ("left lung", "left", 0.55)):
-        lung = r.to_canonical(voxels == names[name]["labelValue"])
+        lung = r.to_canonical(reference[name])
         hu, mass = insert_mass(hu, lung, r.spacing, 150.0, rng, side, level)
         masses.append((side, mass))
     labels = CTLungSegmenter(device="cpu").segment(canonical_image(hu, r.spacing)).labels

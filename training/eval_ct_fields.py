@@ -151,18 +151,16 @@ def main(argv=None) -> None:
                                    "flags": f"refused: {err}"})
                 continue
             voxel_ml = float(np.prod(v_spacing)) / 1000
-            dice, major = {}, {}
+            dice, major, inside = {}, {}, {}
+            scale = np.prod(orient.spacing) / np.prod(v_spacing)  # whole-CT voxels -> the variant's
             for value, lung in ((1, "right"), (2, "left")):
                 ref, got = v_ref == value, result.labels == value
                 if ref.sum() * voxel_ml >= 50:
                     dice[lung] = 2 * (ref & got).sum() / (ref.sum() + got.sum())
-                    if ref.sum() >= 0.25 * whole_voxels[value] * np.prod(orient.spacing) / np.prod(v_spacing):
+                    if ref.sum() >= 0.25 * whole_voxels[value] * scale:
                         major[lung] = dice[lung]
-            inside = {}
-            for value, lung in ((1, "right"), (2, "left")):
-                mass = v_mass == value if args.mass else None
-                if args.mass and mass.sum() >= 0.5 * (masses == value).sum() * np.prod(orient.spacing) / np.prod(
-                        v_spacing):
+                mass = v_mass == value
+                if args.mass and mass.sum() >= 0.5 * (masses == value).sum() * scale:
                     inside[lung] = float((result.labels[mass] > 0).mean())
             ref_all, got_all = v_ref > 0, result.labels > 0
             union = 2 * (ref_all & got_all).sum() / max(1, ref_all.sum() + got_all.sum())

@@ -90,22 +90,20 @@ def main(argv=None) -> None:
     from lungx_core.io.readers import read_radiograph
     from lungx_core.tasks.cxr_segmentation import CXRSegmenter
     from lungx_core.tasks.opacity_removal import OpacityRemover, put_back
+    from training.cxr_data import SPLITS_DIR, read_mask
 
     remover = OpacityRemover(device="cpu")  # for its crop spec, opacity model and activation spec only
     find_lungs = lung_finder(CXRSegmenter(device="cpu"))
     rows = []
 
-    ids = (Path(__file__).parent / "splits" / f"covid_cxr_gb_seg_{args.split}.txt").read_text().split()
+    ids = (SPLITS_DIR / f"covid_cxr_gb_seg_{args.split}.txt").read_text().split()
     root = args.data / "covid_cxr_gb_seg"
     reference = {}  # film digest -> its reference opacity mask (evaluate hands remove() the pixels only)
     if args.reference_mask:
-        from PIL import Image
-
         for case in discover_cases(root, ids):
             path = root / "masks" / "opacity" / f"{case.case_id}.png"
             if path.exists():
-                reference[hashlib.sha1(read_radiograph(case.image).array.tobytes()).hexdigest()] = (
-                    np.asarray(Image.open(path).convert("L")) > 127)
+                reference[hashlib.sha1(read_radiograph(case.image).array.tobytes()).hexdigest()] = read_mask(path)
 
     def remove(image: np.ndarray):
         crop = thoracic_crop(image, find_lungs(image), remover.spec)

@@ -31,6 +31,7 @@ from training.common import fp16_agreement  # noqa: E402
 from training.ct_data import SHOWCASE_CASES, TEST_CASES, TRAIN_CASES, VAL_CASES  # noqa: E402
 
 NAME = "ct_lungs"
+REPO = Path(__file__).resolve().parents[1]
 STAGES = (  # (config, checkpoint exported) of the shipped model's training, in order
     ("training/configs/ct_unet.json", "best.pt"),
     ("training/configs/ct_unet_fov.json", "last.pt"),
@@ -190,7 +191,7 @@ def model_card(cfg: dict, metrics: dict, agreement: float, commit: str, run: Pat
             "",
         ]
     # each stage fine-tunes the model the one before it shipped; the run's own config says which stage it is
-    known = [i for i, (config, _) in enumerate(STAGES) if json.loads(Path(config).read_text()) == tr]
+    known = [i for i, (config, _) in enumerate(STAGES) if json.loads((REPO / config).read_text()) == tr]
     stages = list(STAGES[: known[0] + 1]) if known else [*STAGES[:1], ("<this run's config>", "last.pt")]
     stages[-1] = (stages[-1][0], cfg["training"]["checkpoint"])
     lines += ["## Reproduce", "```"]

@@ -12,6 +12,8 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage as ndi
 
+from lungx_core.postprocess import bounding_box, keep_components
+
 KINDS = ("consolidation", "ground_glass", "dependent", "nodule")  # the shipped recipe's draw
 ALL_KINDS = (*KINDS, "mass")
 
@@ -22,8 +24,14 @@ def _blobs(shape: tuple[int, int], rng: np.random.Generator, scale_px: float, co
     return field > np.quantile(field, 1.0 - coverage)
 
 
-def _texture(shape: tuple[int, int], rng: np.random.Generator, sigma_hu: float) -> np.ndarray:
+def _texture(shape: tuple[int, ...], rng: np.random.Generator, sigma_hu: float) -> np.ndarray:
     return ndi.gaussian_filter(rng.standard_normal(shape).astype(np.float32), 1.0) * sigma_hu * 2.5
+
+
+def _lobes(shape: tuple[int, ...], rng: np.random.Generator, sigma) -> np.ndarray:
+    """A smooth random field of unit spread (``sigma`` px, per axis or one for all): a mass's lobulation."""
+    field = ndi.gaussian_filter(rng.standard_normal(shape).astype(np.float32), sigma)
+    return field / max(float(field.std()), 1e-6)
 
 
 def insert_pathology(
@@ -79,10 +87,8 @@ def insert_pathology(
         # (its centre inside the lung, a fraction of its radius in from a border within ~1.5 % of the frame of a
         # rib), up to 60 % of the lung's size across. Not on the mediastinal or diaphragmatic border, and not on
         # the thin crescent of lung around the liver dome: there a mass would teach that liver is lung.
-        parts, n = ndi.label(lung)
-        largest = parts == 1 + int(np.argmax(np.bincount(parts.ravel())[1:]))
-        box = ndi.find_objects(largest.astype(np.uint8))[0]
-        if largest.sum() < 0.4 * largest[box].size:  # a crescent, not a lung's cross-section
+        largest = keep_components(lung)
+        if largest.sum() < 0.4 * largest[bounding_box(largest)].size:  # a crescent, not a lung's cross-section
             return out
         border = lung & ~ndi.binary_erosion(lung)
         near_rib = ndi.distance_transform_edt(hu < 250) < 0.015 * max(hu.shape) + 1
@@ -94,8 +100,7 @@ def insert_pathology(
         inward = np.array([rows.mean() - by[k], cols.mean() - bx[k]])
         depth = rng.uniform(0.2, 0.7)
         yy, xx = np.ogrid[: hu.shape[0], : hu.shape[1]]
-        lobes = ndi.gaussian_filter(rng.standard_normal(hu.shape).astype(np.float32), max(r * 0.3, 1.0))
-        lobes /= max(float(lobes.std()), 1e-6)
+        lobes = _lobes(hu.shape, rng, max(r * 0.3, 1.0))
         # at most half of the lung's cross-section: aerated lung always lies beside the mass, as it does beside a
         # tumour, and never beside the liver or spleen that a mass filling the whole section would look like
         while r > 1.0:
@@ -143,9 +148,7 @@ def insert_mass(
     hi = np.minimum(np.ceil((centre_mm + reach) / spacing).astype(int) + 1, hu.shape)
     grid = np.meshgrid(*[np.arange(a, b) * s for a, b, s in zip(lo, hi, spacing, strict=True)], indexing="ij")
     distance = np.sqrt(sum((g - c) ** 2 for g, c in zip(grid, centre_mm, strict=True))) / radius_mm
-    field = ndi.gaussian_filter(rng.standard_normal(distance.shape).astype(np.float32),
-                                [0.3 * radius_mm / s for s in spacing])
-    field /= max(float(field.std()), 1e-6)
+    field = _lobes(distance.shape, rng, [0.3 * radius_mm / s for s in spacing])
     box = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
     mass = np.zeros(hu.shape, dtype=bool)
     mass[box] = (distance + 0.12 * field < 1.0) & lung[box]

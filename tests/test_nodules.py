@@ -109,6 +109,51 @@ def test_scales_average_logits_on_the_input_grid_and_one_scale_is_the_plain_pass
     assert np.abs(both - one).max() < 0.02  # resampling a smooth map down and back changes it little
 
 
+def test_bone_channel_is_the_film_less_its_bone_image_and_the_padding_stays_out():
+    """The second channel of a bone-channel detector: the film part of the input less ``alpha`` times the bone
+    image made from that part alone, the letterbox padding untouched; the first channel is the input itself."""
+    from lungx_core.cxr.bone import BoneLayerModel
+    from lungx_core.cxr.nodules import detector_input, with_bone_channel
+
+    film = _sample_film_uint8()[:, 40:-60]  # not square: the input has padding at the sides
+    x, box = detector_input(film, 256)
+    bone_model = BoneLayerModel("cxr_bone", device="cpu")
+    two = with_bone_channel(x, box, bone_model)
+    assert two.shape == (2, 256, 256) and np.array_equal(two[0], x)
+    (r0, c0), (rows, cols) = box.offset, box.resized_shape
+    assert c0 > 0 and np.array_equal(two[1][:, :c0], x[:, :c0]) and np.array_equal(two[1][:, c0 + cols:],
+                                                                                   x[:, c0 + cols:])
+    part = np.ascontiguousarray(x[r0:r0 + rows, c0:c0 + cols])
+    taken = x[r0:r0 + rows, c0:c0 + cols] - two[1][r0:r0 + rows, c0:c0 + cols]
+    assert np.allclose(taken, bone_model.alpha * bone_model.bone_image(part), atol=1e-6)
+    assert taken.max() > 0.02  # ribs are in it
+
+
+def test_a_bone_channel_detector_reads_the_film_and_its_suppressed_twin(tmp_path):
+    """A detector whose config names ``bone_channel`` (what ``train_nodules --export`` writes for such a run) loads
+    that bone model and feeds the network two channels; its first layer taking the film alone (the suppressed
+    channel's weights zero) gives the one-channel detector's candidates."""
+    import torch
+
+    from lungx_core.cxr.nodules import NoduleDetector
+    from lungx_core.models.networks import build_network
+    from lungx_core.models.store import read_model_config, save_model
+    from training.common import warm_start
+
+    one = NoduleDetector()
+    config = {**read_model_config("cxr_nodules"), "in_channels": 2, "bone_channel": "cxr_bone"}
+    net = build_network(config["arch"], 2, 2, **config["arch_options"])
+    warm_start(net, "cxr_nodules", widen_inputs=True)
+    two = NoduleDetector(save_model(net.state_dict(), config, tmp_path / "two.safetensors", fp16=False))
+    first = next(p for p in two.net.parameters() if p.ndim == 4)
+    assert two.bone is not None and first.shape[1] == 2 and not torch.any(first[:, 1:])
+    film = _film_with_nodule(contrast=0.1)
+    a, b = one.detect(film), two.detect(film)
+    assert a and [(c.rank, round(c.col, 2), round(c.row, 2)) for c in a] == [
+        (c.rank, round(c.col, 2), round(c.row, 2)) for c in b]
+    assert np.allclose([c.probability for c in a], [c.probability for c in b], atol=2e-3)
+
+
 def test_evaluate_nodules_can_detect_on_bone_suppressed_films(tmp_path):
     """`lungx evaluate nodules --suppress-ribs cxr_bone` scores the detector on each film after suppression: the
     same candidates as suppressing and detecting by hand, and not those of the film as it is."""

@@ -363,6 +363,50 @@ def test_nodule_crops_centre_on_hard_negatives():
         assert crop.max() > 0.5 and not heat.any()  # the place is in the crop, and it is no nodule
 
 
+def test_nodule_bone_channel_is_the_film_less_its_bone_and_keeps_a_share_of_simulated_nodules():
+    """With ``bone_channel`` a crop has two channels: the film, and the film less its stored bone image, into
+    which a simulated nodule goes at the drawn share (here exactly a half); both get the same grey-level gamma."""
+    from training.train_nodules import sample
+
+    films = {"x": np.full((1, 96, 96), 0.5, np.float16), "bone": np.full((1, 96, 96), 0.1, np.float16),
+             "lung": np.ones((1, 96, 96), bool), "ids": np.array(["JPCNN001"]), "source": np.array(["jsrt"])}
+    cfg = {"crop": 64, "mix": [0.0, 1.0, 0.0], "simulate": 1.0, "centred": 1.0, "sigma_fraction": 0.25,
+           "diameter_px": [20, 24], "contrast": [0.2, 0.2], "bone_channel": "cxr_bone", "bone_keep": [0.5, 0.5]}
+    crop, heat, _, _ = sample(films, [[], [0], []], {}, cfg, np.random.default_rng(3))
+    assert crop.shape == (2, 64, 64) and heat.shape == (1, 64, 64) and heat.max() == 1.0
+    film = crop[0]
+    gamma = np.log(np.median(film)) / np.log(0.5)  # most of the crop is the plain 0.5 background
+    nodule = film ** (1 / gamma) - 0.5
+    assert nodule.max() > 0.1
+    assert np.allclose(crop[1] ** (1 / gamma), 0.4 + 0.5 * nodule, atol=2e-3)
+
+
+def test_warm_start_widened_inputs_start_as_the_one_channel_network():
+    """A network reading an extra input channel, warm-started with ``widen_inputs``, computes what the one-channel
+    network computes whatever the extra channel holds: the shipped weights on the first channel, zeros after."""
+    import torch
+
+    from lungx_core.models.networks import build_network
+    from training.common import warm_start
+
+    options = {"channels": [16, 32, 64, 128, 256], "num_res_units": 2}
+    one, two = build_network("unet", 1, 2, **options), build_network("unet", 2, 2, **options)
+    warm_start(one, "cxr_anatomy")
+    warm_start(two, "cxr_anatomy", widen_inputs=True)
+    state, widened = two.state_dict(), 0
+    for k, v in one.state_dict().items():
+        if state[k].shape == v.shape:
+            state[k] = v  # the fresh output layer, drawn differently for the two
+        else:
+            assert torch.equal(state[k][:, :1], v) and not state[k][:, 1:].any()
+            widened += 1
+    assert widened >= 1
+    two.load_state_dict(state)
+    x = torch.rand(1, 1, 64, 64)
+    with torch.inference_mode():
+        assert torch.allclose(one.eval()(x), two.eval()(torch.cat([x, torch.rand_like(x)], 1)), atol=1e-5)
+
+
 def test_distractors_darken_only_outside_the_lungs():
     """Drawn regions never touch the (grown) lung field, so the masks stay the label; they are darker than the
     tissue they replace, and films without a lung label pass unchanged."""

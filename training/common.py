@@ -136,9 +136,11 @@ def build_once(path: Path, build) -> Path:
     return path
 
 
-def warm_start(net, model: str, strict: bool = False) -> None:
+def warm_start(net, model: str, strict: bool = False, widen_inputs: bool = False) -> None:
     """Start ``net`` from the shipped network ``model`` (fp16 weights cast back): every tensor whose name and
-    shape match, or, with ``strict``, all of them (the same architecture fine-tuned)."""
+    shape match, or, with ``strict``, all of them (the same architecture fine-tuned). With ``widen_inputs``, a
+    convolution that reads more input channels than the shipped one's takes its weights for the first channels
+    and zeros for the rest, so the wider network starts computing what the shipped one computes."""
     from safetensors.torch import load_file
 
     from lungx_core.models.store import model_paths
@@ -146,6 +148,12 @@ def warm_start(net, model: str, strict: bool = False) -> None:
     state = {k: v.float() for k, v in load_file(str(model_paths(model)[0])).items()}
     own = net.state_dict()
     loaded = state if strict else {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    if widen_inputs:
+        for k, v in state.items():
+            mine = own.get(k)
+            if (mine is not None and mine.ndim == 4 and v.ndim == 4 and mine.shape[1] > v.shape[1]
+                    and mine.shape[0] == v.shape[0] and mine.shape[2:] == v.shape[2:]):
+                loaded[k] = torch.cat([v, v.new_zeros((v.shape[0], mine.shape[1] - v.shape[1], *v.shape[2:]))], 1)
     own.update(loaded)
     net.load_state_dict(own, strict=strict)
     print(f"warm start from {model}: {len(loaded)} of {len(own)} tensors", flush=True)

@@ -227,6 +227,8 @@ class NoduleRun:
     hard_negatives: float = 0.0  # share of crops centred on the starting model's false positives
     hard_floor: float = 0.1  # the least probability of a false positive mined as a hard negative
     scales: list = field(default_factory=lambda: [1.0])  # test-time input scales whose logits are averaged
+    bone_channel: str | None = None  # a bone model (e.g. cxr_bone): its suppressed film as a second input
+    bone_keep: list | None = None  # with bone_channel: [lo, hi] share of a simulated nodule it keeps
 
 
 @dataclass

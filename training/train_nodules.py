@@ -17,6 +17,15 @@ The encoder and decoder start from the shipped anatomy network (``init``), the o
 ``start_run``, from that run's same fold (a second stage), where ``hard_negatives`` of the crops are centred on
 the starting model's own false positives on the training films (mined once, ``hard_floor`` and up).
 
+With ``bone_channel`` (a bone model, e.g. ``cxr_bone``; the ablation the issue asks for) the network reads two
+channels: the film and the same film with that model's bone image subtracted (``<run>/bone.npz``, built once, in
+the film's own window so the two channels differ by the bone image alone). A simulated nodule goes into the
+suppressed channel at a share drawn from ``bone_keep``: running the bone model on every crop would triple the
+step time, so the share is the spread measured for ``cxr_bone`` on simulated nodules in JSRT normals (5th-95th
+percentile 0.62-0.98 of the nodule's integral kept, median 0.77). Real nodules are suppressed by the model itself.
+Both channels start from the anatomy network's first layer: the film's channel takes its weights, the
+suppressed film's starts at zero, so training starts from what the one-channel run starts from.
+
 After training, the held-out fold's films are scored (``<run>/fold_<k>/candidates.csv``: every candidate above
 the floor) and ``--report`` pools the five folds into the cross-validated FROC (``lungx_core.eval.metrics``).
 
@@ -24,6 +33,9 @@ the floor) and ``--report`` pools the five folds into the cross-validated FROC (
     ...  --fold 4, --fold all
     python -m training.train_nodules --config training/configs/nodules_cxr.json --run ../runs/nodules --report
     python -m training.train_nodules --config training/configs/nodules_cxr.json --run ../runs/nodules --export
+
+The bone-channel ablation (the model card's table): ``nodules_cxr_ablation_film.json`` and
+``nodules_cxr_ablation_bone.json``, the same commands with their own run folders.
 """
 
 from __future__ import annotations
@@ -107,6 +119,43 @@ def build_films(data_root: Path, out: Path, size: int) -> Path:
     return out
 
 
+def build_bone(data_root: Path, films, model: str, out: Path) -> Path:
+    """``out`` (.npz): ``bone`` (N, size, size) float16, what ``model`` takes out of each film of ``films`` as
+    the shipped detector takes it (:func:`lungx_core.cxr.nodules.with_bone_channel` on the film's detector
+    input), so that ``x - bone`` is the suppressed film as the detector sees it."""
+    if out.exists():
+        return out
+    from lungx_core.cxr.bone import BoneLayerModel
+    from lungx_core.cxr.nodules import with_bone_channel
+    from lungx_core.io.readers import read_radiograph
+
+    bone_model = BoneLayerModel(model, device="cpu")
+    size = films["x"].shape[-1]
+    bones = []
+    for film_id, source in zip(films["ids"], films["source"], strict=True):
+        folder = JSRT if source == "jsrt" else NIH
+        film = read_radiograph(data_root / folder / "images" / f"{film_id}.png").array.astype(np.float32)
+        x, box = detector_input(film, size)
+        bones.append((x - with_bone_channel(x, box, bone_model)[1]).astype(np.float16))
+    tmp = out.with_suffix(".tmp.npz")
+    np.savez_compressed(tmp, bone=np.stack(bones))
+    tmp.replace(out)
+    return out
+
+
+def channels(cfg: dict) -> int:
+    """The detector's input channels: the film, and its bone-suppressed version with ``bone_channel``."""
+    return 2 if cfg.get("bone_channel") else 1
+
+
+def film_input(films, i: int) -> np.ndarray:
+    """Film ``i``'s detector input as stored: (size, size), or (2, size, size) with the bone channel."""
+    x = films["x"][i].astype(np.float32)
+    if "bone" not in films:
+        return x
+    return np.stack([x, x - films["bone"][i].astype(np.float32)])
+
+
 def fold_of(ids: np.ndarray, source: np.ndarray) -> np.ndarray:
     """Fold 0-4 of each JSRT film (nodule films and normals each dealt in id order), -1 for the NIH films."""
     fold = np.full(len(ids), -1)
@@ -172,13 +221,17 @@ def sample(films, kinds: list[list[int]], real: dict, cfg: dict, rng: np.random.
         i = int(i)
     else:
         i = int(rng.choice(kinds[int(rng.choice(3, p=cfg["mix"]))]))
-    x = films["x"][i].astype(np.float32)
+    x = film_input(films, i).reshape(channels(cfg), *films["x"].shape[1:])
     lung = films["lung"][i]
     nodules = [Nodule(px, py, d, 0.0, "real") for px, py, d in real.get(str(films["ids"][i]), [])]
     if rng.random() < cfg["simulate"]:
         sim = random_nodules(lung, rng, int(rng.integers(1, 3)), tuple(cfg["diameter_px"]), tuple(cfg["contrast"]),
                              anywhere=0.1)
-        x = x + render_nodules(x.shape, sim, rng)
+        shown = render_nodules(x.shape[1:], sim, rng)
+        if len(x) == 1:
+            x = x + shown
+        else:  # the suppressed channel keeps a share of the nodule, as the bone model would (module docstring)
+            x = x + np.array([1.0, rng.uniform(*cfg["bone_keep"])], np.float32)[:, None, None] * shown
         nodules += sim
     if focus is not None:
         cy, cx = focus[0] + rng.uniform(-0.3, 0.3) * c, focus[1] + rng.uniform(-0.3, 0.3) * c
@@ -188,19 +241,20 @@ def sample(films, kinds: list[list[int]], real: dict, cfg: dict, rng: np.random.
     else:
         rows, cols = np.nonzero(lung)
         cy, cx = rng.uniform(rows.min(), rows.max()), rng.uniform(cols.min(), cols.max())
-    r0 = int(np.clip(round(cy - c / 2), 0, x.shape[0] - c))
-    c0 = int(np.clip(round(cx - c / 2), 0, x.shape[1] - c))
+    r0 = int(np.clip(round(cy - c / 2), 0, x.shape[1] - c))
+    c0 = int(np.clip(round(cx - c / 2), 0, x.shape[2] - c))
     moved = [Nodule(n.x - c0, n.y - r0, n.diameter, 0.0, n.kind) for n in nodules]
-    crop = np.clip(x[r0:r0 + c, c0:c0 + c], 0, 1.2)
+    crop = np.clip(x[:, r0:r0 + c, c0:c0 + c], 0, 1.2)
     heat, size, weight = targets((c, c), moved, cfg["sigma_fraction"])
+    heat, size, weight = heat[None], size[None], weight[None]
     if rng.random() < 0.5:
-        crop, heat, size, weight = (a[:, ::-1] for a in (crop, heat, size, weight))
+        crop, heat, size, weight = (a[..., ::-1] for a in (crop, heat, size, weight))
     crop = np.clip(crop, 0, None) ** float(np.exp(rng.uniform(-0.3, 0.3)))
-    return [np.ascontiguousarray(a, np.float32) for a in (crop[None], heat[None], size[None], weight[None])]
+    return [np.ascontiguousarray(a, np.float32) for a in (crop, heat, size, weight)]
 
 
 def build(cfg: dict):
-    return build_network(cfg["arch"], 1, 2, **cfg["arch_options"])
+    return build_network(cfg["arch"], channels(cfg), 2, **cfg["arch_options"])
 
 
 def train(args, cfg, films, real) -> Path:
@@ -215,7 +269,7 @@ def train(args, cfg, films, real) -> Path:
     if start == 0 and cfg.get("start_run"):
         net.load_state_dict(starting_state(cfg, args.fold))
     elif start == 0:
-        warm_start(net, cfg["init"])
+        warm_start(net, cfg["init"], widen_inputs=True)
         with torch.no_grad():  # a rare-event prior: the heatmap starts near 0.01 everywhere
             last = [m for m in net.modules() if isinstance(m, torch.nn.Conv2d | torch.nn.ConvTranspose2d)][-1]
             if last.bias is not None:
@@ -270,7 +324,7 @@ def mine_hard_negatives(cfg: dict, fold: str, films, train_idx: np.ndarray, real
     found = []
     for i in train_idx:
         nodules = real.get(str(films["ids"][i]), [])
-        for c in film_candidates(net, at_512, films["x"][i], cfg["hard_floor"]):
+        for c in film_candidates(net, at_512, film_input(films, i), cfg["hard_floor"]):
             if all(np.hypot(c.col - nx, c.row - ny) > nodule_hit_radius({"diameter_px": d}, PIXEL_MM)
                    for nx, ny, d in nodules):
                 found.append((i, c.row, c.col))
@@ -289,14 +343,16 @@ def eval_net(cfg: dict, state: dict):
 
 def film_candidates(net, cfg: dict, x: np.ndarray, floor: float) -> list:
     """Every candidate at or above ``floor`` on one staged film's detector input (the JSRT films are 512 px
-    square, so the model grid is the film's), as the shipped detector decodes them."""
+    square, so the model grid is the film's; (2, size, size) with the bone channel), as the shipped detector
+    decodes them."""
     from lungx_core.preprocess import Letterbox
 
     size = cfg["size"]
     x = np.asarray(x, np.float32)
     box = Letterbox((size, size), (size, size), (0, 0), size)
     heat = predict_heat(net, x, scales=cfg.get("scales", [1.0]))
-    return decode(heat, box, floor, cfg["min_distance"], cfg["max_candidates"], blank_regions(x))
+    film = x if x.ndim == 2 else x[0]
+    return decode(heat, box, floor, cfg["min_distance"], cfg["max_candidates"], blank_regions(film))
 
 
 def score_fold(args, cfg, films, folder: Path) -> None:
@@ -305,7 +361,7 @@ def score_fold(args, cfg, films, folder: Path) -> None:
     fold = fold_of(films["ids"], films["source"])
     rows = []
     for i in np.where(fold == int(args.fold))[0]:
-        found = film_candidates(net, cfg, films["x"][i], cfg["floor"])
+        found = film_candidates(net, cfg, film_input(films, i), cfg["floor"])
         for c in found:
             rows.append({"case_id": str(films["ids"][i]), "rank": c.rank, "col": round(c.col, 2),
                          "row": round(c.row, 2), "diameter_px": round(c.diameter_px, 2),
@@ -458,6 +514,8 @@ def main(argv=None) -> None:
         return
     z = np.load(build_films(args.data, args.run / "films.npz", cfg["size"]))
     films = {k: z[k] for k in ("x", "lung", "ids", "source")}
+    if cfg.get("bone_channel"):
+        films["bone"] = np.load(build_bone(args.data, films, cfg["bone_channel"], args.run / "bone.npz"))["bone"]
     real = read_jsrt_nodules(args.data)
     folder = args.run / f"fold_{args.fold}" if args.rescore else train(args, cfg, films, real)
     if args.fold != "all":
@@ -471,10 +529,11 @@ def export(args, cfg) -> None:
     state = torch.load(args.run / "fold_all" / "last.pt", weights_only=False)["model"]
     cv = json.loads((args.run / "cv.json").read_text())
     config = {
-        "arch": cfg["arch"], "arch_options": cfg["arch_options"], "in_channels": 1,
+        "arch": cfg["arch"], "arch_options": cfg["arch_options"], "in_channels": channels(cfg),
         "classes": ["nodule_centre", "log_diameter"], "size": cfg["size"], "floor": cfg["floor"],
         "min_distance": cfg["min_distance"], "max_candidates": cfg["max_candidates"],
         "scales": cfg.get("scales", [1.0]),
+        **({"bone_channel": cfg["bone_channel"]} if cfg.get("bone_channel") else {}),
         "threshold": cv["operating_point"]["probability"], "metrics": {k: v for k, v in cv.items() if k != "curve"},
         # blob width -> diameter: 1 / the median (blob width / true diameter) over the CV hits (report)
         "diameter_scale": round(1 / cv["diameter"]["blob_width_median_ratio_before_scale"], 3),

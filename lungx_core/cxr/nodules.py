@@ -50,6 +50,19 @@ def detector_input(display: np.ndarray, size: int = MODEL_SIZE):
     return preprocess_radiograph(display, PreprocessConfig(size=size, clahe=False))
 
 
+def with_bone_channel(x: np.ndarray, box, bone_model) -> np.ndarray:
+    """(2, size, size): the detector input ``x`` and the same film with ``bone_model``'s bone image taken out
+    (``alpha`` times it, a :class:`lungx_core.cxr.bone.BoneLayerModel`), both in ``x``'s window. The bone image is
+    made from the film's part of ``x`` (``box``: its Letterbox), so the padding never enters it; ``x`` is already
+    windowed to [0, 1], so the bone image comes out in those units."""
+    r0, c0 = box.offset
+    rows, cols = box.resized_shape
+    bone = np.zeros_like(x, dtype=np.float32)
+    film = np.ascontiguousarray(x[r0:r0 + rows, c0:c0 + cols], dtype=np.float32)
+    bone[r0:r0 + rows, c0:c0 + cols] = bone_model.alpha * bone_model.bone_image(film)
+    return np.stack([np.asarray(x, np.float32), x - bone])
+
+
 def find_peaks(heat: np.ndarray, floor: float, min_distance: int, max_candidates: int) -> np.ndarray:
     """(row, col) integer indices of the local maxima of ``heat`` (2-D) at or above ``floor``, at least
     ``min_distance`` apart (a maximum filter of that radius), strongest first, at most ``max_candidates``."""
@@ -145,25 +158,33 @@ class NoduleDetector:
         self.diameter_scale = float(self.config.get("diameter_scale", 1.0))
         self.scales = tuple(float(v) for v in self.config.get("scales", [1.0]))
         self.device = next(self.net.parameters()).device
+        self.bone = None  # a detector trained with the suppressed film as a second channel needs its bone model
+        if self.config.get("bone_channel"):
+            from lungx_core.cxr.bone import BoneLayerModel
+            from lungx_core.models.store import shared_model
+
+            self.bone = shared_model(BoneLayerModel, self.config["bone_channel"], device)
 
     def detect(self, display: np.ndarray) -> list[NoduleCandidate]:
         """Candidates on a 2-D film in standard display orientation (pixel coordinates of ``display``)."""
         x, box = detector_input(display, self.size)
-        heat = predict_heat(self.net, x, self.device, self.scales)
+        net_input = x if self.bone is None else with_bone_channel(x, box, self.bone)
+        heat = predict_heat(self.net, net_input, self.device, self.scales)
         return decode(heat, box, self.floor, self.min_distance, self.max_candidates, blank_regions(x),
                       self.diameter_scale)
 
 
 def predict_heat(net, x: np.ndarray, device=None, scales=(1.0,)) -> np.ndarray:
-    """The nodule-centre probability of a (size, size) input through ``net``: its logit averaged over the film and
-    its mirror image (mirrored back) at each of ``scales`` (the input resized by that factor, rounded to a multiple
-    of 16 px, and the logit resized back; scale 1 is the input as it is). Training scores its folds with it too, so
-    the validation is what ships; the model card says which scales were measured. The network's second output,
-    the log diameter, is not used (see :func:`decode`)."""
+    """The nodule-centre probability of a (size, size) or (channels, size, size) input through ``net``: its
+    logit averaged over the film and its mirror image (mirrored back) at each of ``scales`` (the input resized by
+    that factor, rounded to a multiple of 16 px, and the logit resized back; scale 1 is the input as it is).
+    Training scores its folds with it too, so the validation is what ships; the model card says which scales were
+    measured. The network's second output, the log diameter, is not used (see :func:`decode`)."""
     import torch
     import torch.nn.functional as F
 
-    t = torch.as_tensor(np.asarray(x, np.float32))[None, None]
+    t = torch.as_tensor(np.asarray(x, np.float32))
+    t = t[None, None] if t.ndim == 2 else t[None]  # (size, size), or (channels, size, size)
     if device is not None:
         t = t.to(device)
     size = tuple(t.shape[-2:])

@@ -151,7 +151,7 @@ def warm_start(net, model: str, strict: bool = False, widen_inputs: bool = False
     if widen_inputs:
         for k, v in state.items():
             mine = own.get(k)
-            if (mine is not None and mine.ndim == 4 and v.ndim == 4 and mine.shape[1] > v.shape[1]
+            if (mine is not None and mine.ndim == 4 and mine.shape[1] > v.shape[1]
                     and mine.shape[0] == v.shape[0] and mine.shape[2:] == v.shape[2:]):
                 loaded[k] = torch.cat([v, v.new_zeros((v.shape[0], mine.shape[1] - v.shape[1], *v.shape[2:]))], 1)
     own.update(loaded)

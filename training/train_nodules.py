@@ -98,7 +98,7 @@ def build_films(data_root: Path, out: Path, size: int) -> Path:
     segmenter = CXRSegmenter()
     paths = [(p, "jsrt") for p in sorted((data_root / JSRT / "images").glob("*.png"))]
     with open(data_root / NIH / "index.csv") as f:
-        paths += [(data_root / NIH / "images" / f"{r['id']}.png", "nih") for r in csv.DictReader(f)
+        paths += [(film_path(data_root, r["id"], "nih"), "nih") for r in csv.DictReader(f)
                   if r["group"] == "no_finding"]
     xs, lungs, ids, sources = [], [], [], []
     for path, source in paths:
@@ -119,6 +119,11 @@ def build_films(data_root: Path, out: Path, size: int) -> Path:
     return out
 
 
+def film_path(data_root: Path, film_id: str, source: str) -> Path:
+    """Where a film of the cache (``source`` jsrt | nih) lies in ../shared/data."""
+    return data_root / (JSRT if source == "jsrt" else NIH) / "images" / f"{film_id}.png"
+
+
 def build_bone(data_root: Path, films, model: str, out: Path) -> Path:
     """``out`` (.npz): ``bone`` (N, size, size) float16, what ``model`` takes out of each film of ``films`` as
     the shipped detector takes it (:func:`lungx_core.cxr.nodules.with_bone_channel` on the film's detector
@@ -133,8 +138,7 @@ def build_bone(data_root: Path, films, model: str, out: Path) -> Path:
     size = films["x"].shape[-1]
     bones = []
     for film_id, source in zip(films["ids"], films["source"], strict=True):
-        folder = JSRT if source == "jsrt" else NIH
-        film = read_radiograph(data_root / folder / "images" / f"{film_id}.png").array.astype(np.float32)
+        film = read_radiograph(film_path(data_root, film_id, source)).array.astype(np.float32)
         x, box = detector_input(film, size)
         bones.append((x - with_bone_channel(x, box, bone_model)[1]).astype(np.float16))
     tmp = out.with_suffix(".tmp.npz")
@@ -149,10 +153,11 @@ def channels(cfg: dict) -> int:
 
 
 def film_input(films, i: int) -> np.ndarray:
-    """Film ``i``'s detector input as stored: (size, size), or (2, size, size) with the bone channel."""
+    """Film ``i``'s detector input as stored, (channels, size, size): the film, and with the bone channel the
+    film less its bone image."""
     x = films["x"][i].astype(np.float32)
     if "bone" not in films:
-        return x
+        return x[None]
     return np.stack([x, x - films["bone"][i].astype(np.float32)])
 
 
@@ -221,7 +226,7 @@ def sample(films, kinds: list[list[int]], real: dict, cfg: dict, rng: np.random.
         i = int(i)
     else:
         i = int(rng.choice(kinds[int(rng.choice(3, p=cfg["mix"]))]))
-    x = film_input(films, i).reshape(channels(cfg), *films["x"].shape[1:])
+    x = film_input(films, i)
     lung = films["lung"][i]
     nodules = [Nodule(px, py, d, 0.0, "real") for px, py, d in real.get(str(films["ids"][i]), [])]
     if rng.random() < cfg["simulate"]:
@@ -343,7 +348,7 @@ def eval_net(cfg: dict, state: dict):
 
 def film_candidates(net, cfg: dict, x: np.ndarray, floor: float) -> list:
     """Every candidate at or above ``floor`` on one staged film's detector input (the JSRT films are 512 px
-    square, so the model grid is the film's; (2, size, size) with the bone channel), as the shipped detector
+    square, so the model grid is the film's; (channels, size, size): :func:`film_input`), as the shipped detector
     decodes them."""
     from lungx_core.preprocess import Letterbox
 
@@ -351,8 +356,7 @@ def film_candidates(net, cfg: dict, x: np.ndarray, floor: float) -> list:
     x = np.asarray(x, np.float32)
     box = Letterbox((size, size), (size, size), (0, 0), size)
     heat = predict_heat(net, x, scales=cfg.get("scales", [1.0]))
-    film = x if x.ndim == 2 else x[0]
-    return decode(heat, box, floor, cfg["min_distance"], cfg["max_candidates"], blank_regions(film))
+    return decode(heat, box, floor, cfg["min_distance"], cfg["max_candidates"], blank_regions(x[0]))
 
 
 def score_fold(args, cfg, films, folder: Path) -> None:

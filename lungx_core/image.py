@@ -14,6 +14,7 @@ has the input's exact shape and geometry.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -32,8 +33,9 @@ class MedicalImage:
     spacing_known: bool = False  # False when the file carries no physical pixel size (PNG, JPEG)
     source: str = ""
     metadata: dict[str, Any] = field(default_factory=dict)
-    # windowed views computed so far, with the array they came from (windowed()); never compared, copied or shown
-    _windows: dict[tuple[float, float], tuple[np.ndarray, np.ndarray]] = field(
+    # views derived from the pixels so far (windowed(), derived()), each with the array it came from; never
+    # compared, copied or shown
+    _views: dict[Hashable, tuple[np.ndarray, np.ndarray]] = field(
         default_factory=dict, init=False, repr=False, compare=False)
 
     @property
@@ -55,14 +57,20 @@ class MedicalImage:
         (:func:`lungx_core.preprocess.normalise_intensity`), computed once per image and window: the gate, the
         mirrored-film check, the network input and the QC picture of one film share it. Read-only; the image's
         ``array`` must not be changed in place after the first call."""
-        key = (float(low_percentile), float(high_percentile))
-        cached = self._windows.get(key)
-        if cached is None or cached[0] is not self.array:  # a new array assigned to the image: compute again
-            from lungx_core.preprocess import normalise_intensity
+        from lungx_core.preprocess import normalise_intensity
 
-            view = normalise_intensity(self.array, *key)
+        key = (float(low_percentile), float(high_percentile))
+        return self.derived(("window", *key), lambda image: normalise_intensity(image.array, *key))
+
+    def derived(self, key: Hashable, compute: Callable[[MedicalImage], np.ndarray]) -> np.ndarray:
+        """``compute(self)``, computed once per image and ``key`` (again only when a new ``array`` is assigned):
+        a view of the pixels that several steps of one film's processing need (its window, the gate's
+        thumbnail). Read-only."""
+        cached = self._views.get(key)
+        if cached is None or cached[0] is not self.array:
+            view = compute(self)
             view.flags.writeable = False
-            cached = self._windows[key] = (self.array, view)
+            cached = self._views[key] = (self.array, view)
         return cached[1]
 
     def ijk_to_lps(self) -> np.ndarray:

@@ -68,6 +68,22 @@ def test_the_anatomy_task_takes_its_clavicles_from_the_band(segmenter):
     assert not np.array_equal(refined.probabilities[3:], alone.probabilities[3:])
 
 
+def test_without_a_band_the_clavicles_are_the_anatomy_networks_own(segmenter, monkeypatch):
+    """The band network's channels are brought to full resolution only when it finds no band: then every
+    probability and mask is that of the anatomy network alone (probabilities to float32 rounding: torch's
+    bilinear upsampling of two channels and of five may round a value's last bit differently)."""
+    from lungx_core.io.sample import sample_radiograph
+    from lungx_core.tasks.cxr_segmentation import CXRSegmenter
+
+    image = sample_radiograph()
+    monkeypatch.setattr(segmenter.refiner, "logits", lambda windowed, lungs, out=None: None)
+    fallback = segmenter.segment(image)
+    alone = CXRSegmenter("cxr_anatomy", device="cpu", refine_clavicles=False).segment(image)
+    assert np.abs(fallback.probabilities - alone.probabilities).max() < 1e-6
+    assert all(np.array_equal(fallback.masks[k], alone.masks[k]) for k in alone.masks)
+    assert list(fallback.masks) == list(alone.masks)
+
+
 @pytest.mark.slow
 def test_band_clavicles_beat_the_anatomy_network_on_jsrt_validation_films(shared_data, segmenter):
     from lungx_core.eval.evaluate import evaluate_cxr

@@ -37,6 +37,36 @@ def test_the_gate_view_from_the_shared_window_is_the_gate_input_of_the_displayed
     assert np.array_equal(shared, gate_input(display))
 
 
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int16, np.float32, np.float64])
+def test_the_window_in_bands_is_the_whole_frame_formula_bit_for_bit(dtype):
+    """normalise_intensity works in cache-sized bands of float64; the numbers are those of
+    np.clip((img - lo) / (hi - lo), 0, 1) on the whole frame, over more than one band."""
+    from lungx_core import preprocess
+
+    rng = np.random.default_rng(2)
+    info = np.iinfo(dtype) if np.issubdtype(dtype, np.integer) else None
+    raw = rng.normal(0, 1, (700, 600)) if info is None else rng.integers(info.min, info.max, (700, 600))
+    img = raw.astype(dtype)
+    assert img.size > preprocess._BAND  # several bands and a partial last one
+    f32 = np.asarray(img, dtype=np.float32)
+    lo, hi = np.percentile(f32, [0.5, 99.5])
+    assert np.array_equal(preprocess.normalise_intensity(img), np.clip((f32 - lo) / (hi - lo), 0, 1).astype(np.float32))
+
+
+def test_the_gate_thumbnail_is_made_once_per_image(monkeypatch):
+    """The gate and the mirrored-film check look at one thumbnail per film (a 2k film's costs tens of ms)."""
+    from lungx_core.cxr import gate
+
+    calls = []
+    made = gate._display_thumbnail
+    monkeypatch.setattr(gate, "_display_thumbnail", lambda image: calls.append(1) or made(image))
+    image = MedicalImage(np.random.default_rng(3).integers(0, 4096, (300, 260)).astype(np.uint16))
+    first = gate.display_thumbnail(image)
+    assert gate.display_thumbnail(image) is first and len(calls) == 1 and not first.flags.writeable
+    image.array = image.array[::-1].copy()  # new pixels: a new thumbnail
+    assert not np.array_equal(gate.display_thumbnail(image), first) and len(calls) == 2
+
+
 def _tint_one_pixel_at_a_time(gray01, masks, structures):
     """The QC tint as first written (boolean indexing over the whole picture): the reference."""
     from lungx_core.io.writers import _outline

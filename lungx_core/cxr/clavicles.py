@@ -61,16 +61,21 @@ def crop_band(image: np.ndarray, box: tuple[int, int, int, int], shape: tuple[in
 
 
 def paste_band(logits: np.ndarray, box: tuple[int, int, int, int], shape: tuple[int, int],
-               fill: float = -20.0) -> np.ndarray:
+               fill: float = -20.0, out: np.ndarray | None = None) -> np.ndarray:
     """(C, band rows, band cols) logits -> (C, rows, cols) on the film: resampled onto the band's box (bilinear,
-    pixel-centre aligned, as :func:`crop_band`) and ``fill`` (a certain "no") outside it."""
+    pixel-centre aligned, as :func:`crop_band`) and ``fill`` (a certain "no") outside it. ``out``: a float32
+    array of that shape to write them into (on a 2k film a fresh one costs more than filling it)."""
     import torch
     import torch.nn.functional as F
 
     r0, r1, c0, c1 = box
     up = F.interpolate(torch.from_numpy(np.ascontiguousarray(logits, dtype=np.float32))[None],
                        size=(r1 - r0, c1 - c0), mode="bilinear", align_corners=False)[0].numpy()
-    out = np.full((logits.shape[0], *shape), fill, dtype=np.float32)
+    if out is None:
+        out = np.empty((logits.shape[0], *shape), dtype=np.float32)
+    elif out.shape != (logits.shape[0], *shape) or out.dtype != np.float32:
+        raise ValueError(f"out must be a float32 array of shape {(logits.shape[0], *shape)}")
+    out.fill(fill)
     rr0, rr1, cc0, cc1 = max(r0, 0), min(r1, shape[0]), max(c0, 0), min(c1, shape[1])
     if rr1 > rr0 and cc1 > cc0:
         out[:, rr0:rr1, cc0:cc1] = up[:, rr0 - r0 : rr1 - r0, cc0 - c0 : cc1 - c0]
@@ -86,9 +91,10 @@ def band_geometry(config: dict) -> tuple[tuple[tuple[float, float], tuple[float,
 
 
 def band_logits(net, windowed: np.ndarray, lungs: np.ndarray, band=(BAND_ROWS, BAND_COLS),
-                shape: tuple[int, int] = BAND_SHAPE, device="cpu") -> np.ndarray | None:
+                shape: tuple[int, int] = BAND_SHAPE, device="cpu", out: np.ndarray | None = None) -> np.ndarray | None:
     """``net`` (a band network: torch module or ONNX twin) on the band of ``windowed`` (rows, cols, [0, 1]) placed
-    by ``lungs`` -> (C, rows, cols) logits on the film (:func:`paste_band`); None without lung fields."""
+    by ``lungs`` -> (C, rows, cols) logits on the film (:func:`paste_band`, into ``out`` when given); None
+    without lung fields."""
     import torch
 
     box = band_box(lungs, *band)
@@ -96,8 +102,8 @@ def band_logits(net, windowed: np.ndarray, lungs: np.ndarray, band=(BAND_ROWS, B
         return None
     x = crop_band(windowed, box, shape)
     with torch.inference_mode():
-        out = net(torch.from_numpy(x)[None, None].to(device))[0].float().cpu().numpy()
-    return paste_band(out, box, windowed.shape)
+        logits = net(torch.from_numpy(x)[None, None].to(device))[0].float().cpu().numpy()
+    return paste_band(logits, box, windowed.shape, out=out)
 
 
 class ClavicleRefiner:
@@ -111,7 +117,8 @@ class ClavicleRefiner:
         self.band, self.shape = band_geometry(self.config)
         self.classes: tuple[str, ...] = tuple(self.config["classes"])  # CXR_CLASSES names
 
-    def logits(self, windowed: np.ndarray, lungs: np.ndarray) -> np.ndarray | None:
+    def logits(self, windowed: np.ndarray, lungs: np.ndarray, out: np.ndarray | None = None) -> np.ndarray | None:
         """(rows, cols) film windowed to [0, 1] in display orientation and its lung fields -> (2, rows, cols)
-        logits, one per name in ``classes``; None without lung fields to place the band."""
-        return band_logits(self.net, windowed, lungs, self.band, self.shape, self.device)
+        logits, one per name in ``classes`` (written into ``out`` when given); None without lung fields to place
+        the band."""
+        return band_logits(self.net, windowed, lungs, self.band, self.shape, self.device, out)

@@ -67,7 +67,11 @@ def thumbnail(windowed: np.ndarray, size: int = GATE_SIZE) -> np.ndarray:
 def display_thumbnail(image: MedicalImage) -> np.ndarray:
     """:func:`gate_input` of a radiograph turned to standard display, from its shared window
     (``MedicalImage.windowed``; windowing commutes with the display flips): what the gate and the mirrored-film
-    check look at."""
+    check look at. Made once per image (``MedicalImage.derived``): both look at the same film."""
+    return image.derived("gate_thumbnail", _display_thumbnail)
+
+
+def _display_thumbnail(image: MedicalImage) -> np.ndarray:
     from lungx_core.orientation import display_flips, flip_display
 
     flip_rows, flip_cols, _ = display_flips(image.metadata)
@@ -94,7 +98,7 @@ class FrontalChestGate:
         """Class probabilities of one image's :func:`gate_input` view."""
         import torch
 
-        x = torch.as_tensor(view)[None, None].to(self.device)
+        x = torch.tensor(view)[None, None].to(self.device)  # a copy: the shared view is read-only (64 KB)
         with torch.inference_mode():
             p = torch.softmax(self.net(x).float(), dim=1)[0].cpu().numpy()
         return {name: float(v) for name, v in zip(self.classes, p, strict=True)}

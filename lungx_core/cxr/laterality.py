@@ -43,7 +43,8 @@ class MirrorCheck:
 
         from lungx_core.cxr.gate import gate_input
 
-        x = torch.as_tensor(gate_input(display) if view is None else view)[None, None].to(self.device)
+        # a copy: the shared view is read-only (64 KB)
+        x = torch.tensor(gate_input(display) if view is None else view)[None, None].to(self.device)
         with torch.inference_mode():
             # the film compared with its own mirror image: a film and its mirror get opposite answers
             logits = self.net(x).float() - self.net(torch.flip(x, dims=(-1,))).float()

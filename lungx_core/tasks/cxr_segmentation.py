@@ -21,7 +21,7 @@ from lungx_core.io.inputs import Case
 from lungx_core.models.store import shared_model
 from lungx_core.orientation import display_flips, flip_display
 from lungx_core.postprocess import Measurements, clean_masks, clean_structure, measure, sigmoid, smooth_heart
-from lungx_core.preprocess import PreprocessConfig, preprocess_radiograph, unletterbox
+from lungx_core.preprocess import Letterbox, PreprocessConfig, preprocess_radiograph, unletterbox
 from lungx_core.tasks.common import Progress, ok_row, read_checked_radiograph, run_guarded
 
 DEFAULT_MODEL = "cxr_anatomy"
@@ -58,19 +58,27 @@ class CXRSegmenter:
         self.threshold = float(threshold if threshold is not None else self.config.get("threshold", 0.5))
         refiner = self.config.get("clavicle_refiner") if refine_clavicles else None
         self.refiner = ClavicleRefiner(refiner, device, backend) if refiner else None
+        if self.refiner is not None and self.refiner.classes != CXR_CLASSES[-len(self.refiner.classes):]:
+            raise ValueError(f"{model}: its clavicle refiner {refiner!r} gives {self.refiner.classes}, not the last "
+                             f"classes of {CXR_CLASSES}")
 
     def predict_probabilities(self, image: np.ndarray, windowed: np.ndarray | None = None) -> np.ndarray:
         """(rows, cols) radiograph in display orientation -> (C, rows, cols) probabilities of the anatomy network
         alone (no clavicle refinement: :meth:`segment` adds it). ``windowed``: the radiograph already windowed
         to the model's percentiles (``MedicalImage.windowed``, turned to display)."""
+        logits, box = self._network_logits(image, windowed)
+        # Upsample the logits, not the probabilities: smooth full-resolution borders after the sigmoid.
+        full = unletterbox(logits, box)
+        return sigmoid(full, out=full)  # in place: a fresh array of this size costs more than the sigmoid
+
+    def _network_logits(self, image: np.ndarray, windowed: np.ndarray | None) -> tuple[np.ndarray, Letterbox]:
+        """The anatomy network's (C, size, size) logits (heart smoothed) and the letterbox that maps them back."""
         import torch
 
         x, box = preprocess_radiograph(image, self.preprocess, windowed)
         with torch.inference_mode():
             logits = self.net(torch.from_numpy(x)[None, None].to(self.device))[0].float().cpu().numpy()
-        # Upsample the logits, not the probabilities: smooth full-resolution borders after the sigmoid.
-        full = unletterbox(smooth_heart(logits), box)
-        return sigmoid(full, out=full)  # in place: a fresh array of this size costs more than the sigmoid
+        return smooth_heart(logits), box
 
     def segment(self, image: MedicalImage) -> CXRResult:
         flip_rows, flip_cols, readable = display_flips(image.metadata)
@@ -80,15 +88,19 @@ class CXRSegmenter:
         # and after this): windowing commutes with the display flips
         windowed = np.ascontiguousarray(
             flip_display(image.windowed(pre.low_percentile, pre.high_percentile), flip_rows, flip_cols))
-        probs = self.predict_probabilities(display, windowed)
-        masks = clean_masks(probs, self.threshold)
+        logits, box = self._network_logits(display, windowed)
+        probs = unletterbox(logits, box)
+        # the channels the band network replaces get their sigmoid and clean-up only if it finds no band: on a
+        # 2k film each costs about 15 ms
+        own = len(CXR_CLASSES) - (len(self.refiner.classes) if self.refiner is not None else 0)
+        sigmoid(probs[:own], out=probs[:own])
+        masks = clean_masks(probs[:own], self.threshold, CXR_CLASSES[:own])
+        tail = probs[own:]  # still logits: the anatomy network's own clavicles, unless the band network overwrites them
         if self.refiner is not None:  # the clavicles looked at again at about twice the resolution
-            refined = self.refiner.logits(windowed, masks["lung_left"] | masks["lung_right"])
-            if refined is not None:
-                for name, logit in zip(self.refiner.classes, refined, strict=True):
-                    c = CXR_CLASSES.index(name)
-                    sigmoid(logit, out=probs[c])
-                    masks[name] = clean_structure(name, probs[c] >= self.threshold)
+            self.refiner.logits(windowed, masks["lung_left"] | masks["lung_right"], out=tail)
+        for c, logit in enumerate(tail, start=own):
+            name = CXR_CLASSES[c]
+            masks[name] = clean_structure(name, sigmoid(logit, out=probs[c]) >= self.threshold)
         pixel_area = image.pixel_area_mm2 if image.spacing_known else None
         meas = measure(masks, probs, pixel_area)
         if not readable:

@@ -50,12 +50,27 @@ def bounding_box(mask: np.ndarray, margin: int = 0) -> tuple[slice, ...] | None:
                                                                                            strict=True))
 
 
+def component_sizes(labels: np.ndarray, n: int, boxes: list | None = None) -> np.ndarray:
+    """Voxel counts of components 1..``n`` of a labelling (``ndi.label``'s output; ``boxes``: its
+    ``ndi.find_objects``, when the caller has them): ``np.bincount(labels.ravel())[1:]``. A few components in
+    a large volume are counted inside their boxes instead: np.bincount converts int32 labels to a fresh int64
+    copy first, half a second on a CT's lungs."""
+    if n > _FEW_COMPONENTS or labels.size < _LARGE_VOLUME:
+        return np.bincount(labels.ravel(), minlength=n + 1)[1 : n + 1]
+    boxes = ndi.find_objects(labels, max_label=n) if boxes is None else boxes
+    return np.array([0 if b is None else np.count_nonzero(labels[b] == i) for i, b in enumerate(boxes, 1)],
+                    dtype=np.intp)
+
+
+_FEW_COMPONENTS, _LARGE_VOLUME = 64, 1 << 22  # where component_sizes counts in boxes: one pass per component
+
+
 def keep_components(mask: np.ndarray, keep_fraction: float = 0.0) -> np.ndarray:
     """Largest connected component, plus any other at least ``keep_fraction`` of its size."""
     labels, n = ndi.label(mask)
     if n <= 1:
         return mask.astype(bool)
-    sizes = np.bincount(labels.ravel())[1:]
+    sizes = component_sizes(labels, n)
     threshold = sizes.max() * keep_fraction if keep_fraction > 0 else sizes.max()
     return np.isin(labels, np.nonzero(sizes >= threshold)[0] + 1)
 
@@ -93,12 +108,14 @@ def _clean_one(mask: np.ndarray, keep_fraction: float) -> np.ndarray:
     return out
 
 
-def clean_masks(probabilities: np.ndarray, threshold: float = 0.5) -> dict[str, np.ndarray]:
-    """(C, H, W) probabilities in CXR_CLASSES order -> cleaned boolean masks.
+def clean_masks(probabilities: np.ndarray, threshold: float = 0.5,
+                names: tuple[str, ...] = CXR_CLASSES) -> dict[str, np.ndarray]:
+    """(C, H, W) probabilities of the structures ``names`` (CXR_CLASSES, or a part of it holding both lungs)
+    -> cleaned boolean masks.
 
     Left and right lungs never overlap: a pixel claimed by both goes to the more probable side.
     """
-    probs = dict(zip(CXR_CLASSES, probabilities, strict=True))
+    probs = dict(zip(names, probabilities, strict=True))
     masks = {name: p >= threshold for name, p in probs.items()}
     both = masks["lung_left"] & masks["lung_right"]
     masks["lung_left"] &= ~(both & (probs["lung_right"] > probs["lung_left"]))

@@ -57,3 +57,20 @@ def test_sigmoid_into_an_array_gives_the_same_probabilities():
     assert np.array_equal(rows[1], expected[1]) and not rows[0].any()
     with pytest.raises(ValueError, match="float32"):
         sigmoid(logits, out=np.zeros((3, 37, 41)))
+
+
+@pytest.mark.parametrize("shape", [(40, 50), (70, 256, 256)])
+def test_component_sizes_are_bincounts_in_small_and_large_volumes(shape):
+    """Counted in each component's box for a few components in a large volume, by np.bincount otherwise: the same
+    counts either way."""
+    from scipy import ndimage as ndi
+
+    from lungx_core.postprocess import component_sizes
+
+    rng = np.random.default_rng(4)
+    mask = rng.random(shape) > (0.9 if len(shape) == 2 else 0.99999)  # specks: many in 2-D, a few in 3-D
+    mask[(slice(5, 30),) * len(shape)] = True  # one large component besides them
+    labels, n = ndi.label(mask)
+    assert n > 64 if len(shape) == 2 else 2 <= n <= 64
+    assert np.array_equal(component_sizes(labels, n), np.bincount(labels.ravel())[1:])
+    assert np.array_equal(component_sizes(labels, n, ndi.find_objects(labels)), np.bincount(labels.ravel())[1:])

@@ -27,7 +27,7 @@ from lungx_core.image import MedicalImage
 from lungx_core.io.ct import TILT_TOLERANCE_DEG
 from lungx_core.io.inputs import Case
 from lungx_core.orientation import reorientation
-from lungx_core.postprocess import bounding_box, fill_holes, keep_components, per_slice
+from lungx_core.postprocess import bounding_box, component_sizes, fill_holes, keep_components, per_slice
 from lungx_core.preprocess import CT_HU_WINDOW
 from lungx_core.tasks.common import Progress, ok_row, run_guarded
 
@@ -84,7 +84,7 @@ def drop_below_lungs(labels: np.ndarray) -> np.ndarray:
         return labels
     boxes = ndi.find_objects(components)
     z_range = [(b[0].start, b[0].stop - 1) for b in boxes]  # (bottom, top) slice of each component
-    sizes = np.bincount(components.ravel())[1:]
+    sizes = component_sizes(components, n, boxes)
     top = max(range(n), key=lambda i: (z_range[i][1], sizes[i]))
     low, high = z_range[top]
     grown = True
@@ -123,11 +123,13 @@ def drop_gas_below_lungs(labels: np.ndarray, hu: np.ndarray) -> np.ndarray:
     parts, n = ndi.label((labels[box] > 0) & (sub_hu < AERATED_HU))
     if n <= 1:
         return labels
-    sizes = np.bincount(parts.ravel())[1:]
-    bottoms = np.array([b[0].start for b in ndi.find_objects(parts)])
+    boxes = ndi.find_objects(parts)
+    sizes = component_sizes(parts, n, boxes)
+    bottoms = np.array([b[0].start for b in boxes])
     large = sizes >= 0.25 * sizes.max()
-    means = ndi.mean(sub_hu, parts, np.arange(1, n + 1))
-    gas = [i + 1 for i in range(n) if not large[i] and bottoms[i] < bottoms[large].min() and means[i] < GAS_HU]
+    low = [i for i in range(n) if not large[i] and bottoms[i] < bottoms[large].min()]
+    # the mean HU of the few small low parts only, each inside its own box
+    gas = [i + 1 for i in low if sub_hu[boxes[i]][parts[boxes[i]] == i + 1].mean(dtype=np.float64) < GAS_HU]
     if not gas:
         return labels
     out = labels.copy()

@@ -182,7 +182,10 @@ CT_HU_WINDOW = (-1024.0, 600.0)
 def ct_window(hu: np.ndarray) -> np.ndarray:
     """HU to the network's float32 [0, 1] scale (CT_HU_WINDOW); training and inference both use this."""
     lo, hi = CT_HU_WINDOW
-    return np.clip((np.asarray(hu, dtype=np.float32) - lo) / (hi - lo), 0.0, 1.0)
+    out = np.array(hu, dtype=np.float32)  # one float32 copy, then in place: the same float32 arithmetic
+    out -= lo
+    out /= hi - lo
+    return np.clip(out, 0.0, 1.0, out=out)
 
 
 def ct_slices_to_input(

@@ -34,6 +34,17 @@ def test_normalise_intensity_rejects_nan():
         preprocess.normalise_intensity(img)
 
 
+@pytest.mark.parametrize("dtype", [np.int16, np.float32, np.float64])
+def test_ct_window_maps_the_hu_window_onto_0_1_and_leaves_its_input_alone(dtype):
+    hu = np.array([[-3000, -1024, -212, 600, 3000]], dtype=dtype)
+    before = hu.copy()
+    out = preprocess.ct_window(hu)
+    lo, hi = preprocess.CT_HU_WINDOW
+    assert out.dtype == np.float32 and np.array_equal(out, np.clip((hu.astype(np.float32) - lo) / (hi - lo), 0, 1))
+    assert out[0, 0] == 0 and out[0, 1] == 0 and out[0, 3] == 1 and out[0, -1] == 1 and 0 < out[0, 2] < 1
+    assert np.array_equal(hu, before)
+
+
 def test_clahe_and_tophat_keep_range_and_raise_local_contrast(phantom):
     img = preprocess.normalise_intensity(phantom) * 0.2 + 0.4  # low contrast, like JSRT PNGs
     eq = preprocess.clahe(img)

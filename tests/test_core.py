@@ -160,6 +160,19 @@ def test_hd95_shifted_square_in_px_and_mm():
     assert metrics.hd95(a, np.zeros_like(a)) == pytest.approx(np.hypot(64, 64))
 
 
+def test_surface_dice_counts_the_surface_within_tolerance_in_px_and_mm():
+    """A square moved 3 px: its left and right edges are 3 px off, the top and bottom mostly within 1 px."""
+    a = np.zeros((64, 64), bool)
+    a[20:40, 20:40] = True
+    b = np.roll(a, 3, axis=1)
+    assert metrics.surface_dice(a, a, 0.0) == 1.0
+    assert metrics.surface_dice(a, b, 3.0) == 1.0
+    assert 0.4 < metrics.surface_dice(a, b, 1.0) < 0.9
+    assert metrics.surface_dice(a, b, 3.0, spacing=(1.0, 2.0)) < 1.0 == metrics.surface_dice(a, b, 6.0, (1.0, 2.0))
+    assert metrics.surface_dice(a, np.zeros_like(a), 5.0) == 0.0
+    assert metrics.surface_dice(np.zeros_like(a), np.zeros_like(a), 5.0) == 1.0
+
+
 def test_psnr_ssim():
     rng = np.random.default_rng(0)
     ref = rng.random((64, 64))

@@ -56,6 +56,34 @@ def hd95(pred: np.ndarray, truth: np.ndarray, spacing: Sequence[float] | None = 
     return float(np.percentile(distances, 95))
 
 
+def surface_dice(
+    pred: np.ndarray, truth: np.ndarray, tolerance: float, spacing: Sequence[float] | None = None
+) -> float:
+    """Normalised surface Dice (MONAI's ``compute_surface_dice``): the share of both masks' surface points that lie
+    within ``tolerance`` (px, or mm with ``spacing``) of the other mask's surface. Unlike Dice it does not fall
+    with the voxel size: on a CT of 2.7 mm pixels a lung moved by one pixel all round keeps Dice of only about
+    0.92, and a surface Dice of 1 at a one-voxel tolerance. Both empty: 1; exactly one empty: 0."""
+    import warnings
+
+    import torch
+    from monai.metrics import compute_surface_dice
+
+    from lungx_core.postprocess import bounding_box
+
+    pred, truth = np.asarray(pred, bool), np.asarray(truth, bool)
+    if not pred.any() or not truth.any():
+        return float(pred.any() == truth.any())
+    box = bounding_box(pred | truth, margin=1)  # distances do not depend on the voxels outside it
+    pred, truth = pred[box], truth[box]
+    with warnings.catch_warnings():  # MONAI 1.5-1.6 warns about an argument it passes to itself
+        warnings.simplefilter("ignore", FutureWarning)
+        value = compute_surface_dice(
+            torch.from_numpy(np.stack([~pred, pred]))[None], torch.from_numpy(np.stack([~truth, truth]))[None],
+            [float(tolerance)], include_background=False,
+            spacing=[float(s) for s in spacing] if spacing is not None else None)
+    return float(value[0, 0])
+
+
 def psnr(reference: np.ndarray, test: np.ndarray, data_range: float | None = None) -> float:
     """Peak signal-to-noise ratio in dB, computed in float64 (never on rounded uint8)."""
     ref = np.asarray(reference, dtype=np.float64)

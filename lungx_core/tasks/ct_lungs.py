@@ -137,6 +137,32 @@ def drop_gas_below_lungs(labels: np.ndarray, hu: np.ndarray) -> np.ndarray:
     return out
 
 
+# A field of view much wider than the body: PET/CT attenuation CTs are reconstructed over 500-700 mm, where the
+# network, trained on chests filling fields of 330-430 mm, sees the lungs at half their usual size and labels the
+# dense lung bases in specks. Such a field is cut to the body (and this margin) before the network looks at it.
+WIDE_FOV_SHARE = 0.75
+BODY_MARGIN_MM = 10.0
+
+
+def body_box(hu: np.ndarray, spacing: tuple[float, float, float]) -> tuple[slice, slice] | None:
+    """The (rows, columns) box of everything denser than air (> -500 HU: body, arms, table) on any slice of a
+    canonical volume, grown by BODY_MARGIN_MM; None unless its longer physical side is under WIDE_FOV_SHARE of the
+    field's, so a field the chest fills is left exactly as it is."""
+    tissue = np.zeros(hu.shape[1:], dtype=bool)
+    for z0 in range(0, hu.shape[0], 64):  # in slabs: no volume-sized boolean copy
+        tissue |= (hu[z0 : z0 + 64] > -500).any(axis=0)
+    box = bounding_box(tissue)
+    if box is None:
+        return None
+    pixel = spacing[1:]
+    field = max(n * s for n, s in zip(hu.shape[1:], pixel, strict=True))
+    extent = max((b.stop - b.start) * s for b, s in zip(box, pixel, strict=True))
+    if extent >= WIDE_FOV_SHARE * field:
+        return None
+    return tuple(slice(max(0, b.start - round(BODY_MARGIN_MM / s)), min(n, b.stop + round(BODY_MARGIN_MM / s)))
+                 for b, s, n in zip(box, pixel, hu.shape[1:], strict=True))
+
+
 # HU -500 (tissue versus air) on the network's [0, 1] input scale
 BODY_LEVEL = (-500.0 - CT_HU_WINDOW[0]) / (CT_HU_WINDOW[1] - CT_HU_WINDOW[0])
 # an edge of the field of view runs through the body when soft tissue covers this share of it
@@ -315,9 +341,14 @@ class CTLungSegmenter:
         method's own flags."""
         flags: list[str] = []
         if self.method == "net":
+            box = body_box(hu, spacing)
+            sub = hu if box is None else hu[:, box[0], box[1]]
             # canonical (slice, row, column) spacing: the network sees square pixels whatever the scanner sent
-            labels = remove_airway(self._labels_net(hu, progress, (spacing[1], spacing[2])), hu, spacing)
-            labels = drop_gas_below_lungs(labels, hu)
+            labels = remove_airway(self._labels_net(sub, progress, (spacing[1], spacing[2])), sub, spacing)
+            labels = drop_gas_below_lungs(labels, sub)
+            if box is not None:  # back onto the whole field
+                labels, inner = np.zeros(hu.shape, np.uint8), labels
+                labels[:, box[0], box[1]] = inner
         else:
             labels, flags = self._labels_classical(hu, spacing)
         for value in (RIGHT, LEFT):

@@ -455,6 +455,12 @@ def test_a_lung_cut_by_the_field_of_view_stays_inside_the_body():
     x4[wide] = 0.1
     assert (x4[8:44, 51] > 0.2).mean() < 0.25  # under the tissue-only share that closes an edge
     assert inside_body(x4, box, wide)[wide].all()
+    short = lung.copy()  # the network stops short of the cut (ricord1a's one-lung crop): its air still reaches it
+    short[:, 45:] = False
+    assert inside_body(x, box, short)[lung].all()
+    speck = np.zeros_like(lung)  # a stray speck in the outside air does not make that air lung
+    speck[50, 20] = True
+    assert not inside_body(x, box, lung | speck)[48:56, 12:52].any()
 
 
 def test_body_cut_sides_tells_a_one_sided_field_of_view():

@@ -179,6 +179,14 @@ def inside_body(slice01: np.ndarray, box, lung: np.ndarray) -> np.ndarray:
     (r0, c0), (h, w) = box.offset, box.resized_shape
     body = slice01[r0 : r0 + h, c0 : c0 + w] > BODY_LEVEL
     lung = lung[r0 : r0 + h, c0 : c0 + w]
+    # A lung reaches an edge also through air the network left unlabelled near the cut (a lung tip, the anterior
+    # junction): the air regions that are mostly the network's lung count as lung. Outside air, where the network
+    # may leave a stray speck, is mostly not.
+    air, n = ndi.label(~body)
+    if n:
+        mostly_lung = np.bincount(air[lung], minlength=n + 1) >= 0.5 * np.bincount(air.ravel(), minlength=n + 1)
+        mostly_lung[0] = False
+        lung = lung | mostly_lung[air]
     framed = np.pad(body, 1)
     for edge, lung_edge, frame in (
         (body[0], lung[:2].any(axis=0), (0, slice(None))),

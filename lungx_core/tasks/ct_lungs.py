@@ -182,7 +182,8 @@ def inside_body(slice01: np.ndarray, box, lung: np.ndarray) -> np.ndarray:
     # A lung reaches an edge also through air the network left unlabelled near the cut (a lung tip, the anterior
     # junction): the air regions that are mostly the network's lung count as lung. Outside air, where the network
     # may leave a stray speck, is mostly not.
-    air, n = ndi.label(~body)
+    edges = np.concatenate([body[0], body[-1], body[:, 0], body[:, -1]])
+    air, n = ndi.label(~body) if edges.any() else (None, 0)  # a body clear of every edge closes none
     if n:
         mostly_lung = np.bincount(air[lung], minlength=n + 1) >= 0.5 * np.bincount(air.ravel(), minlength=n + 1)
         mostly_lung[0] = False

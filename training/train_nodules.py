@@ -126,12 +126,12 @@ def film_path(data_root: Path, film_id: str, source: str) -> Path:
 
 def build_bone(data_root: Path, films, model: str, out: Path) -> Path:
     """``out`` (.npz): ``bone`` (N, size, size) float16, what ``model`` takes out of each film of ``films`` as
-    the shipped detector takes it (:func:`lungx_core.cxr.nodules.with_bone_channel` on the film's detector
+    the shipped detector takes it (:func:`lungx_core.cxr.nodules.detector_bone` of the film's detector
     input), so that ``x - bone`` is the suppressed film as the detector sees it."""
     if out.exists():
         return out
     from lungx_core.cxr.bone import BoneLayerModel
-    from lungx_core.cxr.nodules import with_bone_channel
+    from lungx_core.cxr.nodules import detector_bone
     from lungx_core.io.readers import read_radiograph
 
     bone_model = BoneLayerModel(model, device="cpu")
@@ -140,7 +140,7 @@ def build_bone(data_root: Path, films, model: str, out: Path) -> Path:
     for film_id, source in zip(films["ids"], films["source"], strict=True):
         film = read_radiograph(film_path(data_root, film_id, source)).array.astype(np.float32)
         x, box = detector_input(film, size)
-        bones.append((x - with_bone_channel(x, box, bone_model)[1]).astype(np.float16))
+        bones.append(detector_bone(x, box, bone_model).astype(np.float16))
     tmp = out.with_suffix(".tmp.npz")
     np.savez_compressed(tmp, bone=np.stack(bones))
     tmp.replace(out)

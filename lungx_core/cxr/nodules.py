@@ -51,16 +51,22 @@ def detector_input(display: np.ndarray, size: int = MODEL_SIZE):
 
 
 def with_bone_channel(x: np.ndarray, box, bone_model) -> np.ndarray:
-    """(2, size, size): the detector input ``x`` and the same film with ``bone_model``'s bone image taken out
-    (``alpha`` times it, a :class:`lungx_core.cxr.bone.BoneLayerModel`), both in ``x``'s window. The bone image is
-    made from the film's part of ``x`` (``box``: its Letterbox), so the padding never enters it; ``x`` is already
-    windowed to [0, 1], so the bone image comes out in those units."""
+    """(2, size, size): the detector input ``x`` and the same film with :func:`detector_bone` taken out."""
+    x = np.asarray(x, np.float32)
+    return np.stack([x, x - detector_bone(x, box, bone_model)])
+
+
+def detector_bone(x: np.ndarray, box, bone_model) -> np.ndarray:
+    """What the bone-channel detector takes out of its input ``x``: ``bone_model``'s bone image (``alpha`` times
+    it, a :class:`lungx_core.cxr.bone.BoneLayerModel`) in ``x``'s window, made from the film's part of ``x``
+    (``box``: its Letterbox) so the padding never enters it; ``x`` is already windowed to [0, 1], so the bone
+    image comes out in those units."""
     r0, c0 = box.offset
     rows, cols = box.resized_shape
-    bone = np.zeros_like(x, dtype=np.float32)
+    bone = np.zeros(np.shape(x), dtype=np.float32)
     film = np.ascontiguousarray(x[r0:r0 + rows, c0:c0 + cols], dtype=np.float32)
     bone[r0:r0 + rows, c0:c0 + cols] = bone_model.alpha * bone_model.bone_image(film)
-    return np.stack([np.asarray(x, np.float32), x - bone])
+    return bone
 
 
 def find_peaks(heat: np.ndarray, floor: float, min_distance: int, max_candidates: int) -> np.ndarray:

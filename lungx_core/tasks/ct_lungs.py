@@ -356,8 +356,9 @@ class CTLungSegmenter:
             labels = remove_airway(self._labels_net(sub, progress, (spacing[1], spacing[2])), sub, spacing)
             labels = drop_gas_below_lungs(labels, sub)
             if box is not None:  # back onto the whole field
-                labels, inner = np.zeros(hu.shape, np.uint8), labels
-                labels[:, box[0], box[1]] = inner
+                whole = np.zeros(hu.shape, np.uint8)
+                whole[:, box[0], box[1]] = labels
+                labels = whole
         else:
             labels, flags = self._labels_classical(hu, spacing)
         for value in (RIGHT, LEFT):

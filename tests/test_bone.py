@@ -219,6 +219,21 @@ def test_bone_spec_is_strict_and_tta_views_are_averaged_in_register():
     assert np.array_equal(one, BoneLayerModel.from_network(net, base).bone_image(film))
 
 
+def test_single_view_reads_the_film_once_at_the_network_size_and_mirrored():
+    """The nodule detector's cheap bone channel: the card's sizes and shifts dropped, the mirror kept."""
+    from lungx_core.cxr.bone import BoneLayerModel
+    from lungx_core.models.store import read_model_config
+
+    card = read_model_config("cxr_bone")
+    model = BoneLayerModel(device="cpu", single_view=True)
+    assert model.spec.tta_sizes in ((card["size"],), [card["size"]]) and not model.spec.tta_shifts
+    assert model.spec.flip_average == card["flip_average"] and model.alpha == card["alpha"]
+    film = np.random.default_rng(0).random((300, 260)).astype(np.float32)
+    once = BoneLayerModel.from_network(model.net, {**card, "tta_sizes": [card["size"]], "tta_shifts": [[0, 0]]})
+    assert np.array_equal(model.bone_image(film), once.bone_image(film))
+    assert len(BoneLayerModel(device="cpu").spec.tta_shifts) > 1  # the default keeps the card's views
+
+
 def test_shipped_bone_model_is_small_and_lowers_the_error_on_a_ct_phantom_film():
     from test_ribs import chest_ct_phantom
 

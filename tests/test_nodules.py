@@ -152,6 +152,11 @@ def test_a_bone_channel_detector_reads_the_film_and_its_suppressed_twin(tmp_path
     assert a and [(c.rank, round(c.col, 2), round(c.row, 2)) for c in a] == [
         (c.rank, round(c.col, 2), round(c.row, 2)) for c in b]
     assert np.allclose([c.probability for c in a], [c.probability for c in b], atol=2e-3)
+    # the config's bone_single_view picks the cheap bone reading (cxr_bone's card: 20 views; single: 2)
+    assert len(two.bone.spec.tta_shifts) > 1
+    cheap = NoduleDetector(save_model(net.state_dict(), {**config, "bone_single_view": True},
+                                      tmp_path / "cheap.safetensors", fp16=False))
+    assert not cheap.bone.spec.tta_shifts and len(cheap.bone.spec.tta_sizes) == 1
 
 
 def test_evaluate_nodules_can_detect_on_bone_suppressed_films(tmp_path):

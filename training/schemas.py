@@ -229,6 +229,7 @@ class NoduleRun:
     scales: list = field(default_factory=lambda: [1.0])  # test-time input scales whose logits are averaged
     bone_channel: str | None = None  # a bone model (e.g. cxr_bone): its suppressed film as a second input
     bone_keep: list | None = None  # with bone_channel: [lo, hi] share of a simulated nodule it keeps
+    bone_single_view: bool = False  # with bone_channel: the bone model reads the film once and mirrored
 
 
 @dataclass

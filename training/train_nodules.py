@@ -124,17 +124,18 @@ def film_path(data_root: Path, film_id: str, source: str) -> Path:
     return data_root / (JSRT if source == "jsrt" else NIH) / "images" / f"{film_id}.png"
 
 
-def build_bone(data_root: Path, films, model: str, out: Path) -> Path:
+def build_bone(data_root: Path, films, model: str, out: Path, single_view: bool = False) -> Path:
     """``out`` (.npz): ``bone`` (N, size, size) float16, what ``model`` takes out of each film of ``films`` as
     the shipped detector takes it (:func:`lungx_core.cxr.nodules.detector_bone` of the film's detector
-    input), so that ``x - bone`` is the suppressed film as the detector sees it."""
+    input; ``single_view`` as the detector's config says), so that ``x - bone`` is the suppressed film as the
+    detector sees it."""
     if out.exists():
         return out
     from lungx_core.cxr.bone import BoneLayerModel
     from lungx_core.cxr.nodules import detector_bone
     from lungx_core.io.readers import read_radiograph
 
-    bone_model = BoneLayerModel(model, device="cpu")
+    bone_model = BoneLayerModel(model, device="cpu", single_view=single_view)
     size = films["x"].shape[-1]
     bones = []
     for film_id, source in zip(films["ids"], films["source"], strict=True):
@@ -519,7 +520,8 @@ def main(argv=None) -> None:
     z = np.load(build_films(args.data, args.run / "films.npz", cfg["size"]))
     films = {k: z[k] for k in ("x", "lung", "ids", "source")}
     if cfg.get("bone_channel"):
-        films["bone"] = np.load(build_bone(args.data, films, cfg["bone_channel"], args.run / "bone.npz"))["bone"]
+        cache = build_bone(args.data, films, cfg["bone_channel"], args.run / "bone.npz", cfg.get("bone_single_view"))
+        films["bone"] = np.load(cache)["bone"]
     real = read_jsrt_nodules(args.data)
     folder = args.run / f"fold_{args.fold}" if args.rescore else train(args, cfg, films, real)
     if args.fold != "all":
@@ -537,7 +539,8 @@ def export(args, cfg) -> None:
         "classes": ["nodule_centre", "log_diameter"], "size": cfg["size"], "floor": cfg["floor"],
         "min_distance": cfg["min_distance"], "max_candidates": cfg["max_candidates"],
         "scales": cfg.get("scales", [1.0]),
-        **({"bone_channel": cfg["bone_channel"]} if cfg.get("bone_channel") else {}),
+        **({"bone_channel": cfg["bone_channel"], "bone_single_view": bool(cfg.get("bone_single_view"))}
+           if cfg.get("bone_channel") else {}),
         "threshold": cv["operating_point"]["probability"], "metrics": {k: v for k, v in cv.items() if k != "curve"},
         # blob width -> diameter: 1 / the median (blob width / true diameter) over the CV hits (report)
         "diameter_scale": round(1 / cv["diameter"]["blob_width_median_ratio_before_scale"], 3),

@@ -95,12 +95,19 @@ def bone_mask(bone: np.ndarray, fraction: float = BONE_MASK_FRACTION) -> np.ndar
 
 
 class BoneLayerModel:
-    """The bone-image network, loaded once; ``alpha`` is the model card's fitted strength."""
+    """The bone-image network, loaded once; ``alpha`` is the model card's fitted strength.
 
-    def __init__(self, model: str | Path = DEFAULT_MODEL, device: str = "auto"):
+    ``single_view``: read the film once at the network's own size and once mirrored (2 passes) instead of the
+    card's sizes and shifts (20 passes for ``cxr_bone``). The nodule detector's bone channel uses it: 6x cheaper,
+    and its cross-validated FROC came out the same with either (the ``cxr_nodules`` card)."""
+
+    def __init__(self, model: str | Path = DEFAULT_MODEL, device: str = "auto", single_view: bool = False):
         from lungx_core.models.store import load_model
 
-        self._use(*load_model(model, device))
+        net, config = load_model(model, device)
+        if single_view:
+            config = {**config, "tta_sizes": [config["size"]], "tta_shifts": []}
+        self._use(net, config)
 
     @classmethod
     def from_network(cls, net: Any, config: dict[str, Any]) -> BoneLayerModel:

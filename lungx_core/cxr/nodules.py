@@ -169,7 +169,8 @@ class NoduleDetector:
             from lungx_core.cxr.bone import BoneLayerModel
             from lungx_core.models.store import shared_model
 
-            self.bone = shared_model(BoneLayerModel, self.config["bone_channel"], device)
+            self.bone = shared_model(BoneLayerModel, self.config["bone_channel"], device,
+                                     bool(self.config.get("bone_single_view", False)))
 
     def detect(self, display: np.ndarray) -> list[NoduleCandidate]:
         """Candidates on a 2-D film in standard display orientation (pixel coordinates of ``display``)."""

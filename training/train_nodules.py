@@ -520,7 +520,8 @@ def main(argv=None) -> None:
     z = np.load(build_films(args.data, args.run / "films.npz", cfg["size"]))
     films = {k: z[k] for k in ("x", "lung", "ids", "source")}
     if cfg.get("bone_channel"):
-        cache = build_bone(args.data, films, cfg["bone_channel"], args.run / "bone.npz", cfg.get("bone_single_view"))
+        cache = build_bone(args.data, films, cfg["bone_channel"], args.run / "bone.npz",
+                           bool(cfg.get("bone_single_view")))
         films["bone"] = np.load(cache)["bone"]
     real = read_jsrt_nodules(args.data)
     folder = args.run / f"fold_{args.fold}" if args.rescore else train(args, cfg, films, real)

@@ -21,7 +21,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from lungx_core.anatomy import CT_STRUCTURES
-from lungx_core.ct.classical import LEFT, RIGHT
+from lungx_core.ct.classical import BODY_HU, LEFT, RIGHT
 from lungx_core.errors import InputError
 from lungx_core.image import MedicalImage
 from lungx_core.io.ct import TILT_TOLERANCE_DEG
@@ -150,7 +150,7 @@ def body_box(hu: np.ndarray, spacing: tuple[float, float, float]) -> tuple[slice
     field's, so a field the chest fills is left exactly as it is."""
     tissue = np.zeros(hu.shape[1:], dtype=bool)
     for z0 in range(0, hu.shape[0], 64):  # in slabs: no volume-sized boolean copy
-        tissue |= (hu[z0 : z0 + 64] > -500).any(axis=0)
+        tissue |= (hu[z0 : z0 + 64] > BODY_HU).any(axis=0)
     box = bounding_box(tissue)
     if box is None:
         return None
@@ -163,8 +163,8 @@ def body_box(hu: np.ndarray, spacing: tuple[float, float, float]) -> tuple[slice
                  for b, s, n in zip(box, pixel, hu.shape[1:], strict=True))
 
 
-# HU -500 (tissue versus air) on the network's [0, 1] input scale
-BODY_LEVEL = (-500.0 - CT_HU_WINDOW[0]) / (CT_HU_WINDOW[1] - CT_HU_WINDOW[0])
+# BODY_HU (tissue versus air) on the network's [0, 1] input scale
+BODY_LEVEL = (BODY_HU - CT_HU_WINDOW[0]) / (CT_HU_WINDOW[1] - CT_HU_WINDOW[0])
 # an edge of the field of view runs through the body when soft tissue covers this share of it
 CUT_EDGE_SHARE = 0.25
 
@@ -394,7 +394,7 @@ def body_cut_sides(hu: np.ndarray, labels: np.ndarray, share: float = 0.5) -> st
     slices = labels.reshape(labels.shape[0], -1).any(axis=1)
     if not slices.any():
         return ""
-    body = hu[slices] > -500
+    body = hu[slices] > BODY_HU
     right = float(((body[:, :, 0]).mean(axis=1) > 0.1).mean()) >= share
     left = float(((body[:, :, -1]).mean(axis=1) > 0.1).mean()) >= share
     return "both" if right and left else "right" if right else "left" if left else ""

@@ -1,6 +1,6 @@
-"""Nodule detection speed: seconds per film end to end (read, gate, detector with its mirror view, peaks, all
-outputs written: CSV, markups, picture), on the embedded sample radiograph resized to a 2048-px long side (or
-your own films), and the detector alone.
+"""Nodule detection speed: seconds per film end to end (read, gate, detector with its mirror view and, where its
+config names one, the bone model for its second channel; peaks, all outputs written: CSV, markups, picture), on
+the embedded sample radiograph resized to a 2048-px long side (or your own films), and the detector alone.
 
     python benchmarks/bench_nodules.py --threads 2 [--size 2048] [--repeat 5] [files ...]
 """
@@ -48,8 +48,9 @@ def main() -> None:
                 detector.detect(a)
         alone = (time.perf_counter() - t0) / (args.repeat * len(arrays))
         shape = "x".join(str(n) for n in arrays[0].shape)
+        bone = "" if detector.bone is None else f", {detector.config['bone_channel']}'s bone image as channel 2"
         print(f"nodule detection, {args.threads} threads, film {shape}: {end_to_end:.3f} s per film end to end, "
-              f"{alone:.3f} s detector alone (input, network: 2 views at each scale, peaks)")
+              f"{alone:.3f} s detector alone (input{bone}, network: 2 views at each scale, peaks)")
 
 
 if __name__ == "__main__":

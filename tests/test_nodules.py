@@ -130,33 +130,40 @@ def test_bone_channel_is_the_film_less_its_bone_image_and_the_padding_stays_out(
 
 
 def test_a_bone_channel_detector_reads_the_film_and_its_suppressed_twin(tmp_path):
-    """A detector whose config names ``bone_channel`` (what ``train_nodules --export`` writes for such a run) loads
-    that bone model and feeds the network two channels; its first layer taking the film alone (the suppressed
-    channel's weights zero) gives the one-channel detector's candidates."""
+    """The shipped detector's config names ``bone_channel`` (what ``train_nodules --export`` writes for such a run):
+    it loads that bone model, reads it once and mirrored (``bone_single_view``) and feeds the network two channels.
+    With the suppressed channel's first-layer weights at zero it gives what a one-channel network holding the film
+    channel's weights gives, so the second channel is the only difference; and that channel counts."""
     import torch
 
     from lungx_core.cxr.nodules import NoduleDetector
     from lungx_core.models.networks import build_network
     from lungx_core.models.store import read_model_config, save_model
-    from training.common import warm_start
 
-    one = NoduleDetector()
-    config = {**read_model_config("cxr_nodules"), "in_channels": 2, "bone_channel": "cxr_bone"}
-    net = build_network(config["arch"], 2, 2, **config["arch_options"])
-    warm_start(net, "cxr_nodules", widen_inputs=True)
-    two = NoduleDetector(save_model(net.state_dict(), config, tmp_path / "two.safetensors", fp16=False))
-    first = next(p for p in two.net.parameters() if p.ndim == 4)
-    assert two.bone is not None and first.shape[1] == 2 and not torch.any(first[:, 1:])
+    shipped = NoduleDetector()
+    config = read_model_config("cxr_nodules")
+    assert config["in_channels"] == 2 and config["bone_channel"] == "cxr_bone" and shipped.bone is not None
+    assert not shipped.bone.spec.tta_shifts and len(shipped.bone.spec.tta_sizes) == 1  # 2 passes, not 20
+    state = shipped.net.state_dict()
+    one_config = {k: v for k, v in config.items() if k not in ("bone_channel", "bone_single_view")}
+    one_config["in_channels"] = 1
+    one_shape = build_network(config["arch"], 1, 2, **config["arch_options"]).state_dict()
+    widened = [k for k in state if state[k].shape != one_shape[k].shape]
+    assert widened and all(state[k].shape[1] == 2 for k in widened)
+    film_only = {**state, **{k: state[k][:, :1].clone() for k in widened}}
+    blind = {**state, **{k: torch.cat([state[k][:, :1], torch.zeros_like(state[k][:, 1:])], 1) for k in widened}}
+    one = NoduleDetector(save_model(film_only, one_config, tmp_path / "one.safetensors", fp16=False))
+    two = NoduleDetector(save_model(blind, config, tmp_path / "blind.safetensors", fp16=False))
     film = _film_with_nodule(contrast=0.1)
     a, b = one.detect(film), two.detect(film)
     assert a and [(c.rank, round(c.col, 2), round(c.row, 2)) for c in a] == [
         (c.rank, round(c.col, 2), round(c.row, 2)) for c in b]
     assert np.allclose([c.probability for c in a], [c.probability for c in b], atol=2e-3)
-    # the config's bone_single_view picks the cheap bone reading (cxr_bone's card: 20 views; single: 2)
-    assert len(two.bone.spec.tta_shifts) > 1
-    cheap = NoduleDetector(save_model(net.state_dict(), {**config, "bone_single_view": True},
-                                      tmp_path / "cheap.safetensors", fp16=False))
-    assert not cheap.bone.spec.tta_shifts and len(cheap.bone.spec.tta_sizes) == 1
+    seen = shipped.detect(film)
+    assert abs(seen[0].probability - a[0].probability) > 1e-3  # the suppressed channel changes what it sees
+    full = NoduleDetector(save_model(blind, {**config, "bone_single_view": False}, tmp_path / "full.safetensors",
+                                     fp16=False))
+    assert len(full.bone.spec.tta_shifts) > 1  # without the key: the bone card's full reading
 
 
 def test_evaluate_nodules_can_detect_on_bone_suppressed_films(tmp_path):

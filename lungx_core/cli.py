@@ -647,7 +647,8 @@ def evaluate_nodules_cmd(
     """{"n_films", "n_nodules", "sensitivity" at 0.125-8 false positives per image, "cpm", "auc",
     "sensitivity_at_2fp_by_subtlety", ...} as one JSON object. A hit is a candidate within the nodule's radius
     (at least 4 mm); each nodule counts once; every other candidate is a false positive. AUC: each film's
-    highest probability, nodule films against normals."""
+    highest probability, nodule films against normals. With reference lung masks (masks/lung/<id>.png, the
+    jsrt_scr layout) also "lung_field": the same over the films whose nodules lie in the lung field."""
     from lungx_core.eval.runners import score_nodules
 
     scores = _CaseScores(digits=4)

@@ -356,3 +356,36 @@ def test_dicom_sr_of_a_film_without_findings_says_none(tmp_path):
     assert sr.content.get_planar_roi_measurement_groups() == []
     groups = sr.content.get_image_measurement_groups()
     assert len(groups) == 1 and groups[0].finding_type.meaning == "None"
+
+
+def test_evaluate_nodules_adds_the_lung_field_subset_when_lung_masks_are_there(tmp_path):
+    """With ``masks/lung/`` beside ``images/`` the summary gains ``lung_field``: films whose nodule centre lies
+    outside the reference lung (scaled from the film's width to the mask's) are left out, the rest scored alike;
+    without the masks there is no such key."""
+    from lungx_core.eval.evaluate import evaluate_nodules
+
+    (tmp_path / "images").mkdir()
+    for film_id in ("in", "out", "normal"):
+        Image.fromarray(np.tile(np.arange(128, dtype=np.uint8), (128, 1))).save(tmp_path / "images" / f"{film_id}.png")
+    # on the 512-px film: "in" at (128, 128) -> (32, 32) on the 128-px film, "out" at (448, 448) -> (112, 112)
+    (tmp_path / "nodules.csv").write_text("id,x,y,diameter_px,subtlety\nin,128,128,40,3\nout,448,448,40,3\n")
+    found = {"in": [(32.0, 32.0, 0.9)], "out": [(10.0, 10.0, 0.8)], "normal": [(60.0, 60.0, 0.5)]}
+
+    def detector():
+        """Candidates by film, in the order evaluate_nodules reads the films (sorted file names)."""
+        order = ["in", "normal", "out"]
+        return lambda image: found[order.pop(0)]
+
+    plain = evaluate_nodules(tmp_path, detector())
+    assert "lung_field" not in plain and plain["n_nodules"] == 2 and plain["sensitivity"]["8.0"] == 0.5
+
+    lung = np.zeros((64, 64), np.uint8)
+    lung[8:40, 8:40] = 255  # (32, 32) on the film is (16, 16) here: inside; (112, 112) -> (56, 56): outside
+    (tmp_path / "masks" / "lung").mkdir(parents=True)
+    for film_id in ("in", "out"):
+        Image.fromarray(lung).save(tmp_path / "masks" / "lung" / f"{film_id}.png")
+    summary = evaluate_nodules(tmp_path, detector())
+    field = summary["lung_field"]
+    assert field["films_left_out"] == ["out"] and field["n_films"] == 2 and field["n_nodules"] == 1
+    assert field["sensitivity"]["0.125"] == 1.0 and field["auc"] == 1.0 and "curve" not in field
+    assert summary["n_nodules"] == 2  # the whole set's figures are unchanged beside it

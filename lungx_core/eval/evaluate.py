@@ -544,7 +544,11 @@ def evaluate_nodules(
 ) -> dict:
     """Nodule detection on ``root/images/<id>.<ext>`` against ``root/nodules.csv`` (films without a row are
     normals; centres and sizes given on a 512-px image are scaled to the film's width): ``detect(image)`` gives
-    (column, row, probability) candidates on the film's pixels. Returns :func:`froc_summary`."""
+    (column, row, probability) candidates on the film's pixels. Returns :func:`froc_summary`; with reference lung
+    masks (``root/masks/lung/<id>.png``, the jsrt_scr layout) also ``"lung_field"``: the same summary (without its
+    curve) over the films whose every nodule centre lies in the reference lung field, and ``"films_left_out"``.
+    Nodules behind the heart or below the diaphragm are where published JSRT figures often leave films out
+    (Chen 2011's 140-nodule subset), so this is the figure to set beside theirs."""
     from lungx_core.io.readers import read_radiograph
 
     root = Path(root)
@@ -560,13 +564,59 @@ def evaluate_nodules(
         candidates[film_id] = found
         scale = image.array.shape[1] / 512.0
         truth += [{**r, "x": float(r["x"]) * scale, "y": float(r["y"]) * scale,
-                   "diameter_px": float(r["diameter_px"]) * scale} for r in by_film.get(film_id, [])]
+                   "diameter_px": float(r["diameter_px"]) * scale, "film_width": image.array.shape[1]}
+                  for r in by_film.get(film_id, [])]
         if on_case:
             on_case(film_id, {"n_candidates": len(found), "max_probability": max((c[2] for c in found), default=0.0),
                               "n_nodules": len(by_film.get(film_id, []))})
     if not candidates:
         raise FileNotFoundError(f"{root / 'images'}: no films")
-    return froc_summary(candidates, truth)
+    summary = froc_summary(candidates, truth)
+    field = lung_field_summary(candidates, truth, root / "masks" / "lung")
+    if field is not None:
+        summary["lung_field"] = field
+    return summary
+
+
+def lung_field_summary(
+    candidates: dict[str, list[tuple[float, float, float]]],
+    truth: list[dict],
+    mask_dir: Path,
+    pixel_mm: float | None = None,
+) -> dict | None:
+    """:func:`froc_summary` (without its curve) over the films whose every nodule centre lies in the reference
+    lung mask ``mask_dir/<id>.png``, with ``"films_left_out"``; None without the masks or without a film left."""
+    outside = films_with_nodules_outside_lungs(mask_dir, truth, candidates)
+    if outside is None or all(r["id"] in outside for r in truth if r["id"] in candidates):
+        return None
+    kept = {f: c for f, c in candidates.items() if f not in outside}
+    field = froc_summary(kept, [r for r in truth if r["id"] not in outside], pixel_mm=pixel_mm)
+    field.pop("curve")
+    return {**field, "films_left_out": sorted(outside)}
+
+
+def films_with_nodules_outside_lungs(
+    mask_dir: Path, truth: list[dict], films: dict[str, object]
+) -> set[str] | None:
+    """The ids of the nodule films among ``films`` with a nodule centre (``truth`` rows, on the film's pixels)
+    outside the reference lung mask ``mask_dir/<id>.png`` (scaled from the film's width to the mask's); None
+    when ``mask_dir`` does not exist or lacks a nodule film's mask."""
+    if not mask_dir.is_dir():
+        return None
+    outside = set()
+    for r in truth:
+        if r["id"] not in films:
+            continue
+        path = mask_dir / f"{r['id']}.png"
+        if not path.is_file():
+            return None
+        mask = _read_mask(path)
+        scale = mask.shape[1] / float(r["film_width"]) if r.get("film_width") else 1.0
+        row = min(max(int(round(float(r["y"]) * scale)), 0), mask.shape[0] - 1)
+        col = min(max(int(round(float(r["x"]) * scale)), 0), mask.shape[1] - 1)
+        if not mask[row, col]:
+            outside.add(r["id"])
+    return outside
 
 
 KEPT_LOW = 0.8  # a nodule keeping less of its own contrast than this after bone suppression counts as taken

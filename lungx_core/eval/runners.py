@@ -219,7 +219,9 @@ def score_nodules(
 
     Returns:
         ``{"n_films", "n_nodules", "sensitivity": {fp rate: value} at 0.125-8 FP/image, "cpm", "auc",
-        "sensitivity_at_2fp_by_subtlety", "n_by_subtlety", "operating_point", "curve"}``.
+        "sensitivity_at_2fp_by_subtlety", "n_by_subtlety", "operating_point", "curve"}``, and with reference lung
+        masks in ``directory/masks/lung/`` the same over the films whose nodules lie in the lung field,
+        ``"lung_field"`` (see :func:`lungx_core.eval.evaluate.evaluate_nodules`).
     """
     from lungx_core.cxr.nodules import NoduleDetector
     from lungx_core.eval.evaluate import evaluate_nodules

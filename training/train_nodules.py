@@ -383,7 +383,12 @@ def score_fold(args, cfg, films, folder: Path) -> None:
 
 def report(args) -> dict:
     """The cross-validated FROC over the five folds' candidates (``<run>/cv.json``)."""
-    from lungx_core.eval.evaluate import froc_summary, lung_field_summary, read_nodules
+    from lungx_core.eval.evaluate import (
+        films_with_nodules_outside_lungs,
+        froc_summary,
+        lung_field_summary,
+        read_nodules,
+    )
 
     candidates: dict[str, list] = {}
     widths: dict[str, list] = {}  # the same candidates' blob widths (px at 512, before any calibration)
@@ -398,8 +403,12 @@ def report(args) -> dict:
     summary = froc_summary(candidates, truth, pixel_mm=PIXEL_MM)
     summary["diameter"] = diameter_calibration(candidates, widths, truth)
     # the nodules in the lung field alone (published JSRT subsets leave out those behind heart and diaphragm)
-    summary["lung_field"] = lung_field_summary(candidates, truth, args.data / JSRT / "masks" / "lung",
-                                               pixel_mm=PIXEL_MM)
+    by_film: dict[str, list[dict]] = {}
+    for r in truth:
+        if r["id"] in candidates:
+            by_film.setdefault(r["id"], []).append(r)
+    outside = films_with_nodules_outside_lungs(args.data / JSRT / "masks" / "lung", by_film)
+    summary["lung_field"] = lung_field_summary(candidates, truth, outside, pixel_mm=PIXEL_MM)
     (args.run / "cv.json").write_text(json.dumps(summary, indent=2))
     print(json.dumps({k: v for k, v in summary.items() if k != "curve"}, indent=2))
     plot_froc(summary, args.run / "froc.png")

@@ -564,15 +564,15 @@ def evaluate_nodules(
         candidates[film_id] = found
         scale = image.array.shape[1] / 512.0
         truth += [{**r, "x": float(r["x"]) * scale, "y": float(r["y"]) * scale,
-                   "diameter_px": float(r["diameter_px"]) * scale, "film_width": image.array.shape[1]}
-                  for r in by_film.get(film_id, [])]
+                   "diameter_px": float(r["diameter_px"]) * scale} for r in by_film.get(film_id, [])]
         if on_case:
             on_case(film_id, {"n_candidates": len(found), "max_probability": max((c[2] for c in found), default=0.0),
                               "n_nodules": len(by_film.get(film_id, []))})
     if not candidates:
         raise FileNotFoundError(f"{root / 'images'}: no films")
     summary = froc_summary(candidates, truth)
-    field = lung_field_summary(candidates, truth, root / "masks" / "lung")
+    scored = {f: by_film[f] for f in candidates if f in by_film}  # nodules.csv's rows: the 512-px grid
+    field = lung_field_summary(candidates, truth, films_with_nodules_outside_lungs(root / "masks" / "lung", scored))
     if field is not None:
         summary["lung_field"] = field
     return summary
@@ -581,12 +581,12 @@ def evaluate_nodules(
 def lung_field_summary(
     candidates: dict[str, list[tuple[float, float, float]]],
     truth: list[dict],
-    mask_dir: Path,
+    outside: set[str] | None,
     pixel_mm: float | None = None,
 ) -> dict | None:
-    """:func:`froc_summary` (without its curve) over the films whose every nodule centre lies in the reference
-    lung mask ``mask_dir/<id>.png``, with ``"films_left_out"``; None without the masks or without a film left."""
-    outside = films_with_nodules_outside_lungs(mask_dir, truth, candidates)
+    """:func:`froc_summary` (without its curve) over the films not in ``outside`` (those with a nodule outside
+    the lung field: :func:`films_with_nodules_outside_lungs`), with ``"films_left_out"``; None when ``outside`` is
+    None (no masks) or holds every nodule film."""
     if outside is None or all(r["id"] in outside for r in truth if r["id"] in candidates):
         return None
     kept = {f: c for f, c in candidates.items() if f not in outside}
@@ -595,27 +595,24 @@ def lung_field_summary(
     return {**field, "films_left_out": sorted(outside)}
 
 
-def films_with_nodules_outside_lungs(
-    mask_dir: Path, truth: list[dict], films: dict[str, object]
-) -> set[str] | None:
-    """The ids of the nodule films among ``films`` with a nodule centre (``truth`` rows, on the film's pixels)
-    outside the reference lung mask ``mask_dir/<id>.png`` (scaled from the film's width to the mask's); None
-    when ``mask_dir`` does not exist or lacks a nodule film's mask."""
+def films_with_nodules_outside_lungs(mask_dir: Path, nodules: dict[str, list[dict]]) -> set[str] | None:
+    """The ids among ``nodules`` (film id -> nodules.csv rows, centres on the 512-px image) with a nodule centre
+    outside the reference lung mask ``mask_dir/<id>.png`` (scaled from 512 px to the mask's width); None when
+    ``mask_dir`` does not exist or lacks one of these films' masks."""
     if not mask_dir.is_dir():
         return None
     outside = set()
-    for r in truth:
-        if r["id"] not in films:
-            continue
-        path = mask_dir / f"{r['id']}.png"
+    for film_id, rows in nodules.items():
+        path = mask_dir / f"{film_id}.png"
         if not path.is_file():
             return None
         mask = _read_mask(path)
-        scale = mask.shape[1] / float(r["film_width"]) if r.get("film_width") else 1.0
-        row = min(max(int(round(float(r["y"]) * scale)), 0), mask.shape[0] - 1)
-        col = min(max(int(round(float(r["x"]) * scale)), 0), mask.shape[1] - 1)
-        if not mask[row, col]:
-            outside.add(r["id"])
+        scale = mask.shape[1] / 512.0
+        for r in rows:
+            row = min(max(int(round(float(r["y"]) * scale)), 0), mask.shape[0] - 1)
+            col = min(max(int(round(float(r["x"]) * scale)), 0), mask.shape[1] - 1)
+            if not mask[row, col]:
+                outside.add(film_id)
     return outside
 
 

@@ -779,14 +779,17 @@ def evaluate_opacity_removal_cmd(
     per_case: Annotated[Path | None, typer.Option(help="Also write per-case scores to this CSV.")] = None,
 ):
     """{"n", "lung_dice_before", "lung_dice_after", "lung_dice_ceiling", "lung_recall_in_opacity_before",
-    "lung_recall_in_opacity_after", "recovered_share", "change_outside_mask", "change_outside_activation",
+    "lung_recall_in_opacity_after", "recovered_share", "lung_recall_in_opacity_ceiling", "recovered_share_ceiling",
+    "change_outside_mask", "change_outside_activation",
     "brighter_share", "gradient_energy_ratio_outside", "structure_kept_inside", "opacity_score_before",
     "opacity_score_after",
     "second_probe_lung_recall_in_opacity_before", "second_probe_lung_recall_in_opacity_after",
     "second_probe_recovered_share"} as one JSON object. recovered_share: (recall after - before) / (1 - before) of
-    the probe's lung recall under the reference opacity; brighter_share: of the changed pixels, those made
-    brighter; gradient_energy_ratio_outside: edges outside the opacity, after over before; structure_kept_inside:
-    inside the remover's mask, the correlation of the vessel-to-rib band before and after."""
+    the probe's lung recall under the reference opacity; recovered_share_ceiling: the most any remover confined to
+    this one's activation mask could give back (the probe finding every hidden lung pixel in it); brighter_share:
+    of the changed pixels, those made brighter; gradient_energy_ratio_outside: edges outside the opacity, after
+    over before; structure_kept_inside: inside the remover's mask, the correlation of the vessel-to-rib band
+    before and after."""
     from lungx_core.eval.runners import score_opacity_removal
 
     scores = _CaseScores()

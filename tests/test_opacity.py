@@ -316,13 +316,26 @@ def test_evaluate_opacity_removal_scores(tmp_path, phantom):
     assert result == {"n": 2, "lung_dice_before": round(half_dice, 4), "lung_dice_after": 1.0,
                       "lung_dice_ceiling": round(ceiling, 4),
                       "lung_recall_in_opacity_before": recall, "lung_recall_in_opacity_after": 1.0,
-                      "recovered_share": 1.0, "change_outside_mask": 0.0, "change_outside_activation": 0.0,
+                      "recovered_share": 1.0, "lung_recall_in_opacity_ceiling": 1.0, "recovered_share_ceiling": 1.0,
+                      "change_outside_mask": 0.0, "change_outside_activation": 0.0,
                       "brighter_share": 0.0, "gradient_energy_ratio_outside": 1.0,
                       "opacity_score_before": 0.9, "opacity_score_after": 0.2,
                       "second_probe_lung_recall_in_opacity_before": recall,
                       "second_probe_lung_recall_in_opacity_after": recall, "second_probe_recovered_share": 0.0}
 
     yy, xx = np.mgrid[: phantom.shape[0], : phantom.shape[1]]
+    part = opacity & (yy < phantom.shape[0] * 0.7)  # a remover whose mask covers only part of the opacity
+
+    def darken_part(image):
+        out = image.astype(np.float32)
+        out[part] -= 0.1 * span
+        return out, part
+
+    scores = evaluate_opacity_removal(tmp_path, darken_part, probe, lambda i, m: 0.5)
+    bound = round(float((half | part)[hidden].mean()), 4)
+    assert 0.5 < bound < 1 and scores["lung_recall_in_opacity_ceiling"] == bound
+    assert scores["recovered_share_ceiling"] == round((bound - recall) / (1 - recall), 4)
+
     stripes = (yy // 6) % 2 == 0
 
     def change_everything(image):  # brighter everywhere, with new edges (stripes) outside the opacity
@@ -332,6 +345,7 @@ def test_evaluate_opacity_removal_scores(tmp_path, phantom):
     assert scores["change_outside_mask"] == pytest.approx(0.6, abs=0.05) and scores["brighter_share"] == 1.0
     assert scores["gradient_energy_ratio_outside"] > 1.05 and scores["change_outside_activation"] is None
     assert scores["structure_kept_inside"] is None  # no activation mask, nothing to keep structure in
+    assert scores["lung_recall_in_opacity_ceiling"] is None and "recovered_share_ceiling" not in scores
     assert "second_probe_recovered_share" not in scores
 
 
@@ -347,7 +361,8 @@ def test_evaluate_opacity_removal_cli_prints_one_json_object(tmp_path, phantom, 
     result = json.loads(proc.stdout)
     assert set(result) == {"n", "lung_dice_before", "lung_dice_after", "lung_dice_ceiling",
                            "lung_recall_in_opacity_before", "lung_recall_in_opacity_after", "recovered_share",
-                           "change_outside_mask", "change_outside_activation", "brighter_share",
+                           "lung_recall_in_opacity_ceiling", "recovered_share_ceiling", "change_outside_mask",
+                           "change_outside_activation", "brighter_share",
                            "gradient_energy_ratio_outside", "structure_kept_inside", "opacity_score_before",
                            "opacity_score_after",
                            "second_probe_lung_recall_in_opacity_before",

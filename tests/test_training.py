@@ -168,6 +168,63 @@ def test_probe_loss_reaches_the_change_only_through_its_box():
     assert change.grad.abs().sum() > 0
 
 
+def region_films():
+    """Four 32-px crops: opaque film 0 with a region on the left lung, opaque film 1 whose own mask covers that
+    region, opaque film 2 clear there, clear film 3 whose lung field is on the right only."""
+    from training.region_adversary import RegionFilms
+
+    lungs = np.zeros((4, 32, 32), bool)
+    lungs[:3, 4:28, 4:28] = True
+    lungs[3, 4:28, 18:28] = True
+    masks = np.zeros((4, 32, 32), np.float32)
+    masks[0, 8:20, 6:12] = 1.0
+    masks[1, 8:20, 6:14] = 1.0
+    masks[2, 20:26, 20:26] = 1.0
+    crops = np.random.default_rng(0).random((4, 32, 32)).astype(np.float32)
+    return RegionFilms(crops, masks, lungs, np.array([True, True, True, False]), np.array(list("abcd")))
+
+
+def test_region_partners_show_the_same_place_clear():
+    """A partner's lung covers the fake's region and its own opacity does not; a mirrored lung counts; a region
+    nothing shows clear falls back to the clear films that show most of it."""
+    from training.region_adversary import RegionFilms, partners
+
+    films = region_films()
+    pairs = partners(films, grid=32)
+    first = {tuple(r) for r in pairs[0]}
+    assert (2, 0) in first and (1, 0) not in first and (0, 0) not in first  # film 1's own mask takes the region
+    assert (3, 1) in first and (3, 0) not in first  # film 3's right lung, mirrored, shows a left-sided region
+    wide = RegionFilms(**{**films.__dict__, "masks": np.where(films.lungs, 1.0, 0.0).astype(np.float32)})
+    fallback = partners(RegionFilms(**{**wide.__dict__, "opaque": np.array([True, True, True, False])}), grid=32)
+    assert all(set(p[:, 0]) == {3} for p in fallback)
+
+
+def test_region_discriminator_sees_only_the_region_and_its_losses_are_weighted_there():
+    import torch
+
+    from training.region_adversary import RegionDiscriminator, brightening, lsgan, region_weights
+
+    disc = RegionDiscriminator(8).eval()
+    region = torch.zeros(1, 1, 32, 32)
+    region[..., 8:16, 8:16] = 1
+    a, b = torch.rand(1, 1, 32, 32), torch.rand(1, 1, 32, 32)
+    b[..., 8:16, 8:16] = a[..., 8:16, 8:16]
+    assert torch.equal(disc(a, region), disc(b, region))  # what lies outside the region is not seen
+    logits = disc(a, region)
+    w = region_weights(region, logits)
+    assert logits.shape == w.shape == (1, 1, 4, 4) and torch.isclose(w.sum(), torch.tensor(1.0))
+    assert w[..., 1, 1] == 1 and lsgan(torch.ones_like(logits), 1.0, w) == 0
+    assert torch.isclose(lsgan(torch.zeros_like(logits), 1.0, w), torch.tensor(1.0))
+    x = torch.full((1, 1, 4, 4), 0.5)
+    out = x.clone()
+    out[..., 0, 0] = 0.9  # brighter inside the mask
+    out[..., 3, 3] = 0.1  # darker: not penalised
+    mask = torch.ones_like(x)
+    assert torch.isclose(brightening(out, x, mask), torch.tensor(0.4 / 16))
+    mask[..., 0, 0] = 0
+    assert brightening(out, x, mask) == 0
+
+
 def test_source_critics_learn_sources_and_confusion_is_bounded_by_the_uniform_guess():
     import torch
 

@@ -41,17 +41,38 @@ class RealFilms:
             return cls(**{k: z[k] for k in cls.__dataclass_fields__})
 
 
-def prepare_films(data_root: Path, datasets: list[str], preprocess, remover_model: str = "cxr_opacity_removal",
-                  split: str = "train") -> RealFilms:
-    """The films of ``datasets`` in ``split`` (``training/splits/<dataset>_<split>.txt``) that have a reference lung
-    mask and an activation mask that is not empty, prepared as described above for a probe whose preprocessing is
-    ``preprocess`` (a :class:`lungx_core.preprocess.PreprocessConfig`)."""
+def opaque_training_crops(data_root: Path, dataset: str, remover, segmenter, split: str = "train",
+                          ids: list[str] | None = None):
+    """The films ``images/<id>.png`` of ``dataset`` in ``split`` (``training/splits/<dataset>_<split>.txt``, or
+    ``ids``) as the remover sees them at inference: yields (id, film, lung found, thoracic crop, activation mask)
+    for each film whose activation mask is not empty. ``remover`` is an
+    :class:`lungx_core.tasks.opacity_removal.OpacityRemover`, ``segmenter`` the lung segmenter of
+    ``lungx_core.tasks.cxr_segmentation.lung_segmenter``."""
     from lungx_core.anatomy import class_mask
     from lungx_core.cxr.thoracic import thoracic_crop
-    from lungx_core.eval.evaluate import discover_cases
     from lungx_core.generative.opacity import activation_mask
     from lungx_core.image import MedicalImage
     from lungx_core.io.readers import read_radiograph
+
+    if ids is None:
+        ids = (Path(__file__).parent / "splits" / f"{dataset}_{split}.txt").read_text().split()
+    for film_id in ids:
+        film = read_radiograph(data_root / dataset / "images" / f"{film_id}.png").array.astype(np.float32)
+        found = class_mask(segmenter.segment(MedicalImage(film)).masks, "lung")
+        if not found.any():
+            continue
+        crop = thoracic_crop(film, found, remover.spec)
+        probability = remover.opacity.probability_of_crops(crop.image[None])[0]
+        mask = activation_mask(probability, crop.lung, remover.activation)
+        if mask.any():
+            yield film_id, film, found, crop, mask
+
+
+def prepare_films(data_root: Path, datasets: list[str], preprocess, remover_model: str = "cxr_opacity_removal",
+                  split: str = "train") -> RealFilms:
+    """The films of ``datasets`` in ``split`` that have a reference lung mask and an activation mask that is not
+    empty (:func:`opaque_training_crops`), prepared as described above for a probe whose preprocessing is
+    ``preprocess`` (a :class:`lungx_core.preprocess.PreprocessConfig`)."""
     from lungx_core.preprocess import letterbox, letterbox_mask, normalise_intensity
     from lungx_core.tasks.cxr_segmentation import lung_segmenter
     from lungx_core.tasks.opacity_removal import OpacityRemover
@@ -60,21 +81,13 @@ def prepare_films(data_root: Path, datasets: list[str], preprocess, remover_mode
     remover = OpacityRemover(remover_model, "cpu")
     segmenter = lung_segmenter("cpu")
     rows: dict[str, list] = {k: [] for k in RealFilms.__dataclass_fields__}
-    splits = Path(__file__).parent / "splits"
     for dataset in datasets:
-        ids = (splits / f"{dataset}_{split}.txt").read_text().split()
-        for case in discover_cases(data_root / dataset, ids):
-            if "lung" not in case.masks:
+        for film_id, film, _, crop, mask in opaque_training_crops(data_root, dataset, remover, segmenter, split):
+            lung_path = data_root / dataset / "masks" / "lung" / f"{film_id}.png"
+            if not lung_path.exists():
                 continue
-            film = read_radiograph(case.image).array.astype(np.float32)
-            reference = read_gray(case.masks["lung"][0]) > 127
-            found = class_mask(segmenter.segment(MedicalImage(film)).masks, "lung")
-            if not found.any() or reference.shape != film.shape:
-                continue
-            crop = thoracic_crop(film, found, remover.spec)
-            probability = remover.opacity.probability_of_crops(crop.image[None])[0]
-            mask = activation_mask(probability, crop.lung, remover.activation)
-            if not mask.any():
+            reference = read_gray(lung_path) > 127
+            if reference.shape != film.shape:
                 continue
             percentiles = (preprocess.low_percentile, preprocess.high_percentile)
             lo, hi = (float(v) for v in np.percentile(film, percentiles))
@@ -85,7 +98,7 @@ def prepare_films(data_root: Path, datasets: list[str], preprocess, remover_mode
                      round(box.offset[1] + b.c0 * scale), round(box.offset[1] + b.c1 * scale)]
             for key, value in (("crops", crop.image), ("masks", mask), ("views", view),
                                ("lungs", letterbox_mask(reference, box)), ("places", place),
-                               ("gains", (crop.high - crop.low) / max(hi - lo, 1e-6)), ("ids", case.case_id)):
+                               ("gains", (crop.high - crop.low) / max(hi - lo, 1e-6)), ("ids", film_id)):
                 rows[key].append(value)
         print(f"{dataset}: {len(rows['ids'])} films so far", flush=True)
     return RealFilms(**{k: np.asarray(v, dtype=np.float32 if k in ("crops", "masks", "views", "gains") else None)

@@ -244,6 +244,19 @@ class ProbeGuidance:
 
 
 @dataclass
+class AdversarialRefinement:
+    """``adversarial`` of a DeopacifierRun: the unpaired, region-aware stage (``training/region_adversary.py``)."""
+
+    datasets: list  # datasets whose opaque training films are de-opacified (NIH: its pneumonia films)
+    weight: float  # of the generator's adversarial loss against the supervised loss
+    brighten_weight: float  # of the penalty on brightening inside the mask
+    batch_size: int  # opaque films per step
+    d_lr: float  # the discriminator's learning rate (Adam, betas 0.5, 0.999)
+    width: int  # the discriminator's first layer's channels
+    min_cover: float  # the least share of a region a partner's clear lung must show
+
+
+@dataclass
 class DeopacifierRun:
     """``train_deopacifier.py`` (deopacifier_cxr.json)."""
 
@@ -262,6 +275,7 @@ class DeopacifierRun:
     real_gain: list = field(default_factory=lambda: [0.7, 1.5])  # [low, high]: opacity_pairs.REAL_GAIN by default
     gb_backgrounds: bool = False  # also draw lesions into the clear lung of the GB training films
     probe: ProbeGuidance | None = None  # a fine-tuning stage: also a loss through the lung probe on real films
+    adversarial: AdversarialRefinement | None = None  # a fine-tuning stage: the region-aware adversarial loss
 
 
 @dataclass

@@ -6,6 +6,8 @@ clear crop out, supervised on exact triples from the lesion model (``training/op
     python -m training.train_deopacifier --config ... --run /work/runs/deopac --export
     python -m training.train_deopacifier --config training/configs/deopacifier_cxr_probe.json \
         --run /work/runs/deopac_probe --init /work/runs/deopac/best.pt     # the probe-guided fine-tuning
+    python -m training.train_deopacifier --config training/configs/deopacifier_cxr_adversarial.json \
+        --run /work/runs/deopac_adv --init cxr_opacity_removal            # the region-aware adversarial stage
 
 The network predicts a change that is applied only inside the mask, ``clear = x + mask * net([x, mask])``, as
 at inference. Loss: L1 (inside the lesion weighted up) + (1 - SSIM) of the composited crop against the clear
@@ -14,7 +16,9 @@ crop. Resumable (``last.pt``); the epoch with the best validation PSNR inside th
 A config with a ``probe`` section is a fine-tuning stage (start it with ``--init``): each step adds, on real opaque
 training films, a loss through the frozen lung probe (``training/probe_guidance.py``); its ``best.pt`` is simply the
 latest epoch, since the synthetic PSNR is no longer what it optimises and the films that score the probe's Dice
-(the GB validation split) must stay unseen.
+(the GB validation split) must stay unseen. A config with an ``adversarial`` section is the seed's unpaired,
+region-aware refinement (``training/region_adversary.py``): real opaque training films, no masks, a discriminator
+that sees only the region the remover changes; likewise the latest epoch is kept.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ import torch
 
 from lungx_core.models.networks import build_network
 from lungx_core.models.store import save_model
-from training.common import append_log, centre_window, resume, save_checkpoint, seed_everything
+from training.common import append_log, centre_window, resume, save_checkpoint, seed_everything, warm_start
 from training.opacity_pairs import REAL_GAIN, batch, real_residuals
 from training.schemas import DeopacifierRun, read_config
 from training.synthesis_data import domain_data
@@ -46,7 +50,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     ap.add_argument("--export", action="store_true", help="ship <run>/best.pt as cxr_opacity_removal")
     ap.add_argument("--out", type=Path, help="with --export: write <out>.safetensors/.json instead of shipping")
-    ap.add_argument("--init", type=Path, help="start from this checkpoint's weights (e.g. <run>/best.pt)")
+    ap.add_argument("--init", help="start from this checkpoint's weights (e.g. <run>/best.pt) or shipped model")
     return ap.parse_args(argv)
 
 
@@ -157,16 +161,37 @@ def main(argv=None) -> None:
         films = RealFilms.load(cache)
         print(f"{len(films.ids)} real films for the probe loss", flush=True)
 
+    adversary = cfg.get("adversarial")
+    if adversary:
+        from training import region_adversary as ra
+
+        cache = args.run / "region_films.npz"
+        if not cache.exists():
+            ra.prepare_region_films(args.data, adversary["datasets"], data).save(cache)
+        regions = ra.RegionFilms.load(cache)
+        fakes = np.nonzero(regions.opaque)[0]
+        pairs = ra.partners(regions, adversary["min_cover"])
+        print(f"{len(fakes)} opaque films for the adversarial stage, partners per film: median "
+              f"{int(np.median([len(p) for p in pairs]))}, none for {sum(len(p) == 0 for p in pairs)}", flush=True)
+        disc = ra.RegionDiscriminator(adversary["width"])
+        d_opt = torch.optim.Adam(disc.parameters(), lr=adversary["d_lr"], betas=(0.5, 0.999))
+        if (args.run / "disc.pt").exists():
+            d_state = torch.load(args.run / "disc.pt", weights_only=False)  # our own run folder
+            disc.load_state_dict(d_state["model"])
+            d_opt.load_state_dict(d_state["optimizer"])
+
     net = make_net(cfg)
-    if args.init:
+    if args.init and Path(args.init).exists():
         net.load_state_dict(torch.load(args.init, weights_only=False)["model"])  # our own run folder
+    elif args.init:
+        warm_start(net, args.init, strict=True)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg["lr"], weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg["lr"], total_steps=cfg["epochs"] * cfg["steps"])
     start, best = resume(args.run, net, opt, sched)
     ssim = SSIMLoss(spatial_dims=2, data_range=1.0)
     rng = np.random.default_rng(cfg["seed"] + start)  # a resumed run draws new triples, not the first epoch's
     for epoch in range(start, cfg["epochs"]):
-        t0, losses, probe_dice = time.time(), [], []
+        t0, losses, probe_dice, adv_log = time.time(), [], [], []
         for _ in range(cfg["steps"]):
             idx = rng.choice(train, cfg["batch_size"])
             opaque, clear, mask, lesion = (torch.from_numpy(a)[:, None] for a in batch(
@@ -180,16 +205,39 @@ def main(argv=None) -> None:
                 probe_loss, dice = probe(inference_change(net, x, m), films, real, rng)
                 loss = loss + guide["weight"] * probe_loss
                 probe_dice.append(dice)
+            if adversary:
+                k = rng.choice(len(fakes), adversary["batch_size"])
+                x = torch.from_numpy(regions.crops[fakes[k]])[:, None]
+                m = torch.from_numpy(regions.masks[fakes[k]])[:, None]
+                fake = restore(net, x, m).clamp(0, 1)
+                logits = disc(fake, m)
+                w = ra.region_weights(m, logits)
+                g_adv = ra.lsgan(logits, 1.0, w)
+                bright = ra.brightening(fake, x, m)
+                loss = loss + adversary["weight"] * g_adv + adversary["brighten_weight"] * bright
             opt.zero_grad()
             loss.backward()
             opt.step()
             sched.step()
             losses.append(loss.item())
+            if adversary:  # the discriminator's step, after the generator's (it reads the same weights)
+                real = ra.real_regions(regions, k, pairs, rng)
+                d_loss = 0.5 * (ra.lsgan(disc(real, m), 1.0, w) + ra.lsgan(disc(fake.detach(), m), 0.0, w))
+                d_opt.zero_grad()
+                d_loss.backward()
+                d_opt.step()
+                adv_log.append((g_adv.item(), d_loss.item(), bright.item()))
         metrics = evaluate(net, triples)
         if guide:
             metrics["probe_dice_train"] = float(np.mean(probe_dice))
+        if adversary:
+            metrics.update(zip(("g_adversarial", "d_loss", "brightening"), np.mean(adv_log, axis=0).tolist(),
+                               strict=True))
+            tmp = args.run / "disc.tmp"
+            torch.save({"model": disc.state_dict(), "optimizer": d_opt.state_dict()}, tmp)
+            tmp.replace(args.run / "disc.pt")
         score = metrics["psnr_lesion_after"]
-        if score > best or guide:
+        if score > best or guide or adversary:
             best = score
             torch.save({"model": net.state_dict(), "epoch": epoch, "metrics": metrics}, args.run / "best.pt")
         save_checkpoint(args.run, net, opt, sched, epoch, best)

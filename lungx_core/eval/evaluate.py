@@ -303,6 +303,9 @@ def evaluate_opacity_removal(
       the probe's other errors (lung it misses or adds away from any opacity, e.g. where its training masks
       drew the lung border differently from the reference) bound how far the Dice can rise;
     - recovered_share: (recall after - before) / (1 - before), per film and, in the summary, of the mean recalls;
+    - lung_recall_in_opacity_ceiling: the recall had the probe also found every hidden lung pixel inside the
+      remover's activation mask (what any remover confined to that mask could give back at best); the summary's
+      recovered_share_ceiling is the recovered share it would make, from the mean recalls;
     - lung_dice_ceiling: that bound, the probe's Dice on the original had it also found every reference lung
       pixel under the opacity;
     - opacity_score_before/after: the opacity classifier's probability, on the reference lung field;
@@ -344,6 +347,8 @@ def evaluate_opacity_removal(
             "lung_recall_in_opacity_before": before,
             "lung_recall_in_opacity_after": after,
             "recovered_share": recovered_share(before, after),
+            "lung_recall_in_opacity_ceiling": (None if activation is None
+                                               else recall_under(found_before | (activation > 0), hidden)),
             "change_outside_mask": float(np.abs(delta)[outside].mean()) if outside.any() else 0.0,
             "change_outside_activation": (None if activation is None or activation.all()
                                           else float(np.abs(delta)[~activation].mean())),
@@ -367,6 +372,9 @@ def evaluate_opacity_removal(
     summary = {"n": len(cases), **{k: round(float(np.mean(v)), 4 if "lung_" in k else 5) if v else None
                                    for k, v in scores.items()}}
     # the summary's recovered share is that of the mean recalls (the definition), not a mean of ratios
+    if summary.get("lung_recall_in_opacity_ceiling") is not None:
+        ceiling = recovered_share(summary["lung_recall_in_opacity_before"], summary["lung_recall_in_opacity_ceiling"])
+        summary["recovered_share_ceiling"] = None if ceiling is None else round(ceiling, 4)
     for prefix in ("", "second_probe_"):
         if f"{prefix}recovered_share" in summary:
             share = recovered_share(summary[f"{prefix}lung_recall_in_opacity_before"],

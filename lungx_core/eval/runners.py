@@ -262,7 +262,8 @@ def score_opacity_removal(
 
     Returns:
         ``{"n", "lung_dice_before", "lung_dice_after", "lung_dice_ceiling", "lung_recall_in_opacity_before",
-        "lung_recall_in_opacity_after", "recovered_share", "change_outside_mask", "change_outside_activation",
+        "lung_recall_in_opacity_after", "recovered_share", "lung_recall_in_opacity_ceiling",
+        "recovered_share_ceiling", "change_outside_mask", "change_outside_activation",
         "brighter_share", "gradient_energy_ratio_outside", "structure_kept_inside", "opacity_score_before",
         "opacity_score_after"}`` and,
         with a second probe, ``second_probe_lung_recall_in_opacity_before/after`` and

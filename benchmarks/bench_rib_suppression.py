@@ -1,6 +1,7 @@
 """Bone suppression speed and memory: seconds per film end to end (read, gate, bone image, subtraction, all
-outputs written) for the default bone mode, on the embedded sample radiograph resized to a 2048-px long side
-(or your own films); optionally the diffusion modes' seconds per film at 10/25/50 steps.
+outputs written) for the default bone mode, with and without the nodule detector that keep_nodules runs, on the
+embedded sample radiograph resized to a 2048-px long side (or your own films); optionally the diffusion modes'
+seconds per film at 10/25/50 steps.
 
     python benchmarks/bench_rib_suppression.py --threads 2 [--size 2048] [--repeat 5] [--diffusion-steps 10 25]
 """
@@ -40,15 +41,18 @@ def main() -> None:
             files = [sample_film_png(Path(tmp), args.size)]
         suppressor = RibSuppressor(device=args.device)
         gate = FrontalChestGate(device=args.device)
-        settings = SuppressionSettings()
         cases = [Case(f.stem, f) for f in files]
-        seconds = seconds_per_case(lambda case, out: suppress_ribs_case(case, suppressor, out, settings, gate=gate),
-                                   cases, Path(tmp), args.repeat)
         from lungx_core.io.readers import read_radiograph
 
         shape = read_radiograph(files[0]).array.shape
         print(f"device {suppressor.device}, {args.threads} threads, film {shape[1]}x{shape[0]}")
-        print(f"bone mode end to end: {seconds:.2f} s per film ({1 / seconds:.2f} images/s)")
+        for keep in (True, False):  # the default spares the nodule detector's findings (one more network)
+            settings = SuppressionSettings(keep_nodules=keep)
+            seconds = seconds_per_case(
+                lambda case, out, settings=settings: suppress_ribs_case(case, suppressor, out, settings, gate=gate),
+                cases, Path(tmp), args.repeat)
+            label = "default (nodules kept)" if keep else "--no-keep-nodules"
+            print(f"bone mode end to end, {label}: {seconds:.2f} s per film ({1 / seconds:.2f} images/s)")
         for steps in args.diffusion_steps:
             image = MedicalImage(read_radiograph(files[0]).array)
             ribs = np.zeros(image.array.shape, bool)

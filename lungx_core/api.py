@@ -281,6 +281,7 @@ def suppress_ribs(
     inpainting_model: str | Path | None = None,
     device: str = "auto",
     input_check: bool = True,
+    keep_nodules: bool = True,
 ) -> Result:
     """Suppress the bone of a radiograph (see ``lungx suppress-ribs --help`` and the cxr_bone model card for
     what is measured).
@@ -297,11 +298,13 @@ def suppress_ribs(
         model: bone-layer model name or ``.safetensors`` path (default ``cxr_bone``).
         inpainting_model: diffusion modes' model (default ``cxr_inpainting``).
         device, input_check: as for :func:`segment`.
+        keep_nodules: bone mode: the nodule detector looks first and the bone image is taken out of each of its
+            findings, so the subtraction leaves the nodules it finds (a nodule it misses is still dimmed).
 
     Returns:
         ``output`` the suppressed radiograph; bone mode: ``bone`` (a :class:`MedicalImage`, the subtracted
-        bone image in the film's grey levels), masks ``bone`` (where it is strong), measurements ``alpha``;
-        diffusion modes: masks ``ribs``.
+        bone image in the film's grey levels), masks ``bone`` (where it is strong), measurements ``alpha`` and
+        ``nodules_spared`` (the findings the bone image was taken out of); diffusion modes: masks ``ribs``.
 
     Example::
 
@@ -311,7 +314,7 @@ def suppress_ribs(
     from lungx_core.tasks import rib_suppression
 
     settings = rib_suppression.SuppressionSettings(mode=mode, strength=float(strength), steps=int(steps),
-                                                   seed=int(seed))
+                                                   seed=int(seed), keep_nodules=bool(keep_nodules))
     image = _as_radiograph(image, input_check, device)
     suppressor = _model(rib_suppression.RibSuppressor, model or rib_suppression.DEFAULT_BONE, device,
                         inpainting_model or rib_suppression.DEFAULT_INPAINTING)
@@ -324,7 +327,8 @@ def suppress_ribs(
     result = suppressor.suppress(image, ribs, settings)
     bone_mode = result.bone is not None
     return Result("cxr-rib-suppression", image, image.with_array(result.array),
-                  {"bone" if bone_mode else "ribs": result.mask}, {"alpha": result.alpha} if bone_mode else {}, [],
+                  {"bone" if bone_mode else "ribs": result.mask},
+                  {"alpha": result.alpha, "nodules_spared": len(result.spared)} if bone_mode else {}, [],
                   lambda folder, stem: rib_suppression.write_outputs(folder, stem, image, result),
                   bone=image.with_array(result.bone) if bone_mode else None)
 

@@ -20,6 +20,8 @@ import numpy as np
 
 DEFAULT_MODEL = "cxr_bone"
 BONE_MASK_FRACTION = 0.3  # of the film's strong bone signal (99th percentile of the bone image)
+NODULE_MARGIN = 0.75  # radius, in nodule diameters, of the disc spare_nodules takes out of the bone image
+NODULE_REACH = 1.35  # where spare_nodules samples the bone image around a disc, in disc radii
 # keys of a model config that the model store reads (network, provenance), not the bone image's settings
 _STORE_KEYS = ("arch", "arch_options", "in_channels", "classes", "metrics")
 
@@ -82,6 +84,59 @@ def subtract_bone(film: np.ndarray, bone: np.ndarray, alpha: float) -> np.ndarra
 
     out = np.asarray(film, dtype=np.float64) - float(alpha) * np.asarray(bone, dtype=np.float64)
     return to_dtype(out, np.asarray(film).dtype)
+
+
+def spare_nodules(bone: np.ndarray, nodules, margin: float = NODULE_MARGIN, reach: float = NODULE_REACH
+                  ) -> np.ndarray:
+    """The bone image with each nodule taken out of it, so that the subtraction leaves the nodule on the film.
+
+    The bone model mistakes part of a soft-tissue nodule for bone (issue 39); where a nodule was found, the bone
+    image inside a disc of radius ``margin`` x its diameter is replaced by what the bone image around the disc
+    predicts: along the bone's dominant direction in a ring around the disc (the structure tensor's; a rib
+    crossing the disc), each pixel takes the linear interpolation between the two points where the line through
+    it meets a circle of ``reach`` disc radii (beyond the blur of the nodule's blob in the bone image), so a rib
+    is carried straight across. The disc's edge, a quarter of its radius wide, blends into the bone image;
+    outside it the bone image is returned unchanged, bit for bit.
+
+    Args:
+        bone: (H, W) bone image (float).
+        nodules: (row, col, diameter_px) per nodule, on the bone image's grid.
+        margin: disc radius in diameters (0.75: the nodule's edge plus half its radius, for the detector's
+            diameter error).
+        reach: radius of the circle the bone image is read on, in disc radii (at least the edge's 1.25).
+    """
+    from scipy import ndimage as ndi
+
+    out = np.array(bone, dtype=np.float32, copy=True)
+    h, w = out.shape
+    for row, col, diameter in nodules:
+        radius = max(margin * float(diameter), 1.0)
+        rim = radius * max(reach, 1.25)  # the soft edge ends at 1.25 radius
+        half = int(np.ceil(max(rim, 2 * radius) + 2))
+        r0, r1 = max(0, int(row) - half), min(h, int(row) + half + 1)
+        c0, c1 = max(0, int(col) - half), min(w, int(col) + half + 1)
+        if r0 >= r1 or c0 >= c1:
+            continue
+        window = out[r0:r1, c0:c1]
+        smooth = ndi.gaussian_filter(window.astype(np.float64), 1.0)  # for the direction only
+        yy, xx = np.mgrid[r0:r1, c0:c1].astype(np.float64)
+        dy, dx = yy - row, xx - col
+        dist = np.hypot(dy, dx)
+        gy, gx = np.gradient(smooth)
+        ring = (dist > 1.25 * radius) & (dist <= max(rim, 2 * radius) + 2)
+        jxx, jyy, jxy = (float((a * b)[ring].sum()) for a, b in ((gx, gx), (gy, gy), (gx, gy)))
+        across = 0.5 * np.arctan2(2 * jxy, jxx - jyy)  # the gradients' direction: across the ribs
+        ty, tx = np.cos(across), -np.sin(across)  # along them
+        b = ty * dy + tx * dx
+        root = np.sqrt(np.maximum(b**2 - (dist**2 - rim**2), 0.0))
+        s1, s2 = -b - root, -b + root  # the line through each pixel meets the circle at s1 < 0 < s2
+        ends = [ndi.map_coordinates(window.astype(np.float64), [dy + s * ty + row - r0, dx + s * tx + col - c0],
+                                    order=1, mode="nearest") for s in (s1, s2)]
+        span = np.maximum(s2 - s1, 1e-6)
+        fill = (ends[0] * s2 - ends[1] * s1) / span
+        hole = np.clip((1.25 * radius - dist) / (0.25 * radius), 0, 1)
+        out[r0:r1, c0:c1] = np.where(hole > 0, (1 - hole) * window + hole * fill, window).astype(np.float32)
+    return out
 
 
 def bone_mask(bone: np.ndarray, fraction: float = BONE_MASK_FRACTION) -> np.ndarray:

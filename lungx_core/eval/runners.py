@@ -164,6 +164,7 @@ def score_bone_suppression(
     sampler: str = "ddim",
     device: str = "auto",
     on_case: OnCase | None = None,
+    keep_nodules: bool = True,
 ) -> dict:
     """Bone suppression against dual-energy soft-tissue images (``lungx evaluate bone-suppression``): PSNR,
     SSIM and BSR in the lung field after a least-squares linear match; and, when the folder has a
@@ -177,6 +178,7 @@ def score_bone_suppression(
         steps, seed, sampler: the diffusion modes' sampling.
         device: ``auto``, ``cpu`` or ``cuda``.
         on_case: called with (case_id, scores) after each pair.
+        keep_nodules: bone mode, take the bone image out of the nodule detector's findings (as the task does).
 
     Returns:
         ``{"n", "psnr_input", "psnr_output", "ssim_input", "ssim_output", "bsr", "seconds_per_image"}`` for
@@ -189,7 +191,7 @@ def score_bone_suppression(
     from lungx_core.tasks.rib_suppression import RibSuppressor, SuppressionSettings
 
     suppressor = RibSuppressor(model, inpainting_model, device=device)
-    settings = SuppressionSettings(mode, strength, steps, seed, sampler)
+    settings = SuppressionSettings(mode, strength, steps, seed, sampler, keep_nodules=keep_nodules)
 
     def suppress(image: MedicalImage, lung: np.ndarray) -> np.ndarray:
         ribs = None if mode == "bone" else suppressor.rib_mask(image, lung)
@@ -215,7 +217,7 @@ def score_nodules(
     films without a row are normals). Every candidate above the model's floor is scored; a hit lies within the
     nodule's radius (at least 4 mm), each nodule counts once, every other candidate is a false positive.
     ``bone_model``: the detector reads each film after bone suppression with this model (bone mode, the card's
-    strength) instead: what suppression does to the nodules a detector finds.
+    strength, without sparing any findings) instead: what the bone model does to the nodules a detector finds.
 
     Returns:
         ``{"n_films", "n_nodules", "sensitivity": {fp rate: value} at 0.125-8 FP/image, "cpm", "auc",
@@ -233,7 +235,9 @@ def score_nodules(
 
     def detect(image: MedicalImage) -> list[tuple[float, float, float]]:
         if suppressor is not None:
-            image = image.with_array(suppressor.suppress(image, None, SuppressionSettings("bone")).array)
+            # the bone model alone: sparing the detector's own findings would score the detector twice
+            settings = SuppressionSettings("bone", keep_nodules=False)
+            image = image.with_array(suppressor.suppress(image, None, settings).array)
         return [(c["col"], c["row"], c["probability"]) for c in find_nodules(detector, image).candidates]
 
     return evaluate_nodules(Path(directory), detect, on_case=on_case)

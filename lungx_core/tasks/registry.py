@@ -160,6 +160,10 @@ TASKS: dict[str, TaskInfo] = {
                        choices=("bone", "inpaint", "inpaint-subtract")),
             TaskOption("strength", "float", 1.0, "Bone mode: 1 subtracts the model card's fitted amount, 0 nothing, "
                        "2 twice as much.", low=0.0, high=5.0),
+            TaskOption("keep_nodules", "choice", "on", "Bone mode, on: the nodule detector looks first and the bone "
+                       "image is taken out of each finding, so the subtraction leaves the nodules it finds (a "
+                       "nodule it misses is still dimmed); off: subtract the bone image as the model gives it.",
+                       choices=("on", "off")),
             TaskOption("inpainting_model", "str", "cxr_inpainting", "Diffusion modes: inpainting model name or a "
                        ".safetensors path."),
             TaskOption("steps", "int", 25, "Diffusion modes: denoising steps (10-50 is the useful range; fast mode "

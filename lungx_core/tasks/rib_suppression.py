@@ -4,7 +4,10 @@ Default mode ``bone``: the ``cxr_bone`` model estimates the film's bone image (r
 ``lungx_core/cxr/bone.py``) and the film minus ``alpha`` times it is the result, as dual-energy soft-tissue
 images and every published suppressor that beats the input on them do. Nothing is regenerated: the soft
 tissue under a rib (vessels, nodules) is the film's own. A rib mask is not needed; ``--rib-mask`` restricts
-the subtraction to a mask (feathered).
+the subtraction to a mask (feathered). With ``keep_nodules`` (the default) the nodule detector (``cxr_nodules``)
+looks at the film first and the bone image is taken out of a disc around each finding at its operating point
+(:func:`lungx_core.cxr.bone.spare_nodules`): the bone model mistakes part of a soft-tissue nodule for bone, and
+the subtraction would dim it (issue 39). A nodule the detector misses is still dimmed.
 
 Research modes (the seed's method, ``lungx_core/generative/inpainting.py``): a rib mask (the ``cxr_ribs`` model inside
 the lung field, or the user's), diffusion inpainting under it and blending back (``lungx_core/generative/blending.py``):
@@ -19,7 +22,7 @@ border of their mask every pixel is the input's, bit for bit.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,9 +39,10 @@ from lungx_core.tasks.synthesis import find_lungs, read_lung_mask
 DEFAULT_BONE = "cxr_bone"
 DEFAULT_INPAINTING = "cxr_inpainting"
 DEFAULT_RIBS = "cxr_ribs"
+DEFAULT_NODULES = "cxr_nodules"
 TASK = "cxr-rib-suppression"
 MODES = ("bone", "inpaint", "inpaint-subtract")
-RESULT_COLUMNS = ["mask_source", "mode", "alpha", "steps", "seed", "rib_fraction", "seconds"]
+RESULT_COLUMNS = ["mask_source", "mode", "alpha", "nodules_spared", "steps", "seed", "rib_fraction", "seconds"]
 MIN_RIB_PIXELS = 16
 
 
@@ -46,7 +50,8 @@ MIN_RIB_PIXELS = 16
 class SuppressionSettings:
     """How to suppress: ``mode`` (see the module docstring); ``strength`` scales the bone mode's subtraction
     (1: the model card's fitted alpha, 0: no change, 2: twice as much); ``steps``, ``seed``, ``scheduler`` for
-    the diffusion modes; ``feather`` the border over which a mask fades in, as a fraction of the film's long side."""
+    the diffusion modes; ``feather`` the border over which a mask fades in, as a fraction of the film's long side;
+    ``keep_nodules`` (bone mode) takes the bone image out of the nodule detector's findings (module docstring)."""
 
     mode: str = "bone"
     strength: float = 1.0
@@ -54,6 +59,7 @@ class SuppressionSettings:
     seed: int = 0
     scheduler: str = "ddim"  # or "dpm", "repaint"
     feather: float = 0.006
+    keep_nodules: bool = True
 
     def __post_init__(self):
         if self.mode not in MODES:
@@ -69,20 +75,22 @@ class SuppressionResult:
     changeable: np.ndarray  # bool, the pixels that were allowed to change
     bone: np.ndarray | None = None  # float32, bone mode: the subtracted bone image (alpha included), grey levels
     alpha: float | None = None  # bone mode: the alpha used (strength x the model's fitted alpha)
+    spared: list[dict] = field(default_factory=list)  # keep_nodules: the findings the bone image was taken out of
 
 
 class RibSuppressor:
-    """Holds the models, each loaded on first use: the bone-layer model (``bone``) and the inpainting and
-    rib-mask models (the diffusion modes)."""
+    """Holds the models, each loaded on first use: the bone-layer model (``bone``), the nodule detector whose
+    findings the bone image spares (``nodules``), and the inpainting and rib-mask models (the diffusion modes)."""
 
     def __init__(self, model: str | Path | None = None, inpainting_model: str | Path | None = None,
-                 rib_model: str | Path = DEFAULT_RIBS, device: str = "auto"):
+                 rib_model: str | Path = DEFAULT_RIBS, device: str = "auto",
+                 nodule_model: str | Path = DEFAULT_NODULES):
         from lungx_core.models.store import resolve_device
 
         self.device = resolve_device(device)
         self._device_name = device
         self._names = {"bone": model or DEFAULT_BONE, "inpainting": inpainting_model or DEFAULT_INPAINTING,
-                       "ribs": rib_model}
+                       "ribs": rib_model, "nodules": nodule_model}
         self._loaded: dict[str, Any] = {}
 
     def _get(self, kind: str) -> Any:
@@ -92,6 +100,8 @@ class RibSuppressor:
                 from lungx_core.cxr.bone import BoneLayerModel as cls
             elif kind == "ribs":
                 from lungx_core.cxr.ribs import RibMasker as cls
+            elif kind == "nodules":
+                from lungx_core.cxr.nodules import NoduleDetector as cls
             else:
                 from lungx_core.generative.inpainting import DiffusionInpainter as cls
             self._loaded[kind] = cls(name, self._device_name)
@@ -131,6 +141,13 @@ class RibSuppressor:
 
         alpha = settings.strength * self.bone_model.alpha
         bone = alpha * self.bone_image(image)
+        spared = []
+        if settings.keep_nodules and alpha > 0:
+            from lungx_core.cxr.bone import spare_nodules
+            from lungx_core.tasks.nodule_detection import find_nodules
+
+            spared = find_nodules(self._get("nodules"), image).findings
+            bone = spare_nodules(bone, [(f["row"], f["col"], f["diameter_px"]) for f in spared])
         if ribs is not None:
             check_rib_mask(image, ribs)
             bone *= blend_weight(ribs, feather_px)
@@ -138,7 +155,7 @@ class RibSuppressor:
         strong = bone_mask(bone) if alpha > 0 else np.zeros(bone.shape, bool)
         if ribs is not None:
             strong &= ribs
-        return SuppressionResult(out, strong, bone != 0, bone.astype(np.float32), alpha)
+        return SuppressionResult(out, strong, bone != 0, bone.astype(np.float32), alpha, spared)
 
     def _inpaint(self, image: MedicalImage, ribs: np.ndarray, settings: SuppressionSettings,
                  feather_px: float) -> SuppressionResult:
@@ -240,6 +257,7 @@ def suppress_ribs_case(
             case, TASK,
             qc_flags="", mask_source=source, mode=settings.mode,
             alpha="" if result.alpha is None else round(result.alpha, 3),
+            nodules_spared=len(result.spared) if settings.mode == "bone" and settings.keep_nodules else "",
             steps="" if settings.mode == "bone" else settings.steps,
             seed="" if settings.mode == "bone" else settings.seed,
             rib_fraction=round(float(result.mask.mean()), 4),
@@ -263,11 +281,12 @@ def run_one(
     seed: int = 0,
     scheduler: str = "ddim",
     input_check: str = "on",
+    keep_nodules: str = "on",
 ) -> dict[str, Any]:
     """One radiograph, as the worker process and batch runs (lungx_core.batch) run it (the registry's options):
     ``case.mask`` restricts bone mode or is the mask to inpaint; without it the diffusion modes find the ribs
-    with the rib model inside the anatomy model's lungs. ``steps`` is 25 by default or 10 with ``fast``. Models
-    are loaded once per process."""
+    with the rib model inside the anatomy model's lungs. ``steps`` is 25 by default or 10 with ``fast``;
+    ``keep_nodules`` on|off. Models are loaded once per process."""
     from lungx_core.models.store import shared_model
 
     report = progress or (lambda fraction, message: None)
@@ -282,7 +301,7 @@ def run_one(
     report(0.3, f"suppressing bone on {suppressor.device}")
     steps = int(steps) if steps is not None else (10 if fast else 25)
     settings = SuppressionSettings(mode=mode, strength=float(strength), steps=steps, seed=int(seed),
-                                   scheduler=scheduler)
+                                   scheduler=scheduler, keep_nodules=keep_nodules == "on")
     return suppress_ribs_case(
         case, suppressor, out_dir, settings, case.mask, segmenter, optional_gate(input_check, device),
     )

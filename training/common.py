@@ -15,6 +15,18 @@ import torch
 import torch.nn.functional as F
 
 
+class ArrayRecord:
+    """A dataclass of arrays kept as one compressed .npz in a run folder (``save``, ``load``)."""
+
+    def save(self, path: Path) -> None:
+        np.savez_compressed(path, **self.__dict__)
+
+    @classmethod
+    def load(cls, path: Path):
+        with np.load(path) as z:
+            return cls(**{k: z[k] for k in cls.__dataclass_fields__})
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)

@@ -21,9 +21,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from training.common import ArrayRecord
+
 
 @dataclass
-class RealFilms:
+class RealFilms(ArrayRecord):
     crops: np.ndarray  # (N, S, S) float32 thoracic crops in [0, 1]
     masks: np.ndarray  # (N, S, S) float32 activation masks
     views: np.ndarray  # (N, P, P) float32: the probe's input before CLAHE
@@ -31,14 +33,6 @@ class RealFilms:
     places: np.ndarray  # (N, 4) int: rows r0, r1 and cols c0, c1 of the crop box on the probe's grid
     gains: np.ndarray  # (N,) float32: one unit of crop intensity in units of the probe's input
     ids: np.ndarray  # (N,) str
-
-    def save(self, path: Path) -> None:
-        np.savez_compressed(path, **self.__dict__)
-
-    @classmethod
-    def load(cls, path: Path) -> RealFilms:
-        with np.load(path) as z:
-            return cls(**{k: z[k] for k in cls.__dataclass_fields__})
 
 
 def opaque_training_crops(data_root: Path, dataset: str, remover, segmenter, split: str = "train",

@@ -23,24 +23,18 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from training.common import ArrayRecord
+
 NIH = "cxr_nih_nofinding_pneumonia"
 
 
 @dataclass
-class RegionFilms:
+class RegionFilms(ArrayRecord):
     crops: np.ndarray  # (N, S, S) float32 thoracic crops in [0, 1], as inference cuts them
     masks: np.ndarray  # (N, S, S) float32 soft activation masks (zero for clear films)
     lungs: np.ndarray  # (N, S, S) bool lung fields on the crop
     opaque: np.ndarray  # (N,) bool: an opaque film (a fake when de-opacified) or a clear one
     ids: np.ndarray  # (N,) str, "<dataset>/<id>"
-
-    def save(self, path: Path) -> None:
-        np.savez_compressed(path, **self.__dict__)
-
-    @classmethod
-    def load(cls, path: Path) -> RegionFilms:
-        with np.load(path) as z:
-            return cls(**{k: z[k] for k in cls.__dataclass_fields__})
 
 
 def opaque_ids(data_root: Path, dataset: str, split: str = "train") -> list[str]:

@@ -120,7 +120,8 @@ def export(args, cfg: dict) -> None:
         "conditioning": "mask",
         "region_aware": {"opacity_model": "cxr_opacity", "activation": cfg.get("activation", {})},
         "training": {"run_config": cfg["name"], "epochs_done": ck["epoch"] + 1, "steps_per_epoch": cfg["steps"],
-                     "batch_size": cfg["batch_size"], "lr": cfg["lr"], "probe": cfg.get("probe")},
+                     "batch_size": cfg["batch_size"], "lr": cfg["lr"], "probe": cfg.get("probe"),
+                     "adversarial": cfg.get("adversarial")},
         "validation_synthetic": {k: round(v, 4) for k, v in ck["metrics"].items()},
     }
     save_model(ck["model"], config, args.out or MODEL_NAME)
@@ -221,8 +222,8 @@ def main(argv=None) -> None:
             sched.step()
             losses.append(loss.item())
             if adversary:  # the discriminator's step, after the generator's (it reads the same weights)
-                real = ra.real_regions(regions, k, pairs, rng)
-                d_loss = 0.5 * (ra.lsgan(disc(real, m), 1.0, w) + ra.lsgan(disc(fake.detach(), m), 0.0, w))
+                partner = ra.real_regions(regions, k, pairs, rng)
+                d_loss = 0.5 * (ra.lsgan(disc(partner, m), 1.0, w) + ra.lsgan(disc(fake.detach(), m), 0.0, w))
                 d_opt.zero_grad()
                 d_loss.backward()
                 d_opt.step()

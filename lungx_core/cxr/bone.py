@@ -112,26 +112,28 @@ def spare_nodules(bone: np.ndarray, nodules, margin: float = NODULE_MARGIN, reac
     for row, col, diameter in nodules:
         radius = max(margin * float(diameter), 1.0)
         rim = radius * max(reach, 1.25)  # the soft edge ends at 1.25 radius
-        half = int(np.ceil(max(rim, 2 * radius) + 2))
+        outer = max(rim, 2 * radius) + 2  # the ring the direction is read in ends here
+        half = int(np.ceil(outer))
         r0, r1 = max(0, int(row) - half), min(h, int(row) + half + 1)
         c0, c1 = max(0, int(col) - half), min(w, int(col) + half + 1)
         if r0 >= r1 or c0 >= c1:
             continue
         window = out[r0:r1, c0:c1]
-        smooth = ndi.gaussian_filter(window.astype(np.float64), 1.0)  # for the direction only
+        values = window.astype(np.float64)
+        smooth = ndi.gaussian_filter(values, 1.0)  # for the direction only
         yy, xx = np.mgrid[r0:r1, c0:c1].astype(np.float64)
         dy, dx = yy - row, xx - col
         dist = np.hypot(dy, dx)
         gy, gx = np.gradient(smooth)
-        ring = (dist > 1.25 * radius) & (dist <= max(rim, 2 * radius) + 2)
+        ring = (dist > 1.25 * radius) & (dist <= outer)
         jxx, jyy, jxy = (float((a * b)[ring].sum()) for a, b in ((gx, gx), (gy, gy), (gx, gy)))
         across = 0.5 * np.arctan2(2 * jxy, jxx - jyy)  # the gradients' direction: across the ribs
         ty, tx = np.cos(across), -np.sin(across)  # along them
         b = ty * dy + tx * dx
         root = np.sqrt(np.maximum(b**2 - (dist**2 - rim**2), 0.0))
         s1, s2 = -b - root, -b + root  # the line through each pixel meets the circle at s1 < 0 < s2
-        ends = [ndi.map_coordinates(window.astype(np.float64), [dy + s * ty + row - r0, dx + s * tx + col - c0],
-                                    order=1, mode="nearest") for s in (s1, s2)]
+        ends = [ndi.map_coordinates(values, [dy + s * ty + row - r0, dx + s * tx + col - c0], order=1,
+                                    mode="nearest") for s in (s1, s2)]
         span = np.maximum(s2 - s1, 1e-6)
         fill = (ends[0] * s2 - ends[1] * s1) / span
         hole = np.clip((1.25 * radius - dist) / (0.25 * radius), 0, 1)

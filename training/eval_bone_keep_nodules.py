@@ -28,16 +28,17 @@ from pathlib import Path
 import numpy as np
 
 
-def held_out_findings(run: Path, threshold: float, diameter_scale: float) -> dict[str, list[tuple]]:
-    """{film id: [(row, col, diameter_px), ...]} on the 512-px grid: each fold's candidates at or above
+def held_out_findings(run: Path, threshold: float, diameter_scale: float) -> dict[str, list[dict]]:
+    """{film id: [{"row", "col", "diameter_px"}, ...]} on the 512-px grid: each fold's candidates at or above
     ``threshold`` (every film is in exactly one fold's held-out set)."""
-    found: dict[str, list[tuple]] = {}
+    found: dict[str, list[dict]] = {}
     for path in sorted(run.glob("fold_[0-9]*/candidates.csv")):
         with open(path) as f:
             for r in csv.DictReader(f):
                 if float(r["probability"]) >= threshold:
                     found.setdefault(r["case_id"], []).append(
-                        (float(r["row"]), float(r["col"]), float(r["diameter_px"]) * diameter_scale))
+                        {"row": float(r["row"]), "col": float(r["col"]),
+                         "diameter_px": float(r["diameter_px"]) * diameter_scale})
     return found
 
 
@@ -101,12 +102,11 @@ def main(argv=None) -> None:
         print(json.dumps(simulated_nodules_kept(args.data, args.simulated)))
         return
 
-    from lungx_core.cxr.bone import spare_nodules
     from lungx_core.eval.evaluate import evaluate_nodule_conspicuity
     from lungx_core.eval.runners import lung_finder
     from lungx_core.models.store import read_model_config
     from lungx_core.tasks.cxr_segmentation import CXRSegmenter
-    from lungx_core.tasks.rib_suppression import RibSuppressor
+    from lungx_core.tasks.rib_suppression import RibSuppressor, SuppressionSettings
 
     config = read_model_config(args.model)
     found = held_out_findings(args.run, float(config["threshold"]), float(config.get("diameter_scale", 1.0)))
@@ -115,13 +115,12 @@ def main(argv=None) -> None:
     rows: list[dict] = []
     summary = {}
     for spare in (False, True):
-        def suppress(image, lung, spare=spare):
-            bone = suppressor.bone_model.alpha * suppressor.bone_image(image)
-            if spare:
-                scale = image.array.shape[1] / 512.0
-                bone = spare_nodules(bone, [(r * scale, c * scale, d * scale)
-                                            for r, c, d in found.get(Path(image.source).stem, [])])
-            return image.array.astype(np.float64) - bone
+        settings = SuppressionSettings(keep_nodules=spare)
+
+        def suppress(image, lung, settings=settings):  # the task, given the held-out fold's findings
+            scale = image.array.shape[1] / 512.0
+            findings = [{k: v * scale for k, v in f.items()} for f in found.get(Path(image.source).stem, [])]
+            return suppressor.suppress(image, None, settings, findings=findings).array
 
         def on_case(case_id, scores, spare=spare):
             rows.append({"case_id": case_id, "spared": spare, **scores})

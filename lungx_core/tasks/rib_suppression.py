@@ -95,6 +95,8 @@ class RibSuppressor:
 
     def _get(self, kind: str) -> Any:
         if kind not in self._loaded:
+            from lungx_core.models.store import shared_model
+
             name = self._names[kind]
             if kind == "bone":
                 from lungx_core.cxr.bone import BoneLayerModel as cls
@@ -104,7 +106,8 @@ class RibSuppressor:
                 from lungx_core.cxr.nodules import NoduleDetector as cls
             else:
                 from lungx_core.generative.inpainting import DiffusionInpainter as cls
-            self._loaded[kind] = cls(name, self._device_name)
+            # one instance per process, shared with the other tasks (the nodule detector with detect-nodules)
+            self._loaded[kind] = shared_model(cls, name, self._device_name)
         return self._loaded[kind]
 
     @property
@@ -126,10 +129,13 @@ class RibSuppressor:
         return undo(self.bone_model.bone_image(display))
 
     def suppress(
-        self, image: MedicalImage, ribs: np.ndarray | None, settings: SuppressionSettings
+        self, image: MedicalImage, ribs: np.ndarray | None, settings: SuppressionSettings,
+        findings: list[dict] | None = None,
     ) -> SuppressionResult:
         """Suppress the bone of ``image``. ``ribs`` (bool, the image's shape): the diffusion modes' mask
-        (required); in bone mode an optional restriction (None: the whole film)."""
+        (required); in bone mode an optional restriction (None: the whole film). ``findings``: with
+        ``keep_nodules``, the nodules to spare (dicts with ``row``, ``col``, ``diameter_px`` on the image's array,
+        as :func:`lungx_core.tasks.nodule_detection.find_nodules` gives them) instead of the detector's."""
         from lungx_core.generative.blending import blend_weight
 
         feather_px = settings.feather * max(image.array.shape)
@@ -146,7 +152,7 @@ class RibSuppressor:
             from lungx_core.cxr.bone import spare_nodules
             from lungx_core.tasks.nodule_detection import find_nodules
 
-            spared = find_nodules(self._get("nodules"), image).findings
+            spared = find_nodules(self._get("nodules"), image).findings if findings is None else list(findings)
             bone = spare_nodules(bone, [(f["row"], f["col"], f["diameter_px"]) for f in spared])
         if ribs is not None:
             check_rib_mask(image, ribs)

@@ -101,6 +101,7 @@ def insert_pathology(
         depth = rng.uniform(0.2, 0.7)
         yy, xx = np.ogrid[: hu.shape[0], : hu.shape[1]]
         lobes = _lobes(hu.shape, rng, max(r * 0.3, 1.0))
+        region = None
         # at most half of the lung's cross-section: aerated lung always lies beside the mass, as it does beside a
         # tumour, and never beside the liver or spleen that a mass filling the whole section would look like
         while r > 1.0:
@@ -109,6 +110,8 @@ def insert_pathology(
             if region.sum() <= 0.5 * lung.sum():
                 break
             r *= 0.8
+        if region is None:  # a lung a few pixels across (a field-of-view crop's corner): no room for a mass
+            return out
         out[region] = rng.uniform(10, 60) + _texture(hu.shape, rng, 12)[region]
     else:
         raise ValueError(f"unknown pathology kind {kind!r}; choose one of {', '.join(ALL_KINDS)}")

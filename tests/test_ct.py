@@ -215,6 +215,7 @@ def test_synthetic_pathology_changes_only_the_lung(kind):
     assert out[lung].mean() > hu[lung].mean() + 1  # denser inside
     assert out[lung].max() <= 200
 
+
 def test_a_lung_too_small_for_a_mass_is_left_as_it_is():
     """A field-of-view crop can leave a lung a few pixels across beside a rib: there is no room for a mass there
     (its radius would be under a pixel), so the slice comes back unchanged instead of failing a training run."""
@@ -226,7 +227,6 @@ def test_a_lung_too_small_for_a_mass_is_left_as_it_is():
     lung = hu == -850
     for seed in range(5):
         np.testing.assert_array_equal(insert_pathology(hu, lung, np.random.default_rng(seed), "mass"), hu)
-
 
 
 def test_gas_joined_to_a_lung_across_the_diaphragm_is_dropped_and_a_dark_lung_piece_is_not():

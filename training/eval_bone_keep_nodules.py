@@ -45,7 +45,6 @@ def held_out_findings(run: Path, threshold: float, diameter_scale: float) -> dic
 def simulated_nodules_kept(data: Path, per_film: int, seed: int = 0) -> dict:
     """Own contrast kept of ``per_film`` simulated nodules in each JSRT normal film (module docstring), with the
     task's sparing (``spared``) and without it (``plain``); ``found``: the share the detector found."""
-    from lungx_core.cxr.bone import spare_nodules
     from lungx_core.image import MedicalImage
     from lungx_core.io.readers import read_radiograph
     from lungx_core.preprocess import normalise_intensity
@@ -63,11 +62,12 @@ def simulated_nodules_kept(data: Path, per_film: int, seed: int = 0) -> dict:
         lung = read_gray(data / "jsrt_scr" / "masks" / "lung" / path.name) > 127
         nodules = random_nodules(lung, rng, per_film, (7 * scale, 43 * scale), anywhere=0.0)
         with_nodules = film + render_nodules(film.shape, nodules, rng)
+        # the task itself, with and without the nodules, sparing the same discs in both (or none: plain)
         task = suppressor.suppress(MedicalImage(with_nodules), None, SuppressionSettings())
-        alpha = task.alpha
-        places = [(f["row"], f["col"], f["diameter_px"]) for f in task.spared]
-        bone = alpha * suppressor.bone_image(MedicalImage(film))
-        plain_with = with_nodules - alpha * suppressor.bone_image(MedicalImage(with_nodules))
+        without = suppressor.suppress(MedicalImage(film), None, SuppressionSettings(), findings=task.spared).array
+        plain = SuppressionSettings(keep_nodules=False)
+        plain_with = suppressor.suppress(MedicalImage(with_nodules), None, plain).array
+        plain_without = suppressor.suppress(MedicalImage(film), None, plain).array
         for n in nodules:
             def contrast(a, n=n):
                 return measure_contrast(a, n.x, n.y, n.diameter)
@@ -75,8 +75,8 @@ def simulated_nodules_kept(data: Path, per_film: int, seed: int = 0) -> dict:
             own = contrast(with_nodules) - contrast(film)
             if own <= 0:
                 continue
-            kept["spared"].append((contrast(task.array) - contrast(film - spare_nodules(bone, places))) / own)
-            kept["plain"].append((contrast(plain_with) - contrast(film - bone)) / own)
+            kept["spared"].append((contrast(task.array) - contrast(without)) / own)
+            kept["plain"].append((contrast(plain_with) - contrast(plain_without)) / own)
             found.append(any(np.hypot(f["col"] - n.x, f["row"] - n.y) < n.diameter for f in task.spared))
     hit = np.array(found)
 

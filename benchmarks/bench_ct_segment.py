@@ -2,11 +2,12 @@
 ``lungx segment`` in a child process; prints wall seconds and the child's peak RSS.
 
     python benchmarks/bench_ct_segment.py [--ct PATH] [--slices 300] [--method net|classical] [--device cpu]
-                                          [--backend torch|onnx] [--steady] [--network]
+                                          [--backend torch|onnx] [--steady] [--network] [--batch-sweep]
 
 ``--steady`` also runs three copies in one ``lungx segment`` call: (that time - one CT's) / 2 is a CT's share in
 a batch, start-up (Python, torch, MONAI, weights) paid once. ``--network`` times the network alone on the same
-slices (the limit; net method only).
+slices (the limit; net method only). ``--batch-sweep`` times the network alone per slice at 1-16 slices per call
+(the task's ``CPU_BATCH_SLICES`` was chosen from it) and checks that the logits do not depend on it.
 
 Default CT: ../shared/data/ct_tcia_dicom_samples/lidc-idri-0001/ct.nii.gz when present, else the CT that the
 slicerio package ships (both upsampled; timing depends on the grid, not on the anatomy's fine detail).
@@ -46,8 +47,11 @@ def run_cli(inputs: list[Path], out: Path, method: str, device: str, backend: st
     return time.perf_counter() - t0
 
 
-def network_seconds(volume: Path, device: str) -> float:
-    """The CT network alone over every slice of ``volume`` (as the task batches them), after one warm batch."""
+def network_seconds(volume: Path, device: str, backend: str = "torch", batch_slices: int | None = None,
+                    logits: list | None = None) -> float:
+    """The CT network alone over every slice of ``volume`` (as the task batches them, or ``batch_slices`` at a
+    time), after one warm batch; the logits are appended to ``logits`` when it is given."""
+    import numpy as np
     import torch
 
     from lungx_core.io.ct import read_ct
@@ -55,20 +59,34 @@ def network_seconds(volume: Path, device: str) -> float:
     from lungx_core.preprocess import ct_slices_to_input
     from lungx_core.tasks.ct_lungs import CTLungSegmenter
 
-    seg = CTLungSegmenter(device=device)
+    seg = CTLungSegmenter(device=device, backend=backend, batch_slices=batch_slices)
     image = read_ct(volume)
     orient = reorientation(image.direction, image.spacing)
     hu = orient.to_canonical(image.array)
     inputs = [ct_slices_to_input(hu[z : z + seg.batch_slices], seg.size, orient.spacing[1:])[0]
               for z in range(0, hu.shape[0], seg.batch_slices)]
-    total = 0.0
+    total, out = 0.0, []
     with torch.inference_mode():
         seg.net(torch.from_numpy(inputs[0]).to(seg.device))
         for x in inputs:
             t0 = time.perf_counter()
-            seg.net(torch.from_numpy(x).to(seg.device)).cpu()
+            out.append(seg.net(torch.from_numpy(x).to(seg.device)).float().cpu().numpy())
             total += time.perf_counter() - t0
+    if logits is not None:
+        logits.append(np.concatenate(out))
     return total
+
+
+def batch_sweep(volume: Path, device: str, backend: str, sizes=(1, 2, 4, 8, 16)) -> None:
+    """ms per slice of the network alone at each number of slices per call, least of two passes each."""
+    import numpy as np
+
+    logits: list = []
+    for n in sizes:
+        ms = min(network_seconds(volume, device, backend, n, logits if k == 0 else None) for k in range(2))
+        same = "" if np.array_equal(logits[-1], logits[0]) else f", logits differ from {sizes[0]} (max "
+        same += f"{np.abs(logits[-1] - logits[0]).max():.2g})" if same else ""
+        print(f"{n:>2} slices per call: {1000 * ms / len(logits[-1]):.1f} ms per slice{same}")
 
 
 def main() -> None:
@@ -80,6 +98,7 @@ def main() -> None:
     ap.add_argument("--backend", default="torch", help="torch or onnx (exported once, before the timed runs)")
     ap.add_argument("--steady", action="store_true", help="also time three CTs in one run")
     ap.add_argument("--network", action="store_true", help="also time the network alone")
+    ap.add_argument("--batch-sweep", action="store_true", help="time the network alone at 1-16 slices per call")
     args = ap.parse_args()
     ct = args.ct or DEFAULT_CT / "lidc-idri-0001" / "ct.nii.gz"
     if not ct.exists():
@@ -89,6 +108,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         volume = Path(tmp) / "ct_512.nii.gz"
         upsampled(ct, (512, 512, args.slices), volume)
+        if args.batch_sweep:
+            print(f"the network alone on {ct} resampled to 512x512x{args.slices}, {args.device}, {args.backend}:")
+            batch_sweep(volume, args.device, args.backend)
+            return
         if args.backend == "onnx":  # the export on first use is a one-off, not part of a run
             from lungx_core.models.store import load_model
 

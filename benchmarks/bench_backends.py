@@ -1,7 +1,10 @@
-"""torch vs ONNX Runtime, side by side in one run: agreement (Dice between the two backends' masks) and speed,
-for CXR anatomy segmentation on the validation films and for CT lung segmentation.
+"""torch vs ONNX Runtime vs bfloat16, side by side in one run: agreement (Dice between each backend's masks and
+torch's) and speed, for CXR anatomy segmentation on the validation films and for CT lung segmentation.
 
-    python benchmarks/bench_backends.py [--n 60] [--ct-slices 300] [--device cpu]
+    python benchmarks/bench_backends.py [--n 60] [--ct-slices 300] [--device cpu] [--backends torch onnx bf16]
+
+A backend that cannot run here (bf16 on a CPU without native bfloat16) is left out with the reason. The CXR bf16
+row is there to show why radiographs are not run in bf16 (``lungx_core.models.bf16``).
 
 CXR: the films of training/splits/*_val.txt (JSRT/SCR, COVID GB, COVID V7) from ../shared/data, end to end per
 film (read, segment, write .seg.nrrd and the QC overlay), images/s per backend. CT: every CT under
@@ -41,23 +44,38 @@ def validation_films(n: int) -> list[Path]:
     return films[:n]
 
 
-def bench_cxr(films: list[Path], device: str) -> None:
+def _segmenters(make, backends: list[str]) -> dict:
+    """{backend: make(backend)} for torch and every other backend that can run here (the rest reported)."""
+    out = {"torch": make("torch")}
+    for backend in backends:
+        if backend != "torch":
+            try:
+                out[backend] = make(backend)
+            except (ValueError, ImportError) as e:
+                print(f"backend {backend} left out: {e}")
+    return out
+
+
+def bench_cxr(films: list[Path], device: str, backends: list[str]) -> None:
     from lungx_core.io.inputs import Case
     from lungx_core.io.readers import read_radiograph
     from lungx_core.tasks.cxr_segmentation import CXRSegmenter, process_case
 
-    segmenters = {b: CXRSegmenter("cxr_anatomy", device, None, b) for b in ("torch", "onnx")}
-    worst: dict[str, float] = {}
-    means: list[float] = []
+    segmenters = _segmenters(lambda b: CXRSegmenter("cxr_anatomy", device, None, b), backends)
+    worst: dict[str, dict[str, float]] = {b: {} for b in segmenters if b != "torch"}
+    means: dict[str, list[float]] = {b: [] for b in worst}
     for path in films:
         image = read_radiograph(path)
-        a, b = (segmenters[k].segment(image).masks for k in ("torch", "onnx"))
-        for name in a:
-            d = _dice(a[name], b[name])
-            worst[name] = min(worst.get(name, 1.0), d)
-            means.append(d)
-    print(f"CXR agreement on {len(films)} validation films: mean Dice {np.mean(means):.5f}; worst per structure "
-          + ", ".join(f"{k} {v:.5f}" for k, v in worst.items()))
+        masks = {k: seg.segment(image).masks for k, seg in segmenters.items()}
+        for backend in worst:
+            for name, reference in masks["torch"].items():
+                d = _dice(reference, masks[backend][name])
+                worst[backend][name] = min(worst[backend].get(name, 1.0), d)
+                means[backend].append(d)
+    for backend in worst:
+        print(f"CXR agreement {backend} vs torch on {len(films)} validation films: mean Dice "
+              f"{np.mean(means[backend]):.5f}; worst per structure "
+              + ", ".join(f"{k} {v:.5f}" for k, v in worst[backend].items()))
     with tempfile.TemporaryDirectory() as tmp:
         speeds = {}
         for backend, seg in segmenters.items():
@@ -72,10 +90,11 @@ def bench_cxr(films: list[Path], device: str) -> None:
             speeds[backend] = max(runs)
             print(f"CXR end to end with {backend}: {speeds[backend]:.2f} images/s (best of 2 passes over "
                   f"{len(films)} films; read, segment, write .seg.nrrd + overlay)")
-        print(f"CXR speed ratio onnx/torch: {speeds['onnx'] / speeds['torch']:.2f}")
+        for backend in worst:
+            print(f"CXR speed ratio {backend}/torch: {speeds[backend] / speeds['torch']:.2f}")
 
 
-def bench_ct(device: str, slices: int) -> None:
+def bench_ct(device: str, slices: int, backends: list[str]) -> None:
     import SimpleITK as sitk
     from bench_ct_segment import upsampled
 
@@ -83,14 +102,17 @@ def bench_ct(device: str, slices: int) -> None:
     from lungx_core.io.inputs import Case
     from lungx_core.tasks.ct_lungs import CTLungSegmenter, process_case
 
-    segmenters = {b: CTLungSegmenter("net", "ct_lungs", device, backend=b) for b in ("torch", "onnx")}
+    segmenters = _segmenters(lambda b: CTLungSegmenter("net", "ct_lungs", device, backend=b), backends)
     cts = sorted(DATA.glob("**/ct.nii.gz"))
     for ct in cts:
         image = read_ct(ct)
-        a, b = (segmenters[k].segment(image).labels for k in ("torch", "onnx"))
-        dices = [_dice(a == v, b == v) for v in (1, 2)]
-        print(f"CT agreement {ct.parent.name} {tuple(image.array.shape)}: Dice right {dices[0]:.5f}, "
-              f"left {dices[1]:.5f}")
+        labels = {k: seg.segment(image).labels for k, seg in segmenters.items()}
+        for backend in segmenters:
+            if backend != "torch":
+                a, b = labels["torch"], labels[backend]
+                dices = [_dice(a == v, b == v) for v in (1, 2)]
+                print(f"CT agreement {backend} vs torch, {ct.parent.name} {tuple(image.array.shape)}: Dice right "
+                      f"{dices[0]:.5f}, left {dices[1]:.5f}")
     lidc = DATA / "ct_tcia_dicom_samples" / "lidc-idri-0001" / "ct.nii.gz"
     if not lidc.exists():
         return
@@ -112,17 +134,19 @@ def main() -> None:
     ap.add_argument("--ct-slices", type=int, default=300)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--skip-ct", action="store_true")
+    ap.add_argument("--skip-cxr", action="store_true")
+    ap.add_argument("--backends", nargs="+", default=["torch", "onnx", "bf16"])
     args = ap.parse_args()
     import torch
 
     print(f"torch threads {torch.get_num_threads()}; device {args.device}")
-    films = validation_films(args.n)
+    films = [] if args.skip_cxr else validation_films(args.n)
     if films:
-        bench_cxr(films, args.device)
-    else:
+        bench_cxr(films, args.device, args.backends)
+    elif not args.skip_cxr:
         print("no validation films under ../shared/data: CXR part skipped")
     if not args.skip_ct:
-        bench_ct(args.device, args.ct_slices)
+        bench_ct(args.device, args.ct_slices, args.backends)
 
 
 if __name__ == "__main__":

@@ -95,7 +95,7 @@ def main() -> None:
     ap.add_argument("--slices", type=int, default=300)
     ap.add_argument("--method", default="net")
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--backend", default="torch", help="torch or onnx (exported once, before the timed runs)")
+    ap.add_argument("--backend", default="torch", help="torch, onnx (exported once, before the timed runs) or bf16")
     ap.add_argument("--steady", action="store_true", help="also time three CTs in one run")
     ap.add_argument("--network", action="store_true", help="also time the network alone")
     ap.add_argument("--batch-sweep", action="store_true", help="time the network alone at 1-16 slices per call")

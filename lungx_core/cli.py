@@ -53,6 +53,7 @@ CTMethod = Enum("CTMethod", _choices("ct-lungs", "method"), type=str)
 class Backend(str, Enum):
     torch = "torch"
     onnx = "onnx"
+    bf16 = "bf16"
 
 
 class OutputFormat(str, Enum):
@@ -143,7 +144,9 @@ def segment(
     backend: Annotated[
         Backend,
         typer.Option(help="What runs the network: torch, or ONNX Runtime (the 'fast' extra; exported once per "
-                     "model to ~/.cache/lungx/onnx, or $LUNGX_CACHE_DIR)."),
+                     "model to ~/.cache/lungx/onnx, or $LUNGX_CACHE_DIR), or bf16: the CT network in bfloat16 "
+                     "(a GPU or a CPU with AVX512-BF16/AMX; about 1.7x faster, lungs within Dice 0.998 of "
+                     "float32); radiographs stay in float32 with bf16 (their clavicles would move)."),
     ] = Backend.torch,
     overlay: Annotated[bool, typer.Option(help="Write <id>_overlay.png QC pictures.")] = True,
     sample: Annotated[
@@ -206,7 +209,9 @@ def segment(
               "backend": backend.value}
     steps = {}
     if "cxr" in kinds:
-        steps["cxr"] = partial(cxr_segmentation.run_one, **common, model=model or cxr_segmentation.DEFAULT_MODEL,
+        # bf16 is for the CT network only: it moves radiograph clavicles (lungx_core.models.bf16)
+        cxr_common = {**common, "backend": "torch" if backend is Backend.bf16 else backend.value}
+        steps["cxr"] = partial(cxr_segmentation.run_one, **cxr_common, model=model or cxr_segmentation.DEFAULT_MODEL,
                                threshold=threshold, input_check=_on_off(input_check))
     if "ct" in kinds:
         steps["ct"] = partial(ct_lungs.run_one, **common, model=model or ct_lungs.DEFAULT_MODEL,

@@ -18,7 +18,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-BACKENDS = ("torch", "onnx")
 # ONNX opset: 17 is supported by every onnxruntime >= 1.14 and covers the U-Nets' operators
 OPSET = 17
 

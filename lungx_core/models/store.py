@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"
+BACKENDS = ("torch", "onnx", "bf16")  # what runs a network (load_model)
 
 
 def model_paths(name_or_path: str | Path) -> tuple[Path, Path]:
@@ -47,9 +48,10 @@ def load_model(name_or_path: str | Path, device: str = "auto", backend: str = "t
     """(network in eval mode on the device, config dict). Weights are cast to float32 on CPU.
 
     ``backend="onnx"`` returns the network's ONNX Runtime twin (lungx_core.models.onnx), exported on first use
-    and cached by the weights' hash; it is called like the torch module."""
-    if backend not in ("torch", "onnx"):
-        raise ValueError(f"unknown backend {backend!r}; choose torch or onnx")
+    and cached by the weights' hash; ``backend="bf16"`` the torch network run in bfloat16 autocast
+    (lungx_core.models.bf16: a GPU or a CPU with native bfloat16 only). Both are called like the torch module."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; choose {', '.join(BACKENDS)}")
     weights, _ = model_paths(name_or_path)
     config = read_model_config(name_or_path)
     if backend == "onnx":
@@ -59,7 +61,12 @@ def load_model(name_or_path: str | Path, device: str = "auto", backend: str = "t
             return _torch_network(weights, config, "cpu")
 
         return onnx_network(make_net, config, weights, weights.name[: -len(".safetensors")], device), config
-    return _torch_network(weights, config, device), config
+    net = _torch_network(weights, config, device)
+    if backend == "bf16":
+        from lungx_core.models.bf16 import bf16_network
+
+        return bf16_network(net, network_device(net)), config
+    return net, config
 
 
 def _torch_network(weights: Path, config: dict[str, Any], device: str):

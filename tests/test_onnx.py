@@ -56,6 +56,16 @@ def test_a_cached_onnx_network_needs_no_torch_network(cache, monkeypatch):
         store.load_model("ct_lungs", "cpu", "onnx")
 
 
+def test_onnx_threads_do_not_spin_between_calls(cache):
+    """Issue 38: spinning onnxruntime threads took the 2 cores the rest of the pipeline needed (CXR end to end
+    6.7 images/s against 11.3 without spinning; README)."""
+    from lungx_core.models.store import load_model
+
+    net, _ = load_model("cxr_anatomy", "cpu", backend="onnx")
+    options = net.session.get_session_options()
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+
+
 def test_ct_onnx_labels_equal_torch_labels(cache):
     from lungx_core.io.sample import sample_ct
     from lungx_core.tasks.ct_lungs import CTLungSegmenter

@@ -79,6 +79,10 @@ class OnnxNetwork:
         threads = _threads()
         if threads:
             options.intra_op_num_threads = threads
+        # Idle threads do not spin-wait for the next call: on a few cores they took the cores the rest of the
+        # pipeline (reading, post-processing, writing, torch's gate) needed; CXR end to end ran 6.7 images/s
+        # against torch's 9.1, and 11.3 (torch 10.1) without spinning (benchmarks/bench_backends.py).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(str(path), options, providers=providers)
         # where callers put input tensors: always host memory (onnxruntime copies to the GPU itself)
         self.device = "cpu"

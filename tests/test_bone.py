@@ -340,3 +340,27 @@ def test_the_nodule_stage_config_fine_tunes_each_des_fold_and_is_the_one_scored(
     run = Path("run")
     assert stage_folder(run, "drr", "x") == run / "drr"
     assert stage_folder(run, "nodules", "gusarev_des_031") == run / "nodules_gusarev_des_031"
+
+
+def test_the_bone_views_run_a_few_at_a_time_on_cpu_with_the_same_result():
+    """Issue 38: the bone model's test-time views go through the network about 256 x 256 x 4 pixels per call
+    (faster on CPU caches); the bone image is the one-call bone image bit for bit."""
+    import torch
+
+    from lungx_core.models import inference
+    from lungx_core.models.store import load_model
+
+    net, _ = load_model("cxr_bone", "cpu")
+    calls = []
+
+    def counted(x):
+        calls.append(len(x))
+        return net(x)
+
+    x = torch.from_numpy(np.random.default_rng(0).random((10, 1, 320, 320), dtype=np.float32))
+    with torch.inference_mode():
+        chunked = inference.forward_in_chunks(counted, x)
+        assert calls == [2, 2, 2, 2, 2]
+        assert torch.equal(chunked, net(x))
+        assert len(calls) == 5 and inference.forward_in_chunks(counted, x[:, :, :64, :64]).shape == (10, 1, 64, 64)
+    assert calls[-1] == 10  # small views: one call

@@ -188,6 +188,7 @@ class BoneLayerModel:
         import torch
 
         from lungx_core.cxr.thoracic import resize, whole_film
+        from lungx_core.models.inference import forward_in_chunks
 
         spec = self.spec
         sizes, shifts = spec.tta_sizes or (spec.size,), spec.tta_shifts or ((0, 0),)
@@ -199,7 +200,7 @@ class BoneLayerModel:
             if spec.flip_average:  # each view and its mirror image, the mirror's bone mirrored back
                 views += [v.flip(-1) for v in views]
             with torch.inference_mode():
-                out = self.net(torch.cat(views))[:, 0].float().cpu()
+                out = forward_in_chunks(self.net, torch.cat(views))[:, 0].float().cpu()
             k = len(shifts)
             if spec.flip_average:
                 out = 0.5 * (out[:k] + out[k:].flip(-1))

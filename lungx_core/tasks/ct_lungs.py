@@ -38,10 +38,10 @@ MIN_TOTAL_LUNG_ML = 50.0  # below this no lungs were found: not a chest CT (or n
 LUNG_ML_RANGE = (250.0, 5000.0)  # one adult lung, full coverage
 LR_RATIO_RANGE = (0.5, 2.0)  # right / left volume; the right lung is normally ~10% larger
 WORKING_SPACING_MM = 1.4  # classical path: in-plane working resolution
-# Slices per network call. On 2 CPU cores torch runs fastest at 4 (ms per slice at 1/2/4/8/16 slices: 19.1/14.5/
-# 12.6/13.5/15.9; ONNX Runtime 9.0/8.2/9.0/8.5/8.9), with the same logits bit for bit (benchmarks/
-# bench_ct_segment.py --batch-sweep). A GPU wants more at once.
-CPU_BATCH_SLICES, GPU_BATCH_SLICES = 4, 16
+# Slices per network call on a GPU; on CPU as many as fit lungx_core.models.inference.CPU_PIXELS_PER_CALL (4 at
+# 256 px: ms per slice at 1/2/4/8/16 slices, torch 19.1/14.5/12.6/13.5/15.9, ONNX Runtime 9.0/8.2/9.0/8.5/8.9, the
+# same logits bit for bit; benchmarks/bench_ct_segment.py --batch-sweep).
+GPU_BATCH_SLICES = 16
 
 
 @dataclass
@@ -269,7 +269,11 @@ class CTLungSegmenter:
             self.name = str(self.config.get("name", model))
             self.size = int(self.config["size"])
             self.threshold = float(self.config.get("threshold", 0.5))
-        self.batch_slices = batch_slices or (CPU_BATCH_SLICES if str(self.device) == "cpu" else GPU_BATCH_SLICES)
+        self.batch_slices = batch_slices or GPU_BATCH_SLICES
+        if method == "net" and not batch_slices and str(self.device) == "cpu":
+            from lungx_core.models.inference import CPU_PIXELS_PER_CALL
+
+            self.batch_slices = max(1, CPU_PIXELS_PER_CALL // self.size**2)
 
     def _labels_net(
         self, hu: np.ndarray, progress: Progress | None = None, pixel_mm: tuple[float, float] = (1.0, 1.0)

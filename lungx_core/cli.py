@@ -475,12 +475,13 @@ def synthesize(
 
 def _run_image_task(
     inputs, output, mask, run: _Batch, description, verb, step, columns, mask_option="--lung-mask", models=(),
-    finish=None,
+    finish=None, overlap: int = 1,
 ) -> None:
     """The radiograph commands: collect inputs, match the given masks (one file, or a folder of <id>.<ext>;
     ``mask_option`` names the option) to cases, check that ``models`` exist, run ``step`` (a task's run_one bound
-    to its options) over the cases with _run_batch, then ``finish(rows)`` (run-level files), and exit 1 when any
-    input failed."""
+    to its options) over the cases with _run_batch (``overlap`` cases in flight in this process: only for steps
+    that share no mutable state between cases), then ``finish(rows)`` (run-level files), and exit 1 when any input
+    failed."""
     from lungx_core.batch import claim_output
     from lungx_core.io.inputs import collect_cases
     from lungx_core.models.store import read_model_config
@@ -495,7 +496,8 @@ def _run_image_task(
         if mask is not None and mask.is_dir():
             case.mask = next(iter(sorted(mask.glob(f"{case.case_id}.*"))), mask / f"{case.case_id}.png")
     claim_output(output, run.command)  # makes the folder; refuses another command's before anything is written
-    rows = _run_batch(cases, step, output, run, description, lambda path, rows: _write_table(path, rows, columns))
+    rows = _run_batch(cases, step, output, run, description, lambda path, rows: _write_table(path, rows, columns),
+                      overlap)
     if finish is not None:
         finish(rows)
     failed = sum(r["status"] != "ok" for r in rows)
@@ -640,7 +642,7 @@ def detect_nodules(
     _run_image_task(
         inputs, output, None, _Batch("detect-nodules", workers, scheduler, resume, quiet), "detecting nodules",
         "searched", step, COMMON_COLUMNS + nodule_detection.RESULT_COLUMNS + TRAILING_COLUMNS, models=(model,),
-        finish=lambda rows: nodule_detection.write_run_candidates(output, rows),
+        finish=lambda rows: nodule_detection.write_run_candidates(output, rows), overlap=2,
     )
 
 
@@ -741,6 +743,8 @@ def suppress_ribs(
         "suppressing bone", "suppressed",
         step, COMMON_COLUMNS + rib_suppression.RESULT_COLUMNS + TRAILING_COLUMNS[1:], mask_option="--rib-mask",
         models=(model,) if mode == SuppressionMode.bone else (inpainting_model,),
+        # two films in flight in bone mode (the diffusion modes' schedulers keep state between calls)
+        overlap=2 if mode == SuppressionMode.bone else 1,
     )
 
 

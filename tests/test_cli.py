@@ -273,3 +273,26 @@ def test_evaluate_ct_prints_exactly_one_json_object(tmp_path):
     assert proc.stdout.count("\n") == 1
     assert summary["n"] == 1 and summary["dice"] == {"lung_right": 1.0, "lung_left": 1.0, "lung": 1.0}
     assert set(summary) == {"n", "dice", "volume_error_pct", "hd95_mm", "seconds_per_case"}
+
+
+@pytest.mark.parametrize("command, overlap", [(["detect-nodules"], 2), (["suppress-ribs"], 2),
+                                              (["suppress-ribs", "--mode", "inpaint-subtract"], 1)])
+def test_the_2k_film_commands_keep_two_films_in_flight_where_their_step_allows(tmp_path, monkeypatch, command,
+                                                                               overlap):
+    """Issue 38: detect-nodules and bone-mode suppress-ribs run two films at once in one process (12 films of
+    2048 px: 12.5-13.4 -> 10.5-11.3 s and 25.8-26.5 -> 18.2-18.4 s); the diffusion modes stay one at a time."""
+    from typer.testing import CliRunner
+
+    from lungx_core import batch, cli
+
+    seen = []
+
+    def fake_run_cases(cases, step, output, **kwargs):
+        seen.append(kwargs["overlap"])
+        return []
+
+    monkeypatch.setattr(batch, "run_cases", fake_run_cases)
+    (tmp_path / "in").mkdir()
+    Image.fromarray(np.full((64, 64), 128, np.uint8)).save(tmp_path / "in" / "film.png")
+    CliRunner().invoke(cli.app, [*command, str(tmp_path / "in"), "-o", str(tmp_path / "out"), "-q"])
+    assert seen == [overlap]

@@ -7,7 +7,8 @@
 ``--steady`` also runs three copies in one ``lungx segment`` call: (that time - one CT's) / 2 is a CT's share in
 a batch, start-up (Python, torch, MONAI, weights) paid once. ``--network`` times the network alone on the same
 slices (the limit; net method only). ``--batch-sweep`` times the network alone per slice at 1-16 slices per call
-(the task's ``CPU_BATCH_SLICES`` was chosen from it) and checks that the logits do not depend on it.
+(the CPU budget ``lungx_core.models.inference.CPU_PIXELS_PER_CALL`` was chosen from it) and checks that the logits
+do not depend on it.
 
 Default CT: ../shared/data/ct_tcia_dicom_samples/lidc-idri-0001/ct.nii.gz when present, else the CT that the
 slicerio package ships (both upsampled; timing depends on the grid, not on the anatomy's fine detail).

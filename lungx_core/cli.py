@@ -475,13 +475,13 @@ def synthesize(
 
 def _run_image_task(
     inputs, output, mask, run: _Batch, description, verb, step, columns, mask_option="--lung-mask", models=(),
-    finish=None, overlap: int = 1,
+    finish=None, overlap: int = 2,
 ) -> None:
     """The radiograph commands: collect inputs, match the given masks (one file, or a folder of <id>.<ext>;
     ``mask_option`` names the option) to cases, check that ``models`` exist, run ``step`` (a task's run_one bound
-    to its options) over the cases with _run_batch (``overlap`` cases in flight in this process: only for steps
-    that share no mutable state between cases), then ``finish(rows)`` (run-level files), and exit 1 when any input
-    failed."""
+    to its options) over the cases with _run_batch, then ``finish(rows)`` (run-level files), and exit 1 when any
+    input failed. ``overlap`` films are in flight at once in this process, as in ``segment`` (one read and written
+    while the other is computed); 1 for a step whose models keep state between calls."""
     from lungx_core.batch import claim_output
     from lungx_core.io.inputs import collect_cases
     from lungx_core.models.store import read_model_config
@@ -642,7 +642,7 @@ def detect_nodules(
     _run_image_task(
         inputs, output, None, _Batch("detect-nodules", workers, scheduler, resume, quiet), "detecting nodules",
         "searched", step, COMMON_COLUMNS + nodule_detection.RESULT_COLUMNS + TRAILING_COLUMNS, models=(model,),
-        finish=lambda rows: nodule_detection.write_run_candidates(output, rows), overlap=2,
+        finish=lambda rows: nodule_detection.write_run_candidates(output, rows),
     )
 
 
@@ -743,8 +743,7 @@ def suppress_ribs(
         "suppressing bone", "suppressed",
         step, COMMON_COLUMNS + rib_suppression.RESULT_COLUMNS + TRAILING_COLUMNS[1:], mask_option="--rib-mask",
         models=(model,) if mode == SuppressionMode.bone else (inpainting_model,),
-        # two films in flight in bone mode (the diffusion modes' schedulers keep state between calls)
-        overlap=2 if mode == SuppressionMode.bone else 1,
+        overlap=2 if mode == SuppressionMode.bone else 1,  # the diffusion modes' schedulers keep state
     )
 
 

@@ -275,12 +275,14 @@ def test_evaluate_ct_prints_exactly_one_json_object(tmp_path):
     assert set(summary) == {"n", "dice", "volume_error_pct", "hd95_mm", "seconds_per_case"}
 
 
-@pytest.mark.parametrize("command, overlap", [(["detect-nodules"], 2), (["suppress-ribs"], 2),
-                                              (["suppress-ribs", "--mode", "inpaint-subtract"], 1)])
-def test_the_2k_film_commands_keep_two_films_in_flight_where_their_step_allows(tmp_path, monkeypatch, command,
-                                                                               overlap):
-    """Issue 38: detect-nodules and bone-mode suppress-ribs run two films at once in one process (12 films of
-    2048 px: 12.5-13.4 -> 10.5-11.3 s and 25.8-26.5 -> 18.2-18.4 s); the diffusion modes stay one at a time."""
+@pytest.mark.parametrize("command, overlap", [
+    (["detect-nodules"], 2), (["suppress-ribs"], 2), (["suppress-ribs", "--mode", "inpaint-subtract"], 1),
+    (["remove-opacity"], 2), (["synthesize"], 2), (["classify"], 2)])
+def test_the_radiograph_commands_keep_two_films_in_flight_where_their_step_allows(tmp_path, monkeypatch, command,
+                                                                                  overlap):
+    """Issue 38: the radiograph commands run two films at once in one process, as segment does (12 films of 2048
+    px: suppress-ribs 25.8-26.5 -> 18.2-18.4 s, detect-nodules 12.5-13.4 -> 10.5-11.3 s; 40 NIH films:
+    remove-opacity 12.9-14.3 -> 9.7-10.8 s); the diffusion modes of suppress-ribs stay one at a time."""
     from typer.testing import CliRunner
 
     from lungx_core import batch, cli

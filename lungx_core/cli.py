@@ -185,6 +185,14 @@ def segment(
     sample_kinds = [k for k in ("cxr", "ct") if sample and forced in (None, k)]
     kinds = {c.kind for c in cases} | set(sample_kinds)
     _check_segment_options(kinds, model, fmt)
+    if backend is Backend.bf16 and "ct" in kinds:  # refused before any case runs, not at the first CT
+        from lungx_core.models.bf16 import require_native_bf16
+        from lungx_core.models.store import resolve_device
+
+        try:
+            require_native_bf16(resolve_device(device.value))
+        except ValueError as e:
+            raise typer.BadParameter(str(e), param_hint="--backend") from None
     from lungx_core.batch import claim_output
 
     run = _Batch("segment", workers, scheduler, resume, quiet)

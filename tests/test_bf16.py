@@ -50,6 +50,19 @@ def test_a_cpu_without_native_bf16_is_refused(monkeypatch):
         load_model("ct_lungs", "cpu", backend="bf16")
 
 
+def test_the_cli_refuses_bf16_before_any_case_runs(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from lungx_core import cli
+    from lungx_core.models import bf16
+
+    monkeypatch.setattr(bf16, "native_bf16", lambda device: False)
+    result = CliRunner().invoke(cli.app, ["segment", "--sample", "--backend", "bf16", "-o", str(tmp_path / "out")])
+    assert result.exit_code == 2
+    assert "AVX512-BF16" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "out" / "results.csv").exists()  # nothing ran
+
+
 @needs_bf16
 def test_cli_bf16_runs_the_ct_in_bf16_and_keeps_radiographs_in_float32(tmp_path):
     import SimpleITK as sitk

@@ -29,15 +29,20 @@ def native_bf16(device: Any) -> bool:
                 or getattr(cpu, "_is_amx_tile_supported", lambda: False)())
 
 
+def require_native_bf16(device: Any) -> None:
+    """ValueError (one line, for the user) where ``device`` would only emulate bfloat16."""
+    if not native_bf16(device):
+        raise ValueError("--backend bf16 needs a GPU or a CPU with AVX512-BF16 or AMX; this CPU would emulate "
+                         "bfloat16 more slowly than float32: use --backend torch or onnx")
+
+
 def bf16_network(net: Any, device: Any) -> Any:
     """``net`` (a torch module in eval mode) wrapped so that its forward runs in bfloat16 autocast and returns
     float32 logits; ValueError where ``device`` would only emulate bfloat16."""
     import torch
 
     device = torch.device(device)
-    if not native_bf16(device):
-        raise ValueError("--backend bf16 needs a GPU or a CPU with AVX512-BF16 or AMX; this CPU would emulate "
-                         "bfloat16 more slowly than float32: use --backend torch or onnx")
+    require_native_bf16(device)
 
     class Bfloat16Network(torch.nn.Module):
         def __init__(self, inner: torch.nn.Module):

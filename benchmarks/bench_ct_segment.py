@@ -48,45 +48,54 @@ def run_cli(inputs: list[Path], out: Path, method: str, device: str, backend: st
     return time.perf_counter() - t0
 
 
-def network_seconds(volume: Path, device: str, backend: str = "torch", batch_slices: int | None = None,
+def network_seconds(volume: Path, device: str, backend: str = "torch", per_call: int | None = None,
                     logits: list | None = None) -> float:
-    """The CT network alone over every slice of ``volume`` (as the task batches them, or ``batch_slices`` at a
-    time), after one warm batch; the logits are appended to ``logits`` when it is given."""
+    """The CT network alone over every slice of ``volume``, after one warm call: as the task calls it, or
+    ``per_call`` slices at a time; the logits are appended to ``logits`` when it is given."""
     import numpy as np
     import torch
 
     from lungx_core.io.ct import read_ct
+    from lungx_core.models.inference import forward_in_chunks
     from lungx_core.orientation import reorientation
     from lungx_core.preprocess import ct_slices_to_input
     from lungx_core.tasks.ct_lungs import CTLungSegmenter
 
-    seg = CTLungSegmenter(device=device, backend=backend, batch_slices=batch_slices)
+    seg = CTLungSegmenter(device=device, backend=backend, batch_slices=per_call or 16)
     image = read_ct(volume)
     orient = reorientation(image.direction, image.spacing)
     hu = orient.to_canonical(image.array)
     inputs = [ct_slices_to_input(hu[z : z + seg.batch_slices], seg.size, orient.spacing[1:])[0]
               for z in range(0, hu.shape[0], seg.batch_slices)]
+
+    def call(x):
+        x = torch.from_numpy(x).to(seg.device)
+        return seg.net(x) if per_call else forward_in_chunks(seg.net, x)
+
     total, out = 0.0, []
     with torch.inference_mode():
-        seg.net(torch.from_numpy(inputs[0]).to(seg.device))
+        call(inputs[0])
         for x in inputs:
             t0 = time.perf_counter()
-            out.append(seg.net(torch.from_numpy(x).to(seg.device)).float().cpu().numpy())
+            y = call(x)
             total += time.perf_counter() - t0
+            if logits is not None:
+                out.append(y.float().cpu().numpy())
     if logits is not None:
         logits.append(np.concatenate(out))
     return total
 
 
 def batch_sweep(volume: Path, device: str, backend: str, sizes=(1, 2, 4, 8, 16)) -> None:
-    """ms per slice of the network alone at each number of slices per call, least of two passes each."""
+    """ms per slice of the network alone at each number of slices per call, least of two passes each, and
+    whether the logits differ from those at ``sizes[0]``."""
     import numpy as np
 
     logits: list = []
     for n in sizes:
         ms = min(network_seconds(volume, device, backend, n, logits if k == 0 else None) for k in range(2))
-        same = "" if np.array_equal(logits[-1], logits[0]) else f", logits differ from {sizes[0]} (max "
-        same += f"{np.abs(logits[-1] - logits[0]).max():.2g})" if same else ""
+        gap = float(np.abs(logits[-1] - logits[0]).max())
+        same = f", logits differ from {sizes[0]} per call (max {gap:.2g})" if gap else ""
         print(f"{n:>2} slices per call: {1000 * ms / len(logits[-1]):.1f} ms per slice{same}")
 
 

@@ -38,10 +38,6 @@ MIN_TOTAL_LUNG_ML = 50.0  # below this no lungs were found: not a chest CT (or n
 LUNG_ML_RANGE = (250.0, 5000.0)  # one adult lung, full coverage
 LR_RATIO_RANGE = (0.5, 2.0)  # right / left volume; the right lung is normally ~10% larger
 WORKING_SPACING_MM = 1.4  # classical path: in-plane working resolution
-# Slices per network call on a GPU; on CPU as many as fit lungx_core.models.inference.CPU_PIXELS_PER_CALL (4 at
-# 256 px: ms per slice at 1/2/4/8/16 slices, torch 19.1/14.5/12.6/13.5/15.9, ONNX Runtime 9.0/8.2/9.0/8.5/8.9, the
-# same logits bit for bit; benchmarks/bench_ct_segment.py --batch-sweep).
-GPU_BATCH_SLICES = 16
 
 
 @dataclass
@@ -252,12 +248,13 @@ class CTLungSegmenter:
         method: str = "net",
         model: str | Path = DEFAULT_MODEL,
         device: str = "auto",
-        batch_slices: int | None = None,
+        batch_slices: int = 16,
         backend: str = "torch",
     ):
         if method not in METHODS:
             raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
         self.method = method
+        self.batch_slices = batch_slices
         self.net = None
         self.device = "cpu"
         self.name = "ct_lungs_classical"
@@ -269,25 +266,21 @@ class CTLungSegmenter:
             self.name = str(self.config.get("name", model))
             self.size = int(self.config["size"])
             self.threshold = float(self.config.get("threshold", 0.5))
-        self.batch_slices = batch_slices or GPU_BATCH_SLICES
-        if method == "net" and not batch_slices and str(self.device) == "cpu":
-            from lungx_core.models.inference import CPU_PIXELS_PER_CALL
-
-            self.batch_slices = max(1, CPU_PIXELS_PER_CALL // self.size**2)
 
     def _labels_net(
         self, hu: np.ndarray, progress: Progress | None = None, pixel_mm: tuple[float, float] = (1.0, 1.0)
     ) -> np.ndarray:
         import torch
 
+        from lungx_core.models.inference import forward_in_chunks
         from lungx_core.preprocess import ct_slices_to_input, unletterbox
 
         labels = np.zeros(hu.shape, dtype=np.uint8)
         logit_threshold = float(np.log(self.threshold / (1 - self.threshold)))
         for z0 in range(0, hu.shape[0], self.batch_slices):
             x, box = ct_slices_to_input(hu[z0 : z0 + self.batch_slices], self.size, pixel_mm)
-            with torch.inference_mode():
-                logits = self.net(torch.from_numpy(x).to(self.device)).float().cpu().numpy()
+            with torch.inference_mode():  # on CPU 4 slices per network call (lungx_core.models.inference)
+                logits = forward_in_chunks(self.net, torch.from_numpy(x).to(self.device)).float().cpu().numpy()
             n = len(x)
             # Lungs lie inside the body: this removes stray detections in the air between the back and the table
             # (cheap at network resolution: one 2-D labelling per slice).

@@ -213,3 +213,28 @@ def test_all_or_nothing_removes_a_case_s_finished_outputs_when_a_later_write_fai
         written.append(tmp_path / "b.txt")
         raise OSError("disk full")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_side_by_side_pictures_show_each_film_at_the_qc_picture_size():
+    """The before | ... | after pictures of the radiograph-to-radiograph tasks show each film at most
+    PICTURE_MAX_SIDE px like every other QC picture (the full-resolution films are written beside them); a small
+    film keeps its size, and a mask is shrunk with its film (tint only where it covers half a pixel or more)."""
+    from lungx_core.io.writers import PICTURE_MAX_SIDE, picture_shape
+    from lungx_core.tasks.opacity_removal import before_mask_after
+    from lungx_core.tasks.rib_suppression import before_bone_after
+    from lungx_core.tasks.synthesis import side_by_side
+
+    rng = np.random.default_rng(0)
+    big = rng.integers(0, 4096, (1800, 2048)).astype(np.uint16)
+    mask = np.zeros(big.shape, bool)
+    mask[600:1200, 400:900] = True
+    assert picture_shape(big.shape) == (900, PICTURE_MAX_SIDE)
+    assert before_bone_after(big, big * 0.1, big).shape == (900, 3 * PICTURE_MAX_SIDE, 3)
+    picture = before_mask_after(big, big, mask)
+    assert picture.shape == (900, 3 * PICTURE_MAX_SIDE, 3)
+    tinted = picture[:, PICTURE_MAX_SIDE : 2 * PICTURE_MAX_SIDE, 0] != picture[:, :PICTURE_MAX_SIDE, 0]
+    rows, cols = np.nonzero(tinted)
+    assert (rows.min(), rows.max() + 1, cols.min(), cols.max() + 1) == (300, 600, 200, 450)
+    assert side_by_side(big, big, mask).shape == (900, 2 * PICTURE_MAX_SIDE, 3)
+    small = big[:500, :400]
+    assert before_bone_after(small, small * 0.1, small).shape == (500, 1200, 3)

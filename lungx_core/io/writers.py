@@ -202,26 +202,42 @@ def to_uint8(windowed01: np.ndarray) -> np.ndarray:
     return (np.asarray(windowed01) * 255).round().astype(np.uint8)
 
 
+PICTURE_MAX_SIDE = 1024  # QC pictures show each film at most this many pixels along its long side
+
+
+def picture_shape(shape: tuple[int, ...], max_side: int = PICTURE_MAX_SIDE) -> tuple[int, int]:
+    """(rows, cols) of a film of ``shape`` in a QC picture: reduced so its long side is at most ``max_side``."""
+    scale = min(1.0, max_side / max(shape[:2]))
+    return max(1, round(shape[0] * scale)), max(1, round(shape[1] * scale))
+
+
+def shrink_for_picture(plane: np.ndarray, max_side: int = PICTURE_MAX_SIDE) -> np.ndarray:
+    """A film-sized plane as float32 at :func:`picture_shape` (area-weighted bilinear); unchanged in size when it
+    is small enough. A mask comes back as its covered fraction: threshold it at 0.5."""
+    shape = picture_shape(plane.shape, max_side)
+    plane = np.ascontiguousarray(plane, dtype=np.float32)
+    if shape == plane.shape:
+        return plane
+    import torch
+    import torch.nn.functional as F
+
+    with torch.inference_mode():  # one plane at a time: no 100-MB stack of a 2k film's masks
+        return F.interpolate(torch.from_numpy(plane)[None, None], size=shape, mode="bilinear", align_corners=False,
+                             antialias=True)[0, 0].numpy()
+
+
 def render_overlay(
-    image: MedicalImage, masks: dict[str, np.ndarray], structures: Sequence[Structure], max_side: int = 1024
+    image: MedicalImage, masks: dict[str, np.ndarray], structures: Sequence[Structure],
+    max_side: int = PICTURE_MAX_SIDE,
 ) -> np.ndarray:
     """RGB QC picture: the radiograph in grey, each structure tinted and outlined in its colour, at most
     ``max_side`` px. A larger film is reduced to that size first, picture and masks together (area-weighted
     bilinear), so the tint never touches more pixels than it shows."""
     gray = to_uint8(image.windowed()).astype(np.float32) / 255  # the image's shared window, in 8 bits
-    scale = min(1.0, max_side / max(gray.shape))
-    shape = (max(1, round(gray.shape[0] * scale)), max(1, round(gray.shape[1] * scale)))
+    shape = picture_shape(gray.shape, max_side)
     if shape != gray.shape:
-        import torch
-        import torch.nn.functional as F
-
-        def shrink(plane: np.ndarray) -> np.ndarray:  # one plane at a time: no 100-MB stack of a 2k film's six
-            with torch.inference_mode():
-                return F.interpolate(torch.from_numpy(np.ascontiguousarray(plane, dtype=np.float32))[None, None],
-                                     size=shape, mode="bilinear", align_corners=False, antialias=True)[0, 0].numpy()
-
-        gray = shrink(gray)
-        masks = {s.name: shrink(masks[s.name]) >= 0.5 for s in structures}
+        gray = shrink_for_picture(gray, max_side)
+        masks = {s.name: shrink_for_picture(masks[s.name], max_side) >= 0.5 for s in structures}
     return tint(gray, masks, structures, shape)
 
 

@@ -122,9 +122,12 @@ def write_outputs(out_dir: Path, case_id: str, image: MedicalImage, result: Remo
 
 
 def before_mask_after(before: np.ndarray, after: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """RGB picture: input | input with the activation mask tinted orange | result, all on one grey scale."""
-    from lungx_core.io.writers import to_uint8_display
+    """RGB picture: input | input with the activation mask tinted orange | result, all on one grey scale, each
+    film at most ``PICTURE_MAX_SIDE`` px."""
+    from lungx_core.io.writers import shrink_for_picture, to_uint8_display
 
+    before, after = shrink_for_picture(before), shrink_for_picture(after)
+    mask = shrink_for_picture(mask) >= 0.5
     grey = to_uint8_display(np.concatenate([before, before, after], axis=1).astype(np.float32))
     rgb = np.repeat(grey[..., None], 3, axis=2).astype(np.float32)
     cols = before.shape[1]

@@ -220,9 +220,11 @@ def write_outputs(out_dir: Path, case_id: str, image: MedicalImage, result: Supp
 
 
 def before_bone_after(before: np.ndarray, bone: np.ndarray, after: np.ndarray) -> np.ndarray:
-    """RGB picture: input | bone image (its own grey scale) | result (the input's grey scale)."""
-    from lungx_core.io.writers import to_uint8_display
+    """RGB picture: input | bone image (its own grey scale) | result (the input's grey scale), each film at most
+    ``PICTURE_MAX_SIDE`` px (a look at the result: the full-resolution films are written beside it)."""
+    from lungx_core.io.writers import shrink_for_picture, to_uint8_display
 
+    before, bone, after = (shrink_for_picture(a) for a in (before, bone, after))
     films = to_uint8_display(np.concatenate([before, after], axis=1).astype(np.float32))
     cols = before.shape[1]
     grey = np.concatenate([films[:, :cols], to_uint8_display(bone.astype(np.float32)), films[:, cols:]], axis=1)

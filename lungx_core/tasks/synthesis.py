@@ -271,11 +271,14 @@ def write_outputs(out_dir: Path, case_id: str, image: MedicalImage, result: Synt
 
 
 def side_by_side(before: np.ndarray, after: np.ndarray, lung: np.ndarray) -> np.ndarray:
-    """RGB picture: input | synthetic, same grey scale, lung outline in yellow on both."""
+    """RGB picture: input | synthetic, same grey scale, lung outline in yellow on both; each film at most
+    ``PICTURE_MAX_SIDE`` px."""
     from scipy import ndimage as ndi
 
-    from lungx_core.io.writers import to_uint8_display
+    from lungx_core.io.writers import shrink_for_picture, to_uint8_display
 
+    before, after = shrink_for_picture(before), shrink_for_picture(after)
+    lung = shrink_for_picture(lung) >= 0.5
     both = to_uint8_display(np.concatenate([before, after], axis=1).astype(np.float32))
     outline = lung & ~ndi.binary_erosion(lung, iterations=max(1, lung.shape[0] // 400))
     rgb = np.repeat(both[..., None], 3, axis=2)

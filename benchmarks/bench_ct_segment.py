@@ -2,7 +2,7 @@
 ``lungx segment`` in a child process; prints wall seconds and the child's peak RSS.
 
     python benchmarks/bench_ct_segment.py [--ct PATH] [--slices 300] [--method net|classical] [--device cpu]
-                                          [--backend torch|onnx] [--steady] [--network] [--batch-sweep]
+                                          [--backend auto|torch|onnx|bf16] [--steady] [--network] [--batch-sweep]
 
 ``--steady`` also runs three copies in one ``lungx segment`` call: (that time - one CT's) / 2 is a CT's share in
 a batch, start-up (Python, torch, MONAI, weights) paid once. ``--network`` times the network alone on the same
@@ -39,7 +39,7 @@ def upsampled(ct: Path, size: tuple[int, int, int], out: Path) -> None:
     sitk.WriteImage(sitk.Cast(big, sitk.sitkInt16), str(out), useCompression=True)
 
 
-def run_cli(inputs: list[Path], out: Path, method: str, device: str, backend: str = "torch") -> float:
+def run_cli(inputs: list[Path], out: Path, method: str, device: str, backend: str = "auto") -> float:
     """Wall seconds of one ``lungx segment`` child process over ``inputs``."""
     cmd = [sys.executable, "-m", "lungx_core", "segment", *map(str, inputs), "-o", str(out), "-q"]
     cmd += ["--task", "ct-lungs", "--method", method, "--device", device, "--backend", backend]
@@ -48,7 +48,7 @@ def run_cli(inputs: list[Path], out: Path, method: str, device: str, backend: st
     return time.perf_counter() - t0
 
 
-def network_seconds(volume: Path, device: str, backend: str = "torch", per_call: int | None = None,
+def network_seconds(volume: Path, device: str, backend: str = "auto", per_call: int | None = None,
                     logits: list | None = None) -> float:
     """The CT network alone over every slice of ``volume``, after one warm call: as the task calls it, or
     ``per_call`` slices at a time; the logits are appended to ``logits`` when it is given."""
@@ -105,7 +105,8 @@ def main() -> None:
     ap.add_argument("--slices", type=int, default=300)
     ap.add_argument("--method", default="net")
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--backend", default="torch", help="torch, onnx (exported once, before the timed runs) or bf16")
+    ap.add_argument("--backend", default="auto", help="auto (lungx segment's default), torch, onnx (exported once, "
+                    "before the timed runs) or bf16")
     ap.add_argument("--steady", action="store_true", help="also time three CTs in one run")
     ap.add_argument("--network", action="store_true", help="also time the network alone")
     ap.add_argument("--batch-sweep", action="store_true", help="time the network alone at 1-16 slices per call")
@@ -122,10 +123,10 @@ def main() -> None:
             print(f"the network alone on {ct} resampled to 512x512x{args.slices}, {args.device}, {args.backend}:")
             batch_sweep(volume, args.device, args.backend)
             return
-        if args.backend == "onnx":  # the export on first use is a one-off, not part of a run
+        if args.backend in ("onnx", "auto"):  # the export on first use is a one-off, not part of a run
             from lungx_core.models.store import load_model
 
-            load_model("ct_lungs", args.device, "onnx")
+            load_model("ct_lungs", args.device, args.backend)
         seconds = run_cli([volume], Path(tmp) / "out", args.method, args.device, args.backend)
         peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
         row = (Path(tmp) / "out" / "results.csv").read_text().splitlines()
@@ -136,7 +137,7 @@ def main() -> None:
                 copies.append(Path(tmp) / f"copy{k}" / volume.name)
                 copies[-1].hardlink_to(volume)
             three = run_cli(copies, Path(tmp) / "out3", args.method, args.device, args.backend)
-        network = network_seconds(volume, args.device) if args.network and args.method == "net" else None
+        network = network_seconds(volume, args.device, args.backend) if args.network and args.method == "net" else None
     print(f"input: {ct} resampled to 512x512x{args.slices}")
     print(f"method {args.method} on {args.device}, backend {args.backend}: {seconds:.1f} s end to end (read, "
           "segment, write seg + overlay)")

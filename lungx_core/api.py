@@ -127,7 +127,8 @@ def segment(
         image: a :class:`MedicalImage` or a path (see :func:`read_image`); a 2-D image is a radiograph, a volume
             a CT.
         model: shipped model name or a ``.safetensors`` path; default the task's (``cxr_anatomy``, ``ct_lungs``).
-        device: ``"auto"`` (GPU when present), ``"cpu"`` or ``"cuda"``.
+        device: ``"auto"`` (GPU when present), ``"cpu"`` or ``"cuda"``. On CPU the network runs in ONNX Runtime
+            where the ``fast`` extra is installed (the same masks, faster), else in torch.
         threshold: radiographs: probability above which a pixel belongs to a structure (default the model's).
         method: CT: ``"net"`` (the lung network) or ``"classical"`` (thresholds and morphology, no model).
         input_check: radiographs: refuse what the frontal-chest gate does not take for a frontal chest film.
@@ -437,11 +438,11 @@ def _cxr_segmenter(model: str | Path, device: str, threshold: float | None) -> A
     from lungx_core.models.store import shared_model
     from lungx_core.tasks.cxr_segmentation import CXRSegmenter
 
-    return shared_model(CXRSegmenter, model, device, threshold, "torch")
+    return shared_model(CXRSegmenter, model, device, threshold, "auto")
 
 
 def _ct_segmenter(method: str, model: str | Path, device: str) -> Any:
     from lungx_core.models.store import shared_model
     from lungx_core.tasks.ct_lungs import CTLungSegmenter
 
-    return shared_model(CTLungSegmenter, method, model, device, backend="torch")
+    return shared_model(CTLungSegmenter, method, model, device, backend="auto")

@@ -51,6 +51,7 @@ CTMethod = Enum("CTMethod", _choices("ct-lungs", "method"), type=str)
 
 
 class Backend(str, Enum):
+    auto = "auto"
     torch = "torch"
     onnx = "onnx"
     bf16 = "bf16"
@@ -144,10 +145,11 @@ def segment(
     backend: Annotated[
         Backend,
         typer.Option(help="What runs the network: torch, or ONNX Runtime (the 'fast' extra; exported once per "
-                     "model to ~/.cache/lungx/onnx, or $LUNGX_CACHE_DIR), or bf16: the CT network in bfloat16 "
-                     "(a GPU or a CPU with AVX512-BF16/AMX; about 1.7x faster, lungs within Dice 0.998 of "
-                     "float32); radiographs stay in float32 with bf16 (their clavicles would move)."),
-    ] = Backend.torch,
+                     "model to ~/.cache/lungx/onnx, or $LUNGX_CACHE_DIR; the same masks, faster on CPU), or "
+                     "bf16: the CT network in bfloat16 (a GPU or a CPU with AVX512-BF16/AMX; about 1.7x faster, "
+                     "lungs within Dice 0.998 of float32; radiographs stay in float32, their clavicles would "
+                     "move). auto: ONNX Runtime on CPU where it is installed, else torch."),
+    ] = Backend.auto,
     overlay: Annotated[bool, typer.Option(help="Write <id>_overlay.png QC pictures.")] = True,
     sample: Annotated[
         bool,

@@ -107,3 +107,50 @@ def test_cli_segment_with_onnx_backend_writes_the_torch_results(cache, tmp_path)
             assert float(onnx_row[key]) == pytest.approx(float(torch_row[key]), rel=1e-3), key
         else:
             assert onnx_row[key] == torch_row[key], key
+
+
+def test_auto_backend_is_onnx_runtime_on_cpu_where_installed_else_torch(cache, monkeypatch):
+    """`lungx segment`'s default (and the API's): ONNX Runtime on CPU, the same masks faster (README); torch where
+    the fast extra is missing, on a GPU, and where the export cache cannot be written (with a warning)."""
+    import importlib.util
+
+    from lungx_core.models import store
+
+    assert store.auto_backend("cpu") == "onnx"
+    net, _ = store.load_model("ct_lungs", "cpu", "auto")
+    assert net.path.parent == cache  # exported and cached like --backend onnx
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "onnxruntime" else real(name, *a))
+    assert store.auto_backend("cpu") == "torch"
+    net, _ = store.load_model("ct_lungs", "cpu", "auto")
+    assert hasattr(net, "parameters")  # the torch module itself
+    monkeypatch.undo()
+
+    blocker = cache.parent.parent / "not_a_folder"
+    blocker.write_text("")
+    monkeypatch.setenv("LUNGX_CACHE_DIR", str(blocker))  # the cache folder cannot be made
+    with pytest.warns(UserWarning, match="ONNX Runtime not usable here"):
+        net, _ = store.load_model("cxr_anatomy", "cpu", "auto")
+    assert hasattr(net, "parameters")
+
+
+def test_cli_segment_defaults_to_auto_with_the_torch_labels_on_a_ct(cache, tmp_path):
+    """The default backend gives the CT labels of --backend torch voxel for voxel (the sample CT; every shared CT
+    in benchmarks/bench_backends.py)."""
+    import slicerio
+    from typer.testing import CliRunner
+
+    from lungx_core import cli
+    from lungx_core.models.store import shared_model
+
+    shared_model.cache_clear()  # a CT segmenter an earlier test loaded would not export into this cache
+    voxels = {}
+    for extra in ([], ["--backend", "torch"]):
+        out = tmp_path / ("default" if not extra else "torch")
+        result = CliRunner().invoke(cli.app, ["segment", "--sample", "--task", "ct-lungs", "-o", str(out), "-q",
+                                              *extra])
+        assert result.exit_code == 0, result.output
+        voxels[out.name] = slicerio.read_segmentation(str(out / "sample_ct.seg.nrrd"))["voxels"]
+    assert any(p.name.startswith("ct_lungs-") for p in cache.iterdir())  # the default ran ONNX Runtime
+    assert voxels["default"].any() and np.array_equal(voxels["default"], voxels["torch"])

@@ -73,7 +73,7 @@ def prepare_films(data_root: Path, datasets: list[str], preprocess, remover_mode
     from training.synthesis_data import read_gray
 
     remover = OpacityRemover(remover_model, "cpu")
-    segmenter = lung_segmenter("cpu")
+    segmenter = lung_segmenter("cpu", "torch")  # the caches as built
     rows: dict[str, list] = {k: [] for k in RealFilms.__dataclass_fields__}
     for dataset in datasets:
         for film_id, film, _, crop, mask in opaque_training_crops(data_root, dataset, remover, segmenter, split):

@@ -61,7 +61,7 @@ def prepare_region_films(data_root: Path, opaque_datasets: list[str], clear: dic
     from training.probe_guidance import opaque_training_crops
 
     remover = OpacityRemover(remover_model, "cpu")
-    segmenter = lung_segmenter("cpu")
+    segmenter = lung_segmenter("cpu", "torch")  # the caches as built
     size = remover.spec.size
     rows: dict[str, list] = {k: [] for k in RegionFilms.__dataclass_fields__}
 

@@ -511,11 +511,11 @@ def run_one(
     *,
     fmt: str = "seg.nrrd",
     overlay: bool | None = None,
-    backend: str = "torch",
+    backend: str = "auto",
 ) -> dict[str, Any]:
     """One CT, as the worker process and batch runs (lungx_core.batch) run it: masks in ``fmt`` plus the QC
-    picture unless ``overlay`` is False (default: not ``fast``), the network run by ``backend`` (torch or
-    onnx). The model is loaded once per process."""
+    picture unless ``overlay`` is False (default: not ``fast``), the network run by ``backend`` (auto,
+    torch or onnx: ``lungx_core.models.store.load_model``). The model is loaded once per process."""
     from lungx_core.models.store import shared_model
 
     report = progress or (lambda fraction, message: None)

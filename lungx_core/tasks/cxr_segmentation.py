@@ -211,11 +211,11 @@ def run_one(
     *,
     fmt: str = "seg.nrrd",
     overlay: bool | None = None,
-    backend: str = "torch",
+    backend: str = "auto",
 ) -> dict[str, Any]:
     """One radiograph, as the worker process and batch runs (lungx_core.batch) run it: masks in ``fmt`` plus the
-    QC picture unless ``overlay`` is False (default: not ``fast``), the network run by ``backend`` (torch or
-    onnx). Models are loaded once per process."""
+    QC picture unless ``overlay`` is False (default: not ``fast``), the network run by ``backend`` (auto,
+    torch or onnx: ``lungx_core.models.store.load_model``). Models are loaded once per process."""
     report = progress or (lambda fraction, message: None)
     report(0.0, "loading the model")
     segmenter = shared_model(CXRSegmenter, model or DEFAULT_MODEL, device, threshold, backend)
@@ -224,6 +224,7 @@ def run_one(
     return process_case(case, segmenter, out_dir, fmt, overlay=not fast if overlay is None else overlay, gate=gate)
 
 
-def lung_segmenter(device: str = "auto") -> CXRSegmenter:
-    """The shipped anatomy model that finds the lung fields for the other radiograph tasks (one per process)."""
-    return shared_model(CXRSegmenter, DEFAULT_MODEL, device, None, "torch")
+def lung_segmenter(device: str = "auto", backend: str = "auto") -> CXRSegmenter:
+    """The shipped anatomy model that finds the lung fields for the other radiograph tasks (one per process,
+    shared with ``segment``'s)."""
+    return shared_model(CXRSegmenter, DEFAULT_MODEL, device, None, backend)

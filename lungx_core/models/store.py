@@ -48,7 +48,8 @@ def auto_backend(device: str = "auto") -> str:
     """What ``backend="auto"`` runs a network with: ONNX Runtime on CPU where onnxruntime and onnx are installed
     (the ``fast`` extra), torch otherwise (and on a GPU). On this project's 2-core CPU ONNX Runtime gives the
     same CT labels voxel for voxel on every shared CT and the same radiograph masks (Dice 1.00000 on 60
-    validation films), about 3 s sooner per CT and 9 % more films per second (benchmarks/bench_backends.py)."""
+    validation films; benchmarks/bench_backends.py), one CT in a fresh run 2-5 s sooner (no MONAI import;
+    bench_ct_segment.py) and 8-15 % more radiographs per second (bench_cxr_segment.py)."""
     from importlib.util import find_spec
 
     if resolve_device(device).type != "cpu" or find_spec("onnxruntime") is None or find_spec("onnx") is None:

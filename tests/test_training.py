@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -541,3 +543,23 @@ def test_style_augment_histogram_chance():
     plain = [augment(x, other, np.random.default_rng(s), histogram_p=0.0) for s in seeds]
     assert np.mean([m.mean() for m in matched]) < np.mean([p.mean() for p in plain]) - 0.1
     assert match_histogram(x, other).mean() < x.mean() - 0.2
+
+
+def test_a_training_run_takes_its_seed_from_the_command_line_and_records_it(tmp_path):
+    """`--seed` runs one recipe over several seeds (issue 36: every recipe over at least three) without a config
+    file per seed; the run's config.json records the seed it ran with."""
+    import json
+
+    import torch
+
+    from training.common import start_run
+    from training.schemas import CXRSegmentationRun
+
+    config = Path(__file__).resolve().parents[1] / "training" / "configs" / "cxr_unet_healthy_ft.json"
+    threads = str(torch.get_num_threads())
+    for extra, seed in (([], 0), (["--seed", "2"], 2)):
+        run = tmp_path / f"run{seed}"
+        _, cfg = start_run("doc", CXRSegmentationRun, ["--config", str(config), "--run", str(run),
+                                                       "--threads", threads, *extra])
+        assert cfg["seed"] == seed and json.loads((run / "config.json").read_text())["seed"] == seed
+        assert cfg["init"] == "cxr_lung_probe" and "synthesis" not in cfg

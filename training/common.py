@@ -114,7 +114,7 @@ def append_log(path: Path, row: dict) -> None:
 
 
 def start_run(doc: str, schema: type, argv=None, exportable: bool = False) -> tuple[argparse.Namespace, dict]:
-    """The training scripts' shared command line (--config --data --run --epochs --threads, and --export for a
+    """The training scripts' shared command line (--config --data --run --epochs --seed --threads, and --export for a
     script that ships its run's best weights instead of training when ``exportable``) and run set-up: the config
     checked against ``schema`` (training/schemas.py), threads set, run folder created with the effective
     config.json, everything seeded. Returns (args, config)."""
@@ -125,6 +125,7 @@ def start_run(doc: str, schema: type, argv=None, exportable: bool = False) -> tu
     ap.add_argument("--data", type=Path, default=Path("../shared/data"))
     ap.add_argument("--run", type=Path, required=True, help="run folder for cache, checkpoints and logs")
     ap.add_argument("--epochs", type=int, help="override the config's epoch count")
+    ap.add_argument("--seed", type=int, help="override the config's seed (a recipe over several seeds)")
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     if exportable:
         ap.add_argument("--export", action="store_true", help="ship the run's weights instead of training")
@@ -132,6 +133,8 @@ def start_run(doc: str, schema: type, argv=None, exportable: bool = False) -> tu
     cfg = read_config(args.config, schema)
     if args.epochs:
         cfg["epochs"] = args.epochs
+    if args.seed is not None:
+        cfg["seed"] = args.seed
     torch.set_num_threads(args.threads)
     args.run.mkdir(parents=True, exist_ok=True)
     (args.run / "config.json").write_text(json.dumps(cfg, indent=2))

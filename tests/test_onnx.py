@@ -126,6 +126,11 @@ def test_auto_backend_is_onnx_runtime_on_cpu_where_installed_else_torch(cache, m
     net, _ = store.load_model("ct_lungs", "cpu", "auto")
     assert hasattr(net, "parameters")  # the torch module itself
     monkeypatch.undo()
+    import torch
+
+    monkeypatch.setattr(store, "resolve_device", lambda device: torch.device("cuda"))  # a GPU keeps torch
+    assert store.auto_backend("auto") == "torch"
+    monkeypatch.undo()
 
     blocker = cache.parent.parent / "not_a_folder"
     blocker.write_text("")

@@ -132,6 +132,24 @@ def test_nan_in_a_nifti_film_or_ct_is_an_error(tmp_path):
     assert read_ct(tmp_path / "fine.nii.gz").array.shape == (12, 64, 64)
 
 
+def test_an_integer_nifti_is_not_opened_again_for_the_nan_check(tmp_path, monkeypatch):
+    """Integer data cannot hold NaN: with ITK's integer image in hand the NaN check does not read the file again
+    (nibabel, a quarter of a second to import, stays out of a CT run); a float file is still checked."""
+    import nibabel
+
+    from lungx_core.io.ct import read_ct
+
+    ct = np.full((64, 64, 12), -1000, np.int16)
+    ct[20:40, 20:40, :] = 40
+    nibabel.save(nibabel.Nifti1Image(ct, np.eye(4)), tmp_path / "int.nii.gz")
+    nibabel.save(nibabel.Nifti1Image(ct.astype(np.float32), np.eye(4)), tmp_path / "float.nii.gz")
+    opened = []
+    real_load = nibabel.load
+    monkeypatch.setattr(nibabel, "load", lambda path, *a, **k: opened.append(path) or real_load(path, *a, **k))
+    assert read_ct(tmp_path / "int.nii.gz").array.shape == (12, 64, 64) and opened == []
+    assert read_ct(tmp_path / "float.nii.gz").array.shape == (12, 64, 64) and len(opened) == 1
+
+
 # 4. non-image DICOM objects beside a CT series
 def _dose_report(path: Path, study_uid: str | None = None) -> Path:
     from pydicom.dataset import Dataset, FileMetaDataset

@@ -297,7 +297,7 @@ def read_ct(path: str | Path, series_uid: str | None = None) -> MedicalImage:
         img = sitk.ReadImage(str(path))
     except RuntimeError as exc:
         raise InputError(path, f"not a readable image ({short_message(exc)})") from None
-    check_nifti_finite(path, "volume contains NaN or infinite values")
+    check_nifti_finite(path, "volume contains NaN or infinite values", img)
     image = _ct_from_sitk(path, img)
     image.metadata["format"] = suffix.lstrip(".")
     return image

@@ -563,3 +563,20 @@ def test_a_training_run_takes_its_seed_from_the_command_line_and_records_it(tmp_
                                                        "--threads", threads, *extra])
         assert cfg["seed"] == seed and json.loads((run / "config.json").read_text())["seed"] == seed
         assert cfg["init"] == "cxr_lung_probe" and "synthesis" not in cfg
+
+
+def test_two_trainings_building_one_shared_cache_at_once_both_finish(tmp_path):
+    """Folds of one run started together build the run's shared caches (films.npz, bone.npz) at the same time;
+    each writes under its own temporary name, so neither renames the other's file away (a fold crashed on
+    that), and what is left is one whole cache."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from training.common import save_npz
+
+    out = tmp_path / "run" / "films.npz"
+    arrays = {"x": np.arange(2_000_000, dtype=np.float32).reshape(20, 100_000), "ids": np.array(["a", "b"])}
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(lambda _: save_npz(out, **arrays), range(8)))
+    assert sorted(p.name for p in out.parent.iterdir()) == ["films.npz"]
+    with np.load(out) as z:
+        assert np.array_equal(z["x"], arrays["x"]) and list(z["ids"]) == ["a", "b"]

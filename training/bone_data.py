@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from training.common import blur
+from training.common import blur, save_npz
 
 DES_ROOT = "bs_gusarev_des_samples"
 BONE_VALIDATION_CT = "lidc-idri-0001"  # full-height chest, never trained on: the CT-derived validation
@@ -207,8 +207,6 @@ def read_normal_films(data_root: Path, out: Path, size: int) -> dict[str, np.nda
             lung = class_mask(segmenter.segment(MedicalImage(film)).masks, "lung")
             films.append(whole_film(film, size)[0])
             lungs.append(resize(lung.astype(np.float32), (size, size)))
-        tmp = out.with_suffix(".tmp.npz")
-        np.savez_compressed(tmp, film=np.stack(films)[:, None], lung=np.stack(lungs)[:, None])
-        tmp.replace(out)
+        save_npz(out, film=np.stack(films)[:, None], lung=np.stack(lungs)[:, None])
     z = np.load(out)
     return {"film": z["film"], "lung": z["lung"]}

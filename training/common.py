@@ -27,6 +27,16 @@ class ArrayRecord:
             return cls(**{k: z[k] for k in cls.__dataclass_fields__})
 
 
+def save_npz(out: Path, **arrays) -> None:
+    """``arrays`` as one compressed .npz at ``out``, written under a temporary name of its own and then renamed
+    (``lungx_core.io.writers.atomic_path``): two trainings that build the same shared cache at once (the folds of
+    one run, started together) each finish theirs instead of renaming each other's half-written file."""
+    from lungx_core.io.writers import atomic_path
+
+    with atomic_path(out) as tmp:
+        np.savez_compressed(tmp, **arrays)
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)

@@ -19,6 +19,8 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage as ndi
 
+from training.common import save_npz
+
 FILM_SETS = ("jsrt_scr", "cxr_nih_nofinding_pneumonia", "covid_cxr_gb_seg", "covid_cxr_v7labs")
 HELD_OUT_IDS = {"JPCLN139"}  # the source of bs_gusarev_des_samples/bsejsrt_JPCLN139_aug1
 
@@ -53,9 +55,7 @@ def build_film_cache(data_root: Path, out: Path, size: int = 256) -> Path:
         films.append((small * 255).round().astype(np.uint8))
         ids.append(key)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp.npz")
-    np.savez_compressed(tmp, films=np.stack(films), ids=np.array(ids))
-    tmp.replace(out)
+    save_npz(out, films=np.stack(films), ids=np.array(ids))
     return out
 
 

@@ -24,6 +24,7 @@ import numpy as np
 
 from lungx_core.ct.drr import bone_by_hu, project_ap, render_bone_pair
 from lungx_core.image import MedicalImage
+from training.common import save_npz
 
 CT_CASES = {
     "ct_slicerio_chest4": "ct_slicerio_chest4",
@@ -128,9 +129,7 @@ def build_rib_cache(data_root: Path, out: Path, size: int = 256, variants: int =
             case.append(name)
         print(f"{name}: {variants} projections", flush=True)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp.npz")
-    np.savez_compressed(tmp, drr=np.stack(drr), soft=np.stack(soft), ribs=np.stack(ribs), case=np.array(case))
-    tmp.replace(out)
+    save_npz(out, drr=np.stack(drr), soft=np.stack(soft), ribs=np.stack(ribs), case=np.array(case))
     return out
 
 

@@ -51,7 +51,7 @@ import torch
 
 from lungx_core.cxr.nodules import blank_regions, decode, detector_input, predict_heat
 from lungx_core.models.networks import build_network
-from training.common import append_log, resume, save_checkpoint, seed_everything, warm_start
+from training.common import append_log, resume, save_checkpoint, save_npz, seed_everything, warm_start
 from training.nodule_sim import Nodule, random_nodules, render_nodules
 from training.schemas import NoduleRun, read_config
 
@@ -112,10 +112,7 @@ def build_films(data_root: Path, out: Path, size: int) -> Path:
         lungs.append(letterbox_mask(lung, box))
         ids.append(path.stem)
         sources.append(source)
-    tmp = out.with_suffix(".tmp.npz")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(tmp, x=np.stack(xs), lung=np.stack(lungs), ids=np.array(ids), source=np.array(sources))
-    tmp.replace(out)
+    save_npz(out, x=np.stack(xs), lung=np.stack(lungs), ids=np.array(ids), source=np.array(sources))
     return out
 
 
@@ -142,9 +139,7 @@ def build_bone(data_root: Path, films, model: str, out: Path, single_view: bool 
         film = read_radiograph(film_path(data_root, film_id, source)).array.astype(np.float32)
         x, box = detector_input(film, size)
         bones.append(detector_bone(x, box, bone_model).astype(np.float16))
-    tmp = out.with_suffix(".tmp.npz")
-    np.savez_compressed(tmp, bone=np.stack(bones))
-    tmp.replace(out)
+    save_npz(out, bone=np.stack(bones))
     return out
 
 

@@ -69,24 +69,24 @@ def load_model(name_or_path: str | Path, device: str = "auto", backend: str = "t
         raise ValueError(f"unknown backend {backend!r}; choose {', '.join(BACKENDS)}")
     weights, _ = model_paths(name_or_path)
     config = read_model_config(name_or_path)
-    if backend == "auto":
-        if auto_backend(device) == "torch":
-            return _torch_network(weights, config, device), config
-        try:
-            return load_model(name_or_path, device, "onnx")
-        except (OSError, ImportError, RuntimeError) as e:
-            # a read-only cache folder or a broken onnxruntime: torch gives the same answers, a little slower
-            import warnings
-
-            warnings.warn(f"ONNX Runtime not usable here ({e}); running {weights.stem} with torch", stacklevel=2)
-            return _torch_network(weights, config, device), config
+    chosen = backend == "auto"
+    if chosen:
+        backend = auto_backend(device)
     if backend == "onnx":
         from lungx_core.models.onnx import onnx_network
 
         def make_net():
             return _torch_network(weights, config, "cpu")
 
-        return onnx_network(make_net, config, weights, weights.name[: -len(".safetensors")], device), config
+        try:
+            return onnx_network(make_net, config, weights, weights.name[: -len(".safetensors")], device), config
+        except (OSError, ImportError, RuntimeError) as e:
+            if not chosen:  # asked for by name: say why it cannot run
+                raise
+            # a read-only cache folder or a broken onnxruntime: torch gives the same answers, a little slower
+            import warnings
+
+            warnings.warn(f"ONNX Runtime not usable here ({e}); running {weights.stem} with torch", stacklevel=2)
     net = _torch_network(weights, config, device)
     if backend == "bf16":
         from lungx_core.models.bf16 import bf16_network

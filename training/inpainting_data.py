@@ -54,7 +54,6 @@ def build_film_cache(data_root: Path, out: Path, size: int = 256) -> Path:
         small = np.clip((resize(img, (size, size)) - low) / (high - low), 0, 1)
         films.append((small * 255).round().astype(np.uint8))
         ids.append(key)
-    out.parent.mkdir(parents=True, exist_ok=True)
     save_npz(out, films=np.stack(films), ids=np.array(ids))
     return out
 

@@ -128,7 +128,6 @@ def build_rib_cache(data_root: Path, out: Path, size: int = 256, variants: int =
             ribs.append(resize(target.astype(np.float32), (size, size)) >= 0.5)
             case.append(name)
         print(f"{name}: {variants} projections", flush=True)
-    out.parent.mkdir(parents=True, exist_ok=True)
     save_npz(out, drr=np.stack(drr), soft=np.stack(soft), ribs=np.stack(ribs), case=np.array(case))
     return out
 
